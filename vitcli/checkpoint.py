@@ -1,0 +1,265 @@
+"""The self-describing model file: safetensors weights + JSON metadata, never pickle.
+
+Metadata keys (all strings, as safetensors requires):
+  format          "vitcli"
+  format_version  "1"
+  config          ViTConfig as JSON
+  class_names     JSON list of the labels, in output order
+  preprocessing   Preprocessing as JSON (size, mean, std, interpolation, crop, colour mode)
+  + any extra string keys a caller adds (e.g. "vitcli_version", "source").
+
+Writes are atomic: a temporary file in the same folder, fsync, then os.replace, so a crash
+never leaves a half-written file where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitcli.config import ViTConfig
+from vitcli.errors import VitError
+from vitcli.preprocess import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
+
+    from vitcli.model import VisionTransformer
+
+FORMAT = "vitcli"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
+_HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+
+
+@dataclass
+class ModelFile:
+    """A loaded model with everything needed to use it the way it was trained."""
+
+    model: VisionTransformer
+    config: ViTConfig
+    class_names: list[str]
+    preprocessing: Preprocessing
+    metadata: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+
+# ------------------------------------------------------------------------------- writing
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` and move tmp over `path` only if it succeeded."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Atomically write a safetensors file (any tensors, string metadata)."""
+    from safetensors.torch import save_file
+
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_model(path: str | Path, model: torch.nn.Module, *,
+               class_names: list[str] | None = None,
+               preprocessing: Preprocessing | None = None,
+               extra: dict[str, str] | None = None) -> Path:
+    """Write the model file: weights plus config, class names and preprocessing."""
+    from vitcli import __version__
+
+    model = unwrap_model(model)
+    config: ViTConfig = model.config
+    names = list(class_names) if class_names is not None else [
+        f"class_{i}" for i in range(config.num_classes)]
+    if config.num_classes and len(names) != config.num_classes:
+        raise VitError(f"{len(names)} class names for a model with {config.num_classes} outputs")
+    pre = preprocessing or default_preprocessing(config)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "vitcli_version": __version__,
+        "config": config.to_json(),
+        "class_names": json.dumps(names),
+        "preprocessing": pre.to_json(),
+        **(extra or {}),
+    }
+    return save_tensors(path, model.state_dict(), metadata)
+
+
+def default_preprocessing(config: ViTConfig) -> Preprocessing:
+    """Neutral preprocessing for a model trained from scratch (mean/std 0.5)."""
+    c = config.in_channels
+    return Preprocessing(image_size=config.image_size, mean=(0.5,) * c, std=(0.5,) * c,
+                         color_mode="L" if c == 1 else "RGB")
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The safetensors header (tensor entries, metadata), checked without torch.
+
+    Refuses pickle checkpoints, missing files and truncated or corrupt files with a
+    VitError that names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VitError(f"{path}: no such file")
+    if path.is_dir():
+        raise VitError(f"{path}: is a folder; give the .safetensors model file inside it")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+        # safetensors: u64 little-endian header length, then a JSON object.
+        looks_safetensors = len(head) == 9 and head[8:9] == b"{"
+        if not looks_safetensors:
+            raise VitError(_not_safetensors(path, head, size))
+        (n,) = struct.unpack("<Q", head[:8])
+        if n > _HEADER_LIMIT or 8 + n > size:
+            raise VitError(f"{path}: truncated or corrupt safetensors file (bad header length)")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise VitError(f"{path}: truncated or corrupt safetensors header") from None
+    if not isinstance(header, dict):
+        raise VitError(f"{path}: corrupt safetensors header")
+    metadata = header.pop("__metadata__", None) or {}
+    try:
+        data_end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
+    except (TypeError, KeyError, ValueError, IndexError):
+        raise VitError(f"{path}: corrupt safetensors header (bad tensor entry)") from None
+    if 8 + n + data_end > size:
+        raise VitError(
+            f"{path}: truncated safetensors file ({size:,} bytes, needs {8 + n + data_end:,})")
+    return header, metadata
+
+
+def _not_safetensors(path: Path, head: bytes, size: int) -> str:
+    """Why a file that is not safetensors is refused, and what to do instead."""
+    suffix = path.suffix.lower()
+    if head[:2] == b"PK" or head[:1] == b"\x80" or suffix in PICKLE_SUFFIXES:
+        return (f"{path}: looks like a PyTorch pickle checkpoint; vitcli never unpickles files "
+                f"(they can run code). Convert it once with "
+                f"`vit convert {path} --allow-pickle --out model.safetensors`")
+    if suffix == ".onnx":
+        return f"{path}: is an ONNX file; this command needs a .safetensors model file"
+    if size == 0:
+        return f"{path}: empty file, not a model"
+    return f"{path}: not a safetensors model file"
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The vitcli metadata of a model file (no torch), or a VitError if it is not one."""
+    _, metadata = read_header(path)
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise VitError(
+            f"{path}: a safetensors file but not a vitcli model file (no vitcli metadata); "
+            "import other ViT weights with `vit convert`")
+    version = int(metadata.get("format_version", "0") or 0)
+    if version > FORMAT_VERSION:
+        raise VitError(
+            f"{path}: model file format {version} is newer than this vitcli understands "
+            f"({FORMAT_VERSION}); upgrade vitcli")
+    return metadata
+
+
+def parse_metadata(path: str | Path,
+                   metadata: dict[str, str]) -> tuple[ViTConfig, list[str], Preprocessing]:
+    """Config, class names and preprocessing from a model file's metadata."""
+    try:
+        config = ViTConfig.from_json(metadata["config"])
+        names = json.loads(metadata.get("class_names", "[]"))
+        pre = Preprocessing.from_dict(json.loads(metadata["preprocessing"])) \
+            if "preprocessing" in metadata else default_preprocessing(config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
+    return config, names, pre
+
+
+def count_file_params(header: dict[str, Any]) -> int:
+    """Number of weights stored in a safetensors header (no torch needed)."""
+    total = 0
+    for entry in header.values():
+        n = 1
+        for dim in entry.get("shape", []):
+            n *= int(dim)
+        total += n
+    return total
+
+
+def load_model(path: str | Path, *, device: str = "cpu",
+               image_size: int | None = None) -> ModelFile:
+    """Load a vitcli model file: the ready model (eval mode) with labels and preprocessing.
+
+    With `image_size`, the position embedding is resampled for that input size and the
+    preprocessing follows.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from vitcli.model import VisionTransformer
+
+    path = Path(path)
+    metadata = read_metadata(path)
+    config, names, pre = parse_metadata(path, metadata)
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
+    model = VisionTransformer(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        detail = ", ".join([f"missing {k}" for k in missing[:3]] +
+                           [f"unexpected {k}" for k in unexpected[:3]])
+        raise VitError(f"{path}: weights do not match the stored config ({detail})")
+    model.to(device).eval()
+    if image_size and image_size != config.image_size:
+        model.set_image_size(image_size)
+        config = model.config
+        pre = Preprocessing.from_dict({**pre.to_dict(), "image_size": image_size})
+    return ModelFile(model=model, config=config, class_names=names, preprocessing=pre,
+                     metadata=metadata, path=path)

@@ -1,0 +1,88 @@
+"""The `vit` command: a Typer app whose commands live in vitcli/commands/, one per module.
+
+Commands are thin: parse, call a library function, render with Rich. Nothing here imports
+torch; each command imports what it needs when it runs, so `vit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from vitcli import __version__
+from vitcli.errors import USAGE, VitError
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: the whole user-facing error report."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+class VitGroup(TyperGroup):
+    """Turns user mistakes into one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VitError as exc:
+            print_error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except click.UsageError as exc:
+            command = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else ""
+            print_error(f"{exc.format_message()} (see `vit{command} --help`)")
+            raise typer.Exit(USAGE) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # in the order they were added, not alphabetical
+
+
+app = typer.Typer(
+    name="vit",
+    cls=VitGroup,
+    help="Vision Transformers from the command line: see how images become tokens, train, "
+    "evaluate, predict, explain and export.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vitcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True,
+                           help="Show the version and exit.")] = False,
+) -> None:
+    """Vision Transformers from the command line."""
+
+
+def _register() -> None:
+    from vitcli.commands import COMMANDS
+
+    for name, module_name, function_name in COMMANDS:
+        import importlib
+
+        module = importlib.import_module(f"vitcli.commands.{module_name}")
+        app.command(name)(getattr(module, function_name))
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

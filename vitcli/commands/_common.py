@@ -1,0 +1,35 @@
+"""Shared option aliases and Rich consoles, defined once for every command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()  # results
+err_console = Console(stderr=True)  # progress, warnings
+
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option("--model", "-m", help="A vitcli model file (.safetensors).", show_default=False),
+]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+]
+OutDirOpt = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Folder to write results into.",
+                              show_default=False)
+]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Also write the results as JSON to this file.",
+                              show_default=False)
+]
+
+
+def not_built_yet(command: str, issue: str) -> None:
+    """Say plainly that a command does not exist yet, and exit non-zero."""
+    from vitcli.errors import VitError
+
+    raise VitError(f"`vit {command}` is not built yet in this version ({issue})")

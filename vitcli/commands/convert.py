@@ -1,0 +1,12 @@
+"""`vit convert` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from vitcli.commands._common import not_built_yet
+
+
+def convert(ctx: typer.Context) -> None:
+    """Not built yet."""
+    not_built_yet("convert", "planned")

@@ -1,0 +1,63 @@
+"""`vit info MODEL`: what a model file holds, read from its header alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def info(
+    model: Annotated[Path, typer.Argument(help="A vitcli model file (.safetensors).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show a model file's architecture, classes, preprocessing and parameter count."""
+    from vitcli.checkpoint import count_file_params, parse_metadata, read_header, read_metadata
+    from vitcli.commands._common import console
+    from vitcli.config import gflops
+
+    metadata = read_metadata(model)
+    header, _ = read_header(model)
+    config, names, pre = parse_metadata(model, metadata)
+    params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
+                                or config.pos_embed == "learned"})
+    summary = {
+        "file": str(model),
+        "format_version": metadata.get("format_version"),
+        "vitcli_version": metadata.get("vitcli_version"),
+        "parameters": params,
+        "gflops": round(gflops(config), 3),
+        "config": config.to_dict(),
+        "class_names": names,
+        "preprocessing": pre.to_dict(),
+        "extra": {k: v for k, v in metadata.items() if k not in {
+            "format", "format_version", "vitcli_version", "config", "class_names",
+            "preprocessing"}},
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+
+    from rich.table import Table
+
+    top = Table(show_header=False, title=str(model), title_justify="left")
+    top.add_row("parameters", f"{params:,}")
+    top.add_row("GFLOPs / image", f"{summary['gflops']:.3f} (2 × MACs)")
+    top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches"
+                f" + {config.num_prefix_tokens} class token = {config.num_tokens}")
+    top.add_row("format", f"vitcli model file v{summary['format_version']}"
+                f" (written by vitcli {summary['vitcli_version']})")
+    for key, value in summary["extra"].items():
+        top.add_row(key, value if len(value) < 120 else value[:117] + "...")
+    arch = Table(title="architecture", title_justify="left", show_header=False)
+    for key, value in config.to_dict().items():
+        arch.add_row(key, str(value))
+    prep = Table(title="preprocessing", title_justify="left", show_header=False)
+    for key, value in pre.to_dict().items():
+        prep.add_row(key, ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple)
+                     else str(value))
+    console.print(top, arch, prep)
+    shown = ", ".join(names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+    console.print(f"[bold]classes ({len(names)}):[/] {shown}")

@@ -1,0 +1,12 @@
+"""`vit patchify` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from vitcli.commands._common import not_built_yet
+
+
+def patchify(ctx: typer.Context) -> None:
+    """Not built yet."""
+    not_built_yet("patchify", "planned")

@@ -1,0 +1,12 @@
+"""`vit predict` (not built yet)."""
+
+from __future__ import annotations
+
+import typer
+
+from vitcli.commands._common import not_built_yet
+
+
+def predict(ctx: typer.Context) -> None:
+    """Not built yet."""
+    not_built_yet("predict", "planned")

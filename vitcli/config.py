@@ -1,0 +1,242 @@
+"""ViT architecture config, the named presets, and their cost.
+
+Pure Python (no torch) so that `vit models` and `vit --help` stay instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vitcli.errors import UsageError
+
+Pooling = Literal["cls", "mean"]
+PosEmbed = Literal["learned", "sincos"]
+PatchEmbedKind = Literal["linear", "overlap", "shifted"]
+
+
+@dataclass
+class ViTConfig:
+    """Everything needed to rebuild a VisionTransformer; stored in every model file."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    pooling: Pooling = "cls"
+    class_token: bool = True
+    pos_embed: PosEmbed = "learned"
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    layer_norm_eps: float = 1e-6
+    # Small-data options (all off for the paper's ViT): how patches become tokens, and
+    # locality self-attention (learned temperature, no attention to self).
+    patch_embed: PatchEmbedKind = "linear"
+    locality_attention: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise UsageError for an impossible architecture, naming the valid choices."""
+        if self.patch_size <= 0 or self.image_size <= 0:
+            raise UsageError("image size and patch size must be positive")
+        if self.image_size % self.patch_size:
+            raise UsageError(
+                f"image size {self.image_size} is not divisible by patch size {self.patch_size}; "
+                f"nearest valid sizes: {', '.join(map(str, nearest_sizes(self.image_size, self.patch_size)))}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise UsageError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.pooling not in ("cls", "mean"):
+            raise UsageError(f"pooling must be 'cls' or 'mean', not {self.pooling!r}")
+        if self.pooling == "cls" and not self.class_token:
+            raise UsageError("pooling 'cls' needs class_token=True")
+        if self.pos_embed not in ("learned", "sincos"):
+            raise UsageError(f"pos_embed must be 'learned' or 'sincos', not {self.pos_embed!r}")
+        if self.patch_embed not in ("linear", "overlap", "shifted"):
+            raise UsageError(
+                f"patch_embed must be 'linear', 'overlap' or 'shifted', not {self.patch_embed!r}"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length the encoder sees: patches plus the class token."""
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def patch_dim(self) -> int:
+        """Length of one flattened patch vector, P·P·C."""
+        return self.patch_size * self.patch_size * self.in_channels
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+    def replace(self, **changes: Any) -> ViTConfig:
+        """A copy with some fields changed (validated)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        """Build from a dict, ignoring keys from newer versions we do not know."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> ViTConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def nearest_sizes(size: int, patch: int) -> list[int]:
+    """The multiples of `patch` just below and above `size` (positive ones only)."""
+    below = (size // patch) * patch
+    return [s for s in (below, below + patch) if s > 0]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture: the config plus where its figures come from."""
+
+    name: str
+    config: ViTConfig
+    source: str
+    description: str = ""
+
+
+VIT_PAPER = "Dosovitskiy et al. 2021, Table 1"
+DEIT_PAPER = "Touvron et al. 2021 (DeiT), Table 1"
+
+
+def _paper(name: str, patch: int, dim: int, depth: int, heads: int, mlp: int, desc: str,
+           source: str = VIT_PAPER) -> Preset:
+    return Preset(
+        name=name,
+        config=ViTConfig(
+            image_size=224, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads,
+            mlp_ratio=mlp / dim,
+        ),
+        source=source,
+        description=desc,
+    )
+
+
+def _small(name: str, size: int, patch: int, dim: int, depth: int, heads: int, mlp_ratio: float,
+           desc: str, **extra: Any) -> Preset:
+    return Preset(
+        name=name,
+        config=ViTConfig(
+            image_size=size, patch_size=patch, in_channels=3, num_classes=10, embed_dim=dim,
+            depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, **extra,
+        ),
+        source="vitcli small-image preset (see README, 'Small data')",
+        description=desc,
+    )
+
+
+# Width, depth, MLP size and heads: ViT paper Table 1 (B, L, H); DeiT Table 1 (Ti, S).
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        _paper("vit-ti16", 16, 192, 12, 3, 768, "ViT-Ti/16", DEIT_PAPER),
+        _paper("vit-s16", 16, 384, 12, 6, 1536, "ViT-S/16", DEIT_PAPER),
+        _paper("vit-s32", 32, 384, 12, 6, 1536, "ViT-S/32", DEIT_PAPER),
+        _paper("vit-b16", 16, 768, 12, 12, 3072, "ViT-B/16"),
+        _paper("vit-b32", 32, 768, 12, 12, 3072, "ViT-B/32"),
+        _paper("vit-l16", 16, 1024, 24, 16, 4096, "ViT-L/16"),
+        _paper("vit-l32", 32, 1024, 24, 16, 4096, "ViT-L/32"),
+        _paper("vit-h14", 14, 1280, 32, 16, 5120, "ViT-H/14"),
+        # Small images (28-64 px): small patches so there are enough tokens, few layers so
+        # that a few thousand images are enough.
+        _small("vit-nano", 32, 4, 128, 6, 4, 2.0, "small images, 32 px, 4 px patches"),
+        _small("vit-micro", 32, 4, 192, 8, 3, 2.0, "small images, 32 px, 4 px patches"),
+        _small("vit-mini", 64, 8, 256, 8, 4, 2.0, "small images, 64 px, 8 px patches"),
+    )
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called `name`, or a UsageError listing the valid names."""
+    key = name.lower().replace("_", "-").replace("/", "")
+    if key in PRESETS:
+        return PRESETS[key]
+    raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def count_params(config: ViTConfig) -> int:
+    """Trainable parameter count, computed from the config alone (no torch needed)."""
+    d, p, c = config.embed_dim, config.patch_size, config.in_channels
+    kernel = p + 2 if config.patch_embed == "overlap" else p
+    in_ch = c * 5 if config.patch_embed == "shifted" else c
+    n = in_ch * kernel * kernel * d + d  # patch projection
+    if config.patch_embed == "shifted":
+        n += 2 * in_ch * p * p  # LayerNorm over the shifted patch vector
+    n += d if config.class_token else 0
+    n += config.num_tokens * d if config.pos_embed == "learned" else 0
+    m = config.mlp_dim
+    block = (d * 3 * d + (3 * d if config.qkv_bias else 0)) + (d * d + d)  # qkv, proj
+    block += (d * m + m) + (m * d + d) + 4 * d  # fc1, fc2, two norms
+    block += 1 if config.locality_attention else 0  # learned temperature
+    n += config.depth * block + 2 * d  # blocks, final norm
+    n += d * config.num_classes + config.num_classes if config.num_classes else 0
+    return n
+
+
+def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
+    """Multiply-accumulates for one image (matmuls only; norms/softmax are negligible)."""
+    size = image_size or config.image_size
+    grid = size // config.patch_size
+    n_patches = grid * grid
+    n = n_patches + config.num_prefix_tokens
+    d, m = config.embed_dim, config.mlp_dim
+    kernel = config.patch_size + 2 if config.patch_embed == "overlap" else config.patch_size
+    in_ch = config.in_channels * (5 if config.patch_embed == "shifted" else 1)
+    macs = n_patches * in_ch * kernel * kernel * d  # patch embedding
+    per_block = n * d * 3 * d  # qkv
+    per_block += 2 * n * n * d  # q·kᵀ and attn·v over all heads
+    per_block += n * d * d  # output projection
+    per_block += 2 * n * d * m  # MLP
+    macs += config.depth * per_block
+    macs += d * config.num_classes
+    return macs
+
+
+def gflops(config: ViTConfig, image_size: int | None = None) -> float:
+    """GFLOPs for one image, counted as 2 × MACs."""
+    return 2 * count_macs(config, image_size) / 1e9

@@ -1,0 +1,110 @@
+"""Model-input preprocessing, kept as data in the model file.
+
+Pillow + numpy only, so the torch and onnxruntime back ends run the very same code and
+cannot disagree: open → colour mode → resize shorter side to size / crop_fraction →
+centre crop → scale to 0-1 → normalise with mean/std → CHW float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitcli.errors import UsageError
+from vitcli.images import open_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes a model input; stored beside the weights."""
+
+    image_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_fraction: float = 1.0  # resize to size / crop_fraction, then centre-crop to size
+    color_mode: str = "RGB"  # "RGB" or "L"
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+        if self.interpolation not in INTERPOLATIONS:
+            raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
+        if self.color_mode not in ("RGB", "L"):
+            raise UsageError(f"color mode must be RGB or L, not {self.color_mode!r}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise UsageError(f"crop fraction must be in (0, 1], not {self.crop_fraction}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise UsageError(f"mean and std need {self.channels} values for {self.color_mode}")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "L" else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    # -- the pipeline, in stages so that data caching can keep the uint8 stage
+
+    def resize_crop(self, image: Image.Image) -> np.ndarray:
+        """Stage 1: the resized, centre-cropped uint8 pixels (size, size, channels)."""
+        image = image if image.mode == self.color_mode else image.convert(self.color_mode)
+        image = resize_shorter(image, round(self.image_size / self.crop_fraction),
+                               self.interpolation)
+        image = center_crop(image, self.image_size)
+        arr = np.asarray(image, dtype=np.uint8)
+        return arr[:, :, None] if arr.ndim == 2 else arr  # (H, W, C)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Stage 2: uint8 (..., H, W, C) → normalised float32 (..., C, H, W)."""
+        x = pixels.astype(np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """A PIL image → the model input (C, H, W) float32."""
+        return self.normalize(self.resize_crop(image))
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """Open an image file and preprocess it (C, H, W) float32."""
+        return self(open_image(path, self.color_mode))
+
+
+def resize_shorter(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize so the shorter side is `size`, keeping the aspect ratio."""
+    w, h = image.size
+    scale = size / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new == (w, h):
+        return image
+    return image.resize(new, INTERPOLATIONS[interpolation])
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """The central size×size square."""
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
