@@ -62,6 +62,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _chmod_like_open(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -70,6 +71,13 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _chmod_like_open(path: Path) -> None:
+    """Give the file the mode open() would have (mkstemp makes it owner-only, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -156,7 +164,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         # safetensors: u64 little-endian header length, then a JSON object.
         looks_safetensors = len(head) == 9 and head[8:9] == b"{"
         if not looks_safetensors:
-            raise VitError(_not_safetensors(path, head, size))
+            raise VitError(refusal_message(path, head, size))
         (n,) = struct.unpack("<Q", head[:8])
         if n > _HEADER_LIMIT or 8 + n > size:
             raise VitError(f"{path}: truncated or corrupt safetensors file (bad header length)")
@@ -178,7 +186,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     return header, metadata
 
 
-def _not_safetensors(path: Path, head: bytes, size: int) -> str:
+def refusal_message(path: Path, head: bytes, size: int) -> str:
     """Why a file that is not safetensors is refused, and what to do instead."""
     suffix = path.suffix.lower()
     if head[:2] == b"PK" or head[:1] == b"\x80" or suffix in PICKLE_SUFFIXES:

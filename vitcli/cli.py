@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,21 +23,39 @@ def print_error(message: str) -> None:
     sys.stderr.flush()
 
 
+# Typer vendors its own click, so `click.UsageError` would never match what Typer raises.
+# Reach Typer's class through its public BadParameter (a UsageError subclass).
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_line(exc: Any) -> str:
+    ctx = getattr(exc, "ctx", None)
+    command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+    return f"{exc.format_message()} (see `vit{command} --help`)"
+
+
 class VitGroup(TyperGroup):
     """Turns user mistakes into one line on stderr and an exit code, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as exc:  # options of `vit` itself, e.g. `vit --bogus`
+            print_error(_usage_line(exc))
+            raise typer.Exit(USAGE) from None
+
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VitError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
-        except click.UsageError as exc:
-            command = f" {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else ""
-            print_error(f"{exc.format_message()} (see `vit{command} --help`)")
+        except _UsageError as exc:  # a command's arguments and options
+            print_error(_usage_line(exc))
             raise typer.Exit(USAGE) from None
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # in the order they were added, not alphabetical
 
 

@@ -7,6 +7,7 @@ prediction path uses it too.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -26,14 +27,19 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def open_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """The decoded image in `mode` ("RGB" or "L"), upright, or a VitError naming the file."""
-    path = Path(path)
+def open_image(source: str | Path | bytes, mode: str = "RGB", *,
+               name: str | None = None) -> Image.Image:
+    """The decoded image in `mode` ("RGB" or "L"), upright, or a VitError naming the file.
+
+    `source` is a path, or encoded bytes (images stored inside a dataset table) named `name`.
+    """
+    path = Path(name or "<image bytes>") if isinstance(source, bytes) else Path(source)
+    opened = io.BytesIO(source) if isinstance(source, bytes) else path
     try:
         with warnings.catch_warnings():
             # A bomb warning becomes an error: refuse before decoding gigabytes of pixels.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(opened) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return to_mode(im, mode)

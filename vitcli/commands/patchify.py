@@ -1,12 +1,91 @@
-"""`vit patchify` (not built yet)."""
+"""`vit patchify IMAGE`: show how an image becomes the token sequence a ViT reads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-from vitcli.commands._common import not_built_yet
+from vitcli.commands._common import ModelOpt, OutDirOpt
+
+if TYPE_CHECKING:  # heavy or numpy-using imports stay out of `vit --help`
+    import numpy as np
+    from rich.table import Table
+    from rich.text import Text
+
+    from vitcli.patches import PatchifyResult
+
+PREVIEW_CELLS = 28  # widest terminal preview, in patches (two characters each)
 
 
-def patchify(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("patchify", "planned")
+def patchify(
+    image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).",
+                                          show_default=False)],
+    patch: Annotated[int | None, typer.Option(
+        "--patch", "-p", help="Patch size in pixels [default: the preset's, else 16].",
+        show_default=False)] = None,
+    size: Annotated[int | None, typer.Option(
+        "--size", "-s", help="Model input size in pixels [default: the preset's, else 224].",
+        show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="Architecture for the width and GFLOPs figures "
+        "[default: the preset nearest --patch/--size, e.g. vit-b16].",
+        show_default=False)] = None,
+    model: ModelOpt = None,
+    out: OutDirOpt = None,
+) -> None:
+    """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
+    from vitcli.commands._common import console
+    from vitcli.patches import patchify_image
+
+    out_dir = out if out is not None else Path("patchify-out")
+    result = patchify_image(image, out_dir, patch_size=patch, image_size=size, preset=preset,
+                            model_path=model)
+    console.print(_summary(result))
+    if console.color_system:  # piped output gets no blank colour blocks
+        console.print(_preview(result.colours))
+    console.print(f"[green]wrote[/] {result.grid_path}  (grid, numbers = token index)")
+    console.print(f"[green]wrote[/] {result.sequence_path}  (the sequence the encoder reads)")
+
+
+def _summary(result: PatchifyResult) -> Table:
+    """The figures as a two-column Rich table."""
+    from rich.table import Table
+
+    c, pre = result.config, result.preprocessing
+    rows, cols = result.grid
+    P = c.patch_size
+    table = Table(show_header=False, title=f"{result.image_path.name} → tokens",
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    w, h = result.original_size
+    table.add_row("original", f"{w}×{h} px")
+    crop = f", centre crop {pre.crop_fraction:g}" if pre.crop_fraction < 1 else ", centre crop"
+    table.add_row("model input", f"{c.image_size}×{c.image_size}×{c.in_channels} "
+                  f"({pre.interpolation} resize of the shorter side{crop})")
+    table.add_row("grid", f"{rows} rows × {cols} columns of {P}×{P} px patches")
+    cls = " + 1 class token" if c.class_token else " (no class token)"
+    table.add_row("patches / tokens", f"{result.num_patches} patches{cls} = "
+                  f"{result.num_tokens} tokens")
+    table.add_row("patch vector", f"P·P·C = {P}·{P}·{c.in_channels} = {result.patch_dim} values")
+    table.add_row("embedding", f"{result.patch_dim} → {c.embed_dim} (width), "
+                  f"{c.depth} blocks, {c.num_heads} heads")
+    table.add_row("model", f"{result.source}, {result.params:,} parameters")
+    table.add_row("GFLOPs / image", f"{result.gflops:.3f} (2 × multiply-accumulates)")
+    return table
+
+
+def _preview(colours: np.ndarray) -> Text:
+    """The image at one block per patch, in its patches' mean colours (rows, cols, 3)."""
+    from rich.text import Text
+
+    step = max(1, -(-colours.shape[1] // PREVIEW_CELLS))  # ceil: fit in ~56 characters
+    small = colours[::step, ::step]
+    text = Text()
+    for row in small:
+        for r, g, b in row:
+            text.append("  ", style=f"on rgb({r},{g},{b})")
+        text.append("\n")
+    return text

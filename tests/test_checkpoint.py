@@ -1,0 +1,182 @@
+"""The model file: round trip, atomic writes, and refusal of everything that is not one."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CLASSES
+
+from vitcli.checkpoint import (
+    atomic_write,
+    load_model,
+    read_header,
+    read_metadata,
+    save_model,
+    save_tensors,
+)
+from vitcli.errors import VitError
+from vitcli.preprocess import Preprocessing
+
+
+def test_round_trip_gives_the_same_logits_and_metadata(tmp_path, tiny_model):
+    pre = Preprocessing(image_size=32, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                        interpolation="bilinear", crop_fraction=0.875)
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      preprocessing=pre, extra={"source": "test"})
+    loaded = load_model(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), tiny_model(x), atol=0, rtol=0)
+    assert loaded.config == tiny_model.config
+    assert loaded.class_names == CLASSES
+    assert loaded.preprocessing == pre
+    assert loaded.metadata["source"] == "test"
+    assert loaded.metadata["format"] == "vitcli"
+    assert not loaded.model.training
+
+
+def test_load_at_another_image_size_resamples_and_updates_preprocessing(tiny_model_file):
+    loaded = load_model(tiny_model_file, image_size=48)
+    assert loaded.config.image_size == 48
+    assert loaded.preprocessing.image_size == 48
+    with torch.no_grad():
+        assert loaded.model(torch.randn(1, 3, 48, 48)).shape == (1, len(CLASSES))
+
+
+def test_metadata_reads_without_torch_weights(tiny_model_file):
+    metadata = read_metadata(tiny_model_file)
+    assert json.loads(metadata["class_names"]) == CLASSES
+    assert json.loads(metadata["config"])["depth"] == 2
+
+
+def test_wrong_number_of_class_names_is_refused(tmp_path, tiny_model):
+    with pytest.raises(VitError, match="2 class names for a model with 3 outputs"):
+        save_model(tmp_path / "m.safetensors", tiny_model, class_names=["a", "b"])
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path, tiny_model):
+    save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES)
+    save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES)  # overwrite
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, tiny_model_file):
+    before = tiny_model_file.read_bytes()
+
+    def crash_half_way(tmp: Path) -> None:
+        tmp.write_bytes(before[: len(before) // 2])
+        raise KeyboardInterrupt  # the user pressed Ctrl-C mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tiny_model_file, crash_half_way)
+    assert tiny_model_file.read_bytes() == before
+    assert [p.name for p in tiny_model_file.parent.iterdir()] == [tiny_model_file.name]
+    load_model(tiny_model_file)  # still a good model
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def _pickle_file(path: Path) -> Path:
+    path.write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))  # starts with \x80
+    return path
+
+
+def _zip_file(path: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as z:  # what torch.save writes: a zip of pickles
+        z.writestr("archive/data.pkl", pickle.dumps({}))
+    return path
+
+
+@pytest.mark.parametrize("name, make", [
+    ("model.pt", _pickle_file), ("model.pth", _zip_file), ("pytorch_model.bin", _pickle_file),
+    ("last.ckpt", _zip_file), ("weights.safetensors", _zip_file),
+])
+def test_pickle_checkpoints_are_refused_with_how_to_convert(tmp_path, name, make):
+    path = make(tmp_path / name)
+    with pytest.raises(VitError, match="never unpickles") as info:
+        load_model(path)
+    assert str(path) in str(info.value) and "vit convert" in str(info.value)
+
+
+def _truncated(path: Path, good: bytes) -> None:
+    path.write_bytes(good[: len(good) - 100])
+
+
+def _corrupt_header(path: Path, good: bytes) -> None:
+    (n,) = struct.unpack("<Q", good[:8])
+    path.write_bytes(good[:8] + b"{" + b"\xff" * (n - 1) + good[8 + n:])
+
+
+def _huge_header_length(path: Path, good: bytes) -> None:
+    path.write_bytes(struct.pack("<Q", 10**12) + good[8:])
+
+
+def _entry_not_object(path: Path, good: bytes) -> None:
+    body = b'{"w": 1}'
+    path.write_bytes(struct.pack("<Q", len(body)) + body)
+
+
+def _bad_tensor_entry(path: Path, good: bytes) -> None:
+    body = json.dumps({"w": {"dtype": "F32", "shape": [1]}}).encode()  # no data_offsets
+    path.write_bytes(struct.pack("<Q", len(body)) + body)
+
+
+@pytest.mark.parametrize("damage", [
+    _truncated, _corrupt_header, _huge_header_length, _entry_not_object, _bad_tensor_entry,
+])
+def test_damaged_safetensors_files_are_refused(tmp_path, tiny_model_file, damage):
+    path = tmp_path / "damaged.safetensors"
+    damage(path, tiny_model_file.read_bytes())
+    with pytest.raises(VitError, match="corrupt|truncated") as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"hello, this is text and not a model", "not a safetensors model file"),
+])
+def test_empty_and_non_model_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(VitError, match=message) as info:
+        read_header(path)
+    assert str(path) in str(info.value)
+
+
+def test_plain_safetensors_without_vitcli_metadata_is_refused(tmp_path):
+    path = save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2)})
+    with pytest.raises(VitError, match="not a vitcli model file") as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_and_folder_are_refused(tmp_path):
+    with pytest.raises(VitError, match="no such file"):
+        load_model(tmp_path / "nope.safetensors")
+    with pytest.raises(VitError, match="is a folder"):
+        load_model(tmp_path)
+
+
+def test_newer_format_version_asks_for_an_upgrade(tmp_path, tiny_model):
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      extra={"format_version": "99"})
+    with pytest.raises(VitError, match="upgrade vitcli"):
+        load_model(path)
+
+
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path, tiny_model):
+    state = tiny_model.state_dict()
+    del state["head.bias"]
+    metadata = read_metadata(save_model(tmp_path / "good.safetensors", tiny_model,
+                                        class_names=CLASSES))
+    path = save_tensors(tmp_path / "bad.safetensors", state, metadata)
+    with pytest.raises(VitError, match="missing head.bias"):
+        load_model(path)

@@ -1,0 +1,130 @@
+"""The `vit` command line: --version, --help, models, info, patchify and error handling.
+
+Other commands' CLI tests live beside their modules' tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vitcli import __version__
+from vitcli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
+    """Failed with `code`, said so in exactly one stderr line, and printed no traceback."""
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"vitcli {__version__}"
+
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("patchify", "train", "eval", "predict", "export", "models", "info"):
+        assert command in result.stdout
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom vitcli.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=60)
+    assert "patchify" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "NO-TORCH"
+
+
+def test_models_lists_presets_with_published_counts():
+    result = run("models")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "vit-b16" in text and "86,567,656" in text
+    assert "vit-nano" in text and "GFLOPs per image = 2 ×" in text
+
+
+def test_info_shows_the_model_file(tiny_model_file):
+    result = run("info", tiny_model_file)
+    assert result.exit_code == 0, result.output
+    assert "circle" in result.stdout and "4×4 patches" in result.stdout
+
+
+def test_patchify_writes_both_pictures_and_prints_counts(tmp_path, image_file):
+    out = tmp_path / "out"
+    result = run("patchify", image_file, "--patch", 8, "--size", 32, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["photo_grid.png", "photo_sequence.png"]
+    text = " ".join(result.stdout.split())
+    assert "40×30 px" in text
+    assert "4 rows × 4 columns" in text
+    assert "16 patches + 1 class token = 17 tokens" in text
+    assert "P·P·C = 8·8·3 = 192 values" in text
+
+
+def test_patchify_with_a_model_uses_its_sizes(tmp_path, image_file, tiny_model_file):
+    result = run("patchify", image_file, "--model", tiny_model_file, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "17 tokens" in result.stdout and "32×32×3" in result.stdout
+
+
+def test_patchify_size_not_divisible_names_nearest_sizes(tmp_path, image_file):
+    result = run("patchify", image_file, "--size", 225, "--out", tmp_path / "out")
+    assert_one_line_error(result, 2, "224 or 240")
+    assert not (tmp_path / "out").exists()
+
+
+def test_patchify_missing_image_fails_with_one_line(tmp_path):
+    missing = tmp_path / "nope.jpg"
+    assert_one_line_error(run("patchify", missing, "--out", tmp_path), 1, str(missing))
+
+
+def test_patchify_unreadable_image_fails_with_one_line(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    assert_one_line_error(run("patchify", bad, "--out", tmp_path / "o"), 1, str(bad))
+
+
+def test_info_refuses_a_pickle_checkpoint_with_one_line(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x04\x95 pickled")
+    assert_one_line_error(run("info", path), 1, str(path), "vit convert")
+
+
+def test_unknown_option_is_a_usage_error_with_one_line():
+    # Needs vitcli/cli.py to catch typer's vendored click exceptions (typer >= 0.29 ships
+    # its own copy of click as typer._click, so `except click.UsageError` never matches).
+    assert_one_line_error(run("models", "--nope"), 2, "--nope")
+
+
+def test_bad_option_value_is_a_usage_error_with_one_line(image_file):
+    assert_one_line_error(run("patchify", image_file, "--patch", "abc"), 2, "--patch")
+
+
+@pytest.mark.slow
+def test_real_process_error_is_one_stderr_line(tmp_path):
+    """The installed entry point, not just the runner: exit code and stderr of a process."""
+    done = subprocess.run([sys.executable, "-m", "vitcli", "patchify", str(tmp_path / "x.png")],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                          timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "x.png: no such file" in done.stderr

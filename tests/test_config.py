@@ -1,0 +1,120 @@
+"""ViTConfig, the preset table, parameter counts and GFLOPs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitcli.config import (
+    PRESETS,
+    ViTConfig,
+    count_macs,
+    count_params,
+    get_preset,
+    gflops,
+    nearest_sizes,
+)
+from vitcli.errors import UsageError
+from vitcli.model import VisionTransformer, num_params
+
+# Published counts at 224 px with a 1000-class head, as timm counts them.
+PUBLISHED = {
+    "vit-ti16": 5_717_416,
+    "vit-s16": 22_050_664,
+    "vit-b16": 86_567_656,
+    "vit-b32": 88_224_232,
+    "vit-l16": 304_326_632,
+    "vit-h14": 632_045_800,
+}
+VIT_H14_HEADLESS = 630_764_800  # timm's figure for vit_huge_patch14_224 (num_classes=0)
+
+
+def meta_model(config: ViTConfig) -> VisionTransformer:
+    """The real module tree on the meta device: exact shapes, no memory, no init time."""
+    with torch.device("meta"):
+        return VisionTransformer(config)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED))
+def test_published_parameter_counts(name):
+    config = get_preset(name).config.replace(num_classes=1000)
+    assert config.image_size == 224
+    assert count_params(config) == PUBLISHED[name]
+    assert num_params(meta_model(config)) == PUBLISHED[name]
+
+
+def test_vit_h14_headless_count_matches_timm():
+    config = get_preset("vit-h14").config.replace(num_classes=0)
+    assert count_params(config) == VIT_H14_HEADLESS
+    assert num_params(meta_model(config)) == VIT_H14_HEADLESS
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"pos_embed": "sincos"}, {"patch_embed": "overlap"}, {"patch_embed": "shifted"},
+    {"locality_attention": True}, {"class_token": False, "pooling": "mean"},
+    {"qkv_bias": False}, {"num_classes": 0}, {"in_channels": 1},
+])
+def test_count_params_agrees_with_modules_for_every_option(changes):
+    base = dict(image_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=7)
+    config = ViTConfig(**{**base, **changes})
+    assert count_params(config) == num_params(VisionTransformer(config))
+
+
+def test_vit_b16_gflops_match_published_macs():
+    # timm/fvcore report 17.58 GMACs for ViT-B/16 at 224 px; we count matmuls only.
+    config = get_preset("vit-b16").config
+    assert count_macs(config) == pytest.approx(17.58e9, rel=0.01)
+    assert gflops(config) == pytest.approx(2 * count_macs(config) / 1e9)
+    assert gflops(config, image_size=384) > 3 * gflops(config)  # attention grows as N²
+
+
+def test_json_round_trip_keeps_every_field():
+    config = ViTConfig(image_size=48, patch_size=8, pooling="mean", class_token=False,
+                       pos_embed="sincos", drop_path=0.1, patch_embed="shifted",
+                       locality_attention=True, num_classes=3)
+    assert ViTConfig.from_json(config.to_json()) == config
+
+
+def test_from_dict_ignores_keys_from_newer_versions():
+    data = {**ViTConfig().to_dict(), "some_future_option": 3}
+    assert ViTConfig.from_dict(data) == ViTConfig()
+
+
+def test_size_not_divisible_names_nearest_valid_sizes():
+    with pytest.raises(UsageError, match="nearest valid sizes: 224, 240"):
+        ViTConfig(image_size=225, patch_size=16)
+    assert nearest_sizes(225, 16) == [224, 240]
+    assert nearest_sizes(5, 16) == [16]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"embed_dim": 30, "num_heads": 4}, "not divisible by num_heads"),
+    ({"pooling": "max"}, "pooling must be"),
+    ({"class_token": False}, "needs class_token"),
+    ({"pos_embed": "rope"}, "pos_embed must be"),
+    ({"patch_embed": "conv"}, "patch_embed must be"),
+    ({"patch_size": 0}, "positive"),
+])
+def test_impossible_configs_are_usage_errors(changes, message):
+    with pytest.raises(UsageError, match=message):
+        ViTConfig(**changes)
+
+
+def test_replace_refuses_unknown_options():
+    with pytest.raises(UsageError, match="unknown model option"):
+        ViTConfig().replace(widht=3)
+
+
+def test_preset_names_are_forgiving_and_unknown_ones_list_choices():
+    assert get_preset("ViT-B/16").name == "vit-b16"
+    assert get_preset("vit_ti16").name == "vit-ti16"
+    with pytest.raises(UsageError, match="vit-b16"):
+        get_preset("vit-xl")
+
+
+def test_every_preset_is_valid_and_has_whole_tokens():
+    for preset in PRESETS.values():
+        c = preset.config
+        assert c.image_size % c.patch_size == 0
+        assert c.num_tokens == (c.image_size // c.patch_size) ** 2 + 1
+        assert c.patch_dim == c.patch_size**2 * 3

@@ -1,0 +1,176 @@
+"""The ViT itself: shapes, gradients, patch embedding, position embeddings, timm names."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY
+
+from vitcli.config import PRESETS, ViTConfig
+from vitcli.errors import UsageError
+from vitcli.model import (
+    VisionTransformer,
+    create_model,
+    patchify,
+    resample_pos_embed,
+    sincos_pos_embed,
+)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_runs_at_toy_size(name):
+    """The preset's patch size and layout, shrunk to 2 × 2 patches, 1 block, width 32."""
+    patch = PRESETS[name].config.patch_size
+    model = create_model(name, image_size=2 * patch, embed_dim=32, depth=1, num_heads=2,
+                         num_classes=5).eval()
+    x = torch.randn(2, 3, 2 * patch, 2 * patch)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        logits = model.forward_head(tokens)
+    assert tokens.shape == (2, 4 + 1, 32) and tokens.dtype == torch.float32
+    assert logits.shape == (2, 5) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+OPTIONS = [
+    {},
+    {"pooling": "mean"},
+    {"pooling": "mean", "class_token": False},
+    {"pos_embed": "sincos"},
+    {"patch_embed": "overlap"},
+    {"patch_embed": "shifted"},
+    {"locality_attention": True},
+    {"drop_path": 0.2, "dropout": 0.1, "attn_dropout": 0.1},
+    {"qkv_bias": False},
+]
+
+
+@pytest.mark.parametrize("changes", OPTIONS, ids=lambda c: ",".join(c) or "default")
+def test_every_parameter_gets_a_gradient_and_nothing_is_nan(changes):
+    model = create_model(num_classes=3, **{**TINY, **changes}).train()
+    logits = model(torch.randn(4, 3, 32, 32))
+    assert torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 0])).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+        assert param.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_patch_embedding_is_a_linear_map_of_flattened_patches(tiny_model):
+    """Conv with stride P == (P·P·C patch vectors) @ Wᵀ + b, with W the reshaped kernel."""
+    x = torch.randn(2, 3, 32, 32)
+    conv = tiny_model.patch_embed.proj
+    D, C, P, _ = conv.weight.shape
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(D, P * P * C)  # (D, p1 p2 c)
+    expected = patchify(x, P) @ weight.T + conv.bias  # (B, N, D)
+    with torch.no_grad():
+        tokens, grid = tiny_model.patch_embed(x)
+    assert grid == (4, 4)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_patchify_order_is_row_major_and_channel_last():
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)  # C=2, 4×4 px
+    patches = patchify(x, 2)  # (1, 4, 2·2·2)
+    assert patches.shape == (1, 4, 8)
+    # Patch 1 is the top-right 2×2 block; each pixel lists its channels together.
+    top_right = [x[0, c, i, j].item() for i in (0, 1) for j in (2, 3) for c in (0, 1)]
+    assert patches[0, 1].tolist() == top_right
+
+
+def test_sincos_values_follow_the_formula():
+    D = 8
+    emb = sincos_pos_embed(D, (2, 3), num_prefix=1)
+    assert emb.shape == (1, 1 + 6, D)
+    assert torch.equal(emb[0, 0], torch.zeros(D))  # class token
+    row, col = 1, 2
+    token = emb[0, 1 + row * 3 + col]
+    omega = [1 / 10000 ** (k / (D / 4)) for k in range(D // 4)]
+    expected = ([math.sin(row * w) for w in omega] + [math.cos(row * w) for w in omega]
+                + [math.sin(col * w) for w in omega] + [math.cos(col * w) for w in omega])
+    torch.testing.assert_close(token, torch.tensor(expected))
+    with pytest.raises(UsageError, match="divisible by 4"):
+        sincos_pos_embed(6, (2, 2), 1)
+
+
+def test_resample_is_identity_at_the_same_grid_and_keeps_the_class_token():
+    pos = torch.randn(1, 1 + 16, 8)
+    assert torch.equal(resample_pos_embed(pos, (4, 4), (4, 4), 1), pos)
+    bigger = resample_pos_embed(pos, (6, 5), (4, 4), 1)
+    assert bigger.shape == (1, 1 + 30, 8)
+    assert torch.equal(bigger[:, 0], pos[:, 0])
+    # A constant embedding stays constant: interpolation adds nothing of its own.
+    flat = torch.cat([pos[:, :1], torch.full((1, 16, 8), 0.3)], dim=1)
+    torch.testing.assert_close(resample_pos_embed(flat, (7, 7), (4, 4), 1)[:, 1:],
+                               torch.full((1, 49, 8), 0.3))
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sincos"])
+def test_running_at_another_resolution(pos_embed):
+    model = create_model(num_classes=3, **{**TINY, "pos_embed": pos_embed}).eval()
+    x = torch.randn(2, 3, 48, 48)  # 6×6 patches instead of 4×4
+    with torch.no_grad():
+        on_the_fly = model(x)
+        model.set_image_size(48)
+        native = model(x)
+    assert on_the_fly.shape == (2, 3) and torch.isfinite(on_the_fly).all()
+    torch.testing.assert_close(on_the_fly, native)
+    assert model.config.image_size == 48 and model.pos_embed.shape[1] == 1 + 36
+
+
+def test_image_not_divisible_by_patch_is_a_usage_error(tiny_model):
+    with pytest.raises(UsageError, match="not divisible by patch size 8"):
+        tiny_model(torch.randn(1, 3, 30, 32))
+
+
+def test_state_dict_names_are_timms():
+    model = create_model(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                         num_classes=3)
+    expected = [  # timm VisionTransformer(depth=1).state_dict(), in order
+        "cls_token", "pos_embed",
+        "patch_embed.proj.weight", "patch_embed.proj.bias",
+        "blocks.0.norm1.weight", "blocks.0.norm1.bias",
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
+        "blocks.0.norm2.weight", "blocks.0.norm2.bias",
+        "blocks.0.mlp.fc1.weight", "blocks.0.mlp.fc1.bias",
+        "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias",
+        "norm.weight", "norm.bias",
+        "head.weight", "head.bias",
+    ]
+    assert list(model.state_dict()) == expected
+    assert model.state_dict()["blocks.0.attn.qkv.weight"].shape == (96, 32)  # fused q, k, v
+
+
+@pytest.mark.parametrize("changes", [{}, {"locality_attention": True}], ids=["plain", "lsa"])
+def test_forward_with_attention_matches_forward(changes):
+    model = create_model(num_classes=3, **{**TINY, **changes}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        logits2, maps = model.forward_with_attention(x)
+    torch.testing.assert_close(logits2, logits, atol=1e-5, rtol=1e-4)
+    assert len(maps) == TINY["depth"]
+    for attn in maps:
+        assert attn.shape == (2, TINY["num_heads"], 17, 17)
+        torch.testing.assert_close(attn.sum(-1), torch.ones(2, TINY["num_heads"], 17))
+    if changes:
+        assert torch.all(maps[0].diagonal(dim1=-2, dim2=-1) == 0)  # no token attends to itself
+
+
+def test_create_model_applies_overrides_and_rejects_unknown_ones():
+    model = create_model("vit-nano", num_classes=4, depth=1)
+    assert isinstance(model, VisionTransformer)
+    assert model.config.embed_dim == 128 and model.config.num_classes == 4
+    assert len(model.blocks) == 1
+    with pytest.raises(UsageError, match="unknown model option"):
+        create_model("vit-nano", layers=3)
+
+
+def test_headless_model_returns_pooled_features():
+    model = VisionTransformer(ViTConfig(**TINY, num_classes=0)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, TINY["embed_dim"])

@@ -1,0 +1,87 @@
+"""Preprocessing: resize the shorter side, centre-crop, normalise, CHW float32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitcli.errors import UsageError
+from vitcli.preprocess import Preprocessing, center_crop, resize_shorter
+
+
+def columns_image(width: int, height: int) -> Image.Image:
+    """Each column's value is its x coordinate, so crops can be read off the pixels."""
+    row = np.arange(width, dtype=np.uint8)
+    return Image.fromarray(np.repeat(np.tile(row, (height, 1))[:, :, None], 3, axis=2))
+
+
+def test_resize_shorter_side_keeps_aspect_ratio():
+    assert resize_shorter(Image.new("RGB", (40, 30)), 24).size == (32, 24)
+    assert resize_shorter(Image.new("RGB", (30, 90)), 15).size == (15, 45)
+    same = Image.new("RGB", (24, 24))
+    assert resize_shorter(same, 24) is same
+
+
+def test_center_crop_takes_the_middle():
+    crop = np.asarray(center_crop(columns_image(10, 4), 4))
+    assert crop.shape == (4, 4, 3)
+    assert crop[0, :, 0].tolist() == [3, 4, 5, 6]
+
+
+def test_resize_crop_gives_uint8_hwc_of_the_centre():
+    pre = Preprocessing(image_size=8, interpolation="nearest")
+    pixels = pre.resize_crop(columns_image(16, 8))  # no resize needed: shorter side is 8
+    assert pixels.shape == (8, 8, 3) and pixels.dtype == np.uint8
+    assert pixels[0, :, 0].tolist() == list(range(4, 12))
+
+
+def test_crop_fraction_resizes_up_first():
+    pre = Preprocessing(image_size=28, crop_fraction=0.875, interpolation="nearest")
+    # round(28 / 0.875) = 32: a 32×32 image is not resized, only cropped by 2 px a side.
+    pixels = pre.resize_crop(columns_image(32, 32))
+    assert pixels.shape == (28, 28, 3)
+    assert pixels[0, 0, 0] == 2 and pixels[0, -1, 0] == 29
+
+
+def test_normalize_values_and_layout():
+    pre = Preprocessing(image_size=2, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.5))
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    pixels[0, 0] = (255, 255, 0)
+    x = pre.normalize(pixels)
+    assert x.shape == (3, 2, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0, 0], [1.0, 2.0, -1.0])
+    np.testing.assert_allclose(x[:, 1, 1], [-1.0, -2.0, -1.0])
+    batch = pre.normalize(np.stack([pixels, pixels]))  # (B, H, W, C) → (B, C, H, W)
+    assert batch.shape == (2, 3, 2, 2)
+
+
+def test_imagenet_defaults_and_grey_mode(tmp_path):
+    path = tmp_path / "white.png"
+    Image.new("RGB", (20, 10), (255, 255, 255)).save(path)
+    x = Preprocessing(image_size=8).load(path)
+    np.testing.assert_allclose(x[:, 0, 0], [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
+                                            (1 - 0.406) / 0.225], rtol=1e-5)
+    grey = Preprocessing(image_size=8, mean=(0.5,), std=(0.5,), color_mode="L").load(path)
+    assert grey.shape == (1, 8, 8)
+    np.testing.assert_allclose(grey, 1.0)
+
+
+def test_json_round_trip():
+    pre = Preprocessing(image_size=64, mean=(0.1, 0.2, 0.3), std=(1, 2, 3),
+                        interpolation="bilinear", crop_fraction=0.9)
+    again = Preprocessing.from_dict(json.loads(pre.to_json()))
+    assert again == pre and isinstance(again.mean, tuple)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"interpolation": "cubic"}, "interpolation must be"),
+    ({"color_mode": "CMYK"}, "color mode"),
+    ({"crop_fraction": 0.0}, "crop fraction"),
+    ({"mean": (0.5,)}, "mean and std need 3"),
+])
+def test_bad_settings_are_usage_errors(changes, message):
+    with pytest.raises(UsageError, match=message):
+        Preprocessing(**changes)
