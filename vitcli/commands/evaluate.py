@@ -1,12 +1,230 @@
-"""`vit eval` (not built yet)."""
+"""`vit eval`: measure a model file on labelled images and show where it goes wrong."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-from vitcli.commands._common import not_built_yet
+from vitcli.commands._common import DeviceOpt, JsonOpt, ModelOpt, OutDirOpt
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from vitcli.evaluate import EvalReport, Metrics
+
+CONFUSION_MAX_CLASSES = 12  # a wider Rich matrix no longer fits a terminal
+PER_CLASS_MAX_ROWS = 40
 
 
-def evaluate(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("eval", "planned")
+def evaluate(
+    model: ModelOpt = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", "-d", help="Labelled images: a folder of class sub-folders, a folder with "
+        "train/ and val/ or test/, a saved dataset, or a Hub dataset name.",
+        show_default=False)] = None,
+    json_path: JsonOpt = None,
+    out: OutDirOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+                                            help="Images per forward pass.")] = 256,
+    device: DeviceOpt = "auto",
+    split: Annotated[str | None, typer.Option(
+        "--split", help="Which split to evaluate (default: the data's validation or test "
+        "split, else all of it).", show_default=False)] = None,
+    show: Annotated[int, typer.Option("--show", min=0,
+                                      help="Misclassified files listed in the terminal.")] = 20,
+) -> None:
+    """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
+
+    Preprocessing and class names come from the model file. Results go to --out (default: a
+    new runs/eval/<name> folder): metrics.json, per_class.csv, misclassified.csv and
+    confusion_matrix.png.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from vitcli.commands._common import console, err_console
+    from vitcli.errors import UsageError
+    from vitcli.evaluate import evaluate as run_eval
+    from vitcli.evaluate import new_eval_dir, write_json, write_outputs
+
+    if model is None:
+        raise UsageError("--model is required (a .safetensors model file)")
+    if data is None:
+        raise UsageError("--data is required (a folder of class sub-folders or a dataset)")
+
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("reading images", total=None)
+
+        def update(stage: str, done: int, total: int) -> None:
+            description = "reading images" if stage == "reading" else "evaluating"
+            bar.update(task, description=description, completed=done, total=total)
+
+        report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
+                          progress=update)
+
+    out = out or new_eval_dir(model)
+    written = write_outputs(report, out)
+    if json_path is not None:
+        write_json(report, json_path)
+
+    if report.bad_files:
+        path, reason = report.bad_files[0]
+        first = reason if reason.startswith(path) else f"{path}: {reason}"
+        err_console.print(
+            f"[yellow]warning:[/] skipped {len(report.bad_files)} unreadable image"
+            f"{'s' if len(report.bad_files) > 1 else ''} (first: {escape(first)}); "
+            f"all listed in {escape(str(written['bad_files']))}", highlight=False,
+            soft_wrap=True)
+    render(report, show=show)
+    console.print(f"results in [bold]{escape(str(out))}[/]"
+                  + (f", JSON in [bold]{escape(str(json_path))}[/]" if json_path else ""),
+                  highlight=False)
+
+
+def render(report: EvalReport, *, show: int = 20) -> None:
+    """Print the summary, per-class, confusion, most-confused and misclassified tables."""
+    from rich.markup import escape
+
+    from vitcli.commands._common import console
+
+    m = report.metrics
+    data = report.description or f"{report.data}: {m.num_images:,} images"
+    console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
+                  f"{len(m.class_names)} classes, {report.device}, "
+                  f"{m.num_images / max(report.seconds, 1e-9):,.0f} images/s", highlight=False)
+    console.print(_summary_table(report))
+    console.print(_per_class_table(m))
+    console.print(_confusion_table(m))
+    if m.most_confused:
+        console.print(_most_confused_table(m))
+    console.print(_misclassified_table(m, show, report.data) if m.misclassified
+                  else "[green]no misclassified images[/]")
+
+
+def _summary_table(report: EvalReport) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    m = report.metrics
+    table = Table(title="summary", title_justify="left", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(justify="right")
+    table.add_row("top-1 accuracy", f"{m.top1:.2%}")
+    note = "" if m.top_k == 5 else f" (top-5 needs 5 classes; the model has {m.top_k})"
+    table.add_row(f"top-{m.top_k} accuracy{note}", f"{m.top5:.2%}")
+    table.add_row("loss (cross-entropy)", f"{m.loss:.4f}")
+    for avg, label in ((m.macro, "macro"), (m.weighted, "weighted")):
+        table.add_row(f"{label} precision / recall / F1",
+                      f"{avg.precision:.3f} / {avg.recall:.3f} / {avg.f1:.3f}")
+    if report.absent_classes:
+        shown = ", ".join(report.absent_classes[:5])
+        more = f" +{len(report.absent_classes) - 5}" if len(report.absent_classes) > 5 else ""
+        table.add_row("model classes not in the data", escape(shown + more))
+    return table
+
+
+def _per_class_table(m: Metrics) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = m.per_class
+    caption = None
+    if len(rows) > PER_CLASS_MAX_ROWS:
+        # With many classes the useful rows are the weak ones; the CSV holds them all.
+        rows = sorted((c for c in rows if c.support), key=lambda c: c.f1)[:PER_CLASS_MAX_ROWS]
+        caption = (f"the {len(rows)} classes with the lowest F1 of {len(m.per_class)}; "
+                   "all in per_class.csv")
+    table = Table(title="per class", title_justify="left", caption=caption,
+                  caption_justify="left")
+    table.add_column("class", no_wrap=True)
+    for col in ("precision", "recall", "F1", "support"):
+        table.add_column(col, justify="right")
+    for c in rows:
+        table.add_row(escape(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
+                      f"{c.support:,}")
+    table.add_section()
+    for c in (m.macro, m.weighted):
+        table.add_row(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
+                      f"{c.support:,}", style="bold")
+    return table
+
+
+def _confusion_table(m: Metrics) -> Table:
+    import numpy as np
+    from rich.markup import escape
+    from rich.table import Table
+
+    k = len(m.class_names)
+    support = m.confusion.sum(axis=1)
+    if k <= CONFUSION_MAX_CLASSES:
+        keep = np.arange(k)
+        caption = "rows: true class, columns: predicted; also in confusion_matrix.png"
+    else:
+        keep = np.sort(np.argsort(-support, kind="stable")[:CONFUSION_MAX_CLASSES])
+        caption = (f"the {len(keep)} most frequent of {k} classes (rows: true, columns: "
+                   "predicted); the full matrix is in confusion_matrix.png")
+    # Long names would squeeze the count columns to "…": number the columns instead.
+    numbered = any(len(m.class_names[j]) > 8 for j in keep)
+    if numbered:
+        caption += "; columns numbered as the rows"
+    table = Table(title="confusion matrix", title_justify="left", caption=caption,
+                  caption_justify="left")
+    table.add_column("true \\ predicted", no_wrap=True)
+    for n, j in enumerate(keep, 1):
+        table.add_column(str(n) if numbered else escape(m.class_names[j]), justify="right")
+    for n, i in enumerate(keep, 1):
+        cells = []
+        for j in keep:
+            count = int(m.confusion[i, j])
+            text = f"{count:,}" if count else "·"
+            cells.append(f"[green]{text}[/]" if i == j and count else
+                         f"[red]{text}[/]" if count else f"[dim]{text}[/]")
+        label = escape(m.class_names[i])
+        table.add_row(f"{n}. {label}" if numbered else label, *cells)
+    return table
+
+
+def _most_confused_table(m: Metrics) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    support = {c.name: c.support for c in m.per_class}
+    table = Table(title="most confused", title_justify="left")
+    table.add_column("true", no_wrap=True)
+    table.add_column("predicted as", no_wrap=True)
+    table.add_column("images", justify="right")
+    table.add_column("of the true class", justify="right")
+    for true, pred, count in m.most_confused:
+        table.add_row(escape(true), escape(pred), f"{count:,}", f"{count / support[true]:.1%}")
+    return table
+
+
+def _misclassified_table(m: Metrics, show: int, data: str) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = m.misclassified[:show]
+    more = len(m.misclassified) - len(rows)
+    caption = ("most confident first" + (f"; {more:,} more" if more else "")
+               + "; all in misclassified.csv")
+    table = Table(title=f"misclassified ({len(m.misclassified):,})", title_justify="left",
+                  caption=caption, caption_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("true", no_wrap=True)
+    table.add_column("predicted", no_wrap=True)
+    table.add_column("confidence", justify="right")
+    for path, true, pred, conf in rows:
+        table.add_row(escape(_relative(path, data)), escape(true), escape(pred), f"{conf:.1%}")
+    return table
+
+
+
+def _relative(path: str, folder: str) -> str:
+    """`path` relative to the data folder when it is inside it (shorter rows), else as is."""
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path

@@ -1,0 +1,233 @@
+"""Metrics against hand-computed values, predict_logits against the model, and `vit eval`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitcli.errors import VitError
+from vitcli.evaluate import (
+    compute_metrics,
+    confusion_matrix,
+    map_labels,
+    predict_logits,
+    top_k_accuracy,
+)
+
+NAMES = ["a", "b", "c", "d"]
+# Six images; logits are log-probabilities so the loss is -mean(log p[true]).
+# Class c is never predicted (precision must be 0, not NaN); class d has no image at all.
+PROBS = np.array([
+    [0.7, 0.1, 0.1, 0.1],  # a → a
+    [0.4, 0.3, 0.2, 0.1],  # a → a
+    [0.3, 0.4, 0.2, 0.1],  # a → b  (confidence 0.4)
+    [0.1, 0.6, 0.2, 0.1],  # b → b
+    [0.5, 0.1, 0.3, 0.1],  # b → a  (confidence 0.5)
+    [0.1, 0.6, 0.2, 0.1],  # c → b  (confidence 0.6)
+])
+LABELS = np.array([0, 0, 0, 1, 1, 2])
+PATHS = [f"img{i}.png" for i in range(6)]
+
+
+@pytest.fixture
+def metrics():
+    return compute_metrics(np.log(PROBS).astype(np.float32), LABELS, NAMES, PATHS)
+
+
+def test_accuracy_and_loss_by_hand(metrics):
+    assert metrics.num_images == 6
+    assert metrics.top1 == pytest.approx(3 / 6)
+    expected_loss = -(math.log(0.7) + math.log(0.4) + math.log(0.3) + math.log(0.6)
+                      + math.log(0.1) + math.log(0.2)) / 6
+    assert metrics.loss == pytest.approx(expected_loss, rel=1e-6)
+    # Four classes: top-k is top-4, which always holds the true class.
+    assert metrics.top_k == 4 and metrics.top5 == 1.0
+
+
+def test_confusion_rows_are_true_columns_predicted(metrics):
+    np.testing.assert_array_equal(metrics.confusion, [
+        [2, 1, 0, 0],
+        [1, 1, 0, 0],
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
+    ])
+    # Orientation on its own: two "0"s predicted as "1" land in row 0, column 1.
+    np.testing.assert_array_equal(confusion_matrix(np.array([0, 0, 1]), np.array([1, 1, 1]), 2),
+                                  [[0, 2], [0, 1]])
+
+
+def test_per_class_by_hand(metrics):
+    got = {m.name: (m.precision, m.recall, m.f1, m.support) for m in metrics.per_class}
+    assert got["a"] == pytest.approx((2 / 3, 2 / 3, 2 / 3, 3))
+    assert got["b"] == pytest.approx((1 / 3, 1 / 2, 0.4, 2))
+    assert got["c"] == (0.0, 0.0, 0.0, 1)  # never predicted: precision 0, not NaN
+    assert got["d"] == (0.0, 0.0, 0.0, 0)  # zero support
+    assert not any(math.isnan(v) for m in metrics.per_class for v in (m.precision, m.recall, m.f1))
+
+
+def test_macro_and_weighted_averages_by_hand(metrics):
+    # Macro over the classes seen in labels or predictions (a, b, c): d is not in the data.
+    assert (metrics.macro.precision, metrics.macro.recall, metrics.macro.f1) == pytest.approx(
+        ((2 / 3 + 1 / 3 + 0) / 3, (2 / 3 + 1 / 2 + 0) / 3, (2 / 3 + 0.4 + 0) / 3))
+    # Weighted by support 3, 2, 1, 0 out of 6.
+    assert (metrics.weighted.precision, metrics.weighted.recall, metrics.weighted.f1) == \
+        pytest.approx(((3 * 2 / 3 + 2 / 3) / 6, (2 + 1) / 6, (2 + 0.8) / 6))
+    assert metrics.macro.support == metrics.weighted.support == 6
+
+
+def test_most_confused_and_misclassified(metrics):
+    assert metrics.most_confused == [("a", "b", 1), ("b", "a", 1), ("c", "b", 1)]
+    got = [(p, t, pr, round(c, 6)) for p, t, pr, c in metrics.misclassified]
+    assert got == [("img5.png", "c", "b", 0.6), ("img4.png", "b", "a", 0.5),
+                   ("img2.png", "a", "b", 0.4)]
+
+
+def test_top_k_by_hand():
+    logits = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6],  # true 0 ranks 6th: outside top-5
+                       [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # true 4 ranks 5th: inside top-5
+                       [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # all tied: counts as a hit
+    labels = np.array([0, 4, 5])
+    assert top_k_accuracy(logits, labels, 5) == pytest.approx(2 / 3)
+    assert top_k_accuracy(logits, labels, 1) == pytest.approx(1 / 3)
+    m = compute_metrics(logits, labels, list("uvwxyz"))
+    assert m.top_k == 5 and m.top5 == pytest.approx(2 / 3)
+    assert m.misclassified[0][0] in {"0", "1"}  # no paths: named by index
+    two = compute_metrics(np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([0, 1]), ["x", "y"])
+    assert two.top_k == 2 and two.top5 == 1.0 and two.top1 == 0.5
+
+
+def test_to_dict_is_json(metrics):
+    data = json.loads(json.dumps(metrics.to_dict()))
+    assert data["top1"] == 0.5 and data["top_k"] == 4
+    assert data["confusion"][2] == [0, 1, 0, 0]
+    assert data["per_class"][2] == {"name": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                    "support": 1}
+    assert data["most_confused"][0] == {"true": "a", "predicted": "b", "count": 1}
+    assert data["misclassified"][0]["path"] == "img5.png"
+    assert set(data["macro_avg"]) == {"precision", "recall", "f1", "support"}
+
+
+def test_map_labels_by_name_and_unknown_class_error():
+    # Data classes in another order, and only two of the model's three.
+    got = map_labels(["triangle", "circle"], ["circle", "square", "triangle"],
+                     np.array([0, 1, 1, 0]))
+    np.testing.assert_array_equal(got, [2, 0, 0, 2])
+    with pytest.raises(VitError, match="hexagon") as err:
+        map_labels(["circle", "hexagon"], ["circle", "square"], np.array([0, 1]), data="imgs")
+    assert str(err.value).startswith("imgs: class hexagon not known to the model")
+
+
+def test_predict_logits_matches_preprocessing_and_model(tiny_model):
+    import torch
+
+    from vitcli.checkpoint import default_preprocessing
+
+    pre = default_preprocessing(tiny_model.config)
+    pre.mean, pre.std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = tiny_model(torch.from_numpy(pre.normalize(pixels))).numpy()
+    tiny_model.train()
+    seen = []
+    got = predict_logits(tiny_model, pixels, mean=pre.mean, std=pre.std, batch_size=2,
+                         progress=lambda done, total: seen.append((done, total)))
+    assert got.dtype == np.float32 and got.shape == (5, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert tiny_model.training  # the caller's mode is restored
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+
+
+# ------------------------------------------------------------------------------- vit eval
+
+
+def _run(args: list[str], cwd: Path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    monkeypatch.chdir(cwd)  # the default --out folder is relative: runs/eval/<name>
+    monkeypatch.setenv("COLUMNS", "160")
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_path, monkeypatch):
+    (image_folder / "circle" / "broken.png").write_bytes(b"not a png")
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
+                   "--json", str(tmp_path / "report.json"), "--batch-size", "7"],
+                  tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    for section in ("top-1 accuracy", "top-3 accuracy", "top-5 needs 5 classes", "per class",
+                    "macro avg", "weighted avg", "confusion matrix", "true \\ predicted",
+                    "circle", "square", "triangle", "results in"):
+        assert section in result.stdout, section
+    assert "skipped 1 unreadable image" in result.stderr and "broken.png" in result.stderr
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_images"] == 24 and report["top_k"] == 3
+    assert report["class_names"] == ["circle", "square", "triangle"]
+    assert np.array(report["confusion"]).sum(axis=1).tolist() == [8, 8, 8]
+    assert [b["path"].endswith("broken.png") for b in report["bad_files"]] == [True]
+    assert len(report["misclassified"]) == 24 - round(report["top1"] * 24)
+
+    out = tmp_path / "runs" / "eval" / "tiny"
+    for name in ("metrics.json", "per_class.csv", "misclassified.csv", "confusion_matrix.png",
+                 "bad_files.txt"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["top1"] == report["top1"]
+    rows = (out / "misclassified.csv").read_text().splitlines()
+    assert rows[0] == "path,true,predicted,confidence"
+    assert len(rows) == 1 + len(report["misclassified"])
+
+
+def test_eval_equals_hand_pipeline(tiny_model_file, image_folder):
+    """The figures equal the model run image by image through Preprocessing.load."""
+    import torch
+
+    from vitcli.checkpoint import load_model
+    from vitcli.evaluate import evaluate
+
+    report = evaluate(tiny_model_file, image_folder, device="cpu")
+    mf = load_model(tiny_model_file)
+    paths = sorted(image_folder.glob("*/*.png"))
+    with torch.no_grad():
+        logits = mf.model(torch.from_numpy(np.stack([mf.preprocessing.load(p) for p in paths])))
+    labels = np.array([mf.class_names.index(p.parent.name) for p in paths])
+    expected = compute_metrics(logits.numpy(), labels, mf.class_names)
+    assert report.metrics.num_images == len(paths) == 24
+    assert report.metrics.top1 == pytest.approx(expected.top1)
+    assert report.metrics.loss == pytest.approx(expected.loss, rel=1e-5)
+    np.testing.assert_array_equal(report.metrics.confusion, expected.confusion)
+
+
+def test_cli_eval_subset_of_model_classes_is_fine(tiny_model_file, tmp_path, monkeypatch):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "two", per_class=3, classes=["triangle", "circle"])
+    result = _run(["eval", "-m", str(tiny_model_file), "-d", str(data), "--out",
+                   str(tmp_path / "o")], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert report["absent_classes"] == ["square"]
+    assert [c["support"] for c in report["per_class"]] == [3, 0, 3]
+
+
+def test_cli_eval_unknown_class_is_one_line_error(tiny_model_file, tmp_path, monkeypatch):
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "odd", per_class=2, classes=["circle", "hexagon"])
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(data)],
+                  tmp_path, monkeypatch)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "hexagon" in lines[0]
+    assert not (tmp_path / "runs").exists()  # nothing written for a failed evaluation
+
+
+def test_cli_eval_needs_model(tmp_path, monkeypatch):
+    result = _run(["eval", "--data", str(tmp_path)], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and "--model" in result.stderr

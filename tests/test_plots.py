@@ -1,0 +1,54 @@
+"""Plots: the figures are written as real PNG files, for few and many classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vitcli.plots import normalize_rows, per_epoch, plot_confusion, plot_curves
+
+
+def _is_png(path: Path) -> bool:
+    with Image.open(path) as im:
+        return im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+def test_per_epoch_keeps_last_value_and_skips_blanks():
+    rows = [
+        {"epoch": "1", "step": "10", "train_loss": "2.0", "val_loss": ""},
+        {"epoch": "1", "step": "20", "train_loss": "1.5", "val_loss": "1.8"},
+        {"epoch": "2", "step": "30", "train_loss": "1.0", "val_loss": "nan"},
+    ]
+    assert per_epoch(rows, "train_loss") == ([1.0, 2.0], [1.5, 1.0])
+    assert per_epoch(rows, "val_loss") == ([1.0], [1.8])
+    assert per_epoch(rows, "val_top1") == ([], [])
+
+
+def test_plot_curves_writes_png(tmp_path: Path):
+    rows = [{"epoch": e, "step": 10 * e, "train_loss": 2.0 / e, "val_loss": 2.2 / e,
+             "val_top1": 0.2 * e, "val_top5": 0.3 * e, "lr": 1e-3} for e in range(1, 5)]
+    out = plot_curves(rows, tmp_path / "sub" / "curves.png")
+    assert out == tmp_path / "sub" / "curves.png"
+    assert _is_png(out)
+
+
+def test_plot_curves_without_validation_still_writes(tmp_path: Path):
+    assert _is_png(plot_curves([{"epoch": "1", "train_loss": "1.0"}], tmp_path / "c.png"))
+
+
+def test_normalize_rows_empty_row_is_zero():
+    got = normalize_rows(np.array([[3, 1], [0, 0]]))
+    np.testing.assert_allclose(got, [[0.75, 0.25], [0.0, 0.0]])
+
+
+def test_plot_confusion_few_and_many_classes(tmp_path: Path):
+    small = plot_confusion(np.array([[5, 1, 0], [2, 3, 0], [0, 0, 0]]),
+                           ["circle", "square", "triangle"], tmp_path / "small.png")
+    assert _is_png(small)
+    rng = np.random.default_rng(0)
+    names = [f"class_{i}" for i in range(100)]
+    big = plot_confusion(rng.integers(0, 5, (100, 100)), names, tmp_path / "big.png",
+                         normalize=False, title="100 classes")
+    assert _is_png(big)

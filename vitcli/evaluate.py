@@ -1,0 +1,394 @@
+"""Measure a model on labelled images: logits, metrics, and the confusion matrix.
+
+`predict_logits` and `compute_metrics` are shared with the validation in `vit train`, so
+`vit eval` on the same data gives the same figures as training reported. Metrics are plain
+numpy on (N, K) logits and (N,) integer labels; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitcli.errors import VitError
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_TOP_K = 5
+MOST_CONFUSED_PAIRS = 10
+
+Progress = Callable[[int, int], None]  # (images done, images in all)
+StageProgress = Callable[[str, int, int], None]  # ("reading" or "evaluating", done, all)
+
+
+# ------------------------------------------------------------------------------- logits
+
+
+def predict_logits(model: torch.nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
+                   std: Sequence[float], batch_size: int = 256,
+                   device: str | torch.device = "cpu", amp: bool = False,
+                   progress: Progress | None = None) -> np.ndarray:
+    """Float32 logits (N, K) for uint8 pixels (N, S, S, C) that are already resized/cropped.
+
+    Normalisation is done on the device with the same float32 arithmetic, in the same order,
+    as Preprocessing.normalize (x/255, then (x - mean) / std, HWC → CHW), so the figures
+    equal those of `vit predict`. The model runs in eval mode without gradients and is put
+    back in the mode it was in (the trainer calls this between epochs).
+    """
+    import torch
+
+    from vitcli.devices import autocast_dtype
+
+    if pixels.ndim != 4:
+        raise ValueError(f"pixels must be (N, S, S, C), got shape {pixels.shape}")
+    device = torch.device(device)
+    dtype = autocast_dtype(device) if amp else None
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device)
+    was_training = model.training
+    model.eval()
+    n = len(pixels)
+    out: list[np.ndarray] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+                x = batch.to(device).float() / 255.0  # (B, S, S, C)
+                x = ((x - mean_t) / std_t).permute(0, 3, 1, 2).contiguous()  # (B, C, S, S)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = model(x)
+                out.append(logits.float().cpu().numpy())
+                if progress is not None:
+                    progress(min(start + batch_size, n), n)
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# ------------------------------------------------------------------------------- metrics
+
+
+@dataclass
+class ClassMetrics:
+    """Precision, recall and F1 of one class; support = images whose true class it is."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class Metrics:
+    """Everything measured on one labelled set. Accuracies are fractions (0-1)."""
+
+    top1: float
+    top5: float  # top-k accuracy with k = top_k = min(5, number of classes)
+    top_k: int
+    loss: float  # mean cross-entropy (natural log), no label smoothing
+    num_images: int
+    class_names: list[str]
+    per_class: list[ClassMetrics]
+    macro: ClassMetrics  # unweighted mean over classes seen in labels or predictions
+    weighted: ClassMetrics  # mean weighted by support
+    confusion: np.ndarray  # (K, K) int64, [true, predicted]
+    most_confused: list[tuple[str, str, int]]  # (true, predicted, count), most first
+    misclassified: list[tuple[str, str, str, float]]  # (path, true, predicted, confidence)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (plain floats, ints, lists)."""
+        def cls(m: ClassMetrics) -> dict[str, Any]:
+            return {"name": m.name, "precision": m.precision, "recall": m.recall, "f1": m.f1,
+                    "support": m.support}
+
+        return {
+            "num_images": self.num_images,
+            "top1": self.top1,
+            "top5": self.top5,
+            "top_k": self.top_k,
+            "loss": self.loss,
+            "class_names": list(self.class_names),
+            "per_class": [cls(m) for m in self.per_class],
+            "macro_avg": {k: v for k, v in cls(self.macro).items() if k != "name"},
+            "weighted_avg": {k: v for k, v in cls(self.weighted).items() if k != "name"},
+            "confusion": self.confusion.tolist(),
+            "most_confused": [{"true": t, "predicted": p, "count": c}
+                              for t, p, c in self.most_confused],
+            "misclassified": [{"path": path, "true": t, "predicted": p, "confidence": conf}
+                              for path, t, p, conf in self.misclassified],
+        }
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den is 0 (a class never predicted has precision 0, not NaN)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, stable for large logits."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log softmax(logits)[label], computed in float64 via log-sum-exp."""
+    z = logits.astype(np.float64)
+    top = z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(z - top).sum(axis=1)) + top[:, 0]  # (N,)
+    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+
+
+def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true class is among the k highest logits.
+
+    The rank of the true class is the number of classes scored strictly higher, so ties
+    count in its favour (deterministic, unlike the order torch.topk leaves ties in).
+    """
+    true_scores = logits[np.arange(len(labels)), labels][:, None]
+    return float(np.mean((logits > true_scores).sum(axis=1) < k))
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    flat = labels.astype(np.int64) * num_classes + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def compute_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                    paths: Sequence[str] | None = None) -> Metrics:
+    """All metrics for (N, K) logits against (N,) true class indices into `class_names`.
+
+    Top-k uses k = min(5, K). Precision of a class never predicted and recall of a class
+    absent from the labels are 0 (not NaN); macro averages run over the classes that occur
+    in the labels or the predictions (so a model class missing from the data does not drag
+    them down), weighted averages over support. Misclassified images come most confident
+    first; `paths` names them (else their index).
+    """
+    logits = np.asarray(logits)
+    labels = np.asarray(labels, dtype=np.int64)
+    names = list(class_names)
+    n, k = logits.shape if logits.ndim == 2 else (len(labels), len(names))
+    if k != len(names):
+        raise ValueError(f"logits have {k} classes but {len(names)} class names were given")
+    if len(labels) != n:
+        raise ValueError(f"{n} rows of logits but {len(labels)} labels")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"labels must be in 0..{k - 1}")
+    if paths is not None and len(paths) != n:
+        raise ValueError(f"{n} images but {len(paths)} paths")
+    if n == 0:
+        raise VitError("no images to evaluate")
+
+    predictions = logits.argmax(axis=1)
+    top_k = min(MAX_TOP_K, k)
+
+    confusion = confusion_matrix(labels, predictions, k)
+    true_pos = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)  # images per true class
+    predicted = confusion.sum(axis=0)  # images per predicted class
+    precision = _safe_div(true_pos, predicted)
+    recall = _safe_div(true_pos, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    per_class = [ClassMetrics(names[i], float(precision[i]), float(recall[i]), float(f1[i]),
+                              int(support[i])) for i in range(k)]
+
+    seen = (support > 0) | (predicted > 0)
+    macro = ClassMetrics("macro avg", *(float(v[seen].mean()) for v in (precision, recall, f1)),
+                         int(support.sum()))
+    weights = support / support.sum()
+    weighted = ClassMetrics("weighted avg", *(float((v * weights).sum())
+                                              for v in (precision, recall, f1)),
+                            int(support.sum()))
+
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [(int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off), strict=True)]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    most_confused = [(names[i], names[j], c) for c, i, j in pairs[:MOST_CONFUSED_PAIRS]]
+
+    confidence = softmax(logits).max(axis=1)
+    wrong = np.nonzero(predictions != labels)[0]
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    misclassified = [(str(paths[i]) if paths is not None else str(i), names[labels[i]],
+                      names[predictions[i]], float(confidence[i])) for i in wrong]
+
+    return Metrics(
+        top1=float(np.mean(predictions == labels)), top5=top_k_accuracy(logits, labels, top_k),
+        top_k=top_k, loss=cross_entropy(logits, labels), num_images=n, class_names=names,
+        per_class=per_class, macro=macro, weighted=weighted, confusion=confusion,
+        most_confused=most_confused, misclassified=misclassified)
+
+
+# ------------------------------------------------------------------------------- vit eval
+
+
+@dataclass
+class EvalReport:
+    """The result of `evaluate`: metrics plus where they came from."""
+
+    metrics: Metrics
+    model_path: str
+    data: str
+    split: str | None
+    description: str  # which data and split, as the data loader says it
+    device: str
+    preprocessing: dict[str, Any]
+    seconds: float
+    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    absent_classes: list[str] = field(default_factory=list)  # model classes not in the data
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as a JSON-able dict (the --json file)."""
+        return {
+            "model": self.model_path,
+            "data": self.data,
+            "split": self.split,
+            "description": self.description,
+            "device": self.device,
+            "preprocessing": self.preprocessing,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.metrics.num_images / max(self.seconds, 1e-9), 1),
+            "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
+            "absent_classes": list(self.absent_classes),
+            **self.metrics.to_dict(),
+        }
+
+
+def map_labels(data_names: Sequence[str], model_names: Sequence[str], labels: np.ndarray, *,
+               data: str = "the data") -> np.ndarray:
+    """Data labels re-indexed into the model's class order; unknown data classes are an error."""
+    index = {name: i for i, name in enumerate(model_names)}
+    unknown = [name for name in data_names if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5
+                                          else "")
+        known = ", ".join(list(model_names)[:10]) + (", …" if len(model_names) > 10 else "")
+        raise VitError(f"{data}: class{'es' if len(unknown) > 1 else ''} {shown} not known to "
+                       f"the model (it knows {known})")
+    lookup = np.array([index[name] for name in data_names], dtype=np.int64)
+    return lookup[np.asarray(labels, dtype=np.int64)]
+
+
+def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
+             device: str = "auto", split: str | None = None, cache_dir: str | Path | None = None,
+             progress: StageProgress | None = None) -> EvalReport:
+    """Load a model file and labelled images, run the model, and measure it.
+
+    Preprocessing comes from the model file; the data's class names are matched to the
+    model's by name, so a data folder may lack some of the model's classes but may not
+    hold classes the model does not know. Unreadable images are skipped and listed in
+    `bad_files`. `progress` hears about decoding ("reading") then inference ("evaluating").
+    """
+    def stage(name: str) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(name, done, total)
+
+    from vitcli.checkpoint import load_model
+    from vitcli.data import load_eval_data
+    from vitcli.devices import resolve_device
+
+    if batch_size < 1:
+        from vitcli.errors import UsageError
+
+        raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    target = resolve_device(device)
+    model_file = load_model(model_path, device=str(target))
+    pre = model_file.preprocessing
+    images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
+                                       cache_dir=Path(cache_dir) if cache_dir else None,
+                                       progress=stage("reading"))
+    if len(images.labels) == 0:
+        raise VitError(f"{data}: no readable images to evaluate")
+    labels = map_labels(images.class_names, model_file.class_names, images.labels,
+                        data=str(data))
+    start = time.perf_counter()
+    logits = predict_logits(model_file.model, images.pixels, mean=pre.mean, std=pre.std,
+                            batch_size=batch_size, device=target, amp=target.type == "cuda",
+                            progress=stage("evaluating"))
+    seconds = time.perf_counter() - start
+    metrics = compute_metrics(logits, labels, model_file.class_names,
+                              [str(p) for p in images.paths])
+    present = set(images.class_names)
+    return EvalReport(
+        metrics=metrics, model_path=str(model_path), data=str(data), split=split,
+        description=images.description, device=str(target), preprocessing=pre.to_dict(),
+        seconds=seconds,
+        bad_files=[(str(p), str(r)) for p, r in bad_files],
+        absent_classes=[n for n in model_file.class_names if n not in present])
+
+
+# ------------------------------------------------------------------------------- files
+
+
+def new_eval_dir(model_path: str | Path, root: str | Path = "runs/eval") -> Path:
+    """Create and return a fresh folder runs/eval/<name>, then <name>2, <name>3, ...
+
+    <name> is the training run's name when the model sits in <run>/weights/ (as `vit train`
+    writes it), else the model file's stem. Numbered like `vit train`'s run folders, and
+    claimed with mkdir so two evaluations started at once never share one.
+    """
+    model_path = Path(model_path)
+    parent = model_path.resolve().parent
+    in_run = parent.name == "weights" and parent.parent.name
+    base = parent.parent.name if in_run else model_path.stem
+    from vitcli.runs import claim_numbered_dir
+
+    return claim_numbered_dir(root, base)
+
+
+def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
+    """Write metrics.json, per_class.csv, misclassified.csv, confusion_matrix.png (and
+    bad_files.txt when images were skipped) into `out`; return them by name."""
+    from vitcli.plots import plot_confusion
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = report.metrics
+    written = {"metrics": write_json(report, out / "metrics.json")}
+
+    written["per_class"] = out / "per_class.csv"
+    with open(written["per_class"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for c in [*m.per_class, m.macro, m.weighted]:
+            writer.writerow([c.name, f"{c.precision:.6f}", f"{c.recall:.6f}", f"{c.f1:.6f}",
+                             c.support])
+
+    written["misclassified"] = out / "misclassified.csv"
+    with open(written["misclassified"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "true", "predicted", "confidence"])
+        for path, true, pred, conf in m.misclassified:
+            writer.writerow([path, true, pred, f"{conf:.6f}"])
+
+    written["confusion"] = plot_confusion(
+        m.confusion, m.class_names, out / "confusion_matrix.png",
+        title=f"{Path(report.model_path).name}: top-1 {m.top1:.1%} on {m.num_images:,} images")
+    if report.bad_files:
+        written["bad_files"] = out / "bad_files.txt"
+        written["bad_files"].write_text(
+            "".join(f"{p}\t{r}\n" for p, r in report.bad_files), encoding="utf-8")
+    return written
+
+
+def write_json(report: EvalReport, path: str | Path) -> Path:
+    """Write the whole report as indented JSON; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,148 @@
+"""Matplotlib figures written as PNG files: training curves and confusion matrices.
+
+Matplotlib is imported inside each function (with the Agg back end, so no display is ever
+needed) to keep `import vitcli.plots` and `vit --help` instant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Above these class counts a confusion matrix stops being readable cell by cell, so the
+# figure drops the numbers in the cells, then most of the tick labels.
+CELL_TEXT_MAX_CLASSES = 20
+TICK_LABEL_MAX_CLASSES = 60
+
+LOSS_COLUMNS = ("train_loss", "val_loss")
+ACCURACY_COLUMNS = ("train_top1", "val_top1", "val_top5")
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg back end (files only, works on headless machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a metrics.csv cell, or None for blanks and junk."""
+    if value is None or value == "":
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def per_epoch(rows: Sequence[dict[str, Any]], column: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) for one column, keeping the last value logged in each epoch.
+
+    metrics.csv may hold several rows per epoch (step logging) or blanks (no validation that
+    epoch); the curve wants one point per epoch, the state at its end.
+    """
+    last: dict[float, float] = {}
+    for row in rows:
+        epoch, value = _number(row.get("epoch")), _number(row.get(column))
+        if epoch is not None and value is not None:
+            last[epoch] = value
+    epochs = sorted(last)
+    return epochs, [last[e] for e in epochs]
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
+                title: str | None = None) -> Path:
+    """Write loss (left) and accuracy (right) per epoch from metrics.csv rows; return the path.
+
+    Rows are dicts as csv.DictReader gives them (strings are fine) with at least `epoch` and
+    any of train_loss, val_loss, train_top1, val_top1, val_top5.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, columns, ylabel in ((ax_loss, LOSS_COLUMNS, "loss"),
+                                (ax_acc, ACCURACY_COLUMNS, "accuracy")):
+        drawn = False
+        for column in columns:
+            epochs, values = per_epoch(rows, column)
+            if values:
+                ax.plot(epochs, values, marker="o" if len(values) < 30 else None,
+                        markersize=3, label=column.replace("_", " "))
+                drawn = True
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {ylabel} logged", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_acc.set_ylim(bottom=0)
+    if title:
+        fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def normalize_rows(confusion: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (row = true class, so the diagonal is recall); empty rows 0."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    return np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | Path, *,
+                   normalize: bool = True, title: str | None = None) -> Path:
+    """Write the confusion matrix (rows true, columns predicted) as a PNG; return the path.
+
+    With `normalize`, colours are row fractions (so rare classes are as visible as common
+    ones) and cells show counts; readable from 2 to about 100 classes: cell text is dropped
+    above CELL_TEXT_MAX_CLASSES and tick labels thinned above TICK_LABEL_MAX_CLASSES.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    counts = np.asarray(confusion)
+    k = counts.shape[0]
+    if counts.shape != (k, k) or len(class_names) != k:
+        raise ValueError(f"confusion {counts.shape} does not match {len(class_names)} classes")
+    shown = normalize_rows(counts) if normalize else counts.astype(np.float64)
+
+    side = min(max(4.0, 0.45 * k + 2.5), 30.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), constrained_layout=True)
+    image = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(shown.max(), 1),
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="fraction of the true class" if normalize else "images")
+
+    step = 1 if k <= TICK_LABEL_MAX_CLASSES else math.ceil(k / TICK_LABEL_MAX_CLASSES)
+    ticks = np.arange(0, k, step)
+    fontsize = 10 if k <= 10 else 8 if k <= 30 else 6
+    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or ("confusion matrix (rows normalised)" if normalize
+                           else "confusion matrix"))
+
+    if k <= CELL_TEXT_MAX_CLASSES:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j] == 0 and i != j:
+                    continue  # empty off-diagonal cells stay blank: the eye finds errors faster
+                dark = shown[i, j] > 0.5 * (1 if normalize else shown.max())
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
+                        fontsize=fontsize, color="white" if dark else "black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
