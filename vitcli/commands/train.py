@@ -1,12 +1,137 @@
-"""`vit train` (not built yet)."""
+"""`vit train`: train a ViT on a folder of images (or continue a run with --resume)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from vitcli.commands._common import not_built_yet
+from vitcli.commands._common import DeviceOpt
+from vitcli.recipe import BASE_BATCH, BASE_LR, TrainOptions
+
+_D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/recipe.py)
+
+ADVANCED = "Advanced: architecture and optimiser details"
+FINETUNE = "Start from pretrained weights"
 
 
-def train(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("train", "planned")
+def _opt(*names: str, help: str, panel: str | None = None, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel, **kw)
+
+
+def train(
+    data: Annotated[str | None, _opt("--data", "-d", help="Training images: a folder of class "
+                                     "sub-folders (optionally with train/ and val/), a saved "
+                                     "dataset, or a Hub dataset name.")] = None,
+    model: Annotated[str | None, _opt("--model", "-m", help="Preset (see `vit models`); "
+                                      "default: chosen by image size.")] = None,
+    img_size: Annotated[int | None, _opt("--img-size", min=8, help="Input size in px "
+                                         "(default: small images keep their size, rounded "
+                                         "up to the patch; large ones the preset's).")] = None,
+    patch: Annotated[int | None, _opt("--patch", min=1, help="Patch size in px "
+                                      "(default: the preset's).")] = None,
+    epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=f"Epochs [{_D.epochs}].")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
+                                           help="Global batch, all processes together "
+                                           f"[{_D.batch_size}].")]
+    = None,
+    lr: Annotated[float | None, _opt("--lr", help="Peak learning rate "
+                                     f"[{BASE_LR:g} × batch / {BASE_BATCH}].")] = None,
+    weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
+                                               help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
+    warmup: Annotated[float | None, _opt("--warmup", min=0.0,
+                                         help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
+    label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=f"[{_D.label_smoothing}]")] = None,
+    drop_path: Annotated[float | None, _opt("--drop-path", help=f"Stochastic depth [{_D.drop_path}].")]
+    = None,
+    seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
+                                     f"augmentation [{_D.seed}].")] = None,
+    device: DeviceOpt = "auto",
+    workers: Annotated[int | None, _opt("--workers", min=0, help="CPU threads for training "
+                                        "maths (0 = torch's default).")] = None,
+    augment: Annotated[str | None, _opt("--augment", help="none, light or strong "
+                                        "(default: by dataset size).")] = None,
+    val: Annotated[str | None, _opt("--val", help="Validation images (same forms as "
+                                    "--data).")] = None,
+    val_split: Annotated[float | None, _opt("--val-split", help="Hold out this fraction "
+                                            "(stratified) for validation.")] = None,
+    ema: Annotated[bool, _opt("--ema", help="Keep an EMA of the weights; validate and save "
+                              "it.")] = False,
+    compile: Annotated[bool, _opt("--compile", help="torch.compile the model.")] = False,
+    time_budget: Annotated[float | None, _opt("--time-budget", help="Minutes for the whole "
+                                              "run; the schedule is fitted to end "
+                                              "then (overrides --epochs).")] = None,
+    patience: Annotated[int | None, _opt("--patience", min=1, help="Stop after N epochs "
+                                         "without a better val top-1.")] = None,
+    name: Annotated[str | None, _opt("--name", help="Run folder name (default: exp, exp2, …).")] = None,
+    project: Annotated[str | None, _opt("--project", help="Where run folders go "
+                                        f"(default: {_D.project}).")] = None,
+    resume: Annotated[Path | None, _opt("--resume", help="Continue the run in this folder "
+                                        "(its own options; --device/--workers may "
+                                        "change).")] = None,
+    init: Annotated[str | None, _opt("--init", help="Start from this vitcli model file.",
+                                     panel=FINETUNE)] = None,
+    freeze: Annotated[str | None, _opt("--freeze", help="'backbone': train the head only.",
+                                       panel=FINETUNE)] = None,
+    layer_decay: Annotated[float | None, _opt("--layer-decay", help="Layer-wise lr decay, "
+                                              "e.g. 0.75.", panel=FINETUNE)] = None,
+    depth: Annotated[int | None, _opt("--depth", min=1, help="Encoder blocks.",
+                                      panel=ADVANCED)] = None,
+    embed_dim: Annotated[int | None, _opt("--embed-dim", min=1, help="Token width.",
+                                          panel=ADVANCED)] = None,
+    heads: Annotated[int | None, _opt("--heads", min=1, help="Attention heads.",
+                                      panel=ADVANCED)] = None,
+    mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="MLP width / token width.",
+                                            panel=ADVANCED)] = None,
+    patch_embed: Annotated[str | None, _opt("--patch-embed", help="linear, overlap or "
+                                            "shifted.", panel=ADVANCED)] = None,
+    locality_attention: Annotated[bool | None, _opt(
+        "--locality-attention/--no-locality-attention", help="Locality self-attention.",
+        panel=ADVANCED)] = None,
+    pooling: Annotated[str | None, _opt("--pooling", help="cls or mean.", panel=ADVANCED)]
+    = None,
+    pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos.",
+                                          panel=ADVANCED)] = None,
+    clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
+                                            f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
+    ema_decay: Annotated[float | None, _opt("--ema-decay", help=f"[{_D.ema_decay}]", panel=ADVANCED)]
+    = None,
+    save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
+                                           "every N steps.", panel=ADVANCED)] = None,
+    cache_dir: Annotated[str | None, _opt("--cache-dir", help="Where decoded images are "
+                                          "cached.", panel=ADVANCED)] = None,
+) -> None:
+    """Train a Vision Transformer; writes a run folder with weights, metrics and plots.
+
+    Ctrl-C saves the state; `vit train --resume runs/train/NAME` continues it. Under
+    `torchrun --nproc_per_node N -m vitcli train ...` it trains on N processes.
+    """
+    from vitcli.commands._train_display import Display, print_summary
+    from vitcli.train import resume as resume_run
+    from vitcli.train import train as train_run
+
+    given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
+             and v is not None}
+    main = int(os.environ.get("RANK", "0")) == 0
+    display = Display(enabled=main)
+    try:
+        with display:
+            if resume is not None:
+                result = resume_run(resume, device=device, workers=workers, on_event=display)
+            else:
+                result = train_run(TrainOptions(**given), on_event=display)
+    except KeyboardInterrupt:
+        if main:
+            where = display.run_dir or "the run folder"
+            display.console.print(f"[yellow]interrupted.[/] Resume from the last saved state "
+                                  f"with: vit train --resume {where}")
+        raise typer.Exit(130) from None
+    if not main:
+        return
+    print_summary(display.console, result)
+    if result.stopped == "interrupted":
+        display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps}. "
+                              f"Resume with: [bold]vit train --resume {result.run_dir}[/]")
+        raise typer.Exit(130)

@@ -1,0 +1,261 @@
+"""`vit train`: the run folder, learning, exact resume, Ctrl-C, non-finite loss, time budget.
+
+Every run is a 2-block, 32-px ViT on a few dozen generated grey images, a few steps long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from vitcli.recipe import TrainOptions, model_config
+from vitcli.runs import (
+    MetricsLog,
+    TrainState,
+    flatten_optimizer,
+    load_state,
+    new_run_dir,
+    read_metrics,
+    save_state,
+    unflatten_optimizer,
+)
+from vitcli.train import NonFiniteLoss, resume, train
+from vitcli.train_setup import is_grayscale, pixel_mean_std
+
+CLASSES = ["left", "middle", "right"]
+
+
+def bar_folder(root: Path, per_class: int, seed: int = 0, size: int = 32) -> Path:
+    """Grey images: noise plus a bright vertical bar whose position is the class."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (size, size), dtype=np.uint8)
+            x0 = k * size * 3 // 8 + int(rng.integers(0, size // 8))  # thirds, a little jitter
+            img[:, x0:x0 + size // 4] = rng.integers(180, 256)
+            Image.fromarray(img, mode="L").save(root / name / f"{i:03d}.png")
+    return root
+
+
+def options(tmp_path: Path, data: Path, **kw) -> TrainOptions:
+    base = {"data": str(data), "project": str(tmp_path / "runs"), "patch": 8, "depth": 2,
+            "embed_dim": 32, "heads": 2, "mlp_ratio": 2.0, "batch_size": 12, "epochs": 2,
+            "warmup": 0.5, "device": "cpu", "cache_dir": str(tmp_path / "cache")}
+    return TrainOptions(**{**base, **kw})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest, and the CI cores are shared."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def bars(tmp_path: Path) -> Path:
+    return bar_folder(tmp_path / "bars", per_class=10)  # default 10 % val: 27 train, 3 val
+
+
+# ------------------------------------------------------------------------ decisions
+
+
+def test_recipe_picks_size_preset_and_grey_mode():
+    small = model_config(TrainOptions(data="x", patch=4), typical_size=28, num_classes=10,
+                         in_channels=1)
+    assert (small.image_size, small.patch_size, small.in_channels) == (28, 4, 1)
+    assert model_config(TrainOptions(data="x", patch=16), typical_size=28, num_classes=2,
+                        in_channels=3).image_size == 32  # rounded up to the patch
+    big = model_config(TrainOptions(data="x"), typical_size=500, num_classes=5, in_channels=3)
+    assert (big.image_size, big.patch_size, big.embed_dim) == (224, 16, 192)  # vit-ti16
+    grey = np.repeat(np.arange(48, dtype=np.uint8).reshape(3, 4, 4, 1), 3, axis=-1)
+    assert is_grayscale(grey)
+    grey[1, 0, 0, 2] += 1
+    assert not is_grayscale(grey)
+    mean, std = pixel_mean_std(np.full((2, 4, 4, 1), 51, np.uint8))
+    assert mean == (0.2,) and std == (0.001,)  # constant channel: no division by zero
+
+
+def test_run_folders_are_numbered_never_reused(tmp_path: Path):
+    names = [new_run_dir(tmp_path).name for _ in range(3)]
+    assert names == ["exp", "exp2", "exp3"]
+    assert [new_run_dir(tmp_path, "cat").name for _ in range(2)] == ["cat", "cat2"]
+    assert (tmp_path / "exp2" / "weights").is_dir()
+
+
+def test_state_round_trip_keeps_optimizer_exactly(tmp_path: Path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    for _ in range(2):
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    info, tensors = flatten_optimizer(opt.state_dict())
+    save_state(tmp_path, TrainState(info={"step": 2, "optimizer": info}, tensors=tensors))
+    save_state(tmp_path, TrainState(info={"step": 3, "optimizer": info}, tensors=tensors))
+    assert [p.name for p in tmp_path.glob("state-*.safetensors")] == ["state-3.safetensors"]
+    loaded = load_state(tmp_path)
+    fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
+    fresh.load_state_dict(unflatten_optimizer(loaded.info["optimizer"], loaded.tensors))
+    for a, b in zip(opt.state.values(), fresh.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert fresh.param_groups[0]["betas"] == opt.param_groups[0]["betas"]
+
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for epoch in (1, 2, 3):
+        log.append({"epoch": epoch, "step": 2 * epoch, "train_loss": 1.0 / epoch})
+    log.truncate(4)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.csv")] == [1, 2]
+
+
+# ------------------------------------------------------------------------ real runs
+
+
+@pytest.mark.slow
+def test_run_learns_and_writes_the_whole_run_folder(tmp_path: Path):
+    data = bar_folder(tmp_path / "train", per_class=16)
+    val = bar_folder(tmp_path / "val", per_class=8, seed=1)
+    (data / "left" / "broken.png").write_bytes(b"")  # a bad file never stops training
+    result = train(options(tmp_path, data, val=str(val), epochs=8, lr=3e-3, augment="none",
+                           drop_path=0.0, label_smoothing=0.0, batch_size=8, warmup=1.0))
+    run = result.run_dir
+    assert result.stopped == "completed" and result.epochs == 8
+    assert result.best_top1 >= 0.7  # chance is 1/3
+    for name in ("args.json", "metrics.csv", "state.json", "curves.png", "confusion_matrix.png",
+                 "bad_files.txt", "weights/best.safetensors", "weights/last.safetensors"):
+        assert (run / name).is_file(), name
+    assert "broken.png" in (run / "bad_files.txt").read_text()
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert max(r["val_top1"] for r in rows) == pytest.approx(result.best_top1)
+
+    from vitcli.checkpoint import load_model
+    from vitcli.evaluate import evaluate
+
+    best = load_model(run / "weights" / "best.safetensors")
+    assert best.class_names == CLASSES
+    assert best.preprocessing.color_mode == "L" and best.config.in_channels == 1  # grey data
+    args = json.loads((run / "args.json").read_text())
+    assert args["options"]["epochs"] == 8 and args["resolved"]["config"]["in_channels"] == 1
+    # `vit eval` on the validation data gives the figure training reported.
+    report = evaluate(run / "weights" / "best.safetensors", val, device="cpu")
+    assert report.metrics.top1 == pytest.approx(result.best_top1)
+
+
+@pytest.mark.slow
+def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path: Path, bars: Path):
+    opts = {"epochs": 3, "ema": True, "augment": "light", "drop_path": 0.1, "seed": 3}
+    straight = train(options(tmp_path, bars, name="straight", **opts))
+    assert straight.steps == 6  # 27 images, batch 12: 2 steps per epoch
+
+    def ctrl_c(kind: str, **f) -> None:
+        if kind == "step" and f["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C: stop at the next step
+
+    stopped = train(options(tmp_path, bars, name="stopped", **opts), on_event=ctrl_c)
+    assert stopped.stopped == "interrupted" and stopped.steps == 4
+    assert json.loads((stopped.run_dir / "state.json").read_text())["step"] == 4
+    resumed = resume(stopped.run_dir)
+    assert resumed.stopped == "completed" and resumed.steps == 6
+
+    for name in ("last", "best"):
+        a = load_file(str(straight.run_dir / "weights" / f"{name}.safetensors"))
+        b = load_file(str(resumed.run_dir / "weights" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    sa, sb = load_state(straight.run_dir).tensors, load_state(resumed.run_dir).tensors
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa
+                                          if not k.startswith("rng."))
+    rows_a = read_metrics(straight.run_dir / "metrics.csv")
+    rows_b = read_metrics(resumed.run_dir / "metrics.csv")
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-5)
+        assert ra["val_top1"] == rb["val_top1"]
+
+
+@pytest.mark.slow
+def test_keyboard_interrupt_from_a_callback_saves_state(tmp_path: Path, bars: Path):
+    def interrupt(kind: str, **f) -> None:
+        if kind == "epoch_start" and f["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    result = train(options(tmp_path, bars, epochs=3), on_event=interrupt)
+    assert result.stopped == "interrupted" and result.steps == 2
+    state = load_state(result.run_dir)
+    assert state.info["step"] == 2 and state.info["epochs_done"] == 1
+    assert any(k.startswith("optim.") for k in state.tensors)
+    assert len(read_metrics(result.run_dir / "metrics.csv")) == 1
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_model(
+        tmp_path: Path, bars: Path, monkeypatch):
+    import vitcli.train_loop
+
+    real = vitcli.train_loop.F.cross_entropy
+    calls = []
+
+    def poisoned(logits, targets, *a, **kw):
+        calls.append(1)
+        loss = real(logits, targets, *a, **kw)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr(vitcli.train_loop.F, "cross_entropy", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"step 3 \(epoch 2\)"):
+        train(options(tmp_path, bars, epochs=3))
+    run = tmp_path / "runs" / "exp"
+    last = load_file(str(run / "weights" / "last.safetensors"))
+    assert all(torch.isfinite(t).all() for t in last.values())
+    assert load_state(run).info["step"] == 2  # the epoch-1 state is intact
+
+
+@pytest.mark.slow
+def test_time_budget_ends_the_schedule_near_the_budget(tmp_path: Path, bars: Path):
+    budget_s = 4.0
+    events = []
+    result = train(options(tmp_path, bars, epochs=10_000, time_budget=budget_s / 60),
+                   on_event=lambda kind, **f: events.append(kind))
+    assert result.stopped == "time_budget"
+    assert "schedule" in events  # the total was fitted after measuring the speed
+    assert 0.5 * budget_s <= result.seconds <= 1.5 * budget_s + 1.0
+    state = load_state(result.run_dir)
+    assert state.info["schedule"]["total_steps"] == result.steps  # warm-up + cosine finished
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+@pytest.mark.slow
+def test_cli_trains_with_only_data_and_patch(tmp_path: Path, bars: Path, monkeypatch):
+    from vitcli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VITCLI_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["train", "--data", str(bars), "--patch", "16"])
+    assert result.exit_code == 0, result.output
+    assert "best model" in result.output and "schedule completed" in result.output
+    run = tmp_path / "runs" / "train" / "exp"
+    resolved = json.loads((run / "args.json").read_text())["resolved"]
+    assert resolved["config"]["image_size"] == 32  # from the data, not the preset's
+    assert resolved["config"]["patch_size"] == 16 and resolved["config"]["in_channels"] == 1
+    assert len(read_metrics(run / "metrics.csv")) == TrainOptions().epochs
+    assert (run / "weights" / "best.safetensors").is_file()
+
+
+def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
+    from vitcli.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "not a vitcli run folder" in result.output
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--freeze", "backbone"])
+    assert result.exit_code == 2 and "--init" in result.output
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 2 and "--data is required" in result.output

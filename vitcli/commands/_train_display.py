@@ -1,0 +1,108 @@
+"""How `vit train` looks: Rich progress bars fed by the trainer's events, and the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from vitcli.commands._common import console as out_console
+
+
+class Display:
+    """The `on_event` callback: one bar while images are decoded, one per epoch."""
+
+    def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or out_console
+        self.run_dir: Path | None = None
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+            transient=True)
+        self.task: Any = None
+
+    def __enter__(self) -> Display:  # noqa: PYI034 - typing.Self needs Python 3.11
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def _bar(self, description: str, total: int | None, completed: int = 0) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(description, total=total, completed=completed,
+                                           info="")
+
+    def __call__(self, kind: str, **f: Any) -> None:
+        if not self.enabled:
+            return
+        print_ = self.progress.console.print
+        if kind == "load":
+            if self.task is None:
+                self._bar("reading images", f["total"])
+            self.progress.update(self.task, completed=f["done"], total=f["total"])
+        elif kind == "message":
+            style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
+            print_(style + escape(f["text"]), highlight=False)
+        elif kind == "start":
+            self.run_dir = f["run_dir"]
+            c = f["config"]
+            resumed = f" (resumed at step {f['resumed_step']})" if f["resumed_step"] else ""
+            print_(f"[bold]run[/] {escape(str(f['run_dir']))}{resumed}")
+            print_(f"[bold]data[/] {escape(f['description'])}", highlight=False)
+            print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size}, "
+                   f"{c.depth}×{c.embed_dim} ({c.num_heads} heads), {c.in_channels} channel(s), "
+                   f"{c.num_classes} classes", highlight=False)
+            procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
+            print_(f"[bold]training[/] {f['epochs']} epochs × {f['steps_per_epoch']} steps, "
+                   f"batch {f['batch_size']}, lr {f['lr']:.3g}, {f['device']}{procs}",
+                   highlight=False)
+        elif kind == "schedule":
+            print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "
+                   f"{f['seconds_per_step'] * 1000:.0f} ms/step", highlight=False)
+        elif kind == "epoch_start":
+            self._bar(f"epoch {f['epoch']}/{f['epochs']}", f["steps"], f["done"])
+        elif kind == "step":
+            self.progress.update(self.task, completed=f["done"],
+                                 info=f"{f['images_per_s']:,.0f} img/s  loss {f['loss']:.4f}")
+        elif kind == "epoch_end":
+            r = f["row"]
+            val = "" if r["val_top1"] is None else (
+                f"  val loss {r['val_loss']:.4f}  top-1 {r['val_top1']:.2%}  "
+                f"top-5 {r['val_top5']:.2%}{'  [green]best[/]' if f['best'] else ''}")
+            print_(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}{val}  "
+                   f"{r['images_per_s']:,.0f} img/s", highlight=False)
+
+
+def print_summary(console: Console, result: Any) -> None:
+    """The closing table: how the run ended, best accuracy, where the files are."""
+    table = Table(title="training summary", show_header=False, title_justify="left")
+    table.add_row("stopped", {"completed": "schedule completed",
+                              "early_stop": "early stop (no better val top-1)",
+                              "time_budget": "time budget reached",
+                              "interrupted": "interrupted (state saved)"}[result.stopped])
+    table.add_row("epochs / steps", f"{result.epochs} / {result.steps:,}")
+    table.add_row("time", f"{result.seconds / 60:.1f} min")
+    if result.best_top1 is not None:
+        table.add_row("best val top-1", f"{result.best_top1:.2%} (epoch {result.best_epoch})")
+    elif result.num_val == 0:
+        table.add_row("validation", "none (best = last); pass --val or --val-split")
+    if result.best_path.exists():
+        table.add_row("best model", str(result.best_path))
+    if result.last_path.exists():
+        table.add_row("last model", str(result.last_path))
+    table.add_row("run folder", str(result.run_dir))
+    console.print(table)

@@ -1,0 +1,161 @@
+"""The training recipe: every default of `vit train`, and how the choices that depend on the
+data (image size, preset, colour mode, normalisation) are made. Change defaults here only.
+
+Decisions (documented in the README):
+- Image size: small images (≤ SMALL_IMAGE_MAX px, the typical size in the data) are trained at
+  their own size rounded up to a multiple of the patch; larger ones at the preset's size.
+- Preset: a small-image preset for small images, a paper preset otherwise.
+- Colour: when every training image is grey (R = G = B everywhere), the model takes one channel
+  (color mode "L"): a third of the patch-embedding weights and no colour to learn to ignore.
+- Normalisation: per-channel mean/std measured on the training pixels (so inputs are centred
+  whatever the data), rounded to 4 decimals and stored in the model file, which is what
+  `vit eval` / `vit predict` then use. Fine-tuning keeps the source model's normalisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from vitcli.config import ViTConfig, get_preset
+from vitcli.errors import UsageError
+
+SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
+# Which preset when --model is not given, by typical image size.
+PRESET_FOR_SIZE = [(32, "vit-nano"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
+# Model options layered over the preset for small images trained from scratch (the small-data
+# recipe: see README "Small data"). Empty = the preset as it is.
+SMALL_DATA_MODEL: dict[str, Any] = {}
+BASE_BATCH = 256  # --lr default is BASE_LR at this batch, scaled linearly with the batch
+BASE_LR = 1e-3
+
+
+@dataclass
+class TrainOptions:
+    """Everything `vit train` accepts; the field defaults ARE the recipe's defaults."""
+
+    data: str = ""
+    model: str | None = None  # preset name; None = chosen by image size
+    img_size: int | None = None
+    patch: int | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float | None = None  # None = BASE_LR · batch_size / BASE_BATCH
+    weight_decay: float = 0.05
+    warmup: float = 3.0  # epochs of linear warm-up (at most a quarter of the run)
+    min_lr_ratio: float = 0.01  # the cosine ends at this fraction of the peak lr
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 0  # processes for the first decode of the images (0 = automatic)
+    augment: str | None = None  # none | light | strong; None = by dataset size
+    val: str | None = None
+    val_split: float | None = None
+    ema: bool = False
+    ema_decay: float = 0.999
+    compile: bool = False
+    time_budget: float | None = None  # minutes for the whole run, validation included
+    patience: int | None = None  # epochs without a better val top-1 before stopping
+    name: str | None = None
+    project: str = "runs/train"
+    init: str | None = None
+    freeze: str | None = None  # "backbone"
+    layer_decay: float | None = None
+    save_every: int = 0  # also save the training state every N steps (0 = epoch ends only)
+    cache_dir: str | None = None
+    # Architecture overrides (advanced; None = the preset's value).
+    depth: int | None = None
+    embed_dim: int | None = None
+    heads: int | None = None
+    mlp_ratio: float | None = None
+    patch_embed: str | None = None
+    locality_attention: bool | None = None
+    pooling: str | None = None
+    pos_embed: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def check(self) -> None:
+        """Refuse impossible values before any data is read."""
+        if not self.data:
+            raise UsageError("--data is required (a folder of class sub-folders, or a dataset)")
+        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
+        for flag, value in positive.items():
+            if value < 1:
+                raise UsageError(f"{flag} must be at least 1, not {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError(f"--lr must be positive, not {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise UsageError(f"--drop-path must be in [0, 1), not {self.drop_path}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise UsageError(f"--time-budget must be positive minutes, not {self.time_budget}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"--patience must be at least 1, not {self.patience}")
+        if self.freeze not in (None, "backbone"):
+            raise UsageError(f"--freeze accepts only 'backbone', not {self.freeze!r}")
+        if self.freeze and not self.init:
+            raise UsageError("--freeze backbone needs --init MODEL (a frozen random backbone "
+                             "learns nothing)")
+        if self.val and self.val_split:
+            raise UsageError("give either --val or --val-split, not both")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else BASE_LR * self.batch_size / BASE_BATCH
+
+
+def round_up(size: int, multiple: int) -> int:
+    return math.ceil(size / multiple) * multiple
+
+
+def preset_for(typical_size: int) -> str:
+    """The default preset for images of about `typical_size` px."""
+    return next(name for limit, name in PRESET_FOR_SIZE if typical_size <= limit)
+
+
+def image_size_for(options: TrainOptions, typical_size: int, patch: int,
+                   preset_size: int) -> int:
+    """--img-size, or the data's own size (small images), or the preset's (large ones)."""
+    if options.img_size:
+        return options.img_size
+    if typical_size <= SMALL_IMAGE_MAX:
+        return round_up(typical_size, patch)
+    return round_up(preset_size, patch)
+
+
+def architecture_overrides(options: TrainOptions) -> dict[str, Any]:
+    """The --depth/--embed-dim/... flags as ViTConfig fields (only those given)."""
+    pairs = {"depth": options.depth, "embed_dim": options.embed_dim, "num_heads": options.heads,
+             "mlp_ratio": options.mlp_ratio, "patch_embed": options.patch_embed,
+             "locality_attention": options.locality_attention, "pooling": options.pooling,
+             "pos_embed": options.pos_embed}
+    changes = {k: v for k, v in pairs.items() if v is not None}
+    if changes.get("pooling") == "mean":
+        changes.setdefault("class_token", False)
+    return changes
+
+
+def model_config(options: TrainOptions, *, typical_size: int, num_classes: int,
+                 in_channels: int) -> ViTConfig:
+    """The architecture to train from scratch, from the preset, the data and the flags."""
+    name = options.model or preset_for(typical_size)
+    base = get_preset(name).config
+    patch = options.patch or base.patch_size
+    size = image_size_for(options, typical_size, patch, base.image_size)
+    extra = dict(SMALL_DATA_MODEL) if not options.model and typical_size <= SMALL_IMAGE_MAX \
+        else {}
+    extra.update(architecture_overrides(options))
+    return base.replace(image_size=size, patch_size=patch, num_classes=num_classes,
+                        in_channels=in_channels, drop_path=options.drop_path, **extra)

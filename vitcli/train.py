@@ -1,0 +1,149 @@
+"""The training loop: `train(options)` for a new run, `resume(run_dir)` to continue one.
+
+One step: uint8 batch → device → batched augmentation there → forward (bf16 autocast on
+CUDA) → soft-target cross-entropy → backward → gradient clipping → AdamW at the scheduled lr
+→ EMA. Each epoch ends with validation, the model files and the training state (vitcli/runs.py).
+
+The library never prints: it reports through `on_event(kind, **fields)` on rank 0
+(kinds: message, load, start, schedule, epoch_start, step, epoch_end, end) and returns a
+TrainResult. Under torchrun every rank runs this same code (vitcli/distributed.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vitcli.errors import VitError
+from vitcli.recipe import TrainOptions
+
+EventCallback = Callable[..., None]
+
+
+class NonFiniteLoss(VitError):
+    """The loss became NaN or infinite; the run stopped, the last good files are kept."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its files are."""
+
+    run_dir: Path
+    stopped: str  # completed | early_stop | time_budget | interrupted
+    epochs: int
+    steps: int
+    seconds: float
+    best_top1: float | None
+    best_epoch: int | None
+    best_path: Path
+    last_path: Path
+    last_row: dict[str, Any] | None
+    num_train: int
+    num_val: int
+
+
+def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> TrainResult:
+    """Train a new run in a fresh, auto-numbered folder under options.project."""
+    options.check()
+    return _run(options, run_dir=None, on_event=on_event)
+
+
+def resume(run_dir: str | Path, *, device: str | None = None, workers: int | None = None,
+           on_event: EventCallback | None = None) -> TrainResult:
+    """Continue the run in `run_dir` from its saved state, with its own options."""
+    from vitcli.runs import read_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "args.json").exists():
+        from vitcli.errors import UsageError
+
+        raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
+    options = TrainOptions.from_dict(read_json(run_dir / "args.json")["options"])
+    options.device = device or options.device
+    options.workers = options.workers if workers is None else workers
+    return _run(options, run_dir=run_dir, on_event=on_event)
+
+
+def _run(options: TrainOptions, *, run_dir: Path | None,
+         on_event: EventCallback | None) -> TrainResult:
+    import torch
+
+    from vitcli.distributed import broadcast, init_distributed, shutdown_distributed
+    from vitcli.runs import (
+        load_state,
+        new_run_dir,
+        read_json,
+        write_bad_files,
+        write_json,
+    )
+    from vitcli.train_loop import Trainer, augment_level
+    from vitcli.train_setup import prepare, resolved_summary
+
+    if options.workers:
+        torch.set_num_threads(options.workers)
+    env = init_distributed(options.device)
+
+    def emit(kind: str, **fields: Any) -> None:
+        if on_event is not None and env.is_main:
+            on_event(kind, **fields)
+
+    try:
+        state = resumed = None
+        if run_dir is not None:
+            from vitcli.config import ViTConfig
+            from vitcli.preprocess import Preprocessing
+
+            state = load_state(run_dir)
+            args = read_json(run_dir / "args.json")["resolved"]
+            resumed = (ViTConfig.from_dict(args["config"]),
+                       Preprocessing.from_dict(args["preprocessing"]))
+        prepared = prepare(options, env, emit, resumed=resumed)
+        level = augment_level(options, len(prepared.train_labels))
+        if run_dir is None:
+            run_dir = Path(broadcast(str(new_run_dir(options.project, options.name))
+                                     if env.is_main else None, env))
+            if env.is_main:
+                write_json(run_dir / "args.json", {
+                    "options": options.to_dict(),
+                    "resolved": resolved_summary(prepared, options, env, level)})
+                write_bad_files(run_dir, prepared.bad_files)
+        trainer = Trainer(options, prepared, env, run_dir, emit, augment=level)
+        if state is not None:
+            trainer.load_state(state)
+        for line in prepared.notes:
+            emit("message", text=line, level="info")
+        if prepared.bad_files:
+            emit("message", level="warning", text=(
+                f"{len(prepared.bad_files)} file(s) skipped (unreadable or not images); "
+                f"listed in {run_dir / 'bad_files.txt'}"))
+        with _graceful_interrupt() as stop_requested:
+            return trainer.fit(stop_requested)
+    finally:
+        shutdown_distributed(env)
+
+
+@contextmanager
+def _graceful_interrupt() -> Iterator[Callable[[], bool]]:
+    """The first Ctrl-C asks the loop to stop at the next step boundary (so the saved state is
+    consistent); a second one interrupts at once, leaving the last saved state to resume from.
+    """
+    requested = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: requested[0]
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested[0]:
+            raise KeyboardInterrupt
+        requested[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: requested[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)

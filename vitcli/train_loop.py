@@ -1,0 +1,408 @@
+"""The Trainer: steps, epochs, validation, saving, stopping, and the state that resumes it.
+
+Everything that decides what happens next (the step counter, the schedule, the best metric,
+the RNG states) is saved at every epoch end, so that a resumed run on CPU with a fixed seed
+reproduces the uninterrupted one exactly (tests/test_train.py proves it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitcli.checkpoint import save_model, unwrap_model
+from vitcli.devices import autocast_dtype
+from vitcli.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
+from vitcli.errors import UsageError
+from vitcli.optim import ModelEma, WarmupCosine, build_optimizer, warmup_steps_for
+from vitcli.recipe import TrainOptions
+from vitcli.runs import (
+    MetricsLog,
+    TrainState,
+    flatten_optimizer,
+    get_rng_states,
+    save_state,
+    set_rng_states,
+    unflatten_optimizer,
+    write_plots,
+)
+from vitcli.train_setup import Emit, Prepared
+
+PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
+VAL_BATCH = 256
+
+
+def augment_level(options: TrainOptions, num_train: int) -> str:
+    """--augment, or the augmentation module's default for this many images."""
+    from vitcli.augment import AUGMENT_LEVELS, default_level
+
+    level = options.augment or default_level(num_train)
+    if level not in AUGMENT_LEVELS:
+        raise UsageError(f"--augment must be one of {', '.join(AUGMENT_LEVELS)}, not {level!r}")
+    return level
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule and counters of one run on one rank."""
+
+    def __init__(self, options: TrainOptions, prepared: Prepared, env: DistEnv,
+                 run_dir: Path, emit: Emit, *, augment: str) -> None:
+        from vitcli.augment import BatchAugment, make_policy
+
+        self.options, self.data, self.env, self.run_dir, self.emit = (
+            options, prepared, env, Path(run_dir), emit)
+        self.device = env.device
+        self.model = prepared.model
+        self.amp_dtype = autocast_dtype(self.device)
+        n = len(prepared.train_labels)
+        self.batch = min(options.batch_size, n) // env.world_size * env.world_size
+        if self.batch < env.world_size or options.batch_size % env.world_size:
+            raise UsageError(f"--batch-size {options.batch_size} must be a multiple of the "
+                             f"{env.world_size} processes (and at most {n}, the images)")
+        self.steps_per_epoch = n // self.batch  # the last partial batch is dropped
+        pixels = torch.from_numpy(prepared.train_pixels)
+        # Small data sets live on the GPU whole: no host→device copy per step.
+        on_device = self.device.type == "cuda" and pixels.nbytes < 2**31
+        self.pixels = pixels.to(self.device) if on_device else pixels
+        self.labels = torch.from_numpy(prepared.train_labels).to(self.pixels.device)
+        pre = prepared.preprocessing
+        self.augment = BatchAugment(make_policy(augment), image_size=pre.image_size,
+                                    mean=pre.mean, std=pre.std,
+                                    num_classes=prepared.config.num_classes,
+                                    label_smoothing=options.label_smoothing)
+        self.optimizer = build_optimizer(self.model, lr=options.peak_lr,
+                                         weight_decay=options.weight_decay,
+                                         layer_decay=options.layer_decay)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        total = options.epochs * self.steps_per_epoch
+        self.schedule = WarmupCosine(options.peak_lr,
+                                     warmup_steps_for(options.warmup, self.steps_per_epoch, total),
+                                     total, options.min_lr_ratio)
+        self.ema = ModelEma(self.model, options.ema_decay) if options.ema else None
+        self.net: torch.nn.Module = self.model
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None)
+        if options.compile:
+            self.net = torch.compile(self.net)
+        torch.manual_seed(options.seed + env.rank)  # augmentation differs between ranks
+        self.metrics = MetricsLog(self.run_dir / "metrics.csv") if env.is_main else None
+        self.log_every = 1 if self.device.type == "cpu" else 10  # CUDA: fewer host syncs
+        # Counters: all of them are in the saved state.
+        self.step = self.epochs_done = self.bad_epochs = 0
+        self.best_top1: float | None = None
+        self.best_epoch: int | None = None
+        self.seconds_before = 0.0
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.budget_fitted = options.time_budget is None
+        self.last_row: dict[str, Any] | None = None
+        self.pending: list[torch.Tensor] = []
+        self.mutating = False
+        self.probe: tuple[int, float] | None = None  # (step, time) the speed probe started
+        self.sec_per_step: float | None = None
+
+    # ------------------------------------------------------------------ the public loop
+
+    def fit(self, stop_requested: Callable[[], bool]) -> Any:
+        """Train until the schedule, the patience or the time budget ends, or Ctrl-C."""
+        from vitcli.train import TrainResult
+
+        self.clock = time.perf_counter()
+        self.session_start_step = self.step
+        self.emit("start", run_dir=self.run_dir, config=self.data.config,
+                  preprocessing=self.data.preprocessing, description=self.data.description,
+                  num_train=len(self.data.train_labels), num_val=self.num_val,
+                  epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
+                  batch_size=self.batch, lr=self.options.peak_lr, device=str(self.device),
+                  world_size=self.env.world_size, amp=str(self.amp_dtype), resumed_step=self.step)
+        self.stop_requested = stop_requested
+        stopped = None
+        try:
+            while stopped is None:
+                steps = min(self.steps_per_epoch,
+                            self.schedule.total_steps - self.epochs_done * self.steps_per_epoch)
+                if steps <= 0:
+                    stopped = "completed"
+                    break
+                self._train_epoch(steps)
+                stopped = self._end_epoch()
+        except KeyboardInterrupt:
+            if self.mutating:  # a second Ctrl-C inside the update: the saved state stands
+                raise
+            if self.pending:  # finished steps whose losses were not counted yet
+                self.loss_sum += float(torch.stack(self.pending).float().sum())
+                self.loss_count += len(self.pending)
+                self.pending.clear()
+            if self.env.is_main:
+                self._save_state()
+            stopped = "interrupted"
+        if self.env.is_main:
+            self._finish_files()
+        result = TrainResult(
+            run_dir=self.run_dir, stopped=stopped, epochs=self.epochs_done, steps=self.step,
+            seconds=self.elapsed(), best_top1=self.best_top1, best_epoch=self.best_epoch,
+            best_path=self.run_dir / "weights" / "best.safetensors",
+            last_path=self.run_dir / "weights" / "last.safetensors", last_row=self.last_row,
+            num_train=len(self.data.train_labels), num_val=self.num_val)
+        self.emit("end", result=result)
+        return result
+
+    @property
+    def num_val(self) -> int:
+        return 0 if self.data.val_labels is None else len(self.data.val_labels)
+
+    @property
+    def planned_epochs(self) -> int:
+        return math.ceil(self.schedule.total_steps / self.steps_per_epoch)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, earlier sessions of a resumed run included."""
+        return self.seconds_before + time.perf_counter() - self.clock
+
+    # ------------------------------------------------------------------------ one epoch
+
+    def _train_epoch(self, steps: int) -> None:
+        epoch = self.epochs_done
+        # Every rank draws the same seeded order; `shard` gives each its part of each batch.
+        order = torch.from_numpy(np.random.default_rng([self.options.seed, epoch])
+                                 .permutation(len(self.labels))).to(self.labels.device)
+        first = self.step - epoch * self.steps_per_epoch
+        self.emit("epoch_start", epoch=epoch + 1, epochs=self.planned_epochs, steps=steps,
+                  done=first)
+        self.net.train()
+        self.epoch_clock, self.epoch_images = time.perf_counter(), 0
+        self.epoch_start_step = self.step
+        for i in range(first, steps):
+            if self.step >= self.schedule.total_steps:
+                break  # the time budget ended the schedule early
+            batch = shard(order[i * self.batch:(i + 1) * self.batch], self.env)
+            self._step(batch)
+            last = i == steps - 1 or self.step >= self.schedule.total_steps
+            save = self.options.save_every and self.step % self.options.save_every == 0
+            if last or save or self.step % self.log_every == 0:
+                self._flush(epoch, i + 1)
+                if save and not last and self.env.is_main:
+                    self._save_state()
+
+    def _step(self, batch: torch.Tensor) -> None:
+        pixels = self.pixels[batch].to(self.device, non_blocking=True)  # uint8 (b, S, S, C)
+        labels = self.labels[batch].to(self.device, non_blocking=True)
+        x, targets = self.augment(pixels, labels)  # (b, C, S, S) float, (b, K) soft targets
+        self.schedule.apply(self.optimizer, self.step)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            logits = self.net(x)  # (b, K)
+        loss = F.cross_entropy(logits.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.options.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.params, self.options.clip_grad, foreach=True)
+        self.mutating = True
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.mutating = False
+        self.pending.append(loss.detach())
+        self.epoch_images += len(batch) * self.env.world_size
+
+    def _flush(self, epoch: int, done: int) -> None:
+        """Check and count the losses of the last steps; agree with the other ranks on stopping."""
+        losses = torch.stack(self.pending).float().cpu()
+        over = bool(self.options.time_budget and self.budget_fitted
+                    and self.elapsed() > self.options.time_budget * 60)
+        total, interrupt, over_any = all_reduce_mean(
+            [float(losses.sum()), float(self.stop_requested()), float(over)], self.env)
+        if not math.isfinite(total):
+            bad = np.flatnonzero(~np.isfinite(losses.numpy()))
+            at = self.step - len(losses) + (int(bad[0]) if len(bad) else len(losses) - 1) + 1
+            self._non_finite(at, epoch)
+        self.loss_sum += total
+        self.loss_count += len(losses)
+        self.pending.clear()
+        seconds = time.perf_counter() - self.epoch_clock
+        self.emit("step", epoch=epoch + 1, step=self.step, done=done, loss=total / len(losses),
+                  lr=self.schedule.lr(self.step - 1),
+                  images_per_s=self.epoch_images / max(seconds, 1e-9))
+        if not self.budget_fitted:
+            self._probe()
+        if interrupt > 0:
+            raise KeyboardInterrupt
+        if over_any > 0:  # slower than measured: end the schedule here
+            self.schedule.total_steps = self.step
+
+    def _non_finite(self, at: int, epoch: int) -> None:
+        from vitcli.train import NonFiniteLoss
+
+        last = self.run_dir / "weights" / "last.safetensors"
+        kept = (f"the last good model is {last} (epoch {self.epochs_done})"
+                if self.epochs_done else "no epoch finished, so no model file was written")
+        raise NonFiniteLoss(
+            f"loss is not finite at step {at} (epoch {epoch + 1}); training stopped and {kept}. "
+            f"Try a lower --lr (now {self.options.peak_lr:g}) or --clip-grad")
+
+    # ------------------------------------------------------------------- the time budget
+
+    def _probe(self) -> None:
+        """Time PROBE_STEPS steps (after 2 warm-up steps), then fit the schedule to the budget."""
+        done = self.step - self.session_start_step
+        if self.probe is None and done >= 2:
+            self.probe = (self.step, time.perf_counter())
+        elif self.probe is not None and self.step - self.probe[0] >= PROBE_STEPS:
+            self.sec_per_step = (time.perf_counter() - self.probe[1]) / (self.step - self.probe[0])
+            self._fit_budget(self.sec_per_step, self.num_val * self.sec_per_step / self.batch / 3)
+
+    def _fit_budget(self, sec_per_step: float, val_seconds: float) -> None:
+        """Set the schedule's total steps so that training plus validation ends at the budget.
+
+        Before a validation pass has been timed it is assumed to cost a third of training per
+        image (a forward pass without the backward); the end of epoch 1 fits again with the
+        measured time.
+        """
+        left = self.options.time_budget * 60 * 0.97 - self.elapsed()  # 3 %: final saving
+        per_epoch = self.steps_per_epoch * sec_per_step + val_seconds
+        epoch_start = self.epochs_done * self.steps_per_epoch
+        to_epoch_end = (epoch_start + self.steps_per_epoch - self.step) * sec_per_step \
+            + val_seconds
+        if left < to_epoch_end:
+            total = self.step + int((left - val_seconds) / sec_per_step)
+        else:
+            rest = left - to_epoch_end
+            full = int(rest // per_epoch)
+            partial = int(max(rest - full * per_epoch - val_seconds, 0) / sec_per_step)
+            total = epoch_start + (1 + full) * self.steps_per_epoch + partial
+        total = broadcast(max(total, self.step + 1), self.env)
+        self.schedule.total_steps = total
+        self.schedule.warmup_steps = warmup_steps_for(self.options.warmup,
+                                                      self.steps_per_epoch, total)
+        self.budget_fitted = True
+        self.emit("schedule", total_steps=total, epochs=self.planned_epochs,
+                  seconds_per_step=sec_per_step)
+
+    # ----------------------------------------------------------------------- epoch end
+
+    def _end_epoch(self) -> str | None:
+        """Validate, write metrics, weights and state; say whether to stop and why."""
+        epoch = self.epochs_done + 1
+        val_clock = time.perf_counter()
+        val = self._validate()
+        val_seconds = time.perf_counter() - val_clock
+        seconds = val_clock - self.epoch_clock
+        row = {"epoch": epoch, "step": self.step,
+               "train_loss": self.loss_sum / max(self.loss_count, 1),
+               "val_loss": val[0] if val else None, "val_top1": val[1] if val else None,
+               "val_top5": val[2] if val else None, "lr": self.schedule.lr(self.step - 1),
+               "images_per_s": self.epoch_images / max(seconds, 1e-9),
+               "seconds": self.elapsed()}
+        improved = val is None or self.best_top1 is None or val[1] > self.best_top1
+        if improved:
+            self.best_top1, self.best_epoch, self.bad_epochs = (
+                val[1] if val else None), epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.epochs_done = epoch
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.last_row = row
+        if self.env.is_main:
+            weights = self.run_dir / "weights"
+            model = self.ema.module if self.ema is not None else self.model
+            extra = {"epoch": str(epoch), "val_top1": "" if val is None else f"{val[1]:.6f}"}
+            meta = {"class_names": self.data.class_names,
+                    "preprocessing": self.data.preprocessing, "extra": extra}
+            save_model(weights / "last.safetensors", model, **meta)
+            if improved:
+                save_model(weights / "best.safetensors", model, **meta)
+            self.metrics.append(row)
+            self._save_state()
+        self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1)
+        if self.step >= self.schedule.total_steps:
+            return "time_budget" if self.options.time_budget else "completed"
+        if epoch == 1 and self.options.time_budget:  # again, with validation timed
+            steps = max(self.step - self.epoch_start_step, 1)
+            self._fit_budget(self.sec_per_step or seconds / steps, val_seconds)
+        if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
+            return "early_stop"
+        return None
+
+    def _validate(self) -> tuple[float, float, float] | None:
+        """(loss, top-1, top-5) on the validation set, each rank predicting its share."""
+        if self.data.val_pixels is None:
+            return None
+        from vitcli.evaluate import compute_metrics, predict_logits
+
+        model = self.ema.module if self.ema is not None else self.model
+        pre = self.data.preprocessing
+        logits = predict_logits(model, self.data.val_pixels[self.env.rank::self.env.world_size],
+                                mean=pre.mean, std=pre.std, batch_size=VAL_BATCH,
+                                device=self.device, amp=self.amp_dtype is not None)
+        full = gather_rows(logits, self.env)
+        values = None
+        if self.env.is_main:
+            m = compute_metrics(full, self.data.val_labels, self.data.class_names)
+            values = (m.loss, m.top1, m.top5)
+        return broadcast(values, self.env)
+
+    # --------------------------------------------------------------------------- state
+
+    def state(self) -> TrainState:
+        """Everything needed to continue exactly: see vitcli/runs.py for the file layout."""
+        optim_info, tensors = flatten_optimizer(self.optimizer.state_dict())
+        rng_info, rng_tensors = get_rng_states()
+        tensors.update(rng_tensors)
+        tensors.update({f"model.{k}": v for k, v in unwrap_model(self.model).state_dict().items()})
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_tensors().items()})
+        info = {
+            "step": self.step, "epochs_done": self.epochs_done, "bad_epochs": self.bad_epochs,
+            "best_top1": self.best_top1, "best_epoch": self.best_epoch,
+            "seconds": self.elapsed(), "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+            "budget_fitted": self.budget_fitted, "schedule": self.schedule.to_dict(),
+            "ema_updates": self.ema.updates if self.ema is not None else 0,
+            "batch_size": self.batch, "steps_per_epoch": self.steps_per_epoch,
+            "optimizer": optim_info, "rng": rng_info, "world_size": self.env.world_size,
+        }
+        return TrainState(info=info, tensors=tensors)
+
+    def _save_state(self) -> None:
+        save_state(self.run_dir, self.state())
+
+    def load_state(self, state: TrainState) -> None:
+        """Put the model, optimiser, EMA, counters and RNGs back where `state` left them."""
+        info, tensors = state.info, state.tensors
+        if info["batch_size"] != self.batch or info["steps_per_epoch"] != self.steps_per_epoch:
+            raise UsageError(f"{self.run_dir}: the data changed since the run started "
+                             f"({self.steps_per_epoch} steps per epoch now, "
+                             f"{info['steps_per_epoch']} then); start a new run")
+
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v.to(self.device) for k, v in tensors.items()
+                    if k.startswith(prefix)}
+
+        self.model.load_state_dict(part("model."))
+        self.optimizer.load_state_dict(unflatten_optimizer(info["optimizer"], tensors))
+        if self.ema is not None:
+            self.ema.load_state_tensors(part("ema."), info["ema_updates"])
+        self.schedule = WarmupCosine.from_dict(info["schedule"])
+        for key in ("step", "epochs_done", "bad_epochs", "best_top1", "best_epoch",
+                    "loss_sum", "loss_count", "budget_fitted"):
+            setattr(self, key, info[key])
+        self.seconds_before = info["seconds"]
+        set_rng_states(info["rng"], tensors)
+        if self.env.rank:  # only rank 0's RNG is saved; the others continue from a new seed
+            torch.manual_seed(self.options.seed + 1000 * self.env.rank + self.step)
+        if self.metrics is not None:
+            self.metrics.truncate(self.step)  # rows written after the state was saved
+
+    def _finish_files(self) -> None:
+        write_plots(self.run_dir, self.metrics.rows if self.metrics else [], self.data,
+                    device=self.device, best_epoch=self.best_epoch)

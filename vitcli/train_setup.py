@@ -1,0 +1,171 @@
+"""Before the first step: decode the data, decide the architecture and preprocessing, build
+the model (fresh, or started from `--init` weights).
+
+The decisions themselves live in vitcli/recipe.py; this module applies them to real data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitcli.config import ViTConfig
+from vitcli.distributed import DistEnv, barrier
+from vitcli.model import VisionTransformer
+from vitcli.preprocess import Preprocessing
+from vitcli.recipe import TrainOptions, model_config
+
+Emit = Callable[..., None]  # emit(kind, **fields): progress events for the command to draw
+
+
+@dataclass
+class Prepared:
+    """The decoded data and the model, ready for the trainer."""
+
+    train_pixels: np.ndarray  # uint8 (N, S, S, C)
+    train_labels: np.ndarray  # int64 (N,)
+    val_pixels: np.ndarray | None  # uint8 (M, S, S, C)
+    val_labels: np.ndarray | None
+    val_paths: list[str] | None
+    class_names: list[str]
+    bad_files: list[tuple[str, str]]
+    description: str
+    config: ViTConfig
+    preprocessing: Preprocessing
+    model: VisionTransformer
+    notes: list[str] = field(default_factory=list)  # lines worth telling the user
+
+
+def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
+            resumed: tuple[ViTConfig, Preprocessing] | None = None) -> Prepared:
+    """Decode --data and build the model the options (or a resumed run's args) describe.
+
+    Rank 0 decodes first and fills the cache; the other ranks then read the cache instead of
+    decoding the same files at the same time.
+    """
+    from vitcli.data import load_data, typical_image_size
+
+    notes: list[str] = []
+    init_pre: Preprocessing | None = None
+    if resumed is not None:
+        config, pre = resumed
+        load_pre = pre  # grey runs decode straight to L: the same pixels as RGB's first channel
+    elif options.init:
+        from vitcli.finetune import init_config
+
+        config, init_pre, _ = init_config(options.init, image_size=options.img_size,
+                                          patch_size=options.patch, drop_path=options.drop_path)
+        load_pre = init_pre
+    else:
+        typical = typical_image_size(options.data)
+        # The image size does not depend on the class count or channels: decide it first.
+        config = model_config(options, typical_size=typical, num_classes=1, in_channels=3)
+        load_pre = Preprocessing(image_size=config.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                 color_mode="RGB")
+
+    def progress(done: int, total: int) -> None:
+        emit("load", done=done, total=total)
+
+    if not env.is_main:
+        barrier(env)  # wait for rank 0 to fill the cache
+    bundle = load_data(options.data, preprocessing=load_pre, val=options.val,
+                       val_split=options.val_split, seed=options.seed,
+                       cache_dir=Path(options.cache_dir) if options.cache_dir else None,
+                       progress=progress if env.is_main else None)
+    if env.is_main:
+        barrier(env)
+    train_px, val_px = bundle.train.pixels, bundle.val.pixels if bundle.val else None
+    names = list(bundle.class_names)
+
+    if resumed is not None:
+        config = config.replace(num_classes=len(names))
+    elif options.init:
+        pre = init_pre
+        config = config.replace(num_classes=len(names))
+    else:
+        grey = is_grayscale(train_px) and (val_px is None or is_grayscale(val_px))
+        if grey:
+            train_px, val_px = _first_channel(train_px), _first_channel(val_px)
+            notes.append("all images are grey: the model takes 1 channel (colour mode L)")
+        mean, std = pixel_mean_std(train_px)
+        pre = Preprocessing(image_size=config.image_size, mean=mean, std=std,
+                            interpolation=load_pre.interpolation, color_mode="L" if grey
+                            else "RGB")
+        config = model_config(options, typical_size=typical, num_classes=len(names),
+                              in_channels=pre.channels)
+
+    torch.manual_seed(options.seed)  # the same initial weights on every rank and every resume
+    model = VisionTransformer(config)
+    if options.init and resumed is None:
+        from vitcli.finetune import init_from
+
+        notes.extend(init_from(model, options.init).lines)
+    if options.freeze == "backbone":
+        from vitcli.finetune import freeze_backbone
+
+        frozen = freeze_backbone(model)
+        notes.append(f"backbone frozen: {frozen:,} weights fixed, only the head trains")
+    model.to(env.device)
+    return Prepared(
+        train_pixels=train_px, train_labels=bundle.train.labels, val_pixels=val_px,
+        val_labels=bundle.val.labels if bundle.val else None,
+        val_paths=bundle.val.paths if bundle.val else None, class_names=names,
+        bad_files=list(bundle.bad_files), description=bundle.description, config=config,
+        preprocessing=pre, model=model, notes=notes)
+
+
+def _first_channel(pixels: np.ndarray | None) -> np.ndarray | None:
+    """(N, S, S, 3) grey-as-RGB → (N, S, S, 1), contiguous."""
+    if pixels is None or pixels.shape[-1] == 1:
+        return pixels
+    return np.ascontiguousarray(pixels[..., :1])
+
+
+def resolved_summary(prepared: Prepared, options: TrainOptions, env: DistEnv,
+                     augment: str) -> dict[str, Any]:
+    """What the defaults turned into, saved beside the options in args.json."""
+    return {
+        "config": prepared.config.to_dict(),
+        "preprocessing": prepared.preprocessing.to_dict(),
+        "class_names": prepared.class_names,
+        "augment": augment,
+        "lr": options.peak_lr,
+        "device": str(env.device),
+        "world_size": env.world_size,
+        "data": prepared.description,
+    }
+
+
+def is_grayscale(pixels: np.ndarray, chunk: int = 4096) -> bool:
+    """True when every image in (N, S, S, 3) uint8 pixels has R = G = B everywhere."""
+    if pixels.shape[-1] == 1:
+        return True
+    for start in range(0, len(pixels), chunk):
+        part = pixels[start:start + chunk]
+        if not (np.array_equal(part[..., 0], part[..., 1])
+                and np.array_equal(part[..., 0], part[..., 2])):
+            return False
+    return True
+
+
+def pixel_mean_std(pixels: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...],
+                                                                     tuple[float, ...]]:
+    """Per-channel mean and std of uint8 (N, S, S, C) pixels on the 0-1 scale, 4 decimals."""
+    channels = pixels.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    count = 0
+    for start in range(0, len(pixels), chunk):
+        part = pixels[start:start + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += part.sum(axis=0)
+        total_sq += (part**2).sum(axis=0)
+        count += len(part)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0.0))
+    std = np.maximum(std, 1e-3)  # a constant channel must not divide by zero
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
