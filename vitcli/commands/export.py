@@ -1,12 +1,93 @@
-"""`vit export` (not built yet)."""
+"""`vit export --onnx --model FILE`: a verified ONNX file (and optionally an int8 one)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-from vitcli.commands._common import not_built_yet
+if TYPE_CHECKING:
+    from vitcli.export import ExportReport
 
 
-def export(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("export", "planned")
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="The .safetensors model file.",
+                                        show_default=False)],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output .onnx file. Default: beside the model, same name.",
+        show_default=False)] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (17 or newer).")] = 20,
+    batch: Annotated[str, typer.Option(
+        "--batch", help="'dynamic' for any batch size, or a fixed batch size N.")] = "dynamic",
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Also write a dynamically quantized int8 file (model.int8.onnx).")] = False,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Labelled images (class sub-folders) to compare the back ends on.",
+        show_default=False)] = None,
+) -> None:
+    """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
+    from vitcli.commands._common import err_console
+    from vitcli.errors import UsageError
+    from vitcli.export import export_onnx
+
+    if not onnx:
+        raise UsageError("say which format: `vit export --onnx --model FILE` (ONNX is the only "
+                         "format so far)")
+    with err_console.status("exporting") as status:
+        report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
+                             log=lambda msg: status.update(msg))
+    show_report(report)
+
+
+def show_report(report: ExportReport) -> None:
+    """The files written, the parity checks, and (with --data) agreement and accuracy."""
+    from rich import box
+    from rich.table import Table
+
+    from vitcli.commands._common import console
+
+    files = Table(title="written", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("file", "size", "batch-1 latency"):
+        files.add_column(col, justify="left" if col == "file" else "right")
+    files.add_row(str(report.path), _mb(report.size_bytes),
+                  _ms(report.latency_ms.get("onnx fp32")))
+    if report.int8_path and report.int8_size_bytes:
+        files.add_row(str(report.int8_path), _mb(report.int8_size_bytes),
+                      _ms(report.latency_ms.get("onnx int8")))
+    files.add_row("(PyTorch eager, for reference)", "", _ms(report.latency_ms.get("pytorch")))
+    console.print(files)
+    parity = ", ".join(f"batch {p.batch}: max |Δlogit| {p.max_abs_diff:.1e}"
+                       for p in report.parity)
+    console.print(f"[green]verified[/] opset {report.opset}, batch {report.batch} "
+                  f"({report.exporter} exporter), onnx.checker full check passed; "
+                  f"onnxruntime = PyTorch within rtol 1e-3, atol 1e-4 ({parity})",
+                  highlight=False)
+    if report.int8_max_prob_diff is not None:
+        console.print(f"int8 vs fp32 on random inputs: max |Δprobability| "
+                      f"{report.int8_max_prob_diff:.3f}", highlight=False)
+    d = report.data
+    if d is None:
+        return
+    table = Table(title=d.description or f"{d.images} images", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for col in ("back end", "accuracy", "top-1 agreement"):
+        table.add_column(col, justify="left" if col == "back end" else "right")
+    table.add_row("PyTorch fp32", f"{d.torch_accuracy:.2%}", "reference")
+    ties = f" ({d.ties} numerical ties)" if d.ties else ""
+    table.add_row("ONNX fp32", f"{d.onnx_accuracy:.2%}", f"{d.agreement:.2%} vs PyTorch{ties}")
+    if d.int8_accuracy is not None and d.int8_agreement is not None:
+        table.add_row("ONNX int8", f"{d.int8_accuracy:.2%}",
+                      f"{d.int8_agreement:.2%} vs ONNX fp32")
+    console.print(table)
+    if d.skipped:
+        console.print(f"{d.skipped} unreadable file(s) in the data were skipped")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f} ms"

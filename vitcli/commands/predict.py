@@ -1,12 +1,179 @@
-"""`vit predict` (not built yet)."""
+"""`vit predict IMAGES... [--model FILE]`: classify images, optionally explain them.
+
+Nothing here imports torch: with an .onnx model the command runs on onnxruntime alone.
+Results go to stdout (Rich tables, or JSON lines with --json); progress, the model used and
+per-image errors go to stderr.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
 
-from vitcli.commands._common import not_built_yet
+from vitcli.commands._common import DeviceOpt
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vitcli.backends import Backend
+    from vitcli.predict import Prediction
+
+MANY = 8  # above this many images: one table and a progress bar instead of a table each
 
 
-def predict(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("predict", "planned")
+def predict(
+    inputs: Annotated[list[str], typer.Argument(
+        help="Image files, folders (searched recursively) or glob patterns (quote them).",
+        show_default=False)],
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="A vitcli model file: .safetensors (PyTorch) or .onnx "
+        "(onnxruntime, no torch). Default: the newest runs/train/*/weights/best.safetensors.",
+        show_default=False)] = None,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1,
+                                      help="How many labels to show per image.")] = 5,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Write one JSON object per image to stdout, nothing else.")] = False,
+    csv_path: Annotated[Path | None, typer.Option(
+        "--csv", help="Also write the results as a CSV table to this file.",
+        show_default=False)] = None,
+    explain: Annotated[Path | None, typer.Option(
+        "--explain", help="Save attention heat maps per image into this folder "
+        "(.safetensors models only).", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+                                            help="Images per forward pass.")] = 32,
+) -> None:
+    """Classify images with a trained model: top-k labels and probabilities per image."""
+    from vitcli.backends import is_onnx_path, open_backend
+    from vitcli.commands._common import err_console
+    from vitcli.errors import UsageError, VitError
+    from vitcli.predict import collect_images, find_latest_model
+
+    if model is None:
+        model = find_latest_model()
+        err_console.print(f"using model {model} (the newest in runs/train)", highlight=False)
+    onnx = is_onnx_path(model)
+    if explain is not None and onnx:
+        raise UsageError("--explain needs the .safetensors model file: attention maps are not "
+                         "outputs of the ONNX graph; pass --model model.safetensors")
+    if onnx and device not in ("auto", "cpu"):
+        err_console.print(f"note: the ONNX back end runs on CPU; --device {device} ignored")
+    backend = open_backend(model, device=device)
+    paths, results = collect_images(inputs)
+    for missing in results:
+        _report_failure(missing)
+
+    def on_result(result: Prediction) -> None:
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(result.to_dict()))
+        if not result.ok:
+            _report_failure(result)
+
+    many = len(paths) > MANY and not as_json
+    predicted = _run(backend, paths, topk, batch_size, on_result, show_progress=many)
+    results += predicted
+    if not as_json:
+        _show(results, many)
+    if csv_path is not None:
+        write_csv(csv_path, results)
+    ok = [r.path for r in predicted if r.ok]
+    if explain is not None and ok:
+        from vitcli.explain import explain_images
+
+        explained = explain_images(backend.model_file, ok, explain)  # type: ignore[attr-defined]
+        err_console.print(f"heat maps for {len(explained)} image(s) in {explain}/ "
+                          f"(attention of the {explained[0].source_row})", highlight=False)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        raise VitError(f"{failed} of {len(results)} input(s) could not be predicted")
+    if not results:
+        raise VitError("no images to predict")
+
+
+def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
+         on_result: Callable[[Prediction], None], show_progress: bool) -> list[Prediction]:
+    """Run prediction in batches, streaming each result to `on_result`."""
+    from vitcli.predict import predict_paths
+
+    if not show_progress:
+        results = []
+        for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size):
+            on_result(result)
+            results.append(result)
+        return results
+    from rich.progress import Progress
+
+    from vitcli.commands._common import err_console
+
+    results = []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("predicting", total=len(paths))
+        for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size,
+                                    on_batch=lambda n: progress.advance(task, n)):
+            on_result(result)
+            results.append(result)
+    return results
+
+
+def _report_failure(result: Prediction) -> None:
+    """One stderr line naming the image that failed."""
+    from vitcli.cli import print_error
+
+    print_error(result.error or f"{result.path}: failed")
+
+
+def _show(results: list[Prediction], many: bool) -> None:
+    """A table per image for a few images, one summary table for many."""
+    from rich import box
+    from rich.table import Table
+
+    from vitcli.commands._common import console
+
+    ok = [r for r in results if r.ok]
+    if not many:
+        for r in ok:
+            table = Table(title=str(r.path), title_justify="left", box=box.SIMPLE_HEAD)
+            table.add_column("#", justify="right")
+            table.add_column("label")
+            table.add_column("probability", justify="right")
+            for rank, (label, p) in enumerate(zip(r.labels, r.probabilities), 1):
+                table.add_row(str(rank), label, f"{p:.4f}")
+            console.print(table)
+        return
+    table = Table(title=f"{len(ok)} images", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
+    table.add_column("label")
+    table.add_column("probability", justify="right")
+    table.add_column("next best")
+    for r in ok:
+        rest = ", ".join(f"{label} {p:.2f}" for label, p in
+                         zip(r.labels[1:], r.probabilities[1:]))
+        table.add_row(str(r.path), r.labels[0], f"{r.probabilities[0]:.4f}", rest)
+    console.print(table)
+
+
+def write_csv(path: Path, results: list[Prediction]) -> None:
+    """image, label, probability, then label_2/probability_2 … and an error column."""
+    import csv
+    import io
+
+    from vitcli.checkpoint import atomic_write
+
+    k = max([len(r.labels) for r in results] + [1])
+    header = ["image", "label", "probability"]
+    for i in range(2, k + 1):
+        header += [f"label_{i}", f"probability_{i}"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header + ["error"])
+    for r in results:
+        row: list[str] = [str(r.path)]
+        for i in range(k):
+            has = i < len(r.labels)
+            row += [r.labels[i] if has else "", f"{r.probabilities[i]:.6f}" if has else ""]
+        writer.writerow(row + [r.error or ""])
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))

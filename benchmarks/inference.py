@@ -1,0 +1,112 @@
+"""Inference speed of one model on three back ends, side by side, from the same run.
+
+    python benchmarks/inference.py                      # ViT-Ti/16, 224 px, random weights
+    python benchmarks/inference.py --model m.safetensors --data imgs/   # + accuracy
+
+PyTorch eager (fp32), onnxruntime fp32 and onnxruntime int8 (dynamic quantization), all
+from `vit export --onnx --int8`, all with the same number of threads. Reports batch-1
+latency (median of --runs) and batch-32 throughput, and with --data each one's accuracy
+and top-1 agreement. Goals (issue 4): int8 ≥ 2× faster than PyTorch at batch 1 with ≤ 1
+point of accuracy lost; ONNX fp32 no slower than eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a vitcli .safetensors model file")
+    parser.add_argument("--data", type=Path, help="labelled images (class sub-folders)")
+    parser.add_argument("--preset", default="vit-ti16", help="without --model (default ViT-Ti/16)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per back end (0: torch's)")
+    parser.add_argument("--runs", type=int, default=30, help="timed batch-1 runs per back end")
+    parser.add_argument("--batch", type=int, default=32, help="batch for throughput")
+    return parser.parse_args()
+
+
+def main() -> None:
+    import torch
+
+    from vitcli.backends import open_onnx, open_torch
+    from vitcli.export import export_onnx, median_seconds, random_inputs
+
+    args = parse_args()
+    threads = args.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    workdir = Path(tempfile.mkdtemp(prefix="vit-bench-"))
+    model = args.model or make_random_model(args.preset, workdir)
+    compare = f", comparing on {args.data}" if args.data else ""
+    print(f"exporting {model} (fp32 + int8{compare})", file=sys.stderr)
+    report = export_onnx(model, workdir / "model.onnx", int8=True, data=args.data)
+    backends = {
+        "PyTorch eager fp32": open_torch(model, "cpu"),
+        "ONNX Runtime fp32": open_onnx(report.path, threads=threads),
+        "ONNX Runtime int8": open_onnx(report.int8_path, threads=threads),
+    }
+    mf = backends["PyTorch eager fp32"].model_file
+    one, many = random_inputs(mf, 1, seed=0), random_inputs(mf, args.batch, seed=1)
+    sizes = {"PyTorch eager fp32": model.stat().st_size, "ONNX Runtime fp32": report.size_bytes,
+             "ONNX Runtime int8": report.int8_size_bytes}
+    rows = []
+    for name, backend in backends.items():  # interleaving would not help: each is warmed up
+        latency = median_seconds(lambda b=backend: b.logits(one), args.runs, budget_s=30)
+        batch_s = median_seconds(lambda b=backend: b.logits(many), 5, warmup=1, budget_s=60)
+        rows.append((name, 1000 * latency, args.batch / batch_s, sizes[name]))
+    print_table(mf, threads, rows, report, args)
+
+
+def make_random_model(preset: str, workdir: Path) -> Path:
+    """A preset with random weights and 1000 classes: speed does not depend on training."""
+    from vitcli.checkpoint import save_model
+    from vitcli.model import create_model
+
+    model = create_model(preset, num_classes=1000).eval()
+    return save_model(workdir / f"{preset}.safetensors", model)
+
+
+def print_table(mf, threads: int, rows: list, report, args: argparse.Namespace) -> None:
+    """Back ends as rows: latency, speed-up over PyTorch, throughput, size, accuracy."""
+    c = mf.config
+    print(f"\n{c.image_size} px, patch {c.patch_size}, width {c.embed_dim}, depth {c.depth}, "
+          f"{len(mf.class_names)} classes; {threads} thread(s); batch-1 median of {args.runs}")
+    base = rows[0][1]
+    d = report.data
+    accuracy = {}
+    if d is not None:
+        accuracy = {"PyTorch eager fp32": (d.torch_accuracy, "reference"),
+                    "ONNX Runtime fp32": (d.onnx_accuracy, f"{d.agreement:.1%} vs PyTorch"),
+                    "ONNX Runtime int8": (d.int8_accuracy, f"{d.int8_agreement:.1%} vs fp32")}
+    throughput = f"batch-{args.batch} img/s"
+    head = f"{'back end':<20} {'batch-1 ms':>10} {'speed-up':>9} {throughput:>14} {'size MB':>8}"
+    print(head + (f" {'accuracy':>9}  top-1 agreement" if d else ""))
+    for name, ms, per_s, size in rows:
+        line = f"{name:<20} {ms:>10.2f} {base / ms:>8.2f}× {per_s:>14.1f} {size / 1e6:>8.2f}"
+        if name in accuracy:
+            acc, agree = accuracy[name]
+            line += f" {acc:>9.2%}  {agree}"
+        print(line)
+    if d is not None:
+        print(f"accuracy on {d.description}")
+    int8_speedup = base / rows[2][1]
+    print(f"\ngoal int8 ≥ 2× PyTorch at batch 1: {int8_speedup:.2f}× "
+          f"{'met' if int8_speedup >= 2 else 'MISSED'}")
+    print(f"goal ONNX fp32 no slower than eager: {base / rows[1][1]:.2f}× "
+          f"{'met' if rows[1][1] <= base else 'MISSED'}")
+    if d is not None and d.int8_accuracy is not None:
+        lost = 100 * (d.onnx_accuracy - d.int8_accuracy)
+        print(f"goal int8 loses ≤ 1 point: {lost:+.2f} points lost "
+              f"{'met' if lost <= 1 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()

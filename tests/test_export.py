@@ -1,0 +1,165 @@
+"""ONNX export: checker, parity with PyTorch, metadata round trip, int8, failure cleanup."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, TINY, make_image_folder
+from typer.testing import CliRunner
+
+from vitcli.cli import app
+from vitcli.errors import VitError
+
+
+def train_quickly(folder: Path, out: Path, steps: int = 40) -> Path:
+    """A tiny ViT fitted for a few dozen steps on generated shapes: confident, not random.
+
+    A random model's probabilities are near-ties, where any rounding flips the top-1; a
+    fitted one is what int8 agreement means anything on.
+    """
+    import torch
+
+    from vitcli.checkpoint import default_preprocessing, save_model
+    from vitcli.model import create_model
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny matmuls: threads only add sync cost on a shared machine
+    model = create_model(num_classes=len(CLASSES), **TINY)
+    pre = default_preprocessing(model.config)
+    paths = sorted(folder.rglob("*.png"))
+    x = torch.from_numpy(np.stack([pre.load(p) for p in paths]))  # (N, C, S, S)
+    y = torch.tensor([CLASSES.index(p.parent.name) for p in paths])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(2)
+    return save_model(out, model.eval(), class_names=CLASSES, preprocessing=pre)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    """One trained tiny model exported with --int8 and --data (the expensive step, once)."""
+    from vitcli.export import export_onnx
+
+    root = tmp_path_factory.mktemp("export")
+    data = make_image_folder(root / "shapes", per_class=12, seed=3)
+    model = train_quickly(data, root / "model.safetensors")
+    report = export_onnx(model, root / "out" / "model.onnx", int8=True, data=data)
+    return model, data, report
+
+
+@pytest.mark.slow
+def test_export_passes_checker_and_matches_pytorch(exported):
+    import onnx
+    import onnxruntime as ort
+
+    _, _, report = exported
+    onnx.checker.check_model(str(report.path), full_check=True)
+    assert [p.batch for p in report.parity] == [1, 8]
+    assert all(p.ok and p.max_abs_diff < 1e-4 for p in report.parity)
+    batch_dim = ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0]
+    assert isinstance(batch_dim, str)  # a symbolic (dynamic) batch axis
+    assert not list(report.path.parent.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_onnx_metadata_round_trip(exported):
+    import onnx
+
+    from vitcli.backends import open_onnx
+    from vitcli.checkpoint import load_model
+
+    model, _, report = exported
+    original = load_model(model)
+    props = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+    for key in ("format", "format_version", "config", "class_names", "preprocessing"):
+        assert props[key] == original.metadata[key]
+    backend = open_onnx(report.path)
+    assert backend.class_names == CLASSES
+    assert backend.config == original.config
+    assert backend.preprocessing == original.preprocessing
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_fp32_on_labelled_images(exported):
+    _, _, report = exported
+    d = report.data
+    assert d is not None and d.images == 36
+    assert d.agreement == 1.0 and d.onnx_accuracy == d.torch_accuracy
+    assert d.torch_accuracy > 0.6  # the fitted model is better than chance (1/3)
+    assert report.int8_path == report.path.with_suffix(".int8.onnx")
+    assert report.int8_path.exists() and report.int8_size_bytes < report.size_bytes
+    assert d.int8_agreement is not None and d.int8_agreement >= 0.85
+    assert abs(d.int8_accuracy - d.onnx_accuracy) <= 0.15
+    assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8"}
+
+
+@pytest.mark.slow
+def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch):
+    """A graph that disagrees with PyTorch is refused and nothing is left behind."""
+    import vitcli.export as export
+
+    model, _, report = exported
+
+    def wrong_graph(mf, path, opset, fixed):  # stands in for a buggy exporter
+        shutil.copyfile(report.path, path)
+        return "dynamo"
+
+    real_logits = export.torch_logits
+    monkeypatch.setattr(export, "_torch_export", wrong_graph)
+    monkeypatch.setattr(export, "torch_logits", lambda mf, x: real_logits(mf, x) + 1e-2)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(VitError, match="differs from PyTorch at batch 1"):
+        export.export_onnx(model, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
+    import onnxruntime as ort
+
+    from vitcli.backends import open_onnx
+    from vitcli.export import export_onnx, random_inputs, torch_logits
+
+    model, _, _ = exported
+    report = export_onnx(model, tmp_path / "fixed.onnx", batch="4")
+    assert [p.batch for p in report.parity] == [4]
+    assert ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0] == 4
+    backend = open_onnx(report.path)
+    from vitcli.checkpoint import load_model
+
+    mf = load_model(model)
+    x = random_inputs(mf, 5, seed=7)  # 4 + 1: the last chunk is padded
+    np.testing.assert_allclose(backend.logits(x), torch_logits(mf, x), rtol=1e-3, atol=1e-4)
+
+
+def test_export_command_errors_are_one_line(tmp_path: Path, tiny_model_file: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--model", str(tiny_model_file)])
+    assert result.exit_code == 2 and "--onnx" in result.stderr
+    result = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_file), "--batch", "x"])
+    assert result.exit_code == 2 and "--batch" in result.stderr
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"not a model at all")
+    result = runner.invoke(app, ["export", "--onnx", "-m", str(fake)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and str(fake) in result.stderr
+
+
+@pytest.mark.slow
+def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
+    """The CLI path end to end, with the report printed (a fresh export of the same model)."""
+    model, data, _ = exported
+    out = tmp_path / "cli.onnx"
+    result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(model), "-o", str(out),
+                                      "--int8", "--data", str(data)])
+    assert result.exit_code == 0, result.stderr
+    assert "verified" in result.stdout and "ONNX int8" in result.stdout
+    assert out.exists() and out.with_suffix(".int8.onnx").exists()

@@ -1,0 +1,177 @@
+"""`vit predict`: inputs, both back ends giving the same answers, JSON, bad input, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, TINY, make_image_folder
+from PIL import Image
+from typer.testing import CliRunner
+
+from vitcli.cli import app
+from vitcli.errors import VitError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(model.safetensors, model.onnx exported from it, an image folder), built once."""
+    import torch
+
+    from vitcli.checkpoint import save_model
+    from vitcli.export import export_onnx
+    from vitcli.model import create_model
+
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    model = create_model(num_classes=len(CLASSES), **TINY).eval()
+    st = save_model(root / "model.safetensors", model, class_names=CLASSES)
+    onnx = export_onnx(st, root / "model.onnx").path
+    images = make_image_folder(root / "shapes", per_class=3)
+    Image.new("RGB", (50, 20), (200, 30, 30)).save(images / "wide.jpg")  # not square
+    return st, onnx, images
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["predict", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_collect_images_expands_files_folders_and_globs(models):
+    from vitcli.predict import collect_images
+
+    _, _, images = models
+    paths, missing = collect_images([images / "wide.jpg", str(images / "circle"),
+                                     f"{images}/*/00[01].png", f"{images}/**/nothing*.png"])
+    assert paths[0] == images / "wide.jpg"
+    assert len(paths) == 1 + 3 + 4  # the glob's circles are not repeated
+    assert [m.path.name for m in missing] == ["nothing*.png"] and not missing[0].ok
+
+
+def test_backends_agree_on_files_folders_and_globs(models):
+    from vitcli.predict import predict
+
+    st, onnx, images = models
+    inputs = [str(images / "wide.jpg"), str(images / "square"), f"{images}/tri*/*.png"]
+    by_torch = predict(st, inputs, topk=3, device="cpu")
+    by_onnx = predict(onnx, inputs, topk=3)
+    assert len(by_torch) == len(by_onnx) == 7
+    for t, o in zip(by_torch, by_onnx):
+        assert t.path == o.path and t.ok and o.ok
+        assert t.labels[0] == o.labels[0]
+        np.testing.assert_allclose(t.probabilities, o.probabilities, atol=1e-4)
+        assert sorted(t.labels) == sorted(CLASSES)
+
+
+def test_json_lines_parse_and_stdout_holds_nothing_else(models):
+    _, onnx, images = models
+    code, out, _ = run(str(images / "circle"), "--model", str(onnx), "--json", "--topk", "2")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["label"] in CLASSES and 0.0 < record["probability"] <= 1.0
+        assert [r["label"] for r in record["topk"]][0] == record["label"]
+        assert len(record["topk"]) == 2
+
+
+def test_broken_image_is_reported_and_the_rest_predicted(models, tmp_path: Path):
+    st, onnx, images = models
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    good = images / "circle" / "000.png"
+    for model in (st, onnx):
+        code, out, err = run(str(good), str(broken), str(tmp_path / "gone.jpg"),
+                             "-m", str(model), "--json")
+        assert code == 1
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [("error" in r) for r in records] == [False, True, True]
+        assert records[0]["image"] == str(good)
+        assert str(broken) in err and "gone.jpg" in err
+        assert "2 of 3" in err
+
+
+def test_tables_and_csv(models, tmp_path: Path):
+    st, _, images = models
+    table_csv = tmp_path / "out.csv"
+    code, out, _ = run(str(images), "-m", str(st), "--csv", str(table_csv), "-k", "1")
+    assert code == 0
+    assert "10 images" in out  # many images: one table
+    rows = table_csv.read_text().splitlines()
+    assert rows[0].startswith("image,label,probability") and len(rows) == 11
+    assert rows[-1].split(",")[0] == str(images / "wide.jpg")
+    code, out, _ = run(str(images / "wide.jpg"), "-m", str(st))
+    assert code == 0 and "probability" in out and all(c in out for c in CLASSES)
+
+
+def test_newest_training_run_is_the_default_model(models, tmp_path: Path, monkeypatch):
+    from vitcli.predict import find_latest_model
+
+    st, _, images = models
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(VitError, match="train one first"):
+        find_latest_model()
+    for i, name in enumerate(["older", "newer"]):
+        weights = tmp_path / "runs" / "train" / name / "weights"
+        weights.mkdir(parents=True)
+        (weights / "best.safetensors").write_bytes(st.read_bytes())
+        stamp = time.time() - 100 + i * 50
+        os.utime(weights / "best.safetensors", (stamp, stamp))
+    assert find_latest_model().parts[-3] == "newer"
+    code, out, err = run(str(images / "wide.jpg"), "--json")
+    assert code == 0 and "newer" in err and json.loads(out)["label"] in CLASSES
+
+
+def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: Path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    _, _, images = models
+    image = str(images / "wide.jpg")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01 definitely not protobuf" * 20)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(models[0].read_bytes()[:500])
+    for path, reason in [(junk, "not a valid ONNX file"), (foreign, "not one exported by vitcli"),
+                         (truncated, "truncated")]:
+        code, out, err = run(image, "-m", str(path))
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and str(path) in err and reason in err
+
+
+def test_explain_with_onnx_model_says_it_needs_safetensors(models, tmp_path: Path):
+    _, onnx, images = models
+    code, _, err = run(str(images / "wide.jpg"), "-m", str(onnx), "--explain", str(tmp_path))
+    assert code == 2 and ".safetensors" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_onnx_predict_never_imports_torch(models):
+    """The whole ONNX path, in a fresh interpreter: torch must not appear in sys.modules."""
+    _, onnx, images = models
+    script = (
+        "import sys\n"
+        "from vitcli.cli import app\n"
+        f"app(['predict', {str(images / 'wide.jpg')!r}, '--model', {str(onnx)!r}, '--json'],"
+        " standalone_mode=False)\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert json.loads(lines[0])["label"] in CLASSES  # it really predicted
+    assert lines[-1] == "NO-TORCH"

@@ -1,0 +1,400 @@
+"""ONNX export that is verified before it is kept: metadata, checker, parity, int8.
+
+`export_onnx` writes to a temporary file, adds the same vitcli metadata the .safetensors
+file holds (labels, preprocessing, config) as ONNX metadata_props, runs the full ONNX
+checker, and compares onnxruntime with PyTorch at batch 1 and batch 8. Only a file that
+passes all of that is moved into place; a failure leaves nothing behind.
+
+The int8 file is onnxruntime's dynamic quantization (weights int8 per output channel,
+activations quantized on the fly) of the MatMul/Gemm nodes: on a ViT they hold nearly all
+the compute, while LayerNorm, softmax and GELU stay in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vitcli.backends import ONNX_INPUT, ONNX_OUTPUT, open_onnx
+from vitcli.checkpoint import atomic_write
+from vitcli.errors import UsageError, VitError
+
+if TYPE_CHECKING:
+    from vitcli.checkpoint import ModelFile
+
+DEFAULT_OPSET = 20  # what torch 2.13's exporter emits natively; ORT ≥ 1.17 runs it
+MIN_OPSET = 17  # LayerNormalization became a standard op in 17
+RTOL, ATOL = 1e-3, 1e-4  # fp32 parity, on logits
+PARITY_BATCHES = (1, 8)
+TIE_MARGIN = 1e-3  # top-2 logits closer than this are a tie; either answer is right
+PROTOBUF_LIMIT = 2 * 1024**3
+
+
+@dataclass
+class Parity:
+    """onnxruntime vs PyTorch on one batch of inputs."""
+
+    batch: int
+    max_abs_diff: float
+    ok: bool
+
+
+@dataclass
+class DataCheck:
+    """Both back ends on real labelled images: agreement of top-1 and each one's accuracy."""
+
+    images: int
+    description: str
+    torch_accuracy: float
+    onnx_accuracy: float
+    agreement: float  # fp32 ONNX top-1 == PyTorch top-1
+    ties: int  # disagreements on numerical ties (top-2 logits within TIE_MARGIN)
+    int8_accuracy: float | None = None
+    int8_agreement: float | None = None  # int8 top-1 == fp32 ONNX top-1
+    skipped: int = 0  # unreadable files in the data
+
+
+@dataclass
+class ExportReport:
+    """What `export_onnx` wrote and how it checked it."""
+
+    path: Path
+    opset: int
+    batch: str
+    exporter: str
+    size_bytes: int
+    parity: list[Parity]
+    int8_path: Path | None = None
+    int8_size_bytes: int | None = None
+    int8_max_prob_diff: float | None = None  # vs fp32 on the random parity batch
+    latency_ms: dict[str, float] = field(default_factory=dict)  # batch 1, per back end
+    data: DataCheck | None = None
+
+
+def default_output(model_path: Path) -> Path:
+    """model.safetensors → model.onnx beside it."""
+    return model_path.with_suffix(".onnx")
+
+
+def int8_path_for(path: Path) -> Path:
+    """model.onnx → model.int8.onnx beside it."""
+    return path.with_suffix(".int8.onnx")
+
+
+def parse_batch(batch: str) -> int | None:
+    """'dynamic' → None (a symbolic batch axis); 'N' → a fixed batch of N."""
+    if str(batch).lower() == "dynamic":
+        return None
+    try:
+        n = int(batch)
+    except ValueError:
+        raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}") from None
+    if n < 1:
+        raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}")
+    return n
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
+                batch: str = "dynamic", int8: bool = False, data: str | Path | None = None,
+                log: Callable[[str], None] | None = None) -> ExportReport:
+    """Export a .safetensors model file to a verified ONNX file (and an int8 one)."""
+    from vitcli.checkpoint import load_model
+
+    say = log or (lambda _msg: None)
+    model_path = Path(model)
+    out_path = Path(out) if out else default_output(model_path)
+    if out_path.suffix.lower() != ".onnx":
+        raise UsageError(f"--out {out_path}: the output file name must end in .onnx")
+    if opset < MIN_OPSET:
+        raise UsageError(f"--opset {opset}: vitcli exports opset {MIN_OPSET} or newer")
+    fixed = parse_batch(batch)
+    mf = load_model(model_path, device="cpu")
+    size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
+    if size > PROTOBUF_LIMIT:
+        raise VitError(f"{model_path}: {size / 1e9:.1f} GB of weights is over ONNX's 2 GB "
+                       "single-file limit")
+    labelled = _load_data(data, mf, say) if data else None
+
+    report: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        say(f"exporting {model_path} (opset {opset}, batch {batch})")
+        report["exporter"] = _torch_export(mf, tmp, opset, fixed)
+        add_metadata(tmp, mf)
+        _check(tmp)
+        say("verifying onnxruntime against PyTorch")
+        report["parity"] = verify_parity(mf, tmp, fixed)
+        if labelled is not None:
+            report["data"] = compare_on_data(mf, tmp, labelled)
+
+    atomic_write(out_path, write)
+    result = ExportReport(path=out_path, opset=opset, batch=batch, exporter=report["exporter"],
+                          size_bytes=out_path.stat().st_size, parity=report["parity"],
+                          data=report.get("data"))
+    if int8:
+        say("quantizing to int8")
+        add_int8(result, mf, labelled)
+    say("timing batch-1 latency")
+    result.latency_ms = measure_latency(mf, result, fixed)
+    return result
+
+
+def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> str:
+    """Write the bare graph with torch.onnx: the dynamo exporter, else the TorchScript one.
+
+    Returns which exporter produced the file. The dynamo exporter (torch ≥ 2.5 default)
+    records the batch axis symbolically; the example batch is 2 so that it is not
+    specialised to the 0/1 sizes that torch.export treats as constants.
+    """
+    import torch
+
+    c, s = mf.config.in_channels, mf.config.image_size
+    example = torch.zeros(fixed or 2, c, s, s)  # (B, C, H, W)
+    names = dict(input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT])
+    errors = []
+    with _quiet_exporter():
+        try:
+            shapes = None if fixed else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+            program = torch.onnx.export(mf.model, (example,), dynamo=True, opset_version=opset,
+                                        dynamic_shapes=shapes, verbose=False, **names)
+            program.save(str(path))
+            return "dynamo"
+        except Exception as exc:  # the dynamo path still has gaps; fall back, then explain
+            errors.append(f"dynamo: {' '.join(str(exc).split())[:200]}")
+        try:
+            axes = None if fixed else {ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}
+            torch.onnx.export(mf.model, (example,), str(path), dynamo=False,
+                              opset_version=opset, dynamic_axes=axes, **names)
+            return "torchscript"
+        except Exception as exc:
+            errors.append(f"torchscript: {' '.join(str(exc).split())[:200]}")
+    raise VitError(f"ONNX export failed ({'; '.join(errors)})")
+
+
+class _quiet_exporter:
+    """Silence the exporter's warnings (torchvision ops, deprecations) for one export."""
+
+    def __enter__(self) -> None:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._loggers = {n: logging.getLogger(n).level for n in ("torch.onnx", "torch.export",
+                                                                 "onnxscript", "root")}
+        for name in self._loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        for name, level in self._loggers.items():
+            logging.getLogger(name).setLevel(level)
+        self._warnings.__exit__(*exc)
+
+
+def onnx_metadata(mf: ModelFile) -> dict[str, str]:
+    """The .safetensors file's metadata (extra keys too), core keys rewritten from the model."""
+    import json
+
+    from vitcli import __version__
+    from vitcli.checkpoint import FORMAT, FORMAT_VERSION
+
+    return {
+        **mf.metadata,
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "vitcli_version": __version__,
+        "config": mf.config.to_json(),
+        "class_names": json.dumps(mf.class_names),
+        "preprocessing": mf.preprocessing.to_json(),
+    }
+
+
+def add_metadata(path: Path, mf: ModelFile, extra: dict[str, str] | None = None) -> None:
+    """Store labels, preprocessing and config as the ONNX file's metadata_props."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    meta = {**onnx_metadata(mf), **(extra or {})}
+    kept = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "vitcli"
+    proto.doc_string = (f"vitcli ViT classifier, {len(mf.class_names)} classes; input "
+                        f"'{ONNX_INPUT}' (B, {mf.config.in_channels}, {mf.config.image_size}, "
+                        f"{mf.config.image_size}) normalised as in metadata 'preprocessing'")
+    onnx.save(proto, str(path))
+
+
+def _check(path: Path) -> None:
+    """The full ONNX checker (with shape inference); a failure is an export bug, said plainly."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise VitError(f"exported ONNX graph fails onnx.checker: {str(exc)[:300]}") from None
+
+
+# ------------------------------------------------------------------------ verification
+
+
+def random_inputs(mf: ModelFile, batch: int, seed: int) -> np.ndarray:
+    """Random images pushed through the model's own normalisation: realistic input ranges."""
+    pre = mf.preprocessing
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (batch, pre.image_size, pre.image_size, pre.channels),
+                          dtype=np.uint8)  # (B, S, S, C)
+    return pre.normalize(pixels)  # (B, C, S, S)
+
+
+def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """PyTorch logits for a float32 batch (B, C, H, W), in chunks to bound memory."""
+    import torch
+
+    with torch.inference_mode():
+        parts = [mf.model(torch.from_numpy(batch[i:i + chunk])).numpy()
+                 for i in range(0, len(batch), chunk)]
+    return np.concatenate(parts)
+
+
+def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
+    """Compare onnxruntime and PyTorch logits at batch 1 and 8; raise if they differ."""
+    backend = open_onnx(path)
+    checks = []
+    for i, n in enumerate((fixed,) if fixed else PARITY_BATCHES):
+        x = random_inputs(mf, n, seed=i)
+        ref, got = torch_logits(mf, x), backend.logits(x)
+        diff = float(np.abs(ref - got).max())
+        ok = got.shape == ref.shape and bool(np.allclose(got, ref, rtol=RTOL, atol=ATOL))
+        checks.append(Parity(batch=n, max_abs_diff=diff, ok=ok))
+        if not ok:
+            raise VitError(f"ONNX output differs from PyTorch at batch {n} (max |Δlogit| "
+                           f"{diff:.2e} > rtol {RTOL:g}, atol {ATOL:g}); nothing was written")
+    return checks
+
+
+# ------------------------------------------------------------------------- real data
+
+
+@dataclass
+class Labelled:
+    """Preprocessed labelled images, with labels in the model's class order."""
+
+    inputs: np.ndarray  # float32 (N, C, S, S)
+    labels: np.ndarray  # int64 (N,)
+    description: str
+    skipped: int
+
+
+def _load_data(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -> Labelled:
+    """Read --data with the model's preprocessing, mapping its classes onto the model's."""
+    from vitcli.data import load_eval_data
+
+    say(f"reading {data}")
+    images, bad = load_eval_data(data, preprocessing=mf.preprocessing)
+    index = {name: i for i, name in enumerate(mf.class_names)}
+    unknown = sorted(set(images.class_names) - set(index))
+    if unknown:
+        raise UsageError(f"--data {data}: classes {', '.join(unknown[:5])} are not among the "
+                         f"model's {len(index)} classes")
+    mapping = np.array([index[name] for name in images.class_names])
+    inputs = mf.preprocessing.normalize(images.pixels)  # (N, C, S, S)
+    return Labelled(inputs=inputs, labels=mapping[images.labels], description=images.description,
+                    skipped=len(bad))
+
+
+def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
+    """Top-1 of PyTorch and fp32 onnxruntime on real images; raise on a real disagreement."""
+    ref = torch_logits(mf, data.inputs)
+    got = open_onnx(path).logits(data.inputs)
+    differ = ref.argmax(1) != got.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN  # (N,)
+    real = int((differ & ~tie).sum())
+    if real:
+        raise VitError(f"ONNX and PyTorch disagree on {real} of {len(ref)} images in --data "
+                       "(fp32 must agree on every image); nothing was written")
+    return DataCheck(images=len(ref), description=data.description,
+                     torch_accuracy=float((ref.argmax(1) == data.labels).mean()),
+                     onnx_accuracy=float((got.argmax(1) == data.labels).mean()),
+                     agreement=float((~differ).mean()), ties=int(differ.sum()),
+                     skipped=data.skipped)
+
+
+# ------------------------------------------------------------------------------ int8
+
+
+def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
+    """Dynamic int8 quantization of MatMul/Gemm weights (per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_exporter():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"],
+                         nodes_to_exclude=exclude or [])
+
+
+def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None) -> None:
+    """Write model.int8.onnx beside the fp32 file and measure how far it drifts from fp32."""
+    dst = int8_path_for(report.path)
+    fp32 = open_onnx(report.path)
+
+    def write(tmp: Path) -> None:
+        quantize_int8(report.path, tmp)
+        add_metadata(tmp, mf, {"precision": "int8 dynamic (MatMul/Gemm weights)"})
+        x = random_inputs(mf, report.parity[-1].batch, seed=0)
+        ref = fp32.logits(x)
+        got = open_onnx(tmp).logits(x)
+        if got.shape != ref.shape or not np.isfinite(got).all():
+            raise VitError("int8 model gives malformed output; nothing was written")
+        from vitcli.predict import softmax
+
+        report.int8_max_prob_diff = float(np.abs(softmax(ref) - softmax(got)).max())
+        if data is not None and report.data is not None:
+            top_fp32 = fp32.logits(data.inputs).argmax(1)
+            top_int8 = open_onnx(tmp).logits(data.inputs).argmax(1)
+            report.data.int8_agreement = float((top_fp32 == top_int8).mean())
+            report.data.int8_accuracy = float((top_int8 == data.labels).mean())
+
+    atomic_write(dst, write)
+    report.int8_path, report.int8_size_bytes = dst, dst.stat().st_size
+
+
+def measure_latency(mf: ModelFile, report: ExportReport, fixed: int | None,
+                    runs: int = 20) -> dict[str, float]:
+    """Median batch-1 milliseconds of PyTorch, fp32 ONNX and (if written) int8 ONNX."""
+    x = random_inputs(mf, fixed or 1, seed=1)
+    fp32 = open_onnx(report.path)
+    runners: dict[str, Callable[[], object]] = {
+        "pytorch": lambda: torch_logits(mf, x), "onnx fp32": lambda: fp32.logits(x)}
+    if report.int8_path:
+        int8 = open_onnx(report.int8_path)
+        runners["onnx int8"] = lambda: int8.logits(x)
+    return {name: 1000 * median_seconds(run, runs) for name, run in runners.items()}
+
+
+def median_seconds(run: Callable[[], object], runs: int, warmup: int = 2,
+                   budget_s: float = 2.0) -> float:
+    """Median wall time of `run()` after a warm-up (first calls allocate and plan).
+
+    Stops early once `budget_s` is spent (at least 3 timed runs), so a slow model or a
+    busy machine cannot make export crawl.
+    """
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    while len(times) < runs and (len(times) < 3 or sum(times) < budget_s):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))

@@ -1,0 +1,165 @@
+"""Classify images with a vitcli model file, on PyTorch or onnxruntime.
+
+No torch at import time: with an .onnx model the whole path (inputs → preprocessing →
+onnxruntime → top-k) runs without it. See vitcli/backends.py for the two runtimes.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitcli.backends import Backend
+from vitcli.errors import VitError
+from vitcli.images import is_image_path
+
+TRAIN_RUNS = Path("runs/train")
+BEST_WEIGHTS = "weights/best.safetensors"
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class Prediction:
+    """One image's result: the top-k labels with probabilities, or why it failed."""
+
+    path: Path
+    labels: list[str] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready record: image, top-1 label and probability, then the top-k list."""
+        if self.error is not None:
+            return {"image": str(self.path), "error": self.error}
+        return {
+            "image": str(self.path),
+            "label": self.labels[0],
+            "probability": self.probabilities[0],
+            "topk": [{"label": label, "index": index, "probability": p}
+                     for label, index, p in zip(self.labels, self.indices, self.probabilities)],
+        }
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+def find_latest_model(runs: Path = TRAIN_RUNS) -> Path:
+    """The newest runs/train/*/weights/best.safetensors (by modification time)."""
+    candidates = [p for p in runs.glob(f"*/{BEST_WEIGHTS}") if p.is_file()]
+    if not candidates:
+        raise VitError(f"no model given and none found in {runs}/*/{BEST_WEIGHTS}; "
+                       "train one first (`vit train`) or pass --model FILE")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
+    """Expand files, folders (recursively) and globs into image paths, in the order given.
+
+    Quoted globs (`"photos/*.jpg"`) are expanded here, since the shell did not. Inputs that
+    match nothing come back as failed Predictions so they are reported by name.
+    """
+    found: list[Path] = []
+    missing: list[Prediction] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        if path not in seen:
+            seen.add(path)
+            found.append(path)
+
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            if not images:
+                missing.append(Prediction(path, error=f"{path}: folder holds no images"))
+            for image in images:
+                add(image)
+        elif path.exists() or not GLOB_CHARS & set(text):
+            add(path)  # a missing plain file is reported when it fails to open
+        else:
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            images = [p for p in matches if p.is_file() and is_image_path(p)]
+            if not images:
+                missing.append(Prediction(path, error=f"{text}: no images match this pattern"))
+            for image in images:
+                add(image)
+    return found, missing
+
+
+# ------------------------------------------------------------------------------ running
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, so both back ends round the same way."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[list[int], list[float]]]:
+    """For each row of probabilities, the k best class indices and their probabilities."""
+    k = max(1, min(k, probs.shape[-1]))
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (B, k)
+    return [(row.tolist(), probs[i, row].tolist()) for i, row in enumerate(order)]
+
+
+def load_batch(backend: Backend, paths: list[Path]) -> tuple[np.ndarray, list[Path],
+                                                               list[Prediction]]:
+    """Preprocess a batch of images; unreadable ones become failed Predictions."""
+    pre = backend.preprocessing
+    arrays, good, failed = [], [], []
+    for path in paths:
+        try:
+            arrays.append(pre.load(path))  # (C, H, W)
+            good.append(path)
+        except VitError as exc:
+            failed.append(Prediction(path, error=str(exc)))
+    shape = (0, pre.channels, pre.image_size, pre.image_size)
+    batch = np.stack(arrays) if arrays else np.zeros(shape, np.float32)  # (B, C, H, W)
+    return batch, good, failed
+
+
+def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
+                  batch_size: int = 32,
+                  on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+    """Predictions for `paths` in batches, in order; failed images are yielded as errors.
+
+    `on_batch(n)` is called after each batch with the number of images it covered, so a
+    caller can drive a progress bar.
+    """
+    names = backend.class_names
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        batch, good, failed = load_batch(backend, chunk)
+        results: dict[Path, Prediction] = {p.path: p for p in failed}
+        if len(good):
+            probs = softmax(backend.logits(batch))  # (B, classes)
+            for path, (idx, p) in zip(good, top_k(probs, names, topk)):
+                labels = [names[i] if i < len(names) else str(i) for i in idx]
+                results[path] = Prediction(path, labels=labels, probabilities=p, indices=idx)
+        yield from (results[p] for p in chunk)
+        if on_batch:
+            on_batch(len(chunk))
+
+
+def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
+            device: str = "auto", batch_size: int = 32) -> list[Prediction]:
+    """Classify images (files, folders, globs) with a .safetensors or .onnx model file."""
+    from vitcli.backends import open_backend
+
+    backend = open_backend(model, device=device)
+    paths, missing = collect_images(inputs)
+    return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size))
