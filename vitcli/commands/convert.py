@@ -1,12 +1,55 @@
-"""`vit convert` (not built yet)."""
+"""`vit convert SOURCE --out model.safetensors`: import timm, transformers or JAX ViT weights."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from vitcli.commands._common import not_built_yet
 
+def convert(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The vitcli model file to write.",
+                                      show_default=False)],
+    source: Annotated[
+        Path | None,
+        typer.Argument(help="timm .safetensors, transformers folder, JAX .npz, or a PyTorch "
+                       "pickle (with --allow-pickle).", show_default=False)] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help="Class names: a file (one per line, or JSON) or a,b,c.",
+                     show_default=False)] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option("--allow-pickle",
+                           help="Read .bin/.pth/.pt/.ckpt pickles (weights only, never code).")
+    ] = False,
+    from_hub: Annotated[
+        str | None,
+        typer.Option("--from-hub", help="Download a Hugging Face Hub model, e.g. "
+                     "google/vit-base-patch16-224.", show_default=False)] = None,
+    heads: Annotated[
+        int | None,
+        typer.Option("--heads", help="Attention heads, for widths outside the ViT table.",
+                     show_default=False)] = None,
+) -> None:
+    """Convert pre-trained ViT weights into a vitcli model file."""
+    from vitcli.commands._common import console, err_console
+    from vitcli.convert import convert as run_convert
+    from vitcli.convert import download_from_hub, parse_labels
+    from vitcli.errors import UsageError
 
-def convert(ctx: typer.Context) -> None:
-    """Not built yet."""
-    not_built_yet("convert", "planned")
+    if (source is None) == (from_hub is None):
+        raise UsageError("give either SOURCE or --from-hub ID (see `vit convert --help`)")
+    if from_hub:
+        err_console.print(f"downloading {from_hub} from the Hugging Face Hub …")
+        source = download_from_hub(from_hub)
+    names = parse_labels(labels) if labels else None
+    path, converted = run_convert(source, out, labels=names, heads=heads,
+                                  allow_pickle=allow_pickle, source_name=from_hub)
+    c = converted.config
+    console.print(f"[bold]{converted.source}[/] → {path}")
+    console.print(f"  ViT {c.embed_dim} wide, {c.depth} blocks, {c.num_heads} heads, "
+                  f"{c.patch_size} px patches, {c.image_size} px images, "
+                  f"{c.num_classes} classes")
+    for note in converted.notes:
+        console.print(f"  note: {note}")

@@ -1,0 +1,202 @@
+"""Starting from pre-trained weights: init_from, kernel and grid resizing, freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import CLASSES, TINY
+from vitcli.checkpoint import save_model
+from vitcli.finetune import (
+    adapt_channels,
+    freeze_backbone,
+    init_config,
+    init_from,
+    resize_patch_embed,
+)
+from vitcli.model import create_model
+
+
+def _fresh(**changes):
+    return create_model(**{**TINY, "num_classes": len(CLASSES), **changes}).eval()
+
+
+def test_same_config_loads_everything_and_gives_same_logits(tiny_model, tiny_model_file):
+    model = _fresh()
+    report = init_from(model, tiny_model_file)
+    assert not report.head_replaced and not report.skipped
+    assert sorted(report.loaded) == sorted(tiny_model.state_dict())
+    for name, value in tiny_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), tiny_model(x))
+
+
+def test_head_replaced_when_classes_differ(tiny_model, tiny_model_file):
+    model = _fresh(num_classes=5)
+    head_before = model.head.weight.clone()
+    report = init_from(model, tiny_model_file)
+    assert report.head_replaced
+    assert any("new head: 5 classes" in line for line in report.lines)
+    assert torch.equal(model.head.weight, head_before)  # fresh, not the source's
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, tiny_model.blocks[1].mlp.fc2.weight)
+    assert "head.weight" not in report.loaded
+
+
+def test_pos_embed_resampled_for_new_image_size(tiny_model, tiny_model_file):
+    model = _fresh(image_size=48)  # grid 4×4 → 6×6
+    report = init_from(model, tiny_model_file)
+    assert model.pos_embed.shape == (1, 1 + 36, 32)
+    assert torch.equal(model.pos_embed[:, 0], tiny_model.pos_embed[:, 0])  # class token kept
+    assert any("resampled 4×4 → 6×6" in line for line in report.lines)
+    # Resampling back to the old grid lands near the original (smooth bicubic round trip).
+    from vitcli.model import resample_pos_embed
+
+    back = resample_pos_embed(model.pos_embed.detach(), (4, 4), (6, 6), 1)
+    assert torch.allclose(back[:, 0], tiny_model.pos_embed[:, 0])
+    assert (back - tiny_model.pos_embed).abs().mean() < tiny_model.pos_embed.abs().mean()
+
+
+def test_resample_is_identity_at_same_size(tiny_model, tiny_model_file):
+    model = _fresh()
+    init_from(model, tiny_model_file)
+    assert torch.equal(model.pos_embed, tiny_model.pos_embed)
+
+
+def test_patch_kernel_pi_resize_keeps_each_token():
+    """FlexiViT: <x, w> = <resize(x), resize_pi(w)> exactly for an upsampled patch."""
+    w = torch.randn(6, 3, 4, 4)
+    new = resize_patch_embed(w, 8)
+    assert new.shape == (6, 3, 8, 8)
+    patch = torch.randn(5, 3, 4, 4)
+    big = F.interpolate(patch, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(F.conv2d(big, new, stride=8), F.conv2d(patch, w, stride=4),
+                               atol=1e-4, rtol=1e-4)
+    # Nearly the same on a whole smooth image resized by P'/P (patch edges see neighbours).
+    image = F.interpolate(torch.randn(1, 3, 3, 3), size=(32, 32), mode="bicubic",
+                          align_corners=False)
+    tokens = F.conv2d(image, w, stride=4)
+    image2 = F.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+    tokens2 = F.conv2d(image2, new, stride=8)
+    assert ((tokens2 - tokens).norm() / tokens.norm()) < 0.1
+    # A naive kernel resize without the PI correction is far off (scale by area is missing).
+    naive = F.interpolate(w, size=(8, 8), mode="bilinear", align_corners=False)
+    assert ((F.conv2d(image2, naive, stride=8) - tokens).norm() / tokens.norm()) > 0.5
+
+
+def test_patch_size_change_through_init_from(tiny_model, tiny_model_file):
+    model = _fresh(patch_size=16)  # 8 → 16 px: grid 4×4 → 2×2
+    report = init_from(model, tiny_model_file)
+    assert any("kernel resized 8 → 16" in line for line in report.lines)
+    assert any("resampled 4×4 → 2×2" in line for line in report.lines)
+    expected = resize_patch_embed(tiny_model.patch_embed.proj.weight.detach(), 16)
+    torch.testing.assert_close(model.patch_embed.proj.weight, expected)
+    assert torch.equal(model.patch_embed.proj.bias, tiny_model.patch_embed.proj.bias)
+
+
+def test_channels_one_from_three_is_exact_on_grey(tiny_model, tiny_model_file):
+    model = _fresh(in_channels=1)
+    report = init_from(model, tiny_model_file)
+    assert any("3 → 1 channels" in line for line in report.lines)
+    grey = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(model(grey), tiny_model(grey.expand(-1, 3, -1, -1)),
+                               atol=1e-5, rtol=1e-5)
+    w = torch.randn(4, 1, 2, 2)
+    assert adapt_channels(w, 3).shape == (4, 3, 2, 2)
+    torch.testing.assert_close(adapt_channels(adapt_channels(w, 3), 1), w)
+
+
+def test_width_mismatch_is_a_clear_error(tiny_model_file):
+    from vitcli.errors import VitError
+
+    with pytest.raises(VitError, match="width 32 does not match the model's 64"):
+        init_from(_fresh(embed_dim=64), tiny_model_file)
+
+
+def test_freeze_backbone_leaves_only_head_trainable(tiny_model):
+    frozen = freeze_backbone(tiny_model)
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    head = tiny_model.head.weight.numel() + tiny_model.head.bias.numel()
+    assert frozen == sum(p.numel() for p in tiny_model.parameters()) - head
+    tiny_model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert tiny_model.head.weight.grad is not None
+    assert tiny_model.blocks[0].attn.qkv.weight.grad is None
+
+
+def test_init_config_keeps_source_architecture(tmp_path: Path, tiny_model):
+    from vitcli.preprocess import Preprocessing
+
+    pre = Preprocessing(image_size=32, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      preprocessing=pre)
+    config, pre2, names = init_config(path, image_size=None)
+    assert config == tiny_model.config and names == CLASSES and pre2 == pre
+    config, pre2, names = init_config(path, image_size=48, num_classes=5, in_channels=1)
+    assert (config.image_size, config.num_classes, config.depth) == (48, 5, 2)
+    assert pre2.image_size == 48 and pre2.color_mode == "L"
+    assert pre2.mean == pytest.approx((0.2,)) and len(names) == 5
+
+
+# ------------------------------------------------------------------- end to end, with the trainer
+
+ANGLES = {"horizontal": 0, "vertical": 90, "diagonal": 45, "antidiagonal": 135}
+
+
+def _bars(root: Path, classes: list[str], per_class: int, seed: int,
+          width: tuple[int, int] = (2, 4)) -> Path:
+    """root/<orientation>/<i>.png: one or two bright lines at that angle on a noisy background."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        t = np.deg2rad(ANGLES[name])
+        along, across = np.array([np.cos(t), np.sin(t)]), np.array([np.sin(t), -np.cos(t)])
+        for i in range(per_class):
+            noise = rng.integers(0, 90, 3) + rng.normal(0, 20, (32, 32, 3))
+            image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
+            draw = ImageDraw.Draw(image)
+            centre = 16 + rng.uniform(-8, 8) * across
+            for k in ((-1, 1) if rng.random() < 0.5 else (0,)):
+                a, b = centre + 6 * k * across - 30 * along, centre + 6 * k * across + 30 * along
+                draw.line([tuple(a), tuple(b)], width=int(rng.integers(*width)),
+                          fill=tuple(int(v) for v in rng.integers(150, 256, 3)))
+            image.save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
+    """Pre-train on 4 line orientations; fine-tune on 2 of them, thinner, from 12 images."""
+    from vitcli.recipe import TrainOptions
+    from vitcli.train import train
+
+    source = _bars(tmp_path / "four", list(ANGLES), 40, seed=0)
+    target = ["diagonal", "antidiagonal"]
+    small = _bars(tmp_path / "two", target, 6, seed=1, width=(1, 3))
+    val = _bars(tmp_path / "two-val", target, 25, seed=2, width=(1, 3))
+    common = {"model": "vit-nano", "depth": 2, "embed_dim": 32, "heads": 2, "patch": 8,
+              "mlp_ratio": 2.0, "drop_path": 0.0, "augment": "none", "label_smoothing": 0.0,
+              "device": "cpu", "workers": 1, "seed": 1, "project": str(tmp_path / "runs"),
+              "cache_dir": str(tmp_path / "cache")}
+    pre = train(TrainOptions(data=str(source), epochs=25, batch_size=32, lr=3e-3, warmup=1,
+                             val_split=0.2, **common))
+    assert pre.best_top1 is not None and pre.best_top1 > 0.6
+
+    def steps_to(target_top1: float, **extra) -> tuple[float, list]:
+        rows: list[dict] = []
+        train(TrainOptions(data=str(small), val=str(val), epochs=10, batch_size=8, lr=1e-3,
+                           warmup=0, **{**common, **extra}),
+              on_event=lambda kind, **f: rows.append(f["row"]) if kind == "epoch_end" else None)
+        hit = [r["step"] for r in rows if r["val_top1"] >= target_top1]
+        return (hit[0] if hit else float("inf")), [round(r["val_top1"], 2) for r in rows]
+
+    finetuned, curve_ft = steps_to(0.8, init=str(pre.last_path))
+    scratch, curve_scratch = steps_to(0.8)
+    assert finetuned < float("inf"), curve_ft
+    assert finetuned < scratch, (curve_ft, curve_scratch)

@@ -1,0 +1,291 @@
+"""Import ViT weights from timm, Hugging Face `transformers` and the original JAX release.
+
+Each source is renamed into timm's layout (which is ours), its config inferred from the
+shapes plus whatever its config files say, and the result written as an ordinary vitcli
+model file. Pickle files are read only when the user asks, and then only with
+`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
+
+    load_source(path)            → Converted (weights, config, labels, preprocessing, notes)
+    convert(path, out, ...)      → the written model file
+    download_from_hub(repo_id)   → a local folder (huggingface_hub), or a clear offline error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vitcli.checkpoint import PICKLE_SUFFIXES, read_header, refusal_message, save_model
+from vitcli.config import ViTConfig
+from vitcli.convert import hf, npz, timm
+from vitcli.errors import UsageError, VitError
+from vitcli.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+SUPPORTED = ("a timm state dict (.safetensors), a transformers ViT folder (config.json + "
+             "model.safetensors), an original ViT / big_vision .npz, or a PyTorch pickle "
+             "(.bin/.pth/.pt/.ckpt, with --allow-pickle)")
+
+
+@dataclass
+class Converted:
+    """A source checkpoint in vitcli's terms, before it is written."""
+
+    state: dict[str, Tensor]
+    config: ViTConfig
+    source: str  # what it was converted from, stored as the model file's "source"
+    class_names: list[str] | None = None
+    preprocessing: Preprocessing | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_source(source: str | Path, *, heads: int | None = None,
+                allow_pickle: bool = False) -> Converted:
+    """Read any supported checkpoint (file or folder) and convert it to vitcli's layout."""
+    path = Path(source)
+    if not path.exists():
+        raise VitError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _load_folder(path, heads=heads, allow_pickle=allow_pickle)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        state, known, notes = npz.npz_to_timm(npz.read_npz(path), str(path))
+        config, more = timm.config_from_state_dict(state, str(path), **known)
+        # The JAX release scales pixels to [-1, 1].
+        pre = _pretrained_preprocessing(config, mean=0.5, std=0.5, crop=0.9)
+        return Converted(state, config, f"original ViT / big_vision npz: {path.name}",
+                         preprocessing=pre, notes=notes + more)
+    if suffix in PICKLE_SUFFIXES:
+        state = load_pickle(path, allow_pickle)
+        sibling = path.parent / "config.json"
+        return _from_state(state, path, heads, _read_json(sibling) if sibling.exists() else None)
+    if suffix == ".safetensors":
+        _, metadata = read_header(path)
+        if metadata.get("format") == "vitcli":
+            raise UsageError(f"{path}: already a vitcli model file; nothing to convert")
+        sibling = path.parent / "config.json"
+        return _from_state(_load_safetensors([path]), path, heads,
+                           _read_json(sibling) if sibling.exists() else None)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # pickle protocol / torch zip
+        return _from_state(load_pickle(path, allow_pickle), path, heads, None)
+    raise VitError(f"{path}: unknown checkpoint format; vit convert reads {SUPPORTED}")
+
+
+def _load_folder(folder: Path, *, heads: int | None, allow_pickle: bool) -> Converted:
+    """A Hub-style folder: config.json beside model.safetensors (or a pickle, if allowed)."""
+    cfg = _read_json(folder / "config.json") if (folder / "config.json").exists() else None
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").exists():
+        state = _load_safetensors([folder / "model.safetensors"])
+        where = folder / "model.safetensors"
+    elif index.exists():  # sharded: the index names the shard of every tensor
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        state = _load_safetensors([folder / s for s in shards])
+        where = index
+    elif (folder / "pytorch_model.bin").exists():
+        where = folder / "pytorch_model.bin"
+        state = load_pickle(where, allow_pickle)
+    else:
+        raise VitError(f"{folder}: no model.safetensors (or pytorch_model.bin) in this folder")
+    processor_file = folder / "preprocessor_config.json"
+    processor = _read_json(processor_file) if processor_file.exists() else None
+    converted = _from_state(state, where, heads, cfg, processor)
+    converted.source = converted.source.replace(where.name, folder.name)
+    return converted
+
+
+def _from_state(state: dict[str, Tensor], path: Path, heads: int | None,
+                cfg: dict[str, Any] | None,
+                processor: dict[str, Any] | None = None) -> Converted:
+    """A state dict in timm or transformers layout (+ its config.json, if any) → Converted."""
+    where = str(path)
+    notes = _to_float32(state)
+    if hf.is_hf_layout(state):
+        if cfg is None:
+            raise VitError(f"{where}: transformers ViT weights need their config.json beside "
+                           "them (it holds the number of heads); convert the whole folder")
+        state, more = hf.hf_to_timm(state)
+        known = hf.config_fields(cfg, where)
+        if heads is not None:
+            known["num_heads"] = heads
+        config, infer_notes = timm.config_from_state_dict(state, where, **known)
+        processor_notes: list[str] = []
+        pre = hf.preprocessing(processor, config.image_size, config.in_channels,
+                               processor_notes)
+        return Converted(state, config, f"transformers ViT: {path.name}",
+                         hf.class_names(cfg, config.num_classes), pre,
+                         notes + more + infer_notes + processor_notes)
+    if not timm.is_timm_layout(state):
+        raise VitError(f"{where}: neither timm's ViT names (patch_embed.proj.weight) nor "
+                       "transformers' (embeddings.patch_embeddings); "
+                       f"vit convert reads {SUPPORTED}")
+    known = timm.timm_folder_fields(cfg, where) if cfg and "architecture" in cfg else {}
+    config, more = timm.config_from_state_dict(state, where, heads=heads, **known)
+    pcfg = (cfg or {}).get("pretrained_cfg") or {}
+    pre = _pretrained_preprocessing(
+        config, mean=pcfg.get("mean", IMAGENET_MEAN), std=pcfg.get("std", IMAGENET_STD),
+        crop=float(pcfg.get("crop_pct", 0.875)), interpolation=pcfg.get("interpolation"))
+    if not pcfg:
+        more.append("no timm pretrained_cfg: ImageNet mean/std, bicubic, crop 0.875")
+    labels = (cfg or {}).get("label_names")
+    names = [str(n) for n in labels] if labels and len(labels) == config.num_classes else None
+    return Converted(state, config, f"timm state dict: {path.name}", names, pre, notes + more)
+
+
+def _pretrained_preprocessing(config: ViTConfig, *, mean: Any, std: Any, crop: float,
+                              interpolation: str | None = None) -> Preprocessing:
+    """Preprocessing for pre-trained weights (given or per-source defaults)."""
+    c = config.in_channels
+    mean = (mean,) * c if isinstance(mean, float) else tuple(mean)[:c]
+    std = (std,) * c if isinstance(std, float) else tuple(std)[:c]
+    return Preprocessing(image_size=config.image_size, mean=mean, std=std,
+                         interpolation=interpolation if interpolation in
+                         ("nearest", "bilinear", "bicubic", "lanczos") else "bicubic",
+                         crop_fraction=min(crop, 1.0), color_mode="L" if c == 1 else "RGB")
+
+
+def _to_float32(state: dict[str, Tensor]) -> list[str]:
+    """Cast half-precision weights to float32 in place (vitcli runs float32 weights)."""
+    dtypes = {str(v.dtype) for v in state.values() if v.is_floating_point()
+              and v.dtype != torch.float32}
+    for k, v in state.items():
+        if v.is_floating_point():
+            state[k] = v.float()
+    return [f"weights cast from {', '.join(sorted(dtypes))} to float32"] if dtypes else []
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VitError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise VitError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_safetensors(paths: list[Path]) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, Tensor] = {}
+    for path in paths:
+        read_header(path)  # clear errors for missing, truncated or pickle files
+        try:
+            state.update(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
+    return state
+
+
+def load_pickle(path: Path, allow_pickle: bool) -> dict[str, Tensor]:
+    """A state dict from a PyTorch pickle: only with the user's consent, only weights_only."""
+    import pickle
+
+    if not allow_pickle:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        # The same message the model-file reader gives, so users learn one fix.
+        raise VitError(refusal_message(path, head, path.stat().st_size))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe object"
+        raise VitError(f"{path}: holds more than weights, refused by weights_only loading "
+                       f"({first}); save just model.state_dict()") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise VitError(f"{path}: not a readable PyTorch file ({exc})") from None
+    for key in ("state_dict", "model", "model_state_dict", "model_state", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise VitError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return timm.strip_prefixes(state)
+
+
+def parse_labels(value: str) -> list[str]:
+    """Class names from a file (one per line, or a JSON list / id→name object) or 'a,b,c'."""
+    path = Path(value)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict):
+                return [str(data[k]) for k in sorted(data, key=int)]
+            return [str(x) for x in data]
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if "," not in value and ("/" in value or "." in value):
+        raise UsageError(f"--labels {value}: no such file (or give names as a,b,c)")
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def build_model(converted: Converted) -> torch.nn.Module:
+    """The VisionTransformer holding the converted weights (built on 'meta', no init cost)."""
+    from vitcli.model import VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(converted.config)
+    missing, unexpected = model.load_state_dict(converted.state, strict=False, assign=True)
+    if missing or unexpected:
+        raise VitError(f"converted weights do not fit the inferred architecture "
+                       f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def convert(source: str | Path, out: str | Path, *, labels: list[str] | None = None,
+            heads: int | None = None, allow_pickle: bool = False,
+            source_name: str | None = None) -> tuple[Path, Converted]:
+    """Convert `source` and write it to `out` as a vitcli model file."""
+    converted = load_source(source, heads=heads, allow_pickle=allow_pickle)
+    names = labels if labels is not None else converted.class_names
+    n = converted.config.num_classes
+    if names is not None and len(names) != n:
+        raise UsageError(f"{len(names)} labels given for a model with {n} classes")
+    if source_name:
+        converted.source = f"{converted.source} ({source_name})"
+    model = build_model(converted)
+    pre = converted.preprocessing or _pretrained_preprocessing(
+        converted.config, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=0.875)
+    path = save_model(out, model, class_names=names, preprocessing=pre,
+                      extra={"source": converted.source})
+    return path, converted
+
+
+def download_from_hub(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
+    """A local copy of a Hub model folder (config, preprocessor config, safetensors weights)."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+        )
+    except ImportError:
+        raise VitError("--from-hub needs huggingface_hub: pip install huggingface_hub") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    fix = (f"download {repo_id}'s config.json, preprocessor_config.json and model.safetensors "
+           "into a folder elsewhere and run `vit convert FOLDER --out model.safetensors`")
+    try:
+        folder = snapshot_download(
+            repo_id, cache_dir=cache_dir, local_files_only=offline,
+            allow_patterns=["config.json", "preprocessor_config.json", "model.safetensors"])
+    except RepositoryNotFoundError:
+        raise VitError(f"{repo_id}: no such model on the Hugging Face Hub "
+                       "(or it is private: log in with `hf auth login`)") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        why = "HF_HUB_OFFLINE is set" if offline else "no network"
+        raise VitError(f"cannot download {repo_id}: offline ({why}) and not in the local "
+                       f"cache; {fix}") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise VitError(f"cannot download {repo_id} ({type(exc).__name__}); {fix}") from exc
+    return Path(folder)

@@ -1,0 +1,221 @@
+"""Start training from a pre-trained vitcli model file: load what fits, adapt what almost fits.
+
+A fine-tuned model rarely has the exact shape of its source: new classes (a new head), a new
+input size (a new position grid), sometimes a new patch size or channel count. Everything that
+can be carried over is carried over, and every change is reported in plain words so that the
+`vit train --init` command can print it.
+
+- position embedding: bicubic resampling over the grid, class-token slot kept
+  (`vitcli.model.resample_pos_embed`, the same as the original ViT fine-tuning recipe);
+- patch embedding for a new patch size: FlexiViT's pseudo-inverse resize (Beyer et al. 2023,
+  "FlexiViT", Sec. 3.4), which keeps each token the same when the image is resized with the
+  patch: <x, w> = <resize(x), w'>;
+- channels: 3 → 1 sums the kernel over colours (a grey image then gives exactly the token the
+  RGB model gave for the same grey picture); 1 → 3 repeats it divided by 3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitcli.config import ViTConfig
+from vitcli.errors import VitError
+from vitcli.model import VisionTransformer, resample_pos_embed
+from vitcli.preprocess import Preprocessing
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class InitReport:
+    """What `init_from` did: names loaded as-is or adapted, names left at their fresh init."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    head_replaced: bool = False
+    lines: list[str] = field(default_factory=list)  # human-readable, for the command to print
+
+
+# ------------------------------------------------------------------------------ patch kernel
+
+
+def _resize_matrix(old: int, new: int, mode: str) -> Tensor:
+    """The linear map that resizes a flattened old×old patch to new×new: (new², old²).
+
+    Built by resizing every basis image; float64 so the pseudo-inverse is accurate.
+    """
+    basis = torch.eye(old * old, dtype=torch.float64).reshape(old * old, 1, old, old)
+    resized = F.interpolate(basis, size=(new, new), mode=mode, align_corners=False,
+                            antialias=new < old)  # (old², 1, new, new)
+    return resized.reshape(old * old, new * new).T  # (new², old²)
+
+
+def resize_patch_embed(weight: Tensor, new_patch: int, mode: str = "bilinear") -> Tensor:
+    """The patch-embedding kernel for another patch size, FlexiViT pseudo-inverse resize.
+
+    (D, C, P, P) -> (D, C, P', P'). With B the resize matrix (P'², P²), the new kernel w'
+    solves Bᵀw' = w in the least-squares / minimum-norm sense, so a patch x resized with the
+    same `mode` gives the same token: <Bx, w'> = <x, w>. Upsampling (P' > P) keeps tokens
+    exactly; downsampling loses what a smaller patch cannot hold, as little as possible.
+    """
+    D, C, P, P2 = weight.shape
+    if P != P2:
+        raise VitError(f"patch-embedding kernel is not square ({P}×{P2})")
+    if new_patch == P:
+        return weight
+    B = _resize_matrix(P, new_patch, mode)  # (P'², P²)
+    pinv = torch.linalg.pinv(B.T)  # (P'², P²)
+    flat = weight.reshape(D * C, P * P).to(torch.float64)  # (D·C, P²)
+    new = flat @ pinv.T  # (D·C, P'²)
+    return new.reshape(D, C, new_patch, new_patch).to(weight.dtype)  # (D, C, P', P')
+
+
+def adapt_channels(weight: Tensor, channels: int) -> Tensor:
+    """The patch kernel (D, C, ...) for another channel count (1 ↔ 3)."""
+    C = weight.shape[1]
+    if C == channels:
+        return weight
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)  # (D, 1, ...): a grey image keeps its token
+    if C == 1:
+        return weight.repeat(1, channels, *([1] * (weight.ndim - 2))) / channels  # (D, C', ...)
+    raise VitError(f"cannot adapt a {C}-channel patch embedding to {channels} channels")
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def _source(path: str | Path) -> tuple[ViTConfig, dict[str, Tensor], Preprocessing, list[str]]:
+    """Config, weights, preprocessing and class names of a vitcli model file."""
+    from vitcli.checkpoint import load_model
+
+    loaded = load_model(path)
+    return loaded.config, loaded.model.state_dict(), loaded.preprocessing, loaded.class_names
+
+
+def init_config(path: str | Path, **overrides: Any) -> tuple[ViTConfig, Preprocessing, list[str]]:
+    """The config, preprocessing and class names to train with when starting from `path`.
+
+    Keeps the source architecture and its normalisation (the weights expect those inputs)
+    unless overridden: image_size, patch_size, num_classes, in_channels, dropout, ... .
+    Overrides that are None are ignored, so a command can pass its options straight through.
+    """
+    from vitcli.checkpoint import parse_metadata, read_metadata
+
+    config, names, pre = parse_metadata(path, read_metadata(path))
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    new = config.replace(**changes)
+    mean, std = pre.mean, pre.std
+    if new.in_channels != config.in_channels:
+        if new.in_channels == 1:  # grey: the average normalisation of the colours
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+        else:
+            mean, std = mean * new.in_channels, std * new.in_channels
+    pre = Preprocessing.from_dict({
+        **pre.to_dict(), "image_size": new.image_size, "mean": mean, "std": std,
+        "color_mode": "L" if new.in_channels == 1 else "RGB"})
+    if new.num_classes != config.num_classes:
+        names = [f"class_{i}" for i in range(new.num_classes)]
+    return new, pre, names
+
+
+def init_from(model: VisionTransformer, path: str | Path) -> InitReport:
+    """Load every matching weight from a vitcli model file into `model`; report what changed.
+
+    `model` already has the config the trainer chose (new num_classes / image_size /
+    patch_size / channels). The head is replaced when the class count differs, the position
+    embedding resampled for a new grid, the patch kernel resized for a new patch size and
+    adapted for a new channel count. Weights the source lacks keep their fresh init.
+    """
+    src_config, state, _, _ = _source(path)
+    config = model.config
+    if src_config.embed_dim != config.embed_dim:
+        raise VitError(f"{path}: width {src_config.embed_dim} does not match the model's "
+                       f"{config.embed_dim}; keep the source architecture to start from it")
+    report = InitReport()
+    target = model.state_dict()
+    new_state: dict[str, Tensor] = {}
+    for name, value in state.items():
+        if name not in target:
+            report.skipped.append(name)
+            continue
+        if name in HEAD_KEYS and src_config.num_classes != config.num_classes:
+            continue
+        adapted = _adapt(name, value, target[name], src_config, config, report)
+        if adapted is None:
+            report.skipped.append(name)
+        else:
+            new_state[name] = adapted
+            report.loaded.append(name)
+    if src_config.num_classes != config.num_classes and config.num_classes:
+        report.head_replaced = True
+        report.lines.append(f"new head: {config.num_classes} classes instead of "
+                            f"{src_config.num_classes} (trained from scratch)")
+    model.load_state_dict(new_state, strict=False)
+    fresh = [n for n in target if n not in new_state and n not in HEAD_KEYS]
+    extra = [n for n in report.skipped if n not in target]
+    if extra:
+        report.lines.append(f"not used ({len(extra)}): {_short(extra)} (source is larger)")
+    if fresh:
+        report.lines.append(f"fresh init ({len(fresh)}): {_short(fresh)} (not in the source)")
+    report.lines.insert(0, f"loaded {len(report.loaded)} of {len(target)} tensors from {path}")
+    return report
+
+
+def _adapt(name: str, value: Tensor, like: Tensor, src: ViTConfig, dst: ViTConfig,
+           report: InitReport) -> Tensor | None:
+    """`value` shaped like `like`, or None when it cannot be carried over (said in lines)."""
+    if name == "pos_embed":
+        if dst.pos_embed != "learned":
+            return None  # fixed sin-cos: recomputed by the model for its own grid
+        if src.num_prefix_tokens != dst.num_prefix_tokens:
+            report.lines.append("position embedding not loaded: class token added or removed")
+            return None
+        if src.grid_size != dst.grid_size:
+            report.lines.append(
+                f"position embedding resampled {src.grid_size}×{src.grid_size} → "
+                f"{dst.grid_size}×{dst.grid_size} (bicubic, class token kept)")
+        return resample_pos_embed(value, (dst.grid_size, dst.grid_size),
+                                  (src.grid_size, src.grid_size), src.num_prefix_tokens)
+    if name == "patch_embed.proj.weight" and value.shape != like.shape:
+        if src.patch_embed != "linear" or dst.patch_embed != "linear":
+            report.lines.append(f"patch embedding not loaded: cannot resize a "
+                                f"{src.patch_embed!r} patch embedding to {dst.patch_embed!r}")
+            return None
+        if value.shape[1] != like.shape[1]:
+            how = "summed over colours" if like.shape[1] == 1 else "repeated over channels / C"
+            report.lines.append(f"patch embedding: {value.shape[1]} → {like.shape[1]} "
+                                f"channels ({how})")
+            value = adapt_channels(value, like.shape[1])
+        if value.shape[-1] != like.shape[-1]:
+            report.lines.append(f"patch embedding kernel resized {value.shape[-1]} → "
+                                f"{like.shape[-1]} px (FlexiViT pseudo-inverse)")
+            value = resize_patch_embed(value, like.shape[-1])
+    if value.shape != like.shape:
+        report.lines.append(f"{name} not loaded: shape {tuple(value.shape)} in the source, "
+                            f"{tuple(like.shape)} in the model")
+        return None
+    return value.to(like.dtype)
+
+
+def _short(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def freeze_backbone(model: nn.Module) -> int:
+    """Freeze everything but the head (a linear probe); return the number of frozen weights."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if name.startswith("head."):
+            param.requires_grad_(True)
+        else:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
