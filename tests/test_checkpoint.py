@@ -180,3 +180,46 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path, tiny_model):
     path = save_tensors(tmp_path / "bad.safetensors", state, metadata)
     with pytest.raises(VitError, match="missing head.bias"):
         load_model(path)
+
+
+def _rewrite(path: Path, out: Path, *, tensors=None, config_changes=None) -> Path:
+    """A copy of a model file with some tensors or config fields changed (still safetensors)."""
+    from safetensors.torch import load_file, save_file
+
+    from vitcli.checkpoint import read_header
+
+    _, metadata = read_header(path)
+    state = load_file(str(path))
+    state.update(tensors or {})
+    config = json.loads(metadata["config"])
+    config.update(config_changes or {})
+    save_file(state, str(out), metadata={**metadata, "config": json.dumps(config)})
+    return out
+
+
+def test_weights_of_the_wrong_shape_are_a_one_line_error(tmp_path, tiny_model_file):
+    bad = _rewrite(tiny_model_file, tmp_path / "bad.safetensors",
+                   tensors={"head.weight": torch.zeros(7, 32)})
+    with pytest.raises(VitError, match="weights do not match the stored config") as info:
+        load_model(bad)
+    assert str(bad) in str(info.value) and "head.weight" in str(info.value)
+
+
+def test_config_field_of_the_wrong_type_is_a_one_line_error(tmp_path, tiny_model_file):
+    bad = _rewrite(tiny_model_file, tmp_path / "bad.safetensors", config_changes={"depth": "six"})
+    with pytest.raises(VitError, match="corrupt vitcli metadata.*depth") as info:
+        load_model(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_vit_info_refuses_weights_that_do_not_match_the_config(tmp_path, tiny_model_file):
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    bad = _rewrite(tiny_model_file, tmp_path / "bad.safetensors",
+                   tensors={"head.weight": torch.zeros(7, 32)})
+    result = CliRunner().invoke(app, ["info", str(bad)])
+    assert result.exit_code == 1
+    assert "do not match the stored config" in result.output
+    assert CliRunner().invoke(app, ["info", str(tiny_model_file)]).exit_code == 0

@@ -121,8 +121,23 @@ def test_hub_name_without_network_is_a_clear_error(monkeypatch, cache: Path) -> 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", no_network)
+    monkeypatch.setattr("vitcli.data_sources.hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(VitError, match="Hub is unreachable"):
         load("mnist", cache)
+
+
+def test_unreachable_hub_fails_fast_without_retrying(monkeypatch, cache: Path) -> None:
+    import datasets
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("load_dataset must not be tried when the Hub is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", must_not_run)
+    monkeypatch.setattr("vitcli.data_sources.hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(VitError, match="Hub is unreachable.*no connection"):
+        load("someone/some-dataset", cache)
 
 
 # ------------------------------------------------------------------------------- splits

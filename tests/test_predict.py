@@ -56,6 +56,15 @@ def test_collect_images_expands_files_folders_and_globs(models):
     assert [m.path.name for m in missing] == ["nothing*.png"] and not missing[0].ok
 
 
+def test_a_glob_that_matches_folders_takes_the_images_inside(models):
+    from vitcli.predict import collect_images
+
+    _, _, images = models
+    paths, missing = collect_images([f"{images}/c*/"])  # matches the circle folder
+    assert not missing
+    assert paths and all(p.parent.name == "circle" for p in paths)
+
+
 def test_backends_agree_on_files_folders_and_globs(models):
     from vitcli.predict import predict
 

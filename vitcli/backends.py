@@ -119,10 +119,11 @@ def open_backend(path: str | Path, device: str = "auto") -> Backend:
 
 def open_torch(path: Path, device: str = "auto") -> TorchBackend:
     """Load a .safetensors model file onto `device` (imports torch)."""
+    read_metadata(path)  # a clear error for a non-vitcli file before importing torch
+
     from vitcli.checkpoint import load_model
     from vitcli.devices import resolve_device
 
-    read_metadata(path)  # a clear error for a non-vitcli file before torch spends time
     target = resolve_device(device)
     return TorchBackend(path=path, model_file=load_model(path, device=str(target)),
                         device=target)

@@ -259,7 +259,12 @@ def load_model(path: str | Path, *, device: str = "cpu",
     except (SafetensorError, OSError, ValueError) as exc:
         raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
     model = VisionTransformer(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape does not fit the stored config
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                     str(exc).splitlines()[0])
+        raise VitError(f"{path}: weights do not match the stored config ({first})") from None
     if missing or unexpected:
         detail = ", ".join([f"missing {k}" for k in missing[:3]] +
                            [f"unexpected {k}" for k in unexpected[:3]])

@@ -275,6 +275,21 @@ def from_saved_dataset(path: Path) -> DataSource:
     return _from_datasets(loaded, name=path.name, label=f"dataset {path}/")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub (HF_ENDPOINT, default huggingface.co) opens quickly."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def from_hub(name: str) -> DataSource:
     """A dataset from the Hugging Face Hub by name; a clear error when offline."""
     unreachable = (f"{name}: no such folder, and the Hugging Face Hub is unreachable so it cannot "
@@ -282,6 +297,9 @@ def from_hub(name: str) -> DataSource:
                    "(or a dataset saved with save_to_disk)")
     if hub_offline():
         raise VitError(unreachable + " [offline mode: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set]")
+    if not hub_reachable():
+        # Without this, datasets retries for ~25 s and logs every retry before giving up.
+        raise VitError(unreachable + " [no connection to the Hub]")
     import datasets
 
     try:

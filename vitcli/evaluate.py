@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitcli.errors import VitError
+from vitcli.predict import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -134,13 +135,6 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with 0 where den is 0 (a class never predicted has precision 0, not NaN)."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, stable for large logits."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -115,7 +115,10 @@ def overlay(image: Image.Image, grid_map: np.ndarray, pre: Preprocessing,
     """
     image = image.convert("RGB")
     w, h = image.size
-    heat = grid_map / max(float(grid_map.max()), 1e-12)  # strongest patch = 1
+    # Min-max: rollout adds the identity at every layer, so every patch carries a large, even
+    # baseline; stretching min..max to 0..1 shows which patches the prediction rests on.
+    low, high = float(grid_map.min()), float(grid_map.max())
+    heat = (grid_map - low) / max(high - low, 1e-12)  # weakest patch 0, strongest 1
     left, top, right, bottom = crop_box((w, h), pre)
     box = (round(left), round(top), round(right), round(bottom))
     span = (max(box[2] - box[0], 1), max(box[3] - box[1], 1))

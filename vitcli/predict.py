@@ -81,7 +81,7 @@ def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Predi
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
+            images = _images_in(path)
             if not images:
                 missing.append(Prediction(path, error=f"{path}: folder holds no images"))
             for image in images:
@@ -90,12 +90,19 @@ def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Predi
             add(path)  # a missing plain file is reported when it fails to open
         else:
             matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            images = [p for p in matches if p.is_file() and is_image_path(p)]
+            # a pattern may match folders too ("photos/c*/"): take the images inside them
+            images = [image for p in matches for image in
+                      (_images_in(p) if p.is_dir() else [p] if is_image_path(p) else [])]
             if not images:
                 missing.append(Prediction(path, error=f"{text}: no images match this pattern"))
             for image in images:
                 add(image)
     return found, missing
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
 
 
 # ------------------------------------------------------------------------------ running

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,3 +33,12 @@ def not_built_yet(command: str, issue: str) -> None:
     from vitcli.errors import VitError
 
     raise VitError(f"`vit {command}` is not built yet in this version ({issue})")
+
+
+def progress_bar(*columns: Any) -> Any:
+    """A transient Rich progress bar on stderr, switched off when stderr is not a terminal
+    (a bar redrawn into a log file or a pipe is only noise there)."""
+    from rich.progress import Progress
+
+    return Progress(*columns, console=err_console, transient=True,
+                    disable=not err_console.is_terminal)

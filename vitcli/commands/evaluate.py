@@ -42,9 +42,9 @@ def evaluate(
     confusion_matrix.png.
     """
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from vitcli.commands._common import console, err_console
+    from vitcli.commands._common import console, err_console, progress_bar
     from vitcli.errors import UsageError
     from vitcli.evaluate import evaluate as run_eval
     from vitcli.evaluate import new_eval_dir, write_json, write_outputs
@@ -54,8 +54,8 @@ def evaluate(
     if data is None:
         raise UsageError("--data is required (a folder of class sub-folders or a dataset)")
 
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+    with progress_bar("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("reading images", total=None)
 
         def update(stage: str, done: int, total: int) -> None:

@@ -16,13 +16,17 @@ def info(
     """Show a model file's architecture, classes, preprocessing and parameter count."""
     from vitcli.checkpoint import count_file_params, parse_metadata, read_header, read_metadata
     from vitcli.commands._common import console
-    from vitcli.config import gflops
+    from vitcli.config import count_params, gflops
+    from vitcli.errors import VitError
 
     metadata = read_metadata(model)
     header, _ = read_header(model)
     config, names, pre = parse_metadata(model, metadata)
     params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
                                 or config.pos_embed == "learned"})
+    if params != count_params(config):
+        raise VitError(f"{model}: the stored weights ({params:,} values) do not match the stored "
+                       f"config ({count_params(config):,} parameters); the file is corrupt")
     summary = {
         "file": str(model),
         "format_version": metadata.get("format_version"),

@@ -107,10 +107,10 @@ def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
         return results
     from rich.progress import Progress
 
-    from vitcli.commands._common import err_console
+    from vitcli.commands._common import progress_bar
 
     results = []
-    with Progress(console=err_console, transient=True) as progress:
+    with progress_bar(*Progress.get_default_columns()) as progress:
         task = progress.add_task("predicting", total=len(paths))
         for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size,
                                     on_batch=lambda n: progress.advance(task, n)):
