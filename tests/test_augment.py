@@ -173,3 +173,34 @@ def test_augment_runs_on_numpy_cached_pixels() -> None:
     cached = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     x, t = augment(make_policy("light"))(torch.from_numpy(cached), torch.tensor([0, 1, 2, 3]))
     assert x.shape == (4, 3, 16, 16) and t.shape == (4, 4)
+
+
+def test_translate_shifts_every_image_within_the_limit_in_both_axes():
+    from vitcli.augment import AugmentPolicy, BatchAugment
+
+    torch.manual_seed(0)
+    size, limit = 32, 0.1
+    pixels = torch.zeros(64, size, size, 1, dtype=torch.uint8)
+    pixels[:, 14:18, 14:18] = 255  # a bright 4×4 spot in the middle
+    aug = BatchAugment(AugmentPolicy(level="light", translate=limit), image_size=size,
+                       mean=(0.0,), std=(1.0,), num_classes=2)
+    x, _ = aug(pixels, torch.zeros(64, dtype=torch.long))
+    weight = (x[:, 0] - 0.5).clamp(min=0)  # (B, H, W): above the mid-grey fill at the edges
+    rows = torch.arange(size, dtype=torch.float32)
+    cy = (weight.sum(2) * rows).sum(1) / weight.sum((1, 2))
+    cx = (weight.sum(1) * rows).sum(1) / weight.sum((1, 2))
+    dy, dx = cy - 15.5, cx - 15.5  # the spot's centre was at 15.5
+    assert dy.abs().max() <= limit * size + 0.5 and dx.abs().max() <= limit * size + 0.5
+    assert dy.abs().mean() > 0.5 and dx.abs().mean() > 0.5  # both axes really move
+    # a pure shift: a 4×4 spot keeps fully bright pixels (no zoom, blur or colour change)
+    assert (x[:, 0].amax(dim=(1, 2)) > 0.99).all()
+
+
+def test_light_for_small_images_is_shift_only():
+    from vitcli.augment import make_policy
+
+    small = make_policy("light", hflip=False, image_size=28)
+    assert small.translate > 0 and small.crop_scale is None and not small.hflip
+    assert small.num_ops == 0 and not small.mixes
+    big = make_policy("light", image_size=224)
+    assert big.crop_scale is not None and big.hflip

@@ -57,6 +57,7 @@ class AugmentPolicy:
     crop_scale: tuple[float, float] | None = None  # random-resized-crop area range; None = off
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # its aspect-ratio range
     hflip: bool = False
+    translate: float = 0.0  # every sample shifted by up to ± this fraction of the side, x and y
     ops: tuple[str, ...] = ()  # chosen per sample, uniformly, num_ops times (TrivialAugment)
     num_ops: int = 0
     magnitude: float = 0.0  # 0-1: each op's strength is drawn uniformly from [0, magnitude]
@@ -75,7 +76,7 @@ class AugmentPolicy:
     @property
     def geometric(self) -> bool:
         """Whether the batch has to be resampled (crop, flip or a geometric op)."""
-        return (self.crop_scale is not None or self.hflip
+        return (self.crop_scale is not None or self.hflip or self.translate > 0
                 or (self.num_ops > 0 and bool(set(self.ops) & set(GEOMETRIC_OPS))))
 
     @property
@@ -83,10 +84,21 @@ class AugmentPolicy:
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
-def make_policy(level: str, *, hflip: bool = True) -> AugmentPolicy:
-    """The policy of a named level; hflip=False for data where mirroring changes the class."""
+SMALL_IMAGE_PX = 32  # at or below this, "light" means small shifts only (see make_policy)
+
+
+def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None) -> AugmentPolicy:
+    """The policy of a named level; hflip=False for data where mirroring changes the class.
+
+    For small images (≤ SMALL_IMAGE_PX) trained for minutes, "light" is a random shift of up to
+    6 % in x and y and nothing else: crops, rotations and colour changes of a 28-px digit or
+    garment remove most of what there is to learn, and a small ViT underfits at that budget
+    already (benchmarks/small_data.py; README "Small data").
+    """
     if level == "none":
         return AugmentPolicy(level="none")
+    if level == "light" and image_size is not None and image_size <= SMALL_IMAGE_PX:
+        return AugmentPolicy(level="light", translate=0.06, hflip=hflip)
     if level == "light":
         return AugmentPolicy(level="light", crop_scale=(0.5, 1.0), hflip=hflip,
                              ops=("identity", "brightness", "contrast", "rotate",
@@ -183,6 +195,10 @@ class BatchAugment:
         if p.hflip:
             flip = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
             crop[:, 0, 0] = crop[:, 0, 0] * flip
+        if p.translate > 0:  # the image spans 2 units of the grid, so a fraction f is 2f
+            shift = (torch.rand(b, 2, device=dev) * 2 - 1) * (2 * p.translate)  # (B, 2)
+            crop[:, 0, 2] = crop[:, 0, 2] + shift[:, 0]
+            crop[:, 1, 2] = crop[:, 1, 2] + shift[:, 1]
         geo = torch.eye(3, device=dev).repeat(b, 1, 1)  # (B, 3, 3)
         for r in range(op_index.shape[0]):
             geo = geo @ self._geometric_matrix(op_index[r], strength[r])

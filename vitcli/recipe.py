@@ -24,12 +24,17 @@ from vitcli.errors import UsageError
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
 # Which preset when --model is not given, by typical image size.
-PRESET_FOR_SIZE = [(32, "vit-nano"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
+PRESET_FOR_SIZE = [(32, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
 # Model options layered over the preset for small images trained from scratch (the small-data
 # recipe: see README "Small data"). Empty = the preset as it is.
 SMALL_DATA_MODEL: dict[str, Any] = {}
 BASE_BATCH = 256  # --lr default is BASE_LR at this batch, scaled linearly with the batch
 BASE_LR = 1e-3
+# Tiny images trained from scratch (≤ TINY_IMAGE_MAX px): a few-layer ViT that underfits in a
+# few minutes wants a higher learning rate and no stochastic depth (benchmarks/small_data.py).
+TINY_IMAGE_MAX = 32
+TINY_BASE_LR = 4e-3  # at BASE_BATCH, i.e. 2e-3 at the default batch of 128
+DROP_PATH = 0.1  # default stochastic depth, except for tiny images from scratch (0)
 
 
 @dataclass
@@ -42,12 +47,12 @@ class TrainOptions:
     patch: int | None = None
     epochs: int = 30
     batch_size: int = 128
-    lr: float | None = None  # None = BASE_LR · batch_size / BASE_BATCH
+    lr: float | None = None  # None = (TINY_)BASE_LR · batch_size / BASE_BATCH, see with_lr_for
     weight_decay: float = 0.05
     warmup: float = 3.0  # epochs of linear warm-up (at most a quarter of the run)
     min_lr_ratio: float = 0.01  # the cosine ends at this fraction of the peak lr
     label_smoothing: float = 0.1
-    drop_path: float = 0.1
+    drop_path: float | None = None  # None = DROP_PATH, or 0 for tiny images from scratch
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     device: str = "auto"
@@ -97,7 +102,7 @@ class TrainOptions:
             raise UsageError(f"--lr must be positive, not {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
-        if not 0.0 <= self.drop_path < 1.0:
+        if self.drop_path is not None and not 0.0 <= self.drop_path < 1.0:
             raise UsageError(f"--drop-path must be in [0, 1), not {self.drop_path}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UsageError(f"--time-budget must be positive minutes, not {self.time_budget}")
@@ -114,6 +119,23 @@ class TrainOptions:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else BASE_LR * self.batch_size / BASE_BATCH
+
+    def tiny_from_scratch(self, image_size: int) -> bool:
+        """Whether the tiny-image recipe applies: small inputs and no pretrained weights."""
+        return image_size <= TINY_IMAGE_MAX and not self.init
+
+    def with_lr_for(self, image_size: int) -> TrainOptions:
+        """A copy with --lr filled in when it was not given (depends on the image size)."""
+        if self.lr is not None:
+            return self
+        base = TINY_BASE_LR if self.tiny_from_scratch(image_size) else BASE_LR
+        return dataclasses.replace(self, lr=base * self.batch_size / BASE_BATCH)
+
+    def drop_path_for(self, image_size: int) -> float:
+        """--drop-path, or the default for this image size."""
+        if self.drop_path is not None:
+            return self.drop_path
+        return 0.0 if self.tiny_from_scratch(image_size) else DROP_PATH
 
 
 def round_up(size: int, multiple: int) -> int:
@@ -147,15 +169,26 @@ def architecture_overrides(options: TrainOptions) -> dict[str, Any]:
     return changes
 
 
+def default_patch(options: TrainOptions, base: ViTConfig, typical_size: int) -> int:
+    """The preset's patch size; tiny images with the automatic preset keep its token grid.
+
+    vit-pico is a 4×4 grid of patches: 7 px at 28 px, 8 px at 32 px, so that any tiny image
+    gets the grid the recipe was measured with rather than a size padded up to a multiple.
+    """
+    if options.model is None and options.img_size is None and typical_size <= TINY_IMAGE_MAX:
+        return max(1, round(typical_size / base.grid_size))
+    return base.patch_size
+
+
 def model_config(options: TrainOptions, *, typical_size: int, num_classes: int,
                  in_channels: int) -> ViTConfig:
     """The architecture to train from scratch, from the preset, the data and the flags."""
     name = options.model or preset_for(typical_size)
     base = get_preset(name).config
-    patch = options.patch or base.patch_size
+    patch = options.patch or default_patch(options, base, typical_size)
     size = image_size_for(options, typical_size, patch, base.image_size)
     extra = dict(SMALL_DATA_MODEL) if not options.model and typical_size <= SMALL_IMAGE_MAX \
         else {}
     extra.update(architecture_overrides(options))
     return base.replace(image_size=size, patch_size=patch, num_classes=num_classes,
-                        in_channels=in_channels, drop_path=options.drop_path, **extra)
+                        in_channels=in_channels, drop_path=options.drop_path_for(size), **extra)

@@ -103,6 +103,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             resumed = (ViTConfig.from_dict(args["config"]),
                        Preprocessing.from_dict(args["preprocessing"]))
         prepared = prepare(options, env, emit, resumed=resumed)
+        options = options.with_lr_for(prepared.config.image_size)
         level = augment_level(options, len(prepared.train_labels))
         if run_dir is None:
             run_dir = Path(broadcast(str(new_run_dir(options.project, options.name))

@@ -73,7 +73,10 @@ class Trainer:
         self.pixels = pixels.to(self.device) if on_device else pixels
         self.labels = torch.from_numpy(prepared.train_labels).to(self.pixels.device)
         pre = prepared.preprocessing
-        self.augment = BatchAugment(make_policy(augment), image_size=pre.image_size,
+        # Mirroring changes the class of digits and letters, the usual grey small images; colour
+        # photos are mirror-invariant, so they get flips.
+        policy = make_policy(augment, hflip=pre.color_mode == "RGB", image_size=pre.image_size)
+        self.augment = BatchAugment(policy, image_size=pre.image_size,
                                     mean=pre.mean, std=pre.std,
                                     num_classes=prepared.config.num_classes,
                                     label_smoothing=options.label_smoothing)

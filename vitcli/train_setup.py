@@ -59,7 +59,8 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         from vitcli.finetune import init_config
 
         config, init_pre, _ = init_config(options.init, image_size=options.img_size,
-                                          patch_size=options.patch, drop_path=options.drop_path)
+                                          patch_size=options.patch,
+                                          drop_path=options.drop_path_for(options.img_size or 224))
         load_pre = init_pre
     else:
         typical = typical_image_size(options.data)

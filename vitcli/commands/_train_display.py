@@ -81,10 +81,12 @@ class Display:
         elif kind == "epoch_end":
             r = f["row"]
             val = "" if r["val_top1"] is None else (
-                f"  val loss {r['val_loss']:.4f}  top-1 {r['val_top1']:.2%}  "
-                f"top-5 {r['val_top5']:.2%}{'  [green]best[/]' if f['best'] else ''}")
-            print_(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}{val}  "
-                   f"{r['images_per_s']:,.0f} img/s", highlight=False)
+                f"  val {r['val_loss']:.3f}  top-1 {r['val_top1']:.2%}  "
+                f"top-5 {r['val_top5']:.1%}")
+            best = "  [green]best[/]" if f["best"] else ""
+            # One short line per epoch (under 80 columns): logs stay readable, never wrapped.
+            print_(f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}{val}  "
+                   f"{r['images_per_s']:,.0f} img/s{best}", highlight=False, soft_wrap=True)
 
 
 def print_summary(console: Console, result: Any) -> None:

@@ -9,7 +9,14 @@ from typing import Annotated, Any
 import typer
 
 from vitcli.commands._common import DeviceOpt
-from vitcli.recipe import BASE_BATCH, BASE_LR, TrainOptions
+from vitcli.recipe import (
+    BASE_BATCH,
+    BASE_LR,
+    DROP_PATH,
+    TINY_BASE_LR,
+    TINY_IMAGE_MAX,
+    TrainOptions,
+)
 
 _D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/recipe.py)
 
@@ -37,14 +44,16 @@ def train(
                                            help="Global batch, all processes together "
                                            f"[{_D.batch_size}].")]
     = None,
-    lr: Annotated[float | None, _opt("--lr", help="Peak learning rate "
-                                     f"[{BASE_LR:g} × batch / {BASE_BATCH}].")] = None,
+    lr: Annotated[float | None, _opt("--lr", help=(
+        f"Peak learning rate [{BASE_LR:g} × batch / {BASE_BATCH}; {TINY_BASE_LR:g} × batch / "
+        f"{BASE_BATCH} for images ≤ {TINY_IMAGE_MAX} px from scratch]."))] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
                                                help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=f"[{_D.label_smoothing}]")] = None,
-    drop_path: Annotated[float | None, _opt("--drop-path", help=f"Stochastic depth [{_D.drop_path}].")]
+    drop_path: Annotated[float | None, _opt("--drop-path", help=(
+        f"Stochastic depth [{DROP_PATH}; 0 for images ≤ {TINY_IMAGE_MAX} px from scratch]."))]
     = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,

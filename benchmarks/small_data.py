@@ -1,0 +1,135 @@
+"""Small data: `vit train` with its defaults against a small 4-layer CNN, same data, same time.
+
+    python benchmarks/small_data.py --npz fashion4k.npz --minutes 2
+    python benchmarks/small_data.py --data ./digits --train-size 4000 --minutes 2
+
+--data is a folder of class sub-folders of small images (optionally with train/ and test/
+sub-folders); --npz holds x_train, y_train, x_test, y_test. The ViT side is the product
+itself: `vitcli.train.train` (what `vit train --data DIR --time-budget MINUTES` runs) with every
+default, on the sampled images written to a temporary folder; its time budget includes its
+validation passes. The CNN trains from tensors in memory with the same threads, batched
+augmentation, AdamW and a warm-up + cosine laid over the same budget (evaluation excluded).
+Both are scored on the same test images with the model at the end of the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from small_data_lib import (  # noqa: E402
+    Augment,
+    Recipe,
+    SmallCNN,
+    Split,
+    load_folder,
+    load_npz,
+    stratified_indices,
+    train,
+)
+
+CNN_RECIPE = Recipe(batch_size=128, lr=3e-3, weight_decay=5e-3, warmup=0.05,
+                    label_smoothing=0.1, augment=Augment(scale=(0.9, 1.1), rotate=10.0,
+                                                         translate=0.1))
+
+
+@dataclass
+class VitRun:
+    accuracy: float
+    images_per_s: float
+    epochs: float
+    steps: int
+    params: int
+
+
+def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Path:
+    """uint8 (N, C, H, W) images → root/<class>/<i>.png, the layout `vit train` reads."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(x, y.tolist())):
+        folder = root / classes[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = image.permute(1, 2, 0).squeeze(-1).numpy()  # (H, W) or (H, W, C)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return root
+
+
+def train_vit(data: Split, minutes: float, seed: int, model: str | None) -> VitRun:
+    """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default."""
+    from vitcli.recipe import TrainOptions
+    from vitcli.train import train as vit_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_folder(root / "train", data.x_train, data.y_train, data.classes)  # uint8 already
+        write_folder(root / "test", data.x_test, data.y_test, data.classes)
+        result = vit_train(TrainOptions(data=str(root / "train"), val=str(root / "test"),
+                                        time_budget=minutes, seed=seed, model=model,
+                                        project=str(root / "runs"), cache_dir=str(root / "cache")))
+        from vitcli.checkpoint import count_file_params, read_header
+
+        header, _ = read_header(result.last_path)
+        row = result.last_row or {}
+        return VitRun(accuracy=float(row.get("val_top1") or 0.0),
+                      images_per_s=float(row.get("images_per_s") or 0.0),
+                      epochs=float(result.epochs), steps=result.steps,
+                      params=count_file_params(header))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="folder of class sub-folders (optionally train/ and test/)")
+    src.add_argument("--npz", help=".npz with x_train, y_train, x_test, y_test")
+    ap.add_argument("--train-size", type=int, default=4000, help="stratified, seeded sample")
+    ap.add_argument("--test-size", type=int, default=0, help="cap the test set (0 = all)")
+    ap.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="vitcli preset for the ViT side "
+                    "(default: what `vit train` picks for the data)")
+    ap.add_argument("--only", choices=["cnn", "vit"], help="train just one of the two")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    data = load_npz(args.npz) if args.npz else load_folder(args.data, seed=args.seed)
+    if args.train_size and args.train_size < len(data.y_train):
+        keep = stratified_indices(data.y_train, args.train_size, args.seed)
+        data.x_train, data.y_train = data.x_train[keep], data.y_train[keep]
+    if args.test_size and args.test_size < len(data.y_test):
+        keep = stratified_indices(data.y_test, args.test_size, args.seed)
+        data.x_test, data.y_test = data.x_test[keep], data.y_test[keep]
+    print(f"data: {len(data.y_train)} train, {len(data.y_test)} test, "
+          f"{tuple(data.x_train.shape[1:])}, {len(data.classes)} classes; "
+          f"{args.minutes:g} min per model, {args.threads} threads", flush=True)
+
+    rows = []
+    seconds = args.minutes * 60
+    if args.only != "vit":
+        torch.manual_seed(args.seed)
+        cnn = SmallCNN(data.x_train.shape[1], len(data.classes))
+        rows.append(("4-layer CNN", cnn, train(cnn, data, CNN_RECIPE, seconds=seconds, seed=args.seed)))
+    if args.only != "cnn":
+        vit = train_vit(data, args.minutes, args.seed, args.model)
+        rows.append(("ViT (vit train)", None, vit))
+
+    print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}{'steps':>7}")
+    for name, model, r in rows:
+        params = r.params if model is None else sum(p.numel() for p in model.parameters())
+        print(f"{name:<16}{params:>10,}{r.accuracy:>12.2%}{r.images_per_s:>10.0f}"
+              f"{r.epochs:>8.1f}{r.steps:>7}")
+    if len(rows) == 2:
+        diff = rows[1][2].accuracy - rows[0][2].accuracy
+        print(f"\nViT − CNN: {diff * 100:+.2f} points")
+
+
+if __name__ == "__main__":
+    main()
