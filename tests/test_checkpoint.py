@@ -8,6 +8,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CLASSES
@@ -128,8 +129,30 @@ def _bad_tensor_entry(path: Path, good: bytes) -> None:
     path.write_bytes(struct.pack("<Q", len(body)) + body)
 
 
+def _rewrite_header(path: Path, good: bytes, change) -> None:
+    """Same data, header JSON changed by `change(header)`, lengths kept consistent."""
+    (n,) = struct.unpack("<Q", good[:8])
+    header = json.loads(good[8:8 + n])
+    change(header)
+    body = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(body)) + body + good[8 + n:])
+
+
+def _shape_not_a_list(path: Path, good: bytes) -> None:
+    _rewrite_header(path, good, lambda h: h["head.bias"].update(shape="abc"))
+
+
+def _shape_missing(path: Path, good: bytes) -> None:
+    _rewrite_header(path, good, lambda h: h["norm.weight"].update(shape=None))
+
+
+def _metadata_not_an_object(path: Path, good: bytes) -> None:
+    _rewrite_header(path, good, lambda h: h.update(__metadata__=[1, 2]))
+
+
 @pytest.mark.parametrize("damage", [
     _truncated, _corrupt_header, _huge_header_length, _entry_not_object, _bad_tensor_entry,
+    _shape_not_a_list, _shape_missing, _metadata_not_an_object,
 ])
 def test_damaged_safetensors_files_are_refused(tmp_path, tiny_model_file, damage):
     path = tmp_path / "damaged.safetensors"
@@ -137,6 +160,14 @@ def test_damaged_safetensors_files_are_refused(tmp_path, tiny_model_file, damage
     with pytest.raises(VitError, match="corrupt|truncated") as info:
         load_model(path)
     assert str(path) in str(info.value)
+    # `vit info` reads the header alone (no torch load): the same one-line refusal.
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: {path}") and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("content, message", [
@@ -212,6 +243,28 @@ def test_config_field_of_the_wrong_type_is_a_one_line_error(tmp_path, tiny_model
     assert str(bad) in str(info.value)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("class_names", "not json", "corrupt vitcli metadata"),
+    ("class_names", '{"a": 1}', "class_names should be a JSON list"),
+    ("class_names", '["a", "b"]', "2 class names for 3 outputs"),
+    ("config", "[1, 2]", "config should be a JSON object"),
+    ("config", '{"image_size": 30, "patch_size": 4}', "not divisible by patch size 4"),
+    ("preprocessing", '{"mean": [0.5, 0.5]}', "mean and std need 3 values"),
+    ("preprocessing", "[]", "preprocessing should be a JSON object"),
+    ("format_version", "x", "format_version 'x'"),
+])
+def test_corrupt_metadata_is_a_one_line_failure_naming_the_file(
+        tmp_path, tiny_model_file, key, value, message):
+    """Stored values that fail validation are a broken file (exit 1), not a usage error."""
+    path = tmp_path / "bad.safetensors"
+    _rewrite_header(path, tiny_model_file.read_bytes(),
+                    lambda h: h["__metadata__"].update({key: value}))
+    with pytest.raises(VitError) as info:
+        load_model(path)
+    assert str(path) in str(info.value) and message in str(info.value)
+    assert info.value.exit_code == 1
+
+
 def test_vit_info_refuses_weights_that_do_not_match_the_config(tmp_path, tiny_model_file):
     from typer.testing import CliRunner
 
@@ -223,3 +276,39 @@ def test_vit_info_refuses_weights_that_do_not_match_the_config(tmp_path, tiny_mo
     assert result.exit_code == 1
     assert "do not match the stored config" in result.output
     assert CliRunner().invoke(app, ["info", str(tiny_model_file)]).exit_code == 0
+
+
+def test_top_level_python_api_round_trip(tmp_path):
+    """`vitcli.create_model / save_model / load_model`, as the README shows them."""
+    import vitcli
+
+    model = vitcli.create_model("vit-nano", num_classes=3, depth=1).eval()
+    assert isinstance(model, vitcli.VisionTransformer) and model.config.patch_size == 4
+    path = vitcli.save_model(tmp_path / "m.safetensors", model, class_names=CLASSES)
+    loaded = vitcli.load_model(path)
+    assert isinstance(loaded, vitcli.ModelFile) and loaded.class_names == CLASSES
+    x = torch.from_numpy(loaded.preprocessing.normalize(
+        np.zeros((2, 32, 32, 3), np.uint8)))  # (B, C, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x), atol=0, rtol=0)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vitcli.nope  # noqa: B018
+
+
+def test_import_vitcli_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, vitcli; vitcli.ViTConfig; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_pickle_named_safetensors_is_refused_with_a_working_conversion_hint(tmp_path):
+    """`vit convert` picks its reader by suffix, so the hint renames the file to .pt first."""
+    path = _zip_file(tmp_path / "weights.safetensors")
+    with pytest.raises(VitError, match="never unpickles") as info:
+        read_header(path)
+    assert "Rename it to weights.pt" in str(info.value)
+    assert f"vit convert {tmp_path / 'weights.pt'} --allow-pickle" in str(info.value)

@@ -60,7 +60,30 @@ def test_models_lists_presets_with_published_counts():
     assert result.exit_code == 0
     text = " ".join(result.stdout.split())
     assert "vit-b16" in text and "86,567,656" in text
-    assert "vit-nano" in text and "GFLOPs per image = 2 ×" in text
+    assert "vit-nano" in text and "2 × multiply-accumulates" in text
+    assert "632,045,800" in text and "630,764,800" in text  # ViT-H/14 with and without head
+
+
+def test_models_without_a_head_gives_timms_vit_h14_count():
+    result = run("models", "--classes", 0)
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("vit-h14"))
+    assert "630,764,800" in row
+    assert_one_line_error(run("models", "--classes", -1), 2, "--classes")
+
+
+@pytest.mark.parametrize("command", ["patchify", "train", "eval", "predict", "export",
+                                     "convert", "models", "info"])
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0, result.output
+    assert f"vit {command}" in result.stdout and "--help" in result.stdout
+
+
+def test_bare_vit_shows_the_help_without_an_error_line():
+    result = run()
+    assert result.exit_code == 2
+    assert "patchify" in result.stdout and "error" not in result.stderr
 
 
 def test_info_shows_the_model_file(tiny_model_file):
@@ -108,6 +131,32 @@ def test_info_refuses_a_pickle_checkpoint_with_one_line(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"\x80\x04\x95 pickled")
     assert_one_line_error(run("info", path), 1, str(path), "vit convert")
+
+
+def _truncated_model(path: Path, good: Path) -> None:
+    path.write_bytes(good.read_bytes()[:3000])
+
+
+def _foreign_safetensors(path: Path, good: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, str(path), metadata={"written_by": "another tool"})
+
+
+@pytest.mark.parametrize("name, make, message", [
+    ("broken.safetensors", _truncated_model, "truncated"),
+    ("zero.safetensors", lambda path, good: path.write_bytes(b""), "empty file"),
+    ("notes.safetensors", lambda path, good: path.write_text("some notes\n"),
+     "not a safetensors model file"),
+    ("other.safetensors", _foreign_safetensors, "not a vitcli model file"),
+    ("model.onnx", lambda path, good: path.write_bytes(b"\x08\x07onnx"), "ONNX file"),
+])
+def test_info_refuses_files_that_are_not_model_files_with_one_line(
+        tmp_path, tiny_model_file, name, make, message):
+    path = tmp_path / name
+    make(path, tiny_model_file)
+    assert_one_line_error(run("info", path), 1, str(path), message)
 
 
 def test_unknown_option_is_a_usage_error_with_one_line():

@@ -94,6 +94,12 @@ def test_size_not_divisible_names_nearest_valid_sizes():
     ({"pos_embed": "rope"}, "pos_embed must be"),
     ({"patch_embed": "conv"}, "patch_embed must be"),
     ({"patch_size": 0}, "positive"),
+    ({"num_heads": 0}, "num_heads must be at least 1"),
+    ({"depth": 0}, "depth must be at least 1"),
+    ({"in_channels": 0}, "in_channels must be at least 1"),
+    ({"num_classes": -1}, "num_classes must be 0"),
+    ({"mlp_ratio": 0.0}, "mlp_ratio and layer_norm_eps must be positive"),
+    ({"drop_path": 1.0}, r"drop_path must be in \[0, 1\)"),
 ])
 def test_impossible_configs_are_usage_errors(changes, message):
     with pytest.raises(UsageError, match=message):

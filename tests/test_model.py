@@ -174,3 +174,32 @@ def test_headless_model_returns_pooled_features():
     model = VisionTransformer(ViTConfig(**TINY, num_classes=0)).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, TINY["embed_dim"])
+
+
+def test_normal_forward_uses_fused_attention_and_builds_no_weight_maps(monkeypatch):
+    """Attention weights cost nothing unless asked for: the plain forward and training step
+    go through scaled_dot_product_attention once per block and never form the (T×T) softmax."""
+    import vitcli.model as model_module
+
+    calls = {"sdpa": 0, "softmax": 0}
+    sdpa, softmax = torch.nn.functional.scaled_dot_product_attention, torch.Tensor.softmax
+
+    def counting_sdpa(*args, **kwargs):
+        calls["sdpa"] += 1
+        return sdpa(*args, **kwargs)
+
+    def counting_softmax(self, *args, **kwargs):
+        calls["softmax"] += 1
+        return softmax(self, *args, **kwargs)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", counting_sdpa)
+    monkeypatch.setattr(torch.Tensor, "softmax", counting_softmax)
+    model = create_model(num_classes=3, **TINY)
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    with torch.no_grad():
+        model.eval()(torch.randn(2, 3, 32, 32))
+    assert calls == {"sdpa": 2 * TINY["depth"], "softmax": 0}
+    with torch.no_grad():
+        model.forward_with_attention(torch.randn(1, 3, 32, 32))
+    assert calls == {"sdpa": 2 * TINY["depth"], "softmax": TINY["depth"]}

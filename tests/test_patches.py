@@ -135,3 +135,47 @@ def test_unreadable_image_is_a_vit_error(tmp_path):
     bad.write_text("not a picture")
     with pytest.raises(VitError, match="not an image file"):
         patchify_image(bad, tmp_path / "out")
+
+
+def _patch_coloured(rows: int, cols: int, patch: int) -> tuple[np.ndarray, list[tuple]]:
+    """An image whose patches are solid, all different colours (none grey, none CLS orange)."""
+    colours = [(20 + 13 * k, 240 - 11 * k, 60 + 7 * (k % 5)) for k in range(rows * cols)]
+    pixels = np.zeros((rows * patch, cols * patch, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        i, j = divmod(k, cols)
+        pixels[i * patch:(i + 1) * patch, j * patch:(j + 1) * patch] = colour
+    return pixels, colours
+
+
+def _top_left(picture: np.ndarray, colour: tuple) -> tuple[int, int]:
+    ys, xs = np.nonzero((picture == colour).all(axis=2))
+    assert len(ys), f"colour {colour} not drawn"
+    return int(ys.min()), int(xs.min())
+
+
+def test_sequence_picture_lays_patches_out_in_token_order():
+    """Read the picture left to right, top to bottom: CLS, then patch 0, 1, 2, ... row-major."""
+    pixels, colours = _patch_coloured(3, 4, 8)
+    picture = np.asarray(draw_sequence(pixels, 8, class_token=True))
+    slots = [_top_left(picture, (230, 80, 40))] + [_top_left(picture, c) for c in colours]
+    reading_order = sorted(range(len(slots)), key=lambda t: slots[t])
+    assert reading_order == list(range(1 + 12))
+
+
+def test_grid_picture_numbers_each_patch_with_its_token_index(monkeypatch):
+    """The number drawn in row i, column j is i·cols + j + 1 (token 0 is the class token)."""
+    import vitcli.patches as patches_module
+
+    drawn: dict[tuple[int, int], str] = {}
+    cell = 8 * grid_scale(24, 3)
+
+    def record(draw, xy, text, px, fill=(255, 255, 255)):
+        drawn[(int(xy[1] // cell), int(xy[0] // cell))] = text  # (row, column) of the centre
+
+    monkeypatch.setattr(patches_module, "_label", record)
+    pixels, _ = _patch_coloured(3, 4, 8)  # 3 rows × 4 columns
+    draw_grid(pixels, 8, first_token=1)
+    assert drawn == {(i, j): str(i * 4 + j + 1) for i in range(3) for j in range(4)}
+    drawn.clear()
+    draw_grid(pixels, 8, first_token=0)  # no class token: patches start at token 0
+    assert drawn[(0, 0)] == "0" and drawn[(2, 3)] == "11"

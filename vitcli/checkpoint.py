@@ -176,23 +176,43 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     if not isinstance(header, dict):
         raise VitError(f"{path}: corrupt safetensors header")
     metadata = header.pop("__metadata__", None) or {}
-    try:
-        data_end = max((int(t["data_offsets"][1]) for t in header.values()), default=0)
-    except (TypeError, KeyError, ValueError, IndexError):
-        raise VitError(f"{path}: corrupt safetensors header (bad tensor entry)") from None
+    if not isinstance(metadata, dict) or not all(
+            isinstance(v, str) for v in metadata.values()):
+        raise VitError(f"{path}: corrupt safetensors header (metadata is not text)")
+    bad = next((name for name, entry in header.items() if not _tensor_entry_ok(entry)), None)
+    if bad is not None:
+        raise VitError(f"{path}: corrupt safetensors header (bad tensor entry {bad!r})")
+    data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if 8 + n + data_end > size:
         raise VitError(
             f"{path}: truncated safetensors file ({size:,} bytes, needs {8 + n + data_end:,})")
     return header, metadata
 
 
+def _tensor_entry_ok(entry: Any) -> bool:
+    """A tensor entry as safetensors writes it: dtype, shape (ints), data_offsets (2 ints)."""
+    def ints(values: Any) -> bool:
+        return isinstance(values, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+    return (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+            and ints(entry.get("shape")) and ints(entry.get("data_offsets"))
+            and len(entry["data_offsets"]) == 2)
+
+
 def refusal_message(path: Path, head: bytes, size: int) -> str:
     """Why a file that is not safetensors is refused, and what to do instead."""
     suffix = path.suffix.lower()
     if head[:2] == b"PK" or head[:1] == b"\x80" or suffix in PICKLE_SUFFIXES:
+        source = path
+        if suffix in (".safetensors", ".npz"):  # `vit convert` goes by this suffix: rename
+            source = path.with_suffix(".pt")
+            rename = f"Rename it to {source.name}, then convert it once with "
+        else:
+            rename = "Convert it once with "
         return (f"{path}: looks like a PyTorch pickle checkpoint; vitcli never unpickles files "
-                f"(they can run code). Convert it once with "
-                f"`vit convert {path} --allow-pickle --out model.safetensors`")
+                f"(they can run code). {rename}"
+                f"`vit convert {source} --allow-pickle --out model.safetensors`")
     if suffix == ".onnx":
         return f"{path}: is an ONNX file; this command needs a .safetensors model file"
     if size == 0:
@@ -207,7 +227,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise VitError(
             f"{path}: a safetensors file but not a vitcli model file (no vitcli metadata); "
             "import other ViT weights with `vit convert`")
-    version = int(metadata.get("format_version", "0") or 0)
+    try:
+        version = int(metadata.get("format_version", "0") or 0)
+    except ValueError:
+        raise VitError(f"{path}: corrupt vitcli metadata (format_version "
+                       f"{metadata['format_version']!r})") from None
     if version > FORMAT_VERSION:
         raise VitError(
             f"{path}: model file format {version} is newer than this vitcli understands "
@@ -219,13 +243,27 @@ def parse_metadata(path: str | Path,
                    metadata: dict[str, str]) -> tuple[ViTConfig, list[str], Preprocessing]:
     """Config, class names and preprocessing from a model file's metadata."""
     try:
-        config = ViTConfig.from_json(metadata["config"])
-        names = json.loads(metadata.get("class_names", "[]"))
-        pre = Preprocessing.from_dict(json.loads(metadata["preprocessing"])) \
+        config = ViTConfig.from_dict(_json_of(metadata["config"], dict, "config"))
+        names = _json_of(metadata.get("class_names", "[]"), list, "class_names")
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError("class_names must be a list of strings")
+        if config.num_classes and len(names) != config.num_classes:
+            raise ValueError(f"{len(names)} class names for {config.num_classes} outputs")
+        pre = Preprocessing.from_dict(_json_of(metadata["preprocessing"], dict, "preprocessing")) \
             if "preprocessing" in metadata else default_preprocessing(config)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, VitError) as exc:
+        # A stored value that fails validation (a UsageError when typed on a command line)
+        # is a broken file here: exit 1, naming the file.
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     return config, names, pre
+
+
+def _json_of(text: str, kind: type, key: str) -> Any:
+    """Parse one metadata value, which must be JSON of the given kind (object or list)."""
+    value = json.loads(text)
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} should be a JSON {'object' if kind is dict else 'list'}")
+    return value
 
 
 def count_file_params(header: dict[str, Any]) -> int:

@@ -42,7 +42,12 @@ class VitGroup(TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except _UsageError as exc:  # options of `vit` itself, e.g. `vit --bogus`
-            print_error(_usage_line(exc))
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `vit`: the help, no error
+                help_text = exc.format_message()  # empty when Rich has printed it already
+                if help_text:
+                    typer.echo(help_text)
+            else:
+                print_error(_usage_line(exc))
             raise typer.Exit(USAGE) from None
 
     def invoke(self, ctx: typer.Context) -> Any:

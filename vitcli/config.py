@@ -49,6 +49,16 @@ class ViTConfig:
         """Raise UsageError for an impossible architecture, naming the valid choices."""
         if self.patch_size <= 0 or self.image_size <= 0:
             raise UsageError("image size and patch size must be positive")
+        for name in ("in_channels", "embed_dim", "depth", "num_heads"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise UsageError(f"num_classes must be 0 (no head) or more, not {self.num_classes}")
+        if self.mlp_ratio <= 0 or self.layer_norm_eps <= 0:
+            raise UsageError("mlp_ratio and layer_norm_eps must be positive")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UsageError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.image_size % self.patch_size:
             raise UsageError(
                 f"image size {self.image_size} is not divisible by patch size {self.patch_size}; "

@@ -70,8 +70,9 @@ def _summary(result: PatchifyResult) -> Table:
     table.add_row("patches / tokens", f"{result.num_patches} patches{cls} = "
                   f"{result.num_tokens} tokens")
     table.add_row("patch vector", f"P·P·C = {P}·{P}·{c.in_channels} = {result.patch_dim} values")
-    table.add_row("embedding", f"{result.patch_dim} → {c.embed_dim} (width), "
-                  f"{c.depth} blocks, {c.num_heads} heads")
+    blocks = (f"{c.depth} block{'s' * (c.depth != 1)}, "
+              f"{c.num_heads} head{'s' * (c.num_heads != 1)}")
+    table.add_row("embedding", f"{result.patch_dim} → {c.embed_dim} (width), {blocks}")
     table.add_row("model", f"{result.source}, {result.params:,} parameters")
     table.add_row("GFLOPs / image", f"{result.gflops:.3f} (2 × multiply-accumulates)")
     return table
