@@ -121,6 +121,23 @@ def test_tables_and_csv(models, tmp_path: Path):
     assert code == 0 and "probability" in out and all(c in out for c in CLASSES)
 
 
+def test_single_image_name_is_never_broken_on_narrow_output(models, tmp_path: Path,
+                                                             monkeypatch):
+    """A table title wraps to the table's width; the file name must stay whole."""
+    from vitcli.commands._common import console
+
+    st, _, images = models
+    deep = tmp_path / "a-rather-long-folder-name" / "and-another-one" / "image-of-a-shape.png"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes((images / "circle" / "000.png").read_bytes())
+    assert len(str(deep)) > 60
+    monkeypatch.setattr(console, "_width", 40)  # what Console(width=40) sets
+    code, out, _ = run(str(deep), "-m", str(st), "-k", "2")
+    assert code == 0
+    assert str(deep) in out.splitlines()  # one whole line, not folded
+    assert max(len(line.rstrip()) for line in out.splitlines() if line != str(deep)) <= 40
+
+
 def test_newest_training_run_is_the_default_model(models, tmp_path: Path, monkeypatch):
     from vitcli.predict import find_latest_model
 

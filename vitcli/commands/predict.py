@@ -130,13 +130,17 @@ def _show(results: list[Prediction], many: bool) -> None:
     """A table per image for a few images, one summary table for many."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     from vitcli.commands._common import console
 
     ok = [r for r in results if r.ok]
     if not many:
         for r in ok:
-            table = Table(title=str(r.path), title_justify="left", box=box.SIMPLE_HEAD)
+            # The file name on its own line, never wrapped: a table title is wrapped to the
+            # table's width, which broke long paths mid-word on narrow or piped output.
+            console.print(Text(str(r.path), style="bold"), soft_wrap=True)
+            table = Table(box=box.SIMPLE_HEAD)
             table.add_column("#", justify="right")
             table.add_column("label")
             table.add_column("probability", justify="right")
