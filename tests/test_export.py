@@ -130,7 +130,8 @@ def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
 
     model, _, _ = exported
     report = export_onnx(model, tmp_path / "fixed.onnx", batch="4")
-    assert [p.batch for p in report.parity] == [4]
+    # batch 1 and 8 are still checked: padded to 4, and in two chunks of 4
+    assert [p.batch for p in report.parity] == [1, 4, 8] and all(p.ok for p in report.parity)
     assert ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0] == 4
     backend = open_onnx(report.path)
     from vitcli.checkpoint import load_model
@@ -146,6 +147,11 @@ def test_export_command_errors_are_one_line(tmp_path: Path, tiny_model_file: Pat
     assert result.exit_code == 2 and "--onnx" in result.stderr
     result = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_file), "--batch", "x"])
     assert result.exit_code == 2 and "--batch" in result.stderr
+    for opset in ("16", "999"):  # too old for LayerNormalization; unknown to onnx
+        result = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_file),
+                                     "--opset", opset])
+        assert result.exit_code == 2 and f"--opset {opset}" in result.stderr
+        assert result.stderr.count("\n") == 1
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"not a model at all")
     result = runner.invoke(app, ["export", "--onnx", "-m", str(fake)])
