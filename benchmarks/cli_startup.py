@@ -3,7 +3,8 @@
     python benchmarks/cli_startup.py            # 10 runs
     python benchmarks/cli_startup.py --runs 20 --goal 0.3
 
-Each run is a fresh `python -m vitcli --help` process, timed wall-clock from spawn to exit.
+Each run is a fresh `python -m vitcli --help` process, timed wall-clock from spawn to exit,
+and likewise the installed `vit` console script beside the interpreter, when there is one.
 For reference the same is timed for a bare `python -c pass` (interpreter start-up alone) and
 for `python -c "import torch"` (what a torch import would add), all interleaved so that load
 from other processes hits each alike. The torch check runs once more with `-X importtime`,
@@ -50,6 +51,9 @@ def main() -> None:
         "python (bare)": ["-c", "pass"],
         "import torch": ["-c", "import torch"],
     }
+    script = Path(sys.executable).with_name("vit")  # the installed console script, if any
+    if script.exists():
+        commands["vit script"] = [str(script), "--help"]
     for command in commands.values():  # warm the file cache
         wall_time(command)
     times: dict[str, list[float]] = {name: [] for name in commands}
@@ -60,7 +64,9 @@ def main() -> None:
     print(f"median wall time of {args.runs} runs each (python {sys.version.split()[0]}):")
     for name, t in times.items():
         print(f"  {name:<14} {statistics.median(t):6.3f} s   (min {min(t):.3f} s)")
-    help_time = statistics.median(times["vit --help"])
+    # The verdict goes by the slower of the two ways in: `python -m vitcli` and the script.
+    help_time = max(statistics.median(times[name]) for name in ("vit --help", "vit script")
+                    if name in times)
     verdict = "meets" if help_time < args.goal else "MISSES"
     print(f"`vit --help` {verdict} the {args.goal:.2f} s goal; "
           f"torch imported: {'YES' if 'torch' in modules else 'no'}; "

@@ -177,3 +177,17 @@ def test_real_process_error_is_one_stderr_line(tmp_path):
                           timeout=60)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "x.png: no such file" in done.stderr
+
+
+def test_patchify_terminal_preview_is_one_block_per_patch_in_its_mean_colour():
+    import numpy as np
+
+    from vitcli.commands.patchify import PREVIEW_CELLS, _preview
+
+    colours = np.arange(3 * 4 * 3, dtype=np.uint8).reshape(3, 4, 3)  # 3 rows × 4 columns
+    text = _preview(colours)
+    assert text.plain.splitlines() == ["  " * 4] * 3
+    styles = [str(span.style) for span in text.spans]
+    assert styles[0] == "on rgb(0,1,2)" and styles[5] == "on rgb(15,16,17)"  # row 1, col 1
+    wide = _preview(np.zeros((64, 64, 3), np.uint8))  # a 64×64 grid is thinned to fit
+    assert len(wide.plain.splitlines()[0]) <= 2 * PREVIEW_CELLS
