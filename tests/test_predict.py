@@ -171,8 +171,15 @@ def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: P
     onnx.save(helper.make_model(graph), str(foreign))
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(models[0].read_bytes()[:500])
+    edited = onnx.load(str(models[1]))  # a vitcli graph whose preprocessing was edited since
+    for prop in edited.metadata_props:
+        if prop.key == "preprocessing":
+            pre = json.loads(prop.value)
+            prop.value = json.dumps({**pre, "image_size": 2 * pre["image_size"]})
+    resized = tmp_path / "resized.onnx"
+    onnx.save(edited, str(resized))
     for path, reason in [(junk, "not a valid ONNX file"), (foreign, "not one exported by vitcli"),
-                         (truncated, "truncated")]:
+                         (truncated, "truncated"), (resized, "corrupt vitcli metadata")]:
         code, out, err = run(image, "-m", str(path))
         assert code == 1 and out == ""
         assert err.count("\n") == 1 and str(path) in err and reason in err

@@ -149,6 +149,13 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
     if inputs != [ONNX_INPUT] or ONNX_OUTPUT not in outputs:
         raise VitError(f"{path}: ONNX graph has inputs {inputs} and outputs {outputs}; "
                        f"expected vitcli's {ONNX_INPUT!r} → {ONNX_OUTPUT!r}")
+    # The graph's pixel shape is fixed at export; metadata edited since would feed it
+    # images it cannot take (onnxruntime's error would be a traceback, mid-prediction).
+    graph_chw = list(session.get_inputs()[0].shape[1:])
+    expected = [pre.channels, pre.image_size, pre.image_size]
+    if all(isinstance(d, int) for d in graph_chw) and graph_chw != expected:
+        raise VitError(f"{path}: the graph takes (C, H, W) = {tuple(graph_chw)} but its "
+                       f"preprocessing metadata makes {tuple(expected)}; corrupt vitcli metadata")
     return OnnxBackend(path=path, config=config, class_names=names, preprocessing=pre,
                        metadata=metadata, session=session)
 
