@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vitcli.errors import UsageError
-from vitcli.preprocess import Preprocessing, center_crop, resize_shorter
+from vitcli.preprocess import Preprocessing, center_crop, resize_shorter, trim_long_side
 
 
 def columns_image(width: int, height: int) -> Image.Image:
@@ -85,3 +85,14 @@ def test_json_round_trip():
 def test_bad_settings_are_usage_errors(changes, message):
     with pytest.raises(UsageError, match=message):
         Preprocessing(**changes)
+
+
+def test_very_elongated_images_are_trimmed_before_resizing():
+    """A 1000×2 px strip gives the same centre as resizing it whole, without the huge resize."""
+    strip = columns_image(250, 2).resize((1000, 2), Image.Resampling.NEAREST)  # x // 4
+    pre = Preprocessing(image_size=8, interpolation="nearest")
+    whole = np.asarray(center_crop(resize_shorter(strip, 8, "nearest"), 8))  # 4000×8 first
+    np.testing.assert_array_equal(pre.resize_crop(strip), whole)
+    ordinary = Image.new("RGB", (40, 10))  # 4:1 and below are never trimmed
+    assert trim_long_side(ordinary) is ordinary
+    assert trim_long_side(Image.new("RGB", (3, 100))).size == (3, 12)

@@ -72,6 +72,7 @@ class Preprocessing:
     def resize_crop(self, image: Image.Image) -> np.ndarray:
         """Stage 1: the resized, centre-cropped uint8 pixels (size, size, channels)."""
         image = image if image.mode == self.color_mode else image.convert(self.color_mode)
+        image = trim_long_side(image)
         image = resize_shorter(image, round(self.image_size / self.crop_fraction),
                                self.interpolation)
         image = center_crop(image, self.image_size)
@@ -91,6 +92,26 @@ class Preprocessing:
     def load(self, path: str | Path) -> np.ndarray:
         """Open an image file and preprocess it (C, H, W) float32."""
         return self(open_image(path, self.color_mode))
+
+
+MAX_ASPECT = 4  # longer side over shorter side beyond which the far ends are cut first
+
+
+def trim_long_side(image: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Cut the far ends of a very elongated image before it is resized.
+
+    Only the centre square survives the crop, so the ends never reach the model; resizing
+    them first would make a 20000×1 px strip into gigabytes of pixels. Images up to
+    `max_aspect`:1 (every ordinary photo) are returned untouched.
+    """
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    if long <= max_aspect * short:
+        return image
+    keep = max_aspect * short  # the centre crop plus a margin far wider than any filter
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, h) if w > h else (0, start, w, start + keep)
+    return image.crop(box)
 
 
 def resize_shorter(image: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
