@@ -127,6 +127,13 @@ def test_patchify_unreadable_image_fails_with_one_line(tmp_path):
     assert_one_line_error(run("patchify", bad, "--out", tmp_path / "o"), 1, str(bad))
 
 
+def test_patchify_unwritable_picture_fails_with_one_line(tmp_path, image_file):
+    (tmp_path / "photo_grid.png").mkdir()  # a folder where the picture should go
+    assert_one_line_error(run("patchify", image_file, "--out", tmp_path), 1,
+                          str(tmp_path / "photo_grid.png"), "cannot write")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
 def test_info_refuses_a_pickle_checkpoint_with_one_line(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"\x80\x04\x95 pickled")

@@ -26,7 +26,7 @@ from vitcli.config import (
     gflops,
     nearest_sizes,
 )
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, VitError
 from vitcli.images import open_image
 from vitcli.preprocess import Preprocessing
 
@@ -230,6 +230,16 @@ def draw_sequence(pixels: np.ndarray, patch_size: int, class_token: bool = True)
     return canvas
 
 
+def _save_png(picture: Image.Image, path: Path) -> None:
+    """Write atomically (never a half-written PNG), or a VitError naming the file."""
+    from vitcli.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    except OSError as exc:
+        raise VitError(f"{path}: cannot write the picture ({exc.strerror or exc})") from None
+
+
 # ------------------------------------------------------------------------- the whole job
 
 
@@ -285,8 +295,8 @@ def patchify_image(image_path: str | Path, out_dir: str | Path, *,
         raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
     grid_path = out_dir / f"{image_path.stem}_grid.png"
     sequence_path = out_dir / f"{image_path.stem}_sequence.png"
-    draw_grid(pixels, P, first_token=first).save(grid_path)
-    draw_sequence(pixels, P, class_token=setup.config.class_token).save(sequence_path)
+    _save_png(draw_grid(pixels, P, first_token=first), grid_path)
+    _save_png(draw_sequence(pixels, P, class_token=setup.config.class_token), sequence_path)
     return PatchifyResult(
         image_path=image_path, original_size=original, config=setup.config,
         preprocessing=pre, source=setup.source, params=setup.params,
