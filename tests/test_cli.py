@@ -80,6 +80,21 @@ def test_every_command_has_help(command):
     assert f"vit {command}" in result.stdout and "--help" in result.stdout
 
 
+@pytest.mark.parametrize("command", ["patchify", "train", "eval", "predict", "export",
+                                     "convert", "models", "info"])
+def test_every_option_help_is_shown_whole(command):
+    """Rich help reads "[word: ...]" as a markup tag and drops it: every help text must survive."""
+    import typer
+
+    params = typer.main.get_command(app).commands[command].params
+    wide = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})  # no wrapping
+    shown = wide.stdout.replace("│", " ")
+    shown = " ".join(shown.split())
+    for param in params:
+        if getattr(param, "help", None):
+            assert " ".join(param.help.split()) in shown, f"{param.name}: {param.help!r}"
+
+
 def test_bare_vit_shows_the_help_without_an_error_line():
     result = run()
     assert result.exit_code == 2

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import ModelOpt, OutDirOpt
+from vitcli.commands._common import ModelOpt
 
 if TYPE_CHECKING:  # heavy or numpy-using imports stay out of `vit --help`
     import numpy as np
@@ -22,18 +22,21 @@ PREVIEW_CELLS = 28  # widest terminal preview, in patches (two characters each)
 def patchify(
     image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).",
                                           show_default=False)],
+    # Defaults in (parentheses): Rich help would read "[default: ...]" as a markup tag.
     patch: Annotated[int | None, typer.Option(
-        "--patch", "-p", help="Patch size in pixels [default: the preset's, else 16].",
-        show_default=False)] = None,
+        "--patch", "-p", help="Patch size in pixels (default: the preset's, else 16; "
+        "a model file's own with --model).", show_default=False)] = None,
     size: Annotated[int | None, typer.Option(
-        "--size", "-s", help="Model input size in pixels [default: the preset's, else 224].",
-        show_default=False)] = None,
+        "--size", "-s", help="Model input size in pixels (default: the preset's, else 224; "
+        "a model file's own with --model).", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Architecture for the width and GFLOPs figures "
-        "[default: the preset nearest --patch/--size, e.g. vit-b16].",
+        "(default: the preset nearest --patch/--size, e.g. vit-b16).",
         show_default=False)] = None,
     model: ModelOpt = None,
-    out: OutDirOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Folder for the two pictures (default: ./patchify-out).",
+        show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
     from vitcli.commands._common import console
