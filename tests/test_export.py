@@ -152,6 +152,12 @@ def test_export_command_errors_are_one_line(tmp_path: Path, tiny_model_file: Pat
                                      "--opset", opset])
         assert result.exit_code == 2 and f"--opset {opset}" in result.stderr
         assert result.stderr.count("\n") == 1
+    in_the_way = tmp_path / "in-the-way"
+    in_the_way.write_text("a file")
+    for out, code in [(tmp_path, 2), (in_the_way / "m.onnx", 1)]:
+        result = runner.invoke(app, ["export", "--onnx", "-m", str(tiny_model_file),
+                                     "-o", str(out)])
+        assert result.exit_code == code and result.stderr.count("\n") == 1, result.stderr
     fake = tmp_path / "fake.safetensors"
     fake.write_bytes(b"not a model at all")
     result = runner.invoke(app, ["export", "--onnx", "-m", str(fake)])

@@ -192,6 +192,21 @@ def test_explain_with_onnx_model_says_it_needs_safetensors(models, tmp_path: Pat
     assert not list(tmp_path.iterdir())
 
 
+def test_output_places_that_cannot_be_written_are_one_line_errors(models, tmp_path: Path):
+    st, _, images = models
+    image = str(images / "wide.jpg")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("in the way")
+    for args, code, named in [(["--explain", str(a_file)], 2, a_file),
+                              (["--csv", str(tmp_path)], 2, tmp_path),
+                              (["--csv", str(a_file / "out.csv")], 1, a_file),
+                              (["--explain", str(a_file / "maps")], 1, a_file)]:
+        result_code, _, err = run(image, "-m", str(st), *args)
+        assert result_code == code, err
+        assert err.startswith("error:") and err.count("\n") == 1 and str(named) in err
+    assert a_file.read_text() == "in the way"
+
+
 def test_onnx_predict_never_imports_torch(models):
     """The whole ONNX path, in a fresh interpreter: torch must not appear in sys.modules."""
     _, onnx, images = models

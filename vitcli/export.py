@@ -115,6 +115,8 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     out_path = Path(out) if out else default_output(model_path)
     if out_path.suffix.lower() != ".onnx":
         raise UsageError(f"--out {out_path}: the output file name must end in .onnx")
+    if out_path.is_dir():
+        raise UsageError(f"--out {out_path}: is a folder; give a file name")
     if opset < MIN_OPSET:
         raise UsageError(f"--opset {opset}: vitcli exports opset {MIN_OPSET} or newer")
     import onnx

@@ -7,6 +7,7 @@ per-image errors go to stderr.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +16,7 @@ import typer
 from vitcli.commands._common import DeviceOpt
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from vitcli.backends import Backend
     from vitcli.predict import Prediction
@@ -60,6 +61,10 @@ def predict(
                          "outputs of the ONNX graph; pass --model model.safetensors")
     if onnx and device not in ("auto", "cpu"):
         err_console.print(f"note: the ONNX back end runs on CPU; --device {device} ignored")
+    if explain is not None and explain.exists() and not explain.is_dir():
+        raise UsageError(f"--explain {explain}: exists and is not a folder")
+    if csv_path is not None and csv_path.is_dir():
+        raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
     backend = open_backend(model, device=device)
     paths, results = collect_images(inputs)
     for missing in results:
@@ -79,12 +84,15 @@ def predict(
     if not as_json:
         _show(results, many)
     if csv_path is not None:
-        write_csv(csv_path, results)
+        with _writing(csv_path):
+            write_csv(csv_path, results)
     ok = [r.path for r in predicted if r.ok]
     if explain is not None and ok:
         from vitcli.explain import explain_images
 
-        explained = explain_images(backend.model_file, ok, explain)  # type: ignore[attr-defined]
+        model_file = backend.model_file  # type: ignore[attr-defined]  # torch: checked above
+        with _writing(explain):
+            explained = explain_images(model_file, ok, explain)
         err_console.print(f"heat maps for {len(explained)} image(s) in {explain}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     failed = sum(not r.ok for r in results)
@@ -117,6 +125,17 @@ def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
             on_result(result)
             results.append(result)
     return results
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn a failed write (no such folder, no permission, disk full) into one error line."""
+    from vitcli.errors import VitError
+
+    try:
+        yield
+    except OSError as exc:
+        raise VitError(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") from None
 
 
 def _report_failure(result: Prediction) -> None:
