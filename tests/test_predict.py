@@ -99,13 +99,14 @@ def test_broken_image_is_reported_and_the_rest_predicted(models, tmp_path: Path)
     good = images / "circle" / "000.png"
     for model in (st, onnx):
         code, out, err = run(str(good), str(broken), str(tmp_path / "gone.jpg"),
-                             "-m", str(model), "--json")
+                             f"{tmp_path}/nothing*.png", "-m", str(model), "--json")
         assert code == 1
         records = [json.loads(line) for line in out.splitlines()]
-        assert [("error" in r) for r in records] == [False, True, True]
-        assert records[0]["image"] == str(good)
-        assert str(broken) in err and "gone.jpg" in err
-        assert "2 of 3" in err
+        # inputs that match nothing come first (found before any image is read)
+        assert [("error" in r) for r in records] == [True, False, True, True]
+        assert records[0]["image"].endswith("nothing*.png") and records[1]["image"] == str(good)
+        assert str(broken) in err and "gone.jpg" in err and "nothing*.png" in err
+        assert "3 of 4" in err
 
 
 def test_tables_and_csv(models, tmp_path: Path):

@@ -67,8 +67,6 @@ def predict(
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
     backend = open_backend(model, device=device)
     paths, results = collect_images(inputs)
-    for missing in results:
-        _report_failure(missing)
 
     def on_result(result: Prediction) -> None:
         if as_json:
@@ -77,6 +75,9 @@ def predict(
             typer.echo(json.dumps(result.to_dict()))
         if not result.ok:
             _report_failure(result)
+
+    for missing in results:  # empty folders, globs that matched nothing: a record each too
+        on_result(missing)
 
     many = len(paths) > MANY and not as_json
     predicted = _run(backend, paths, topk, batch_size, on_result, show_progress=many)
