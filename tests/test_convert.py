@@ -75,8 +75,34 @@ def test_transformers_folder_same_logits(tmp_path, hf_folder):
     assert loaded.class_names == CLASSES
     assert loaded.config.layer_norm_eps == pytest.approx(1e-12)
     assert loaded.preprocessing.mean == pytest.approx((0.5, 0.4, 0.3))
+    assert loaded.preprocessing.std == pytest.approx((0.2, 0.3, 0.4))
     assert loaded.preprocessing.interpolation == "bicubic"
+    assert (loaded.preprocessing.image_size, loaded.preprocessing.crop_fraction) == (32, 1.0)
     assert "transformers ViT" in loaded.metadata["source"]
+
+
+@pytest.mark.parametrize("processor, expected", [
+    # google/vit-base-patch16-224's legacy feature-extractor file: size is a bare int.
+    ({"do_normalize": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+      "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224},
+     ((0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)),
+    # DeiT-style: resize to 256, centre-crop 224 (legacy ints, then the dict form).
+    ({"crop_size": 224, "do_center_crop": True, "image_mean": [0.485, 0.456, 0.406],
+      "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 256},
+     ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", 0.875)),
+    ({"crop_size": {"height": 224, "width": 224}, "do_center_crop": True,
+      "size": {"shortest_edge": 256}, "do_normalize": False},
+     ((0.0,) * 3, (1.0,) * 3, "bilinear", 0.875)),
+])
+def test_transformers_preprocessor_formats(processor, expected):
+    from vitcli.convert.hf import preprocessing
+
+    pre = preprocessing(processor, 224, 3, [])
+    assert pre.mean == pytest.approx(expected[0]) and pre.std == pytest.approx(expected[1])
+    assert pre.interpolation == expected[2]
+    assert pre.crop_fraction == pytest.approx(expected[3]) and pre.image_size == 224
+    with pytest.raises(VitError, match="p.json: unexpected values"):
+        preprocessing({**processor, "image_mean": "grey"}, 224, 3, [], "p.json")
 
 
 def test_peer_parity_same_weights_same_outputs():
@@ -129,8 +155,10 @@ def test_timm_config_inference_from_shapes(tmp_path):
                          qkv_bias=False)
     src = tmp_path / "ti.safetensors"
     save_file(model.state_dict(), str(src))
-    config = load_source(src).config
-    assert config == model.config
+    converted = load_source(src)
+    assert converted.config == model.config
+    assert any("3 heads: weights do not store the head count" in n for n in converted.notes)
+    assert load_source(src, heads=6).config.num_heads == 6  # --heads wins over the table
 
 
 def test_timm_no_embed_class_gets_a_zero_slot(tmp_path, tiny_model):
@@ -237,14 +265,155 @@ def test_hub_offline_is_one_clear_line(tmp_path, monkeypatch):
     assert "error: cannot download google/vit-base-patch16-224: offline" in result.output
 
 
+def test_hub_that_never_answers_fails_within_the_timeout(tmp_path, monkeypatch):
+    """A firewall or proxy that swallows packets: one timed request, not an endless wait."""
+    import socket
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+
+    def accept_and_stay_silent() -> None:
+        try:
+            while True:
+                held.append(server.accept()[0])
+        except OSError:
+            pass  # the test closed the server
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    start = time.monotonic()
+    try:
+        with pytest.raises(VitError, match=r"unreachable \(no answer within 1 s\) and it is "
+                                           r"not in the local cache; download"):
+            download_from_hub("google/vit-base-patch16-224", cache_dir=tmp_path / "cache",
+                              timeout=1.0, endpoint=endpoint)
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+    assert time.monotonic() - start < 10
+
+
+def test_hub_cache_is_used_when_offline(tmp_path, monkeypatch, hf_folder):
+    """A model fetched once converts again offline, straight from the Hub cache."""
+    folder, hf_model = hf_folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "cache" / "models--someone--tiny-vit"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    assert download_from_hub("someone/tiny-vit", cache_dir=tmp_path / "cache") == snapshot
+    (snapshot / "model.safetensors").unlink()  # incomplete: the clear error, not a half model
+    with pytest.raises(VitError, match="not in the local cache"):
+        download_from_hub("someone/tiny-vit", cache_dir=tmp_path / "cache")
+
+
+def test_hub_file_choice():
+    from vitcli.convert.hub import _wanted
+
+    files = {"config.json", "preprocessor_config.json", "model.safetensors",
+             "pytorch_model.bin", "tf_model.h5", "README.md"}
+    assert _wanted(files, "x/y", "fix") == ["config.json", "preprocessor_config.json",
+                                             "model.safetensors"]
+    sharded = {"config.json", "model.safetensors.index.json",
+               "model-00002-of-00002.safetensors", "model-00001-of-00002.safetensors"}
+    assert _wanted(sharded, "x/y", "fix") == [
+        "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors"]
+    with pytest.raises(VitError, match="no model.safetensors on the Hub .*--allow-pickle"):
+        _wanted({"config.json", "pytorch_model.bin"}, "x/y", "fix")
+
+
 def test_labels_and_usage_errors(tmp_path, tiny_model, tiny_model_file):
     (tmp_path / "labels.txt").write_text("a\nb\n\nc\n")
     assert parse_labels(str(tmp_path / "labels.txt")) == ["a", "b", "c"]
     assert parse_labels("x, y") == ["x", "y"]
+    (tmp_path / "list.json").write_text('["a", "b", "c"]')
+    (tmp_path / "id2label.json").write_text('{"10": "k", "2": "c", "0": "a"}')
+    assert parse_labels(str(tmp_path / "list.json")) == ["a", "b", "c"]
+    assert parse_labels(str(tmp_path / "id2label.json")) == ["a", "c", "k"]  # by id
     save_file(tiny_model.state_dict(), str(tmp_path / "t.safetensors"))
+    (tmp_path / "bad.json").write_text("{oops")
+    result = _run(tmp_path / "t.safetensors", "--heads", "2", "--labels", tmp_path / "bad.json",
+                  "--out", tmp_path / "o.safetensors")
+    assert result.exit_code == 2 and "not a readable label file" in result.output
+    assert "Traceback" not in result.output
     result = _run(tmp_path / "t.safetensors", "--heads", "2", "--labels", "a,b",
                   "--out", tmp_path / "o.safetensors")
     assert result.exit_code == 2 and "2 labels given for a model with 3 classes" in result.output
     result = _run(tiny_model_file, "--out", tmp_path / "o.safetensors")
     assert result.exit_code == 2 and "already a vitcli model file" in result.output
     assert _run("--out", tmp_path / "o.safetensors").exit_code == 2  # neither source nor hub
+
+
+def test_out_never_replaces_the_source(tmp_path, tiny_model, hf_folder):
+    src = tmp_path / "timm.safetensors"
+    save_file(tiny_model.state_dict(), str(src))
+    before = src.read_bytes()
+    for out in (src, tmp_path / "." / "timm.safetensors"):
+        result = _run(src, "--heads", "2", "--out", out)
+        assert result.exit_code == 2 and "would overwrite the checkpoint" in result.output
+    folder, _ = hf_folder
+    weights = (folder / "model.safetensors").read_bytes()
+    result = _run(folder, "--out", folder / "model.safetensors")
+    assert result.exit_code == 2 and "would overwrite" in result.output
+    result = _run(src, "--heads", "2", "--out", tmp_path)
+    assert result.exit_code == 2 and "is a folder" in result.output
+    assert src.read_bytes() == before and (folder / "model.safetensors").read_bytes() == weights
+    # Beside the source under another name is fine, and no temporary file is left behind.
+    assert _run(folder, "--out", folder / "vitcli.safetensors").exit_code == 0
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+def test_bad_sources_are_one_line_errors(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip at all")
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    (tmp_path / "empty").mkdir()
+    save_file({"conv1.weight": torch.zeros(8, 3, 3, 3)}, str(tmp_path / "resnet.safetensors"))
+    cases = {
+        tmp_path / "missing.safetensors": "no such file or folder",
+        tmp_path / "garbage.npz": "not an .npz file",
+        tmp_path / "other.npz": "no embedding/kernel; not a ViT .npz checkpoint",
+        tmp_path / "empty": "no model.safetensors (or pytorch_model.bin) in this folder",
+        tmp_path / "resnet.safetensors": "neither timm's ViT names",
+    }
+    for source, message in cases.items():
+        result = _run(source, "--out", tmp_path / "o.safetensors")
+        assert result.exit_code == 1, (source, result.output)
+        assert result.output.startswith(f"error: {source}") and message in result.output
+        assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_timm_hub_folder_takes_pretrained_cfg_and_labels(tmp_path, tiny_model):
+    folder = tmp_path / "vit_tiny.timm"
+    folder.mkdir()
+    _perturb(tiny_model)
+    save_file(tiny_model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny", "num_classes": 3, "global_pool": "token",
+        "label_names": CLASSES, "pretrained_cfg": {
+            "input_size": [3, 32, 32], "interpolation": "bilinear", "crop_pct": 0.9,
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
+    path, converted = convert(folder, tmp_path / "out.safetensors", heads=2)
+    loaded = load_model(path)
+    pre = loaded.preprocessing
+    assert (pre.mean, pre.std, pre.interpolation, pre.crop_fraction) == (
+        (0.5,) * 3, (0.25,) * 3, "bilinear", 0.9)
+    assert loaded.class_names == CLASSES and loaded.config.pooling == "cls"
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.model(x), tiny_model(x))
+    (folder / "config.json").write_text(json.dumps({"architecture": "x", "global_pool": "map"}))
+    with pytest.raises(VitError, match="global_pool 'map' is not supported"):
+        load_source(folder, heads=2)

@@ -7,13 +7,12 @@ model file. Pickle files are read only when the user asks, and then only with
 
     load_source(path)            → Converted (weights, config, labels, preprocessing, notes)
     convert(path, out, ...)      → the written model file
-    download_from_hub(repo_id)   → a local folder (huggingface_hub), or a clear offline error
+    download_from_hub(repo_id)   → a local folder (hub.py), or a clear offline error
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import Tensor
 from vitcli.checkpoint import PICKLE_SUFFIXES, read_header, refusal_message, save_model
 from vitcli.config import ViTConfig
 from vitcli.convert import hf, npz, timm
+from vitcli.convert.hub import download_from_hub as download_from_hub  # re-exported
 from vitcli.errors import UsageError, VitError
 from vitcli.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -118,7 +118,7 @@ def _from_state(state: dict[str, Tensor], path: Path, heads: int | None,
         config, infer_notes = timm.config_from_state_dict(state, where, **known)
         processor_notes: list[str] = []
         pre = hf.preprocessing(processor, config.image_size, config.in_channels,
-                               processor_notes)
+                               processor_notes, str(path.parent / "preprocessor_config.json"))
         return Converted(state, config, f"transformers ViT: {path.name}",
                          hf.class_names(cfg, config.num_classes), pre,
                          notes + more + infer_notes + processor_notes)
@@ -216,13 +216,18 @@ def parse_labels(value: str) -> list[str]:
     """Class names from a file (one per line, or a JSON list / id→name object) or 'a,b,c'."""
     path = Path(value)
     if path.is_file():
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() == ".json":
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix.lower() != ".json":
+                return [line.strip() for line in text.splitlines() if line.strip()]
             data = json.loads(text)
-            if isinstance(data, dict):
+            if isinstance(data, dict):  # id2label style: {"0": "cat", "1": "dog"}
                 return [str(data[k]) for k in sorted(data, key=int)]
-            return [str(x) for x in data]
-        return [line.strip() for line in text.splitlines() if line.strip()]
+            if isinstance(data, list):
+                return [str(x) for x in data]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            raise UsageError(f"--labels {path}: not a readable label file ({exc})") from None
+        raise UsageError(f"--labels {path}: expected a JSON list of names or an id→name object")
     if "," not in value and ("/" in value or "." in value):
         raise UsageError(f"--labels {value}: no such file (or give names as a,b,c)")
     return [name.strip() for name in value.split(",") if name.strip()]
@@ -241,10 +246,29 @@ def build_model(converted: Converted) -> torch.nn.Module:
     return model.eval()
 
 
+# The files a checkpoint folder may hold that vit convert reads: --out must not replace them.
+_FOLDER_INPUTS = {"config.json", "preprocessor_config.json", "model.safetensors",
+                  "model.safetensors.index.json", "pytorch_model.bin"}
+
+
+def check_out(source: str | Path, out: str | Path) -> None:
+    """Refuse an --out that would replace the source (user files are never modified)."""
+    src, dst = Path(source).resolve(), Path(out).resolve()
+    if dst.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name such as "
+                         f"{Path(out) / 'model.safetensors'}")
+    inside = src.is_dir() and dst.parent == src and (
+        dst.name in _FOLDER_INPUTS or dst.name.startswith("model-"))
+    if dst == src or inside:
+        raise UsageError(f"--out {out} would overwrite the checkpoint being converted; "
+                         "write the vitcli model file under another name")
+
+
 def convert(source: str | Path, out: str | Path, *, labels: list[str] | None = None,
             heads: int | None = None, allow_pickle: bool = False,
             source_name: str | None = None) -> tuple[Path, Converted]:
     """Convert `source` and write it to `out` as a vitcli model file."""
+    check_out(source, out)
     converted = load_source(source, heads=heads, allow_pickle=allow_pickle)
     names = labels if labels is not None else converted.class_names
     n = converted.config.num_classes
@@ -258,34 +282,3 @@ def convert(source: str | Path, out: str | Path, *, labels: list[str] | None = N
     path = save_model(out, model, class_names=names, preprocessing=pre,
                       extra={"source": converted.source})
     return path, converted
-
-
-def download_from_hub(repo_id: str, *, cache_dir: str | Path | None = None) -> Path:
-    """A local copy of a Hub model folder (config, preprocessor config, safetensors weights)."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            HfHubHTTPError,
-            LocalEntryNotFoundError,
-            OfflineModeIsEnabled,
-            RepositoryNotFoundError,
-        )
-    except ImportError:
-        raise VitError("--from-hub needs huggingface_hub: pip install huggingface_hub") from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    fix = (f"download {repo_id}'s config.json, preprocessor_config.json and model.safetensors "
-           "into a folder elsewhere and run `vit convert FOLDER --out model.safetensors`")
-    try:
-        folder = snapshot_download(
-            repo_id, cache_dir=cache_dir, local_files_only=offline,
-            allow_patterns=["config.json", "preprocessor_config.json", "model.safetensors"])
-    except RepositoryNotFoundError:
-        raise VitError(f"{repo_id}: no such model on the Hugging Face Hub "
-                       "(or it is private: log in with `hf auth login`)") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
-        why = "HF_HUB_OFFLINE is set" if offline else "no network"
-        raise VitError(f"cannot download {repo_id}: offline ({why}) and not in the local "
-                       f"cache; {fix}") from exc
-    except (HfHubHTTPError, OSError) as exc:
-        raise VitError(f"cannot download {repo_id} ({type(exc).__name__}); {fix}") from exc
-    return Path(folder)

@@ -103,30 +103,48 @@ def class_names(cfg: dict[str, Any], num_classes: int) -> list[str] | None:
 
 
 def preprocessing(processor: dict[str, Any] | None, image_size: int, channels: int,
-                  notes: list[str]) -> Preprocessing:
+                  notes: list[str], where: str = "preprocessor_config.json") -> Preprocessing:
     """Preprocessing from preprocessor_config.json, else ViTImageProcessor's defaults."""
-    p = processor or {}
-    mean, std = p.get("image_mean", [0.5] * channels), p.get("image_std", [0.5] * channels)
+    try:
+        return _preprocessing(processor or {}, image_size, channels, processor is None, notes)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise VitError(f"{where}: unexpected values ({exc})") from None
+
+
+def _side(size: Any) -> int | None:
+    """The (square) side a transformers size field resizes to: legacy int, or a dict."""
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        return int(size)  # legacy feature extractors: an int meant a square (height = width)
+    if isinstance(size, dict):
+        side = size.get("height") or size.get("shortest_edge")
+        return int(side) if side else None
+    return None
+
+
+def _channels(values: Any, channels: int) -> list[float]:
+    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    return values if len(values) == channels else values[:1] * channels
+
+
+def _preprocessing(p: dict[str, Any], image_size: int, channels: int, absent: bool,
+                   notes: list[str]) -> Preprocessing:
+    mean = _channels(p.get("image_mean", 0.5), channels)
+    std = _channels(p.get("image_std", 0.5), channels)
     if p.get("do_normalize") is False:
         mean, std = [0.0] * channels, [1.0] * channels
-    resample = p.get("resample", 2)
+    resample = p.get("resample", 2)  # ViTImageProcessor's default: bilinear
     interpolation = _RESAMPLE.get(resample, "bicubic") if isinstance(resample, int) else "bicubic"
     crop = 1.0
+    resized, cropped = _side(p.get("size")), _side(p.get("crop_size"))
     if p.get("crop_pct"):
         crop = float(p["crop_pct"])
-    elif p.get("do_center_crop") and isinstance(p.get("crop_size"), dict):
-        size = p.get("size") or {}
-        shortest = size.get("shortest_edge") or size.get("height")
-        crop_h = p["crop_size"].get("height")
-        if shortest and crop_h and crop_h < shortest:
-            crop = crop_h / shortest
-    if processor is None:
+    elif p.get("do_center_crop") and resized and cropped and cropped < resized:
+        crop = cropped / resized  # e.g. DeiT: resize to 256, crop 224
+    if absent:
         notes.append("no preprocessor_config.json: ViTImageProcessor defaults (mean/std 0.5)")
-    elif "height" in (p.get("size") or {}):
+    elif resized and not (isinstance(p.get("size"), dict) and "shortest_edge" in p["size"]):
         notes.append("transformers squashes images to a square; vitcli resizes the shorter "
                      "side and centre-crops (same result on square images)")
-    if len(mean) != channels:
-        mean, std = mean[:1] * channels, std[:1] * channels
     return Preprocessing(image_size=image_size, mean=tuple(mean), std=tuple(std),
-                         interpolation=interpolation, crop_fraction=crop,
+                         interpolation=interpolation, crop_fraction=min(crop, 1.0),
                          color_mode="L" if channels == 1 else "RGB")

@@ -32,6 +32,13 @@ _NAMES = {  # layout → (first norm, attention, second norm, MLP)
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """All arrays of an .npz file, without ever unpickling, wrapper prefixes removed."""
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise VitError(f"{path}: not readable ({exc.strerror or exc})") from None
+    if magic[:2] != b"PK":  # a zip; numpy would treat anything else as a pickle
+        raise VitError(f"{path}: not an .npz file (an .npz is a zip archive of arrays)")
+    try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except ValueError as exc:  # object arrays would need pickle

@@ -109,7 +109,11 @@ def config_from_state_dict(state: dict[str, Tensor], where: str, *, heads: int |
         "class_token": class_token, "pooling": "cls" if class_token else "mean",
     }
     fields.update(known)
-    fields["num_heads"] = heads_for(embed_dim, heads or known.get("num_heads"), where)
+    given = heads or known.get("num_heads")
+    fields["num_heads"] = heads_for(embed_dim, given, where)
+    if given is None:
+        notes.append(f"{fields['num_heads']} heads: weights do not store the head count; taken "
+                     f"from the ViT/DeiT table for width {embed_dim} (override with --heads)")
     config = ViTConfig(**fields)
     if config.mlp_dim != fc1.shape[0]:
         raise VitError(f"{where}: MLP width {fc1.shape[0]} cannot be written as an mlp_ratio "
