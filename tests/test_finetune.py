@@ -12,6 +12,7 @@ from tests.conftest import CLASSES, TINY
 from vitcli.checkpoint import save_model
 from vitcli.finetune import (
     adapt_channels,
+    adapt_shifted_patch_embed,
     freeze_backbone,
     init_config,
     init_from,
@@ -97,6 +98,51 @@ def test_patch_size_change_through_init_from(tiny_model, tiny_model_file):
     assert torch.equal(model.patch_embed.proj.bias, tiny_model.patch_embed.proj.bias)
 
 
+def _shifted_source(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
+    """A vitcli-style small-image model (shifted patch tokens) with non-trivial norm weights."""
+    model = _fresh(patch_embed="shifted")
+    with torch.no_grad():
+        for p in model.patch_embed.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model, save_model(tmp_path / "shifted.safetensors", model, class_names=CLASSES)
+
+
+def _smooth(size: int) -> torch.Tensor:
+    """Smooth images, so that resizing them loses little."""
+    return F.interpolate(torch.rand(2, 3, 4, 4), size=(size, size), mode="bicubic",
+                         align_corners=False)
+
+
+def test_shifted_patch_embed_fold_is_exact_and_resize_keeps_tokens(tmp_path: Path):
+    source, path = _shifted_source(tmp_path)
+    state = source.state_dict()
+    image = _smooth(32)
+    tokens = source.patch_embed(image)[0]  # (B, 16, D)
+    # Same size and channels: folding the norm into the projection changes nothing.
+    same = _fresh(patch_embed="shifted")
+    same.load_state_dict({**state, **adapt_shifted_patch_embed(
+        state, patch=8, channels=3, new_patch=8, new_channels=3)})
+    torch.testing.assert_close(same.patch_embed(image)[0], tokens, atol=1e-4, rtol=1e-4)
+    # 8 → 16 px patches on the image resized 2×: the same tokens up to the norm's scale.
+    big = _fresh(patch_embed="shifted", patch_size=16, image_size=64)
+    report = init_from(big, path)
+    assert any("shifted patch embedding: norm folded into the projection, kernel resized "
+               "8 → 16 px" in line for line in report.lines), report.lines
+    assert "patch_embed.proj.weight" in report.loaded and not report.skipped
+    image2 = F.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+    error = (big.patch_embed(image2)[0] - tokens).norm() / tokens.norm()
+    fresh = _fresh(patch_embed="shifted", patch_size=16, image_size=64)
+    fresh_error = (fresh.patch_embed(image2)[0] - tokens).norm() / tokens.norm()
+    assert error < 0.2 and fresh_error > 0.8, (error, fresh_error)
+    # 3 → 1 channels: a grey picture gives exactly the token the RGB model gave.
+    grey_model = _fresh(patch_embed="shifted", in_channels=1)
+    init_from(grey_model, path)
+    grey = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(grey_model.patch_embed(grey)[0],
+                               source.patch_embed(grey.expand(-1, 3, -1, -1))[0],
+                               atol=1e-4, rtol=1e-4)
+
+
 def test_channels_one_from_three_is_exact_on_grey(tiny_model, tiny_model_file):
     model = _fresh(in_channels=1)
     report = init_from(model, tiny_model_file)
@@ -117,7 +163,13 @@ def test_width_mismatch_is_a_clear_error(tiny_model_file):
 
 
 def test_freeze_backbone_leaves_only_head_trainable(tiny_model):
+    tiny_model = create_model(num_classes=3, drop_path=0.3, dropout=0.2, attn_dropout=0.2,
+                              **TINY).train()
     frozen = freeze_backbone(tiny_model)
+    x = torch.randn(2, 3, 32, 32)
+    # No random drops in the frozen features (the head's own dropout stays).
+    torch.testing.assert_close(tiny_model.forward_features(x), tiny_model.forward_features(x))
+    assert tiny_model.head_drop.p == 0.2
     trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
     head = tiny_model.head.weight.numel() + tiny_model.head.bias.numel()
@@ -200,3 +252,74 @@ def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
     scratch, curve_scratch = steps_to(0.8)
     assert finetuned < float("inf"), curve_ft
     assert finetuned < scratch, (curve_ft, curve_scratch)
+
+
+# ---------------------------------------------------------------- end to end, through the CLI
+
+
+def _cli_train(tmp_path: Path, init: Path, data: Path, name: str, *extra: str) -> tuple[str, Path]:
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    result = CliRunner().invoke(app, [
+        "train", "--init", str(init), "--data", str(data), "--epochs", "1", "--batch-size", "8",
+        "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", name,
+        "--cache-dir", str(tmp_path / "cache"), *extra])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split()), tmp_path / "runs" / name / "weights"
+
+
+@pytest.mark.slow
+def test_cli_init_new_classes_patch_and_image_size(tmp_path: Path):
+    from tests.conftest import make_image_folder
+    from vitcli.checkpoint import load_model
+
+    _, source = _shifted_source(tmp_path)
+    data = make_image_folder(tmp_path / "two", per_class=6, classes=["circle", "square"])
+    out, weights = _cli_train(tmp_path, source, data, "ft", "--patch", "4", "--img-size", "48")
+    assert "loaded" in out and "new head: 2 classes instead of 3" in out
+    assert "kernel resized 8 → 4 px" in out and "resampled 4×4 → 12×12" in out
+    assert "fresh init" not in out  # everything but the head was carried over
+    trained = load_model(weights / "last.safetensors")
+    c = trained.config
+    assert (c.image_size, c.patch_size, c.num_classes, c.patch_embed) == (48, 4, 2, "shifted")
+    assert trained.class_names == ["circle", "square"]
+    assert trained.model(torch.rand(1, 3, 48, 48)).shape == (1, 2)
+
+
+@pytest.mark.slow
+def test_cli_freeze_backbone_trains_only_the_head(tmp_path: Path, tiny_model, image_folder):
+    from safetensors.torch import load_file
+
+    source = save_model(tmp_path / "src.safetensors", tiny_model, class_names=CLASSES)
+    out, weights = _cli_train(tmp_path, source, image_folder, "probe", "--freeze", "backbone",
+                              "--lr", "0.01")
+    head = tiny_model.head.weight.numel() + tiny_model.head.bias.numel()
+    frozen = sum(p.numel() for p in tiny_model.parameters()) - head
+    assert f"backbone frozen: {frozen:,} weights fixed, only the head trains" in out
+    before, after = load_file(str(source)), load_file(str(weights / "last.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+@pytest.mark.slow
+def test_cli_layer_decay_reaches_the_optimizer(tmp_path: Path, tiny_model, image_folder,
+                                               monkeypatch):
+    import vitcli.train_loop as train_loop
+
+    built: list[torch.optim.Optimizer] = []
+    real = train_loop.build_optimizer
+
+    def recording(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(train_loop, "build_optimizer", recording)
+    source = save_model(tmp_path / "src.safetensors", tiny_model, class_names=CLASSES)
+    _cli_train(tmp_path, source, image_folder, "ld", "--layer-decay", "0.75")
+    groups = built[0].param_groups
+    # depth 2: embeddings 0.75³, block 0 0.75², block 1 0.75, final norm and head 1.
+    assert sorted({round(g["lr_scale"], 6) for g in groups}) == [0.421875, 0.5625, 0.75, 1.0]
+    top = max(g["lr"] for g in groups)
+    assert {round(g["lr"] / top, 6) for g in groups} == {0.421875, 0.5625, 0.75, 1.0}

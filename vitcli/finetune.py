@@ -11,7 +11,9 @@ can be carried over is carried over, and every change is reported in plain words
   "FlexiViT", Sec. 3.4), which keeps each token the same when the image is resized with the
   patch: <x, w> = <resize(x), w'>;
 - channels: 3 → 1 sums the kernel over colours (a grey image then gives exactly the token the
-  RGB model gave for the same grey picture); 1 → 3 repeats it divided by 3.
+  RGB model gave for the same grey picture); 1 → 3 repeats it divided by 3;
+- shifted patch tokens (vitcli's small-image default): the LayerNorm gain and bias are folded
+  into the projection, which is then resized like a kernel over its 5·C stacked channels.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from vitcli.config import ViTConfig
 from vitcli.errors import VitError
-from vitcli.model import VisionTransformer, resample_pos_embed
+from vitcli.model import DropPath, VisionTransformer, resample_pos_embed
 from vitcli.preprocess import Preprocessing
 
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -88,6 +90,36 @@ def adapt_channels(weight: Tensor, channels: int) -> Tensor:
     raise VitError(f"cannot adapt a {C}-channel patch embedding to {channels} channels")
 
 
+def adapt_shifted_patch_embed(state: dict[str, Tensor], *, patch: int, channels: int,
+                              new_patch: int, new_channels: int) -> dict[str, Tensor]:
+    """The shifted patch embedding (norm + proj) for another patch size and/or channel count.
+
+    It is a LayerNorm over the flattened (P, P, 5C) stack of the image and its four shifted
+    copies, then a Linear. Folding the norm's gain and bias into the Linear (exact) leaves a
+    kernel over 5C channels, resized and channel-adapted like a convolution's; the norm
+    restarts at gain 1, bias 0. The shift is half a patch at either size, so a patch and its
+    shifted copies resize together. The norm's statistics over a resized patch differ from
+    the original's by about one scale per patch, which a short fine-tune absorbs.
+    """
+    gain, shift = state["patch_embed.norm.weight"], state["patch_embed.norm.bias"]
+    weight, bias = state["patch_embed.proj.weight"], state["patch_embed.proj.bias"]
+    D, P, C = weight.shape[0], patch, channels
+    if weight.shape[1] != P * P * 5 * C:
+        raise VitError(f"shifted patch embedding of {weight.shape[1]} inputs does not match "
+                       f"{P} px patches of {C} channels")
+    folded = weight * gain  # (D, P·P·5C): W·diag(g)
+    new_bias = bias + weight @ shift  # W·b + c
+    kernel = folded.reshape(D, P, P, 5 * C).permute(0, 3, 1, 2)  # (D, 5C, P, P)
+    # (5D, C, P, P): each of the five stacked copies adapts its colours on its own
+    kernel = adapt_channels(kernel.reshape(D * 5, C, P, P), new_channels)
+    kernel = resize_patch_embed(kernel, new_patch)  # (5D, C', P', P')
+    kernel = kernel.reshape(D, 5 * new_channels, new_patch, new_patch)  # (D, 5C', P', P')
+    flat = kernel.permute(0, 2, 3, 1).reshape(D, -1)  # (D, P'·P'·5C'), patchify's order
+    return {"patch_embed.proj.weight": flat.contiguous(), "patch_embed.proj.bias": new_bias,
+            "patch_embed.norm.weight": torch.ones(flat.shape[1], dtype=gain.dtype),
+            "patch_embed.norm.bias": torch.zeros(flat.shape[1], dtype=shift.dtype)}
+
+
 # ------------------------------------------------------------------------------ loading
 
 
@@ -140,6 +172,13 @@ def init_from(model: VisionTransformer, path: str | Path) -> InitReport:
                        f"{config.embed_dim}; keep the source architecture to start from it")
     report = InitReport()
     target = model.state_dict()
+    if (src_config.patch_embed == config.patch_embed == "shifted"
+            and (src_config.patch_size, src_config.in_channels)
+            != (config.patch_size, config.in_channels)):
+        state = {**state, **adapt_shifted_patch_embed(
+            state, patch=src_config.patch_size, channels=src_config.in_channels,
+            new_patch=config.patch_size, new_channels=config.in_channels)}
+        report.lines.append(_shifted_line(src_config, config))
     new_state: dict[str, Tensor] = {}
     for name, value in state.items():
         if name not in target:
@@ -162,8 +201,13 @@ def init_from(model: VisionTransformer, path: str | Path) -> InitReport:
     extra = [n for n in report.skipped if n not in target]
     if extra:
         report.lines.append(f"not used ({len(extra)}): {_short(extra)} (source is larger)")
-    if fresh:
-        report.lines.append(f"fresh init ({len(fresh)}): {_short(fresh)} (not in the source)")
+    absent = [n for n in fresh if n not in state]
+    unfit = [n for n in fresh if n in state]
+    if absent:
+        report.lines.append(f"fresh init ({len(absent)}): {_short(absent)} (not in the source)")
+    if unfit:
+        report.lines.append(f"fresh init ({len(unfit)}): {_short(unfit)} (could not be "
+                            "carried over, see above)")
     report.lines.insert(0, f"loaded {len(report.loaded)} of {len(target)} tensors from {path}")
     return report
 
@@ -185,8 +229,10 @@ def _adapt(name: str, value: Tensor, like: Tensor, src: ViTConfig, dst: ViTConfi
                                   (src.grid_size, src.grid_size), src.num_prefix_tokens)
     if name == "patch_embed.proj.weight" and value.shape != like.shape:
         if src.patch_embed != "linear" or dst.patch_embed != "linear":
-            report.lines.append(f"patch embedding not loaded: cannot resize a "
-                                f"{src.patch_embed!r} patch embedding to {dst.patch_embed!r}")
+            how = (f"a {src.patch_embed!r} patch embedding cannot become {dst.patch_embed!r}"
+                   if src.patch_embed != dst.patch_embed else
+                   f"an {src.patch_embed!r} patch embedding cannot be resized")
+            report.lines.append(f"patch embedding not loaded: {how}")
             return None
         if value.shape[1] != like.shape[1]:
             how = "summed over colours" if like.shape[1] == 1 else "repeated over channels / C"
@@ -204,13 +250,28 @@ def _adapt(name: str, value: Tensor, like: Tensor, src: ViTConfig, dst: ViTConfi
     return value.to(like.dtype)
 
 
+def _shifted_line(src: ViTConfig, dst: ViTConfig) -> str:
+    changes = []
+    if src.patch_size != dst.patch_size:
+        changes.append(f"kernel resized {src.patch_size} → {dst.patch_size} px "
+                       "(FlexiViT pseudo-inverse)")
+    if src.in_channels != dst.in_channels:
+        changes.append(f"{src.in_channels} → {dst.in_channels} channels")
+    return f"shifted patch embedding: norm folded into the projection, {', '.join(changes)}"
+
+
 def _short(names: list[str], limit: int = 4) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
 def freeze_backbone(model: nn.Module) -> int:
-    """Freeze everything but the head (a linear probe); return the number of frozen weights."""
+    """Freeze everything but the head (a linear probe); return the number of frozen weights.
+
+    The frozen backbone also loses its stochastic depth and dropout: a linear probe learns on
+    fixed features, and random branch drops in a network that cannot adapt to them are noise.
+    The dropout in front of the head (`head_drop`) stays: it regularises what does train.
+    """
     frozen = 0
     for name, param in model.named_parameters():
         if name.startswith("head."):
@@ -218,4 +279,11 @@ def freeze_backbone(model: nn.Module) -> int:
         else:
             param.requires_grad_(False)
             frozen += param.numel()
+    for name, module in model.named_modules():
+        if name.startswith("head"):
+            continue
+        if isinstance(module, (nn.Dropout, DropPath)):
+            module.p = 0.0
+        if hasattr(module, "attn_dropout"):
+            module.attn_dropout = 0.0
     return frozen
