@@ -122,6 +122,24 @@ def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch
 
 
 @pytest.mark.slow
+def test_fp32_disagreement_on_data_fails(exported, monkeypatch):
+    """--data: fp32 ONNX must agree with PyTorch on every image that is not a tie."""
+    import vitcli.export as export
+    from vitcli.checkpoint import load_model
+
+    model, data, report = exported
+    mf = load_model(model)
+    labelled = export._load_data(data, mf, lambda _msg: None)
+    assert export.compare_on_data(mf, report.path, labelled).agreement == 1.0
+    real_logits = export.torch_logits
+    # PyTorch "answers" the next class, by a wide margin: real disagreements, not ties
+    monkeypatch.setattr(export, "torch_logits",
+                        lambda mf, x: 10 * np.roll(real_logits(mf, x), 1, axis=1))
+    with pytest.raises(VitError, match="disagree on 36 of 36 images"):
+        export.compare_on_data(mf, report.path, labelled)
+
+
+@pytest.mark.slow
 def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     import onnxruntime as ort
 
