@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -194,7 +195,8 @@ def test_typical_image_size(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- bad files
 
 
-def test_bad_files_are_skipped_and_reported(image_folder: Path, cache: Path) -> None:
+def test_bad_files_are_skipped_and_reported(image_folder: Path, cache: Path,
+                                            monkeypatch) -> None:
     circle = image_folder / "circle"
     (circle / "zero.png").write_bytes(b"")
     (circle / "text.png").write_text("not a picture")
@@ -203,31 +205,49 @@ def test_bad_files_are_skipped_and_reported(image_folder: Path, cache: Path) -> 
     (circle / "cut.jpg").write_bytes(good.getvalue()[:200])
     (circle / "noise.jpg").write_bytes(b"\xff\xd8\xff" + os.urandom(300))
     (circle / "notes.txt").write_text("hello")
-    before = {p: p.stat().st_mtime_ns for p in circle.iterdir()}
+    Image.new("RGB", (60, 60)).save(circle / "huge.png")  # a "bomb" under the limit below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # 32×32 fine, 60×60 over 2×limit
+
+    def snapshot() -> dict:
+        return {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                for p in image_folder.rglob("*") if p.is_file()}
+
+    before = snapshot()
     bundle = load(image_folder, cache)
     assert len(bundle.train) == 24  # every good image still loads
     named = {Path(p).name: reason for p, reason in bundle.bad_files}
-    assert set(named) == {"zero.png", "text.png", "cut.jpg", "noise.jpg", "notes.txt"}
+    assert set(named) == {"zero.png", "text.png", "cut.jpg", "noise.jpg", "notes.txt",
+                          "huge.png"}
     assert "not an image" in named["text.png"] and "ignored" in named["notes.txt"]
-    assert {p: p.stat().st_mtime_ns for p in circle.iterdir()} == before  # never modified
+    assert "decompression bomb" in named["huge.png"]
+    assert snapshot() == before  # the user's files are never modified, nor touched
 
 
 def test_odd_modes_load(tmp_path: Path, cache: Path) -> None:
     root = make_image_folder(tmp_path / "d", per_class=1)
     a = root / "circle"
-    Image.fromarray(np.full((20, 20), 65535, np.uint16)).save(a / "deep.png")
+    Image.fromarray(np.full((20, 20), 32896, np.uint16)).save(a / "deep.png")  # 128 × 257
+    Image.fromarray(np.full((20, 20), 200, np.uint16)).save(a / "dark16.png")  # dark, not 200
+    upright = np.zeros((10, 20, 3), np.uint8)  # 20 wide, 10 high, top half white
+    upright[:5] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise: the white half goes to the right
+    Image.fromarray(upright).save(a / "phone.jpg", exif=exif, quality=100)
     Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(a / "cmyk.jpg")  # red in CMYK
     Image.new("RGB", (20, 20), (0, 0, 255)).convert("P").save(a / "palette.png")
     Image.new("LA", (20, 20), (10, 255)).save(a / "grey_alpha.png")
     bundle = load(root, cache)
-    assert bundle.bad_files == [] and len(bundle.train) == 7
+    assert bundle.bad_files == [] and len(bundle.train) == 9
     px = {Path(p).name: bundle.train.pixels[i] for i, p in enumerate(bundle.train.paths)}
-    assert (px["deep.png"] == 255).all()  # 16-bit rescaled, not clipped
+    assert (px["deep.png"] == 128).all()  # 16-bit rescaled (32896/257), not clipped to 255
+    assert (px["dark16.png"] == 1).all()  # 200/257 rounds to 1: a 16-bit file, not 8-bit
+    rot = px["phone.jpg"].astype(int)  # EXIF applied: (16, 16, 3), white on the right
+    assert rot[:, :6].mean() < 30 and rot[:, -6:].mean() > 225
     assert px["cmyk.jpg"][..., 0].min() > 200 and px["cmyk.jpg"][..., 1].max() < 60
     assert (px["palette.png"][..., 2] == 255).all() and (px["palette.png"][..., 0] == 0).all()
     grey = load(root, cache, preprocessing=dataclasses.replace(PRE, color_mode="L",
                                                               mean=(0.5,), std=(0.5,)))
-    assert grey.train.pixels.shape == (7, 16, 16, 1)
+    assert grey.train.pixels.shape == (9, 16, 16, 1)
 
 
 # ------------------------------------------------------------------------------- errors
