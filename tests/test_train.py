@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +150,10 @@ def test_run_learns_and_writes_the_whole_run_folder(tmp_path: Path):
     assert args["options"]["epochs"] == 8 and args["resolved"]["config"]["in_channels"] == 1
     # `vit eval` on the validation data gives the figure training reported.
     report = evaluate(run / "weights" / "best.safetensors", val, device="cpu")
-    assert report.metrics.top1 == pytest.approx(result.best_top1)
+    best_row = next(r for r in rows if r["epoch"] == result.best_epoch)
+    assert report.metrics.top1 == pytest.approx(result.best_top1) == best_row["val_top1"]
+    assert report.metrics.loss == pytest.approx(best_row["val_loss"], rel=1e-5)
+    assert report.metrics.top5 == pytest.approx(best_row["val_top5"])
 
 
 @pytest.mark.slow
@@ -229,6 +235,92 @@ def test_time_budget_ends_the_schedule_near_the_budget(tmp_path: Path, bars: Pat
     assert state.info["schedule"]["total_steps"] == result.steps  # warm-up + cosine finished
 
 
+# ----------------------------------------------------------- real signals on real runs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_flags(o: TrainOptions) -> list[str]:
+    """`vit train` flags for the options `options()` builds (the tiny model, CPU, 1 thread)."""
+    flags = ["--data", o.data, "--project", o.project, "--patch", str(o.patch),
+             "--depth", str(o.depth), "--embed-dim", str(o.embed_dim), "--heads", str(o.heads),
+             "--mlp-ratio", str(o.mlp_ratio), "--batch-size", str(o.batch_size),
+             "--epochs", str(o.epochs), "--warmup", str(o.warmup), "--device", "cpu",
+             "--cache-dir", o.cache_dir, "--seed", str(o.seed), "--workers", str(o.workers)]
+    for key in ("name", "augment", "save_every"):
+        if getattr(o, key):
+            flags += [f"--{key.replace('_', '-')}", str(getattr(o, key))]
+    return flags + (["--ema"] if o.ema else [])
+
+
+def start_cli(o: TrainOptions) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "vitcli", "train", *cli_flags(o)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_state(run_dir: Path, proc: subprocess.Popen, min_step: int = 1) -> int:
+    """Poll until the run has saved a state at `min_step` or later; return that step."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        try:
+            step = json.loads((run_dir / "state.json").read_text())["step"]
+            if step >= min_step:
+                return step
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError("no training state was saved in time")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_leaves_a_state_that_resumes_to_the_same_weights(tmp_path, bars):
+    kw = {"epochs": 25, "ema": True, "augment": "light", "seed": 2, "save_every": 1,
+          "workers": 1}
+    straight = train(options(tmp_path, bars, name="straight", **kw))
+    assert straight.steps == 50
+
+    proc = start_cli(options(tmp_path, bars, name="killed", **kw))
+    run = tmp_path / "runs" / "killed"
+    try:
+        wait_for_state(run, proc, min_step=3)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, whatever the run was doing
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    saved = load_state(run).info["step"]
+    assert 3 <= saved < 50  # stopped mid-run, from a state that reads back whole
+
+    resumed = resume(run)
+    assert resumed.stopped == "completed" and resumed.steps == 50
+    for name in ("last", "best"):
+        a = load_file(str(straight.run_dir / "weights" / f"{name}.safetensors"))
+        b = load_file(str(run / "weights" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == list(range(1, 26))  # no epoch twice, none missing
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_cli_saves_state_and_says_how_to_resume(tmp_path, bars):
+    o = options(tmp_path, bars, name="ctrlc", epochs=200, save_every=1, workers=1)
+    proc = start_cli(o)
+    run = tmp_path / "runs" / "ctrlc"
+    try:
+        wait_for_state(run, proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    step = load_state(run).info["step"]
+    assert f"state saved at step {step}" in out
+    assert f"vit train --resume {run}" in out
+    assert 1 <= step < 400  # stopped where it was, not at the end of the schedule
+
+
 # ------------------------------------------------------------------------------ the CLI
 
 
@@ -259,3 +351,35 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
     assert result.exit_code == 2 and "--init" in result.output
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 2 and "--data is required" in result.output
+    for flag in ("--lr", "--weight-decay", "--time-budget", "--warmup"):
+        for value in ("nan", "inf"):
+            result = runner.invoke(app, ["train", "--data", str(tmp_path), flag, value])
+            assert result.exit_code == 2 and result.exception is not None, (flag, value)
+            assert result.output.count("\n") == 1 and "error:" in result.output, result.output
+    run = new_run_dir(tmp_path / "runs")
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "9", "--ema"])
+    assert result.exit_code == 2 and "--ema, --epochs cannot change" in result.output
+
+
+def test_device_mistakes_are_usage_errors(monkeypatch):
+    from vitcli.devices import resolve_device
+    from vitcli.errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UsageError, match="1 CUDA GPU.*cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+    with pytest.raises(UsageError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    assert resolve_device("CPU") == torch.device("cpu")
+
+
+def test_an_option_refused_before_the_first_step_leaves_no_run_folder(tmp_path, bars):
+    from vitcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="layer-decay"):
+        train(options(tmp_path, bars, layer_decay=0.0))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

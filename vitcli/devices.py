@@ -22,6 +22,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+                         f"cuda:0 to cuda:{count - 1}")
     if device.type == "mps" and not (
             getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: Apple MPS is not available on this machine")

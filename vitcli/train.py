@@ -105,6 +105,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         prepared = prepare(options, env, emit, resumed=resumed)
         options = options.with_lr_for(prepared.config.image_size)
         level = augment_level(options, len(prepared.train_labels))
+        created = run_dir is None
         if run_dir is None:
             run_dir = Path(broadcast(str(new_run_dir(options.project, options.name))
                                      if env.is_main else None, env))
@@ -113,7 +114,12 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                     "options": options.to_dict(),
                     "resolved": resolved_summary(prepared, options, env, level)})
                 write_bad_files(run_dir, prepared.bad_files)
-        trainer = Trainer(options, prepared, env, run_dir, emit, augment=level)
+        try:
+            trainer = Trainer(options, prepared, env, run_dir, emit, augment=level)
+        except VitError:  # an impossible option met before the first step: leave no husk
+            if created and env.is_main:
+                _remove_unstarted(run_dir)
+            raise
         if state is not None:
             trainer.load_state(state)
         for line in prepared.notes:
@@ -126,6 +132,17 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             return trainer.fit(stop_requested)
     finally:
         shutdown_distributed(env)
+
+
+def _remove_unstarted(run_dir: Path) -> None:
+    """Delete a run folder this call created, if it holds nothing but its set-up files."""
+    import shutil
+
+    setup = {"args.json", "bad_files.txt", "weights"}
+    weights = run_dir / "weights"
+    if {p.name for p in run_dir.iterdir()} <= setup and not (weights.is_dir()
+                                                           and any(weights.iterdir())):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @contextmanager

@@ -121,8 +121,19 @@ def train(
     from vitcli.train import resume as resume_run
     from vitcli.train import train as train_run
 
+    from vitcli.errors import VitError
+
     given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
              and v is not None}
+    _check_finite(given)
+    ignored = sorted(k for k, v in given.items() if k not in ("device", "workers")
+                     and v is not False)  # --ema and --compile are False when not given
+    if resume is not None and ignored:
+        from vitcli.errors import UsageError
+
+        raise UsageError(f"--resume continues a run with its own options; "
+                         f"{', '.join('--' + k.replace('_', '-') for k in ignored)} cannot "
+                         "change (only --device and --workers may)")
     main = int(os.environ.get("RANK", "0")) == 0
     display = Display(enabled=main)
     try:
@@ -133,10 +144,17 @@ def train(
                 result = train_run(TrainOptions(**given), on_event=display)
     except KeyboardInterrupt:
         if main:
-            where = display.run_dir or "the run folder"
-            display.console.print(f"[yellow]interrupted.[/] Resume from the last saved state "
-                                  f"with: vit train --resume {where}")
+            if display.run_dir is None:
+                display.console.print("[yellow]interrupted[/] before training started; "
+                                      "nothing was saved")
+            else:
+                display.console.print(f"[yellow]interrupted.[/] Resume from the last saved "
+                                      f"state with: vit train --resume {display.run_dir}")
         raise typer.Exit(130) from None
+    except VitError as exc:
+        if not main:  # under torchrun every rank meets the same error: rank 0 alone says it
+            raise typer.Exit(exc.exit_code) from None
+        raise
     if not main:
         return
     print_summary(display.console, result)
@@ -144,3 +162,14 @@ def train(
         display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps}. "
                               f"Resume with: [bold]vit train --resume {result.run_dir}[/]")
         raise typer.Exit(130)
+
+
+def _check_finite(given: dict[str, Any]) -> None:
+    """Typer parses "nan" and "inf" as floats; no option of `vit train` means either."""
+    import math
+
+    from vitcli.errors import UsageError
+
+    for key, value in given.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{key.replace('_', '-')} must be a finite number, not {value}")
