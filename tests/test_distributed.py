@@ -31,6 +31,48 @@ def test_shards_partition_each_global_batch():
     assert gather_rows(rows, one) is rows  # one process: nothing to gather
 
 
+def _rank0_first_worker(rank: int, store_dir: str) -> None:
+    """One of two gloo processes calling rank0_first twice; writes what it saw to a file."""
+    import torch.distributed as dist
+
+    from vitcli.distributed import rank0_first
+    from vitcli.errors import VitError
+
+    dist.init_process_group("gloo", init_method=f"file://{store_dir}/store", rank=rank,
+                            world_size=2)
+    env = DistEnv(rank=rank, world_size=2)
+    marker = Path(store_dir) / "rank0-done"
+
+    def fill() -> str:
+        if rank == 0:
+            marker.write_text("cache filled")
+        return marker.read_text()  # rank 1 runs only after rank 0 has finished
+
+    def fail() -> str:
+        if rank == 0:
+            raise VitError("folder x/: class 'eel' has no readable training image")
+        raise AssertionError("rank 1 must not run what failed on rank 0")
+
+    outcomes = []
+    for work in (fill, fail):
+        try:
+            outcomes.append(f"ok: {rank0_first(work, env)}")
+        except VitError as exc:
+            outcomes.append(f"error {exc.exit_code}: {exc}")
+    dist.destroy_process_group()
+    (Path(store_dir) / f"rank{rank}.txt").write_text("\n".join(outcomes))
+
+
+@pytest.mark.slow
+def test_rank0_first_runs_rank0_first_and_passes_its_error_on(tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank0_first_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    for r in range(2):  # every rank stops on rank 0's one-line error; none waits at a barrier
+        assert (tmp_path / f"rank{r}.txt").read_text().splitlines() == [
+            "ok: cache filled", "error 1: folder x/: class 'eel' has no readable training image"]
+
+
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path):
     torch.set_num_threads(1)

@@ -9,15 +9,18 @@ training code serves one process and many.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from vitcli.devices import resolve_device
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, VitError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,29 @@ def gather_rows(array: np.ndarray, env: DistEnv) -> np.ndarray | None:
     for r, part in enumerate(parts):
         out[r::env.world_size] = part
     return out
+
+
+def rank0_first(fn: Callable[[], T], env: DistEnv) -> T:
+    """fn() on rank 0, then on the other ranks; a VitError on rank 0 is raised on every rank.
+
+    For work whose result rank 0 caches (decoding the data) so that the others read the
+    cache instead of repeating it at the same time. A plain barrier would leave the other
+    ranks waiting when rank 0 stops on a user error, to die with a gloo/NCCL traceback.
+    """
+    if not env.distributed:
+        return fn()
+    if env.is_main:
+        try:
+            result = fn()
+        except VitError as exc:
+            broadcast((str(exc), exc.exit_code), env)
+            raise
+        broadcast(None, env)
+        return result
+    failed = broadcast(None, env)
+    if failed is not None:
+        raise VitError(failed[0], exit_code=failed[1])
+    return fn()
 
 
 def barrier(env: DistEnv) -> None:
