@@ -7,8 +7,10 @@ measures in one run, with the same threads:
 
   decode + cache   load_data on a cold cache: list files, decode, resize, write the cache
   cached reload    load_data again: the cache is read instead of decoding
-  augment <level>  BatchAugment on one batch of cached uint8 pixels (what each step pays)
-  train step       vit-nano at 32 px: forward, backward, AdamW step on one batch
+  augment <level>  BatchAugment on one batch of cached uint8 pixels (what each step pays),
+                   with the policy `vit train` uses at 32 px (light = small shifts there)
+  train step       the model `vit train` builds by default for 32-px images: forward,
+                   backward, AdamW step on one batch
 
 Decoding happens once per run; augmentation runs every step on the same cores as training,
 so the figure that decides input-boundness is augmentation's share of a step.
@@ -30,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitcli.augment import AUGMENT_LEVELS, BatchAugment, make_policy
 from vitcli.data import load_data
-from vitcli.model import create_model
+from vitcli.model import VisionTransformer
 from vitcli.optim import build_optimizer
 from vitcli.preprocess import Preprocessing
+from vitcli.recipe import TrainOptions, model_config
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar", "dot", "frame", "wedge", "x")
 
@@ -98,14 +101,16 @@ def main() -> None:
     labels = torch.arange(len(pixels)) % 10
     step_aug: dict[str, float] = {}
     for level in AUGMENT_LEVELS:
-        aug = BatchAugment(make_policy(level), image_size=32, mean=pre.mean, std=pre.std,
-                           num_classes=10, label_smoothing=0.1)
+        aug = BatchAugment(make_policy(level, image_size=32), image_size=32, mean=pre.mean,
+                           std=pre.std, num_classes=10, label_smoothing=0.1)
         aug(pixels, labels)  # warm-up
         step_aug[level] = timed(lambda aug=aug: aug(pixels, labels), args.steps)
         rows.append((f"augment {level} (every step)", len(pixels) / step_aug[level],
                      f"{step_aug[level] * 1000:.1f} ms / batch"))
 
-    model = create_model("vit-nano", num_classes=10).train()
+    config = model_config(TrainOptions(data="-"), typical_size=32, num_classes=10,
+                          in_channels=3)
+    model = VisionTransformer(config).train()
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     x, targets = BatchAugment(make_policy("none"), image_size=32, mean=pre.mean, std=pre.std,
                               num_classes=10)(pixels, labels)
@@ -118,7 +123,8 @@ def main() -> None:
 
     train_step()  # warm-up
     step = timed(train_step, args.steps)
-    rows.append(("train step, vit-nano 32 px", len(pixels) / step,
+    rows.append((f"train step, default ViT {config.depth}×{config.embed_dim} 32 px",
+                 len(pixels) / step,
                  f"{step * 1000:.1f} ms / batch"))
 
     print(f"\ndata pipeline vs training, {args.images:,} images of 28-32 px, batch "
