@@ -33,12 +33,13 @@ class Display:
         self.task: Any = None
 
     def __enter__(self) -> Display:  # noqa: PYI034 - typing.Self needs Python 3.11
-        if self.enabled:
+        if self.enabled and self.console.is_terminal:  # a bar in a log file is only noise
             self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.progress.live.is_started:  # stopping a bar never started prints a blank line
+            self.progress.stop()
 
     def _bar(self, description: str, total: int | None, completed: int = 0) -> None:
         if self.task is not None:
@@ -62,7 +63,8 @@ class Display:
             c = f["config"]
             resumed = f" (resumed at step {f['resumed_step']})" if f["resumed_step"] else ""
             print_(f"[bold]run[/] {escape(str(f['run_dir']))}{resumed}")
-            print_(f"[bold]data[/] {escape(f['description'])}", highlight=False)
+            print_(f"[bold]data[/] {escape(f['description'])}", highlight=False,
+                   soft_wrap=True)  # one line in a log, however long the folder name
             print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size}, "
                    f"{c.depth}×{c.embed_dim} ({c.num_heads} heads), {c.in_channels} channel(s), "
                    f"{c.num_classes} classes", highlight=False)
