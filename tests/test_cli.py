@@ -119,6 +119,13 @@ def test_patchify_writes_both_pictures_and_prints_counts(tmp_path, image_file):
     assert "P·P·C = 8·8·3 = 192 values" in text
 
 
+def test_patchify_shows_what_shifted_patch_tokens_project(tmp_path, image_file):
+    result = run("patchify", image_file, "--preset", "vit-pico", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "P·P·C = 7·7·3 = 147 values" in text and "735 (5 × 147" in text
+
+
 def test_patchify_with_a_model_uses_its_sizes(tmp_path, image_file, tiny_model_file):
     result = run("patchify", image_file, "--model", tiny_model_file, "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -124,3 +124,13 @@ def test_every_preset_is_valid_and_has_whole_tokens():
         assert c.image_size % c.patch_size == 0
         assert c.num_tokens == (c.image_size // c.patch_size) ** 2 + 1
         assert c.patch_dim == c.patch_size**2 * 3
+
+
+@pytest.mark.parametrize("kind", ["linear", "overlap", "shifted"])
+def test_token_input_dim_is_what_the_patch_embedding_projects(kind):
+    config = ViTConfig(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                       patch_embed=kind)
+    proj = VisionTransformer(config).patch_embed.proj
+    weight = proj.weight  # Linear (D, in) or Conv2d (D, C, k, k)
+    assert config.token_input_dim == weight[0].numel()
+    assert (config.token_input_dim == config.patch_dim) == (kind == "linear")

@@ -103,6 +103,16 @@ class ViTConfig:
         return self.patch_size * self.patch_size * self.in_channels
 
     @property
+    def token_input_dim(self) -> int:
+        """Values each token is projected from: P·P·C, or more for the small-data embeddings
+        (overlap: a (P+2)² window; shifted: the patch and four half-patch-shifted copies)."""
+        if self.patch_embed == "overlap":
+            return (self.patch_size + 2) ** 2 * self.in_channels
+        if self.patch_embed == "shifted":
+            return 5 * self.patch_dim
+        return self.patch_dim
+
+    @property
     def mlp_dim(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
 

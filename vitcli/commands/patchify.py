@@ -75,7 +75,10 @@ def _summary(result: PatchifyResult) -> Table:
     table.add_row("patch vector", f"P·P·C = {P}·{P}·{c.in_channels} = {result.patch_dim} values")
     blocks = (f"{c.depth} block{'s' * (c.depth != 1)}, "
               f"{c.num_heads} head{'s' * (c.num_heads != 1)}")
-    table.add_row("embedding", f"{result.patch_dim} → {c.embed_dim} (width), {blocks}")
+    source = {"overlap": f"{c.token_input_dim} ({P + 2}×{P + 2} px overlapping windows) ",
+              "shifted": f"{c.token_input_dim} (5 × {result.patch_dim}: the patch and 4 shifted "
+                         "copies) "}.get(c.patch_embed, f"{result.patch_dim} ")
+    table.add_row("embedding", f"{source}→ {c.embed_dim} (width), {blocks}")
     table.add_row("model", f"{result.source}, {result.params:,} parameters")
     table.add_row("GFLOPs / image", f"{result.gflops:.3f} (2 × multiply-accumulates)")
     return table
