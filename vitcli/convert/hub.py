@@ -33,11 +33,15 @@ def download_from_hub(repo_id: str, *, cache_dir: str | Path | None = None,
     """
     try:
         from huggingface_hub import HfApi, constants
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+        # huggingface_hub.utils has exported these since 0.1x (huggingface_hub.errors: 0.24+)
+        from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
     except ImportError:
         raise VitError("--from-hub needs huggingface_hub: pip install huggingface_hub") from None
     if timeout is None:
-        timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_TIMEOUT)
+        try:
+            timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
     offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() \
         in ("1", "true", "yes", "on")
     fix = (f"download {repo_id}'s {CONFIG}, {PROCESSOR} and {WEIGHTS} into a folder "
