@@ -351,6 +351,9 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
     assert result.exit_code == 2 and "--init" in result.output
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 2 and "--data is required" in result.output
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "nope")])
+    assert result.exit_code == 1  # and nothing but the error: no blank line from the display
+    assert result.output == f"error: {tmp_path / 'nope'}: no such folder\n"
     for flag in ("--lr", "--weight-decay", "--time-budget", "--warmup"):
         for value in ("nan", "inf"):
             result = runner.invoke(app, ["train", "--data", str(tmp_path), flag, value])
