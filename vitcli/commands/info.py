@@ -49,8 +49,9 @@ def info(
     top = Table(show_header=False, title=str(model), title_justify="left")
     top.add_row("parameters", f"{params:,}")
     top.add_row("GFLOPs / image", f"{summary['gflops']:.3f} (2 × MACs)")
-    top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches"
-                f" + {config.num_prefix_tokens} class token = {config.num_tokens}")
+    cls = " + 1 class token" if config.class_token else " (no class token)"
+    top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches{cls}"
+                f" = {config.num_tokens}")
     top.add_row("format", f"vitcli model file v{summary['format_version']}"
                 f" (written by vitcli {summary['vitcli_version']})")
     for key, value in summary["extra"].items():
