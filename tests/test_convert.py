@@ -302,6 +302,76 @@ def test_hub_that_never_answers_fails_within_the_timeout(tmp_path, monkeypatch):
     assert time.monotonic() - start < 10
 
 
+def _fake_hub(folder: Path, repo: str):
+    """A local stand-in for the Hub API: model_info, and HEAD/GET of resolve/main/FILE."""
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    sent: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def _reply(self, data: bytes | None, head: bool = False, **headers: str) -> None:
+            self.send_response(200 if data is not None else 404)
+            for key, value in {**headers, "Content-Length": str(len(data or b""))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            if data and not head:
+                self.wfile.write(data)
+
+        def _file(self, head: bool) -> None:
+            name = self.path.rsplit("/", 1)[-1]
+            data = files.get(name)
+            if data is not None and not head:
+                sent.append(name)
+            self._reply(data, head, **{"X-Repo-Commit": "b" * 40,
+                                       "ETag": f'"{hashlib.sha256(data or b"").hexdigest()}"'})
+
+        def do_HEAD(self) -> None:
+            self._file(head=True)
+
+        def do_GET(self) -> None:
+            if self.path.startswith(f"/api/models/{repo}"):
+                info = {"id": repo, "sha": "b" * 40,
+                        "siblings": [{"rfilename": name} for name in files]}
+                self._reply(json.dumps(info).encode(), **{"Content-Type": "application/json"})
+            else:
+                self._file(head=False)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", sent
+
+
+def test_hub_download_fetches_only_what_it_needs_then_works_offline(tmp_path, monkeypatch,
+                                                                    hf_folder):
+    from huggingface_hub import constants
+
+    folder, hf_model = hf_folder
+    (folder / "pytorch_model.bin").write_bytes(b"\x80 a pickle nobody should fetch")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    server, endpoint, sent = _fake_hub(folder, "someone/tiny-vit")
+    try:
+        local = download_from_hub("someone/tiny-vit", cache_dir=tmp_path / "cache",
+                                  endpoint=endpoint)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(sent) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    path, _ = convert(local, tmp_path / "out.safetensors", source_name="someone/tiny-vit")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path).model(x), hf_model(pixel_values=x).logits,
+                                   atol=1e-4, rtol=1e-4)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # later, offline: the cache serves
+    assert download_from_hub("someone/tiny-vit", cache_dir=tmp_path / "cache") == local
+
+
 def test_hub_cache_is_used_when_offline(tmp_path, monkeypatch, hf_folder):
     """A model fetched once converts again offline, straight from the Hub cache."""
     folder, hf_model = hf_folder
