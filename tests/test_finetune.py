@@ -323,3 +323,24 @@ def test_cli_layer_decay_reaches_the_optimizer(tmp_path: Path, tiny_model, image
     assert sorted({round(g["lr_scale"], 6) for g in groups}) == [0.421875, 0.5625, 0.75, 1.0]
     top = max(g["lr"] for g in groups)
     assert {round(g["lr"] / top, 6) for g in groups} == {0.421875, 0.5625, 0.75, 1.0}
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--depth", "6"], "--depth"),
+    (["--model", "vit-b16", "--pooling", "mean"], "--model, --pooling"),
+    (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1], not 1.5"),
+])
+def test_cli_init_refuses_architecture_flags_before_reading_data(tmp_path: Path, tiny_model,
+                                                                 flags, named):
+    """Flags that --init would silently ignore are refused up front, with no run folder."""
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    source = save_model(tmp_path / "src.safetensors", tiny_model, class_names=CLASSES)
+    result = CliRunner().invoke(app, ["train", "--init", str(source), "--data",
+                                      str(tmp_path / "does-not-exist"), "--project",
+                                      str(tmp_path / "runs"), *flags])
+    assert result.exit_code == 2, result.output
+    assert named in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

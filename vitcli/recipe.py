@@ -113,6 +113,15 @@ class TrainOptions:
         if self.freeze and not self.init:
             raise UsageError("--freeze backbone needs --init MODEL (a frozen random backbone "
                              "learns nothing)")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise UsageError(f"--layer-decay must be in (0, 1], not {self.layer_decay}")
+        if self.init:
+            # The architecture comes from the --init file; only size and patch can change.
+            ignored = [flag for flag, value in (("--model", self.model), *_arch_flags(self))
+                       if value is not None]
+            if ignored:
+                raise UsageError(f"{', '.join(ignored)} cannot change the architecture of "
+                                 f"--init {self.init}; only --img-size and --patch can")
         if self.val and self.val_split:
             raise UsageError("give either --val or --val-split, not both")
 
@@ -157,13 +166,22 @@ def image_size_for(options: TrainOptions, typical_size: int, patch: int,
     return round_up(preset_size, patch)
 
 
+# The architecture flags: (flag, TrainOptions field, ViTConfig field).
+ARCH_FLAGS = [("--depth", "depth", "depth"), ("--embed-dim", "embed_dim", "embed_dim"),
+              ("--heads", "heads", "num_heads"), ("--mlp-ratio", "mlp_ratio", "mlp_ratio"),
+              ("--patch-embed", "patch_embed", "patch_embed"),
+              ("--locality-attention", "locality_attention", "locality_attention"),
+              ("--pooling", "pooling", "pooling"), ("--pos-embed", "pos_embed", "pos_embed")]
+
+
+def _arch_flags(options: TrainOptions) -> list[tuple[str, Any]]:
+    return [(flag, getattr(options, field)) for flag, field, _ in ARCH_FLAGS]
+
+
 def architecture_overrides(options: TrainOptions) -> dict[str, Any]:
     """The --depth/--embed-dim/... flags as ViTConfig fields (only those given)."""
-    pairs = {"depth": options.depth, "embed_dim": options.embed_dim, "num_heads": options.heads,
-             "mlp_ratio": options.mlp_ratio, "patch_embed": options.patch_embed,
-             "locality_attention": options.locality_attention, "pooling": options.pooling,
-             "pos_embed": options.pos_embed}
-    changes = {k: v for k, v in pairs.items() if v is not None}
+    changes = {key: getattr(options, field) for _, field, key in ARCH_FLAGS
+               if getattr(options, field) is not None}
     if changes.get("pooling") == "mean":
         changes.setdefault("class_token", False)
     return changes
