@@ -149,7 +149,8 @@ def train(
                                       "nothing was saved")
             else:
                 display.console.print(f"[yellow]interrupted.[/] Resume from the last saved "
-                                      f"state with: vit train --resume {display.run_dir}")
+                                      f"state with: vit train --resume {display.run_dir}",
+                                      soft_wrap=True)
         raise typer.Exit(130) from None
     except VitError as exc:
         if not main:  # under torchrun every rank meets the same error: rank 0 alone says it
@@ -160,7 +161,8 @@ def train(
     print_summary(display.console, result)
     if result.stopped == "interrupted":
         display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps}. "
-                              f"Resume with: [bold]vit train --resume {result.run_dir}[/]")
+                              f"Resume with: [bold]vit train --resume {result.run_dir}[/]",
+                              soft_wrap=True)  # a command to copy: never wrapped
         raise typer.Exit(130)
 
 
