@@ -57,7 +57,7 @@ class Display:
             self.progress.update(self.task, completed=f["done"], total=f["total"])
         elif kind == "message":
             style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
-            print_(style + escape(f["text"]), highlight=False)
+            print_(style + escape(f["text"]), highlight=False, soft_wrap=True)  # paths unbroken
         elif kind == "start":
             self.run_dir = f["run_dir"]
             c = f["config"]
