@@ -235,6 +235,20 @@ def test_time_budget_ends_the_schedule_near_the_budget(tmp_path: Path, bars: Pat
     assert state.info["schedule"]["total_steps"] == result.steps  # warm-up + cosine finished
 
 
+@pytest.mark.slow
+def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, bars,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = train(options(tmp_path, Path("bars"), epochs=1, cache_dir="cache"))
+    args = json.loads((first.run_dir / "args.json").read_text())["options"]
+    assert args["data"] == str(bars) and args["cache_dir"] == str(tmp_path / "cache")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = resume(first.run_dir)
+    assert again.stopped == "completed" and again.steps == first.steps
+
+
 # ----------------------------------------------------------- real signals on real runs
 
 ROOT = Path(__file__).resolve().parents[1]

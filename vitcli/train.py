@@ -111,7 +111,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                                      if env.is_main else None, env))
             if env.is_main:
                 write_json(run_dir / "args.json", {
-                    "options": options.to_dict(),
+                    "options": _absolute_paths(options).to_dict(),
                     "resolved": resolved_summary(prepared, options, env, level)})
                 write_bad_files(run_dir, prepared.bad_files)
         try:
@@ -132,6 +132,16 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             return trainer.fit(stop_requested)
     finally:
         shutdown_distributed(env)
+
+
+def _absolute_paths(options: TrainOptions) -> TrainOptions:
+    """The options with local paths made absolute, so `--resume` works from any folder."""
+    import dataclasses
+
+    paths = {key: str(Path(value).expanduser().absolute())
+             for key in ("data", "val", "init", "cache_dir")
+             if (value := getattr(options, key)) and Path(value).expanduser().exists()}
+    return dataclasses.replace(options, **paths)
 
 
 def _remove_unstarted(run_dir: Path) -> None:
