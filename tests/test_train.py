@@ -395,9 +395,15 @@ def test_device_mistakes_are_usage_errors(monkeypatch):
     assert resolve_device("CPU") == torch.device("cpu")
 
 
-def test_an_option_refused_before_the_first_step_leaves_no_run_folder(tmp_path, bars):
+def test_an_option_refused_before_the_first_step_leaves_no_run_folder(tmp_path, bars,
+                                                                     monkeypatch):
+    import vitcli.train_loop
     from vitcli.errors import UsageError
 
-    with pytest.raises(UsageError, match="layer-decay"):
-        train(options(tmp_path, bars, layer_decay=0.0))
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    def refuse(*args, **kwargs):  # as the trainer refuses e.g. a batch that N ranks cannot split
+        raise UsageError("--batch-size 12 must be a multiple of the 5 processes")
+
+    monkeypatch.setattr(vitcli.train_loop, "build_optimizer", refuse)
+    with pytest.raises(UsageError, match="multiple of the 5 processes"):
+        train(options(tmp_path, bars))
+    assert (tmp_path / "runs").is_dir() and not any((tmp_path / "runs").iterdir())
