@@ -374,6 +374,8 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
             result = runner.invoke(app, ["train", "--data", str(tmp_path), flag, value])
             assert result.exit_code == 2 and result.exception is not None, (flag, value)
             assert result.output.count("\n") == 1 and "error:" in result.output, result.output
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--ema-decay", "2"])
+    assert result.exit_code == 2 and "--ema-decay" in result.output  # would diverge
     run = new_run_dir(tmp_path / "runs")
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "9", "--ema"])
     assert result.exit_code == 2 and "--ema, --epochs cannot change" in result.output

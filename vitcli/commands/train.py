@@ -105,7 +105,8 @@ def train(
                                           panel=ADVANCED)] = None,
     clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
                                             f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
-    ema_decay: Annotated[float | None, _opt("--ema-decay", help=f"[{_D.ema_decay}]", panel=ADVANCED)]
+    ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
+                                            help=f"[{_D.ema_decay}]", panel=ADVANCED)]
     = None,
     save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
                                            "every N steps.", panel=ADVANCED)] = None,
