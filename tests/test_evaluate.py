@@ -231,3 +231,19 @@ def test_cli_eval_unknown_class_is_one_line_error(tiny_model_file, tmp_path, mon
 def test_cli_eval_needs_model(tmp_path, monkeypatch):
     result = _run(["eval", "--data", str(tmp_path)], tmp_path, monkeypatch)
     assert result.exit_code == 2 and "--model" in result.stderr
+
+
+def test_cli_eval_output_mistakes_are_caught_before_reading(tiny_model_file, image_folder,
+                                                            tmp_path, monkeypatch):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    for args, words in ((["--out", str(tmp_path / "taken")], "is a file"),
+                        (["--json", str(tmp_path)], "is a folder")):
+        result = _run(["eval", "-m", str(tiny_model_file), "-d", str(image_folder), *args],
+                      tmp_path, monkeypatch)
+        assert result.exit_code == 2 and result.exception is not None
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    result = _run(["eval", "-m", str(tiny_model_file), "-d", str(image_folder),
+                   "--json", str(tmp_path / "taken" / "r.json")], tmp_path, monkeypatch)
+    assert result.exit_code == 1 and "cannot write" in result.stderr
+    assert "Traceback" not in result.output

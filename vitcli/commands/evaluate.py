@@ -53,6 +53,12 @@ def evaluate(
         raise UsageError("--model is required (a .safetensors model file)")
     if data is None:
         raise UsageError("--data is required (a folder of class sub-folders or a dataset)")
+    # Checked before the images are read: a minutes-long evaluation must not end in a crash.
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a folder for the results")
+    if json_path is not None and json_path.is_dir():
+        raise UsageError(f"--json {json_path}: is a folder; give a file name, e.g. "
+                         f"{json_path / 'results.json'}")
 
     with progress_bar("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn()) as bar:
@@ -65,10 +71,16 @@ def evaluate(
         report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
                           progress=update)
 
-    out = out or new_eval_dir(model)
-    written = write_outputs(report, out)
-    if json_path is not None:
-        write_json(report, json_path)
+    try:
+        out = out or new_eval_dir(model)
+        written = write_outputs(report, out)
+        if json_path is not None:
+            write_json(report, json_path)
+    except OSError as exc:
+        from vitcli.errors import VitError
+
+        raise VitError(f"{exc.filename or out}: cannot write the results "
+                       f"({exc.strerror or exc})") from None
 
     if report.bad_files:
         path, reason = report.bad_files[0]
