@@ -251,6 +251,12 @@ def test_config_field_of_the_wrong_type_is_a_one_line_error(tmp_path, tiny_model
     ("config", '{"image_size": 30, "patch_size": 4}', "not divisible by patch size 4"),
     ("preprocessing", '{"mean": [0.5, 0.5]}', "mean and std need 3 values"),
     ("preprocessing", "[]", "preprocessing should be a JSON object"),
+    ("preprocessing", '{"image_size": "x"}', "preprocessing field 'image_size' should be an int"),
+    ("preprocessing", '{"image_size": 32, "mean": 0.5}', "field 'mean' should be a list"),
+    ("preprocessing", '{"image_size": 32, "std": [0.5, 0, 0.5]}', "std values must be positive"),
+    ("preprocessing", '{"image_size": 32, "interpolation": "cubic"}', "interpolation must be"),
+    ("preprocessing", '{"image_size": 32, "color_mode": "CMYK"}', "color mode must be RGB or L"),
+    ("preprocessing", '{"image_size": 32, "crop_fraction": 1.5}', "crop fraction must be in"),
     ("format_version", "x", "format_version 'x'"),
 ])
 def test_corrupt_metadata_is_a_one_line_failure_naming_the_file(

@@ -186,6 +186,47 @@ def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: P
         assert err.count("\n") == 1 and str(path) in err and reason in err
 
 
+def _with_preprocessing(models, tmp_path: Path, changes: dict) -> tuple[Path, Path]:
+    """Copies of both model files whose stored preprocessing has `changes` applied."""
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    from vitcli.checkpoint import read_header
+
+    st, onnx_path, _ = models
+    _, metadata = read_header(st)
+    pre = json.dumps({**json.loads(metadata["preprocessing"]), **changes})
+    bad_st = tmp_path / "bad.safetensors"
+    save_file(load_file(str(st)), str(bad_st), metadata={**metadata, "preprocessing": pre})
+    edited = onnx.load(str(onnx_path))
+    [prop] = [p for p in edited.metadata_props if p.key == "preprocessing"]
+    prop.value = pre
+    bad_onnx = tmp_path / "bad.onnx"
+    onnx.save(edited, str(bad_onnx))
+    return bad_st, bad_onnx
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"image_size": "x"}, "preprocessing field 'image_size' should be an int"),
+    ({"image_size": -32}, "image size must be at least 1"),
+    ({"mean": ["a", "b", "c"]}, "preprocessing field 'mean' should be a list of numbers"),
+    ({"std": [0.5, 0, 0.5]}, "std values must be positive"),
+    ({"std": [0.5, -1, 0.5]}, "std values must be positive"),
+    ({"interpolation": "cubic"}, "interpolation must be one of"),
+    ({"color_mode": "CMYK"}, "color mode must be RGB or L"),
+    ({"crop_fraction": 2}, "crop fraction must be in (0, 1]"),
+    ({"crop_fraction": "0.9"}, "preprocessing field 'crop_fraction' should be a number"),
+])
+def test_corrupt_preprocessing_metadata_is_one_line_on_both_backends(models, tmp_path: Path,
+                                                                     changes, reason):
+    image = str(models[2] / "wide.jpg")
+    for path in _with_preprocessing(models, tmp_path, changes):
+        code, out, err = run(image, "-m", str(path))
+        assert code == 1 and out == "", err
+        assert err.startswith(f"error: {path}: corrupt vitcli metadata (") and reason in err
+        assert err.count("\n") == 1
+
+
 def test_explain_with_onnx_model_says_it_needs_safetensors(models, tmp_path: Path):
     _, onnx, images = models
     code, _, err = run(str(images / "wide.jpg"), "-m", str(onnx), "--explain", str(tmp_path))

@@ -81,10 +81,30 @@ def test_json_round_trip():
     ({"color_mode": "CMYK"}, "color mode"),
     ({"crop_fraction": 0.0}, "crop fraction"),
     ({"mean": (0.5,)}, "mean and std need 3"),
+    ({"image_size": 0}, "image size must be at least 1"),
+    ({"std": (0.5, 0.0, 0.5)}, "std values must be positive"),
+    ({"std": (0.5, -0.2, 0.5)}, "std values must be positive"),
+    ({"std": (0.5, float("nan"), 0.5)}, "std values must be positive"),
+    ({"mean": (0.5, float("inf"), 0.5)}, "mean values must be finite"),
 ])
 def test_bad_settings_are_usage_errors(changes, message):
     with pytest.raises(UsageError, match=message):
         Preprocessing(**changes)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("image_size", "x"), ("image_size", 32.0), ("image_size", True), ("image_size", None),
+    ("mean", "0.5"), ("mean", 5), ("mean", ["a", "b", "c"]), ("mean", [[0.5], [0.5], [0.5]]),
+    ("std", [0.5, None, 0.5]), ("std", [True, True, True]), ("interpolation", 3),
+    ("interpolation", []), ("color_mode", ["RGB"]), ("crop_fraction", "0.9"),
+    ("crop_fraction", None),
+])
+def test_stored_fields_of_the_wrong_type_are_named(key, value):
+    """A hand-edited model file can hold any JSON: each field's type is checked by name."""
+    good = Preprocessing(image_size=32).to_dict()
+    with pytest.raises(ValueError, match=f"preprocessing field '{key}' should be"):
+        Preprocessing.from_dict({**good, key: value})
+    assert Preprocessing.from_dict(good) == Preprocessing(image_size=32)
 
 
 def test_very_elongated_images_are_trimmed_before_resizing():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,12 @@ class Preprocessing:
     def __post_init__(self) -> None:
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
+        if self.image_size < 1:
+            raise UsageError(f"image size must be at least 1, not {self.image_size}")
+        if not all(math.isfinite(m) for m in self.mean):
+            raise UsageError(f"mean values must be finite numbers, not {self.mean}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise UsageError(f"std values must be positive, not {self.std}")  # they divide
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
         if self.color_mode not in ("RGB", "L"):
@@ -64,8 +71,17 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Build from stored JSON, ignoring unknown keys from newer versions.
+
+        A hand-edited file can hold any JSON, so each field's type is checked here
+        (ValueError naming the field) before the range checks of __post_init__.
+        """
+        values = {k: v for k, v in data.items() if k in _FIELD_TYPES}
+        for key, value in values.items():
+            kind, fits = _FIELD_TYPES[key]
+            if not fits(value):
+                raise ValueError(f"preprocessing field {key!r} should be {kind}, not {value!r}")
+        return cls(**values)
 
     # -- the pipeline, in stages so that data caching can keep the uint8 stage
 
@@ -92,6 +108,25 @@ class Preprocessing:
     def load(self, path: str | Path) -> np.ndarray:
         """Open an image file and preprocess it (C, H, W) float32."""
         return self(open_image(path, self.color_mode))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_numbers(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
+
+
+# field → (what it should be, in words; the JSON-typed check). bools are not numbers.
+_FIELD_TYPES: dict[str, tuple[str, Any]] = {
+    "image_size": ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "mean": ("a list of numbers", _is_numbers),
+    "std": ("a list of numbers", _is_numbers),
+    "interpolation": ("a string", lambda v: isinstance(v, str)),
+    "crop_fraction": ("a number", _is_number),
+    "color_mode": ("a string", lambda v: isinstance(v, str)),
+}
 
 
 MAX_ASPECT = 4  # longer side over shorter side beyond which the far ends are cut first
