@@ -92,6 +92,13 @@ def test_run_folders_are_numbered_never_reused(tmp_path: Path):
     assert names == ["exp", "exp2", "exp3"]
     assert [new_run_dir(tmp_path, "cat").name for _ in range(2)] == ["cat", "cat2"]
     assert (tmp_path / "exp2" / "weights").is_dir()
+    (tmp_path / "file").write_text("x")
+    from vitcli.errors import VitError
+
+    with pytest.raises(VitError, match="cannot create a folder there"):
+        new_run_dir(tmp_path / "file" / "runs")
+    with pytest.raises(VitError, match="--project .*is a file"):  # before any data is read
+        train(TrainOptions(data=str(tmp_path / "no-data"), project=str(tmp_path / "file")))
 
 
 def test_state_round_trip_keeps_optimizer_exactly(tmp_path: Path):

@@ -47,14 +47,18 @@ def claim_numbered_dir(root: str | Path, base: str) -> Path:
     `mkdir(exist_ok=False)` is the claim, so two runs started at once cannot share a folder.
     """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 100_000):
-        candidate = root / (base if n == 1 else f"{base}{n}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 100_000):
+            candidate = root / (base if n == 1 else f"{base}{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return candidate
+    except OSError as exc:
+        raise VitError(f"{exc.filename or root}: cannot create a folder there "
+                       f"({exc.strerror or exc})") from None
     raise VitError(f"{root}: no free folder name for {base!r}")
 
 

@@ -50,6 +50,9 @@ class TrainResult:
 def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> TrainResult:
     """Train a new run in a fresh, auto-numbered folder under options.project."""
     options.check()
+    project = Path(options.project).expanduser()
+    if project.exists() and not project.is_dir():  # found now, not after decoding the data
+        raise VitError(f"--project {project}: is a file; run folders go in a folder")
     return _run(options, run_dir=None, on_event=on_event)
 
 
