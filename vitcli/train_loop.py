@@ -37,6 +37,7 @@ from vitcli.train_setup import Emit, Prepared
 
 PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
 VAL_BATCH = 256
+FINISH_SECONDS = 2.0  # the least a time budget keeps back for the final plots
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
@@ -113,6 +114,9 @@ class Trainer:
         self.mutating = False
         self.probe: tuple[int, float] | None = None  # (step, time) the speed probe started
         self.sec_per_step: float | None = None
+        # Measured this session, for refitting a time budget at every epoch end: training
+        # (steps, seconds) and epoch-end work (validation + saving: count, seconds).
+        self.timed: list[float] = [0, 0.0, 0, 0.0]
 
     # ------------------------------------------------------------------ the public loop
 
@@ -122,6 +126,7 @@ class Trainer:
 
         self.clock = time.perf_counter()
         self.session_start_step = self.step
+        self.session_epochs = self.epochs_done
         self.emit("start", run_dir=self.run_dir, config=self.data.config,
                   preprocessing=self.data.preprocessing, description=self.data.description,
                   num_train=len(self.data.train_labels), num_val=self.num_val,
@@ -266,13 +271,16 @@ class Trainer:
             self._fit_budget(self.sec_per_step, self.num_val * self.sec_per_step / self.batch / 3)
 
     def _fit_budget(self, sec_per_step: float, val_seconds: float) -> None:
-        """Set the schedule's total steps so that training plus validation ends at the budget.
+        """Set the schedule's total steps so that training plus epoch ends fit the budget.
 
-        Before a validation pass has been timed it is assumed to cost a third of training per
-        image (a forward pass without the backward); the end of epoch 1 fits again with the
-        measured time.
+        `val_seconds` is the work at each epoch end (validation, saving). Before it has been
+        timed, validation is assumed to cost a third of training per image (a forward pass
+        without the backward); every epoch end fits again with measured times.
         """
-        left = self.options.time_budget * 60 * 0.97 - self.elapsed()  # 3 %: final saving
+        # Kept back for the end of the run: the best model's validation pass for the confusion
+        # matrix, and the plots (about a second each on 2 CPU cores).
+        budget = self.options.time_budget * 60
+        left = budget - max(0.03 * budget, FINISH_SECONDS) - val_seconds - self.elapsed()
         per_epoch = self.steps_per_epoch * sec_per_step + val_seconds
         epoch_start = self.epochs_done * self.steps_per_epoch
         to_epoch_end = (epoch_start + self.steps_per_epoch - self.step) * sec_per_step \
@@ -291,6 +299,20 @@ class Trainer:
         self.budget_fitted = True
         self.emit("schedule", total_steps=total, epochs=self.planned_epochs,
                   seconds_per_step=sec_per_step)
+
+    def _refit_budget(self, steps: int, seconds: float, end_seconds: float) -> None:
+        """Fit the schedule again with what the epochs so far really cost.
+
+        The first epoch of a session is timed on its own only until a second one ends: it
+        carries the warm-up (first steps, first saves), which would make the estimate
+        pessimistic and end the run well before its budget.
+        """
+        if self.timed[2] == 1 and self.epochs_done - self.session_epochs == 2:
+            self.timed = [0, 0.0, 0, 0.0]  # drop epoch 1 once epoch 2 is measured
+        for i, value in enumerate((steps, seconds, 1, end_seconds)):
+            self.timed[i] += value
+        done, train_s, ends, end_s = self.timed
+        self._fit_budget(train_s / max(done, 1), end_s / ends)
 
     # ----------------------------------------------------------------------- epoch end
 
@@ -330,9 +352,9 @@ class Trainer:
         self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1)
         if self.step >= self.schedule.total_steps:
             return "time_budget" if self.options.time_budget else "completed"
-        if epoch == 1 and self.options.time_budget:  # again, with validation timed
-            steps = max(self.step - self.epoch_start_step, 1)
-            self._fit_budget(self.sec_per_step or seconds / steps, val_seconds)
+        if self.options.time_budget:
+            self._refit_budget(self.step - self.epoch_start_step, seconds,
+                               time.perf_counter() - val_clock)
         if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
             return "early_stop"
         return None

@@ -31,6 +31,7 @@ class Display:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
             transient=True)
         self.task: Any = None
+        self.budget_shown = False
 
     def __enter__(self) -> Display:  # noqa: PYI034 - typing.Self needs Python 3.11
         if self.enabled and self.console.is_terminal:  # a bar in a log file is only noise
@@ -72,7 +73,8 @@ class Display:
             print_(f"[bold]training[/] {f['epochs']} epochs × {f['steps_per_epoch']} steps, "
                    f"batch {f['batch_size']}, lr {f['lr']:.3g}, {f['device']}{procs}",
                    highlight=False)
-        elif kind == "schedule":
+        elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
+            self.budget_shown = True
             print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "
                    f"{f['seconds_per_step'] * 1000:.0f} ms/step", highlight=False)
         elif kind == "epoch_start":
