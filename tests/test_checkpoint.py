@@ -271,6 +271,22 @@ def test_corrupt_metadata_is_a_one_line_failure_naming_the_file(
     assert info.value.exit_code == 1
 
 
+def test_preprocessing_size_other_than_the_config_size_is_refused(tmp_path, tiny_model_file,
+                                                                 tiny_model):
+    """The model would resample its position embedding and predict silently wrong."""
+    path = tmp_path / "bad.safetensors"
+    _rewrite_header(path, tiny_model_file.read_bytes(), lambda h: h["__metadata__"].update(
+        preprocessing=Preprocessing(image_size=64).to_json()))
+    with pytest.raises(VitError, match="preprocessing image size 64 differs from the "
+                                      "config's image size 32") as info:
+        load_model(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(VitError, match="image size 64 differs from the model's image size 32"):
+        save_model(tmp_path / "new.safetensors", tiny_model,
+                   preprocessing=Preprocessing(image_size=64))
+    assert not (tmp_path / "new.safetensors").exists()
+
+
 def test_vit_info_refuses_weights_that_do_not_match_the_config(tmp_path, tiny_model_file):
     from typer.testing import CliRunner
 

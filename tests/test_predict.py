@@ -216,6 +216,7 @@ def _with_preprocessing(models, tmp_path: Path, changes: dict) -> tuple[Path, Pa
     ({"color_mode": "CMYK"}, "color mode must be RGB or L"),
     ({"crop_fraction": 2}, "crop fraction must be in (0, 1]"),
     ({"crop_fraction": "0.9"}, "preprocessing field 'crop_fraction' should be a number"),
+    ({"image_size": 64}, "preprocessing image size 64 differs from the config's image size 32"),
 ])
 def test_corrupt_preprocessing_metadata_is_one_line_on_both_backends(models, tmp_path: Path,
                                                                      changes, reason):

@@ -125,6 +125,9 @@ def save_model(path: str | Path, model: torch.nn.Module, *,
     if config.num_classes and len(names) != config.num_classes:
         raise VitError(f"{len(names)} class names for a model with {config.num_classes} outputs")
     pre = preprocessing or default_preprocessing(config)
+    if pre.image_size != config.image_size:  # such a file is refused when loaded
+        raise VitError(f"preprocessing image size {pre.image_size} differs from the model's "
+                       f"image size {config.image_size}")
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -251,6 +254,11 @@ def parse_metadata(path: str | Path,
             raise ValueError(f"{len(names)} class names for {config.num_classes} outputs")
         pre = Preprocessing.from_dict(_json_of(metadata["preprocessing"], dict, "preprocessing")) \
             if "preprocessing" in metadata else default_preprocessing(config)
+        if pre.image_size != config.image_size:
+            # vitcli always writes them equal; the model would take the other size anyway
+            # (resampling its position embedding) and predict silently wrong.
+            raise ValueError(f"preprocessing image size {pre.image_size} differs from the "
+                             f"config's image size {config.image_size}")
     except (KeyError, TypeError, ValueError, VitError) as exc:
         # A stored value that fails validation (a UsageError when typed on a command line)
         # is a broken file here: exit 1, naming the file.
