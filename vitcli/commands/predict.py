@@ -30,8 +30,8 @@ def predict(
         show_default=False)],
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="A vitcli model file: .safetensors (PyTorch) or .onnx "
-        "(onnxruntime, no torch). Default: the newest runs/train/*/weights/best.safetensors.",
-        show_default=False)] = None,
+        "(onnxruntime, no torch) (default: weights/best.safetensors of the newest run in "
+        "runs/train).", show_default=False)] = None,  # no long path: help must not be cut
     topk: Annotated[int, typer.Option("--topk", "-k", min=1,
                                       help="How many labels to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option(
