@@ -232,12 +232,13 @@ def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
     target = ["diagonal", "antidiagonal"]
     small = _bars(tmp_path / "two", target, 6, seed=1, width=(1, 3))
     val = _bars(tmp_path / "two-val", target, 25, seed=2, width=(1, 3))
-    common = {"model": "vit-nano", "depth": 2, "embed_dim": 32, "heads": 2, "patch": 8,
-              "mlp_ratio": 2.0, "drop_path": 0.0, "augment": "none", "label_smoothing": 0.0,
+    # The architecture of the runs from scratch; the --init run takes it from its source.
+    arch = {"model": "vit-nano", "depth": 2, "embed_dim": 32, "heads": 2, "mlp_ratio": 2.0}
+    common = {"patch": 8, "drop_path": 0.0, "augment": "none", "label_smoothing": 0.0,
               "device": "cpu", "workers": 1, "seed": 1, "project": str(tmp_path / "runs"),
               "cache_dir": str(tmp_path / "cache")}
     pre = train(TrainOptions(data=str(source), epochs=25, batch_size=32, lr=3e-3, warmup=1,
-                             val_split=0.2, **common))
+                             val_split=0.2, **arch, **common))
     assert pre.best_top1 is not None and pre.best_top1 > 0.6
 
     def steps_to(target_top1: float, **extra) -> tuple[float, list]:
@@ -249,7 +250,7 @@ def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
         return (hit[0] if hit else float("inf")), [round(r["val_top1"], 2) for r in rows]
 
     finetuned, curve_ft = steps_to(0.8, init=str(pre.last_path))
-    scratch, curve_scratch = steps_to(0.8)
+    scratch, curve_scratch = steps_to(0.8, **arch)
     assert finetuned < float("inf"), curve_ft
     assert finetuned < scratch, (curve_ft, curve_scratch)
 
