@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vitcli.config import ViTConfig
-from vitcli.distributed import DistEnv, barrier
+from vitcli.distributed import DistEnv, rank0_first
 from vitcli.model import VisionTransformer
 from vitcli.preprocess import Preprocessing
 from vitcli.recipe import TrainOptions, model_config
@@ -72,14 +72,11 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     def progress(done: int, total: int) -> None:
         emit("load", done=done, total=total)
 
-    if not env.is_main:
-        barrier(env)  # wait for rank 0 to fill the cache
-    bundle = load_data(options.data, preprocessing=load_pre, val=options.val,
-                       val_split=options.val_split, seed=options.seed,
-                       cache_dir=Path(options.cache_dir) if options.cache_dir else None,
-                       progress=progress if env.is_main else None)
-    if env.is_main:
-        barrier(env)
+    # Rank 0 fills the cache first; its user errors stop every rank with the same one line.
+    bundle = rank0_first(lambda: load_data(
+        options.data, preprocessing=load_pre, val=options.val, val_split=options.val_split,
+        seed=options.seed, cache_dir=Path(options.cache_dir) if options.cache_dir else None,
+        progress=progress if env.is_main else None), env)
     train_px, val_px = bundle.train.pixels, bundle.val.pixels if bundle.val else None
     names = list(bundle.class_names)
 
