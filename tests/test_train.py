@@ -416,3 +416,28 @@ def test_an_option_refused_before_the_first_step_leaves_no_run_folder(tmp_path, 
     with pytest.raises(UsageError, match="multiple of the 5 processes"):
         train(options(tmp_path, bars))
     assert (tmp_path / "runs").is_dir() and not any((tmp_path / "runs").iterdir())
+
+
+def test_library_callers_get_the_same_option_checks(tmp_path: Path):
+    """The CLI refuses NaN and a diverging EMA decay; `TrainOptions.check` must as well."""
+    from vitcli.errors import UsageError
+
+    for bad, match in ((dict(lr=float("nan")), "--lr must be a finite number"),
+                       (dict(time_budget=float("inf")), "--time-budget must be a finite"),
+                       (dict(ema_decay=1.5), r"--ema-decay must be in \[0, 1\)")):
+        with pytest.raises(UsageError, match=match):
+            TrainOptions(data=str(tmp_path), **bad).check()
+
+
+def test_resume_with_a_corrupt_args_json_is_one_line(tmp_path: Path, bars: Path):
+    from vitcli.cli import app
+
+    run = train(options(tmp_path, bars, epochs=1)).run_dir
+    good = json.loads((run / "args.json").read_text())
+    wrong_type = {**good, "options": {**good["options"], "epochs": "ten"}}
+    bad_config = {**good, "resolved": {**good["resolved"], "config": {"image_size": "x"}}}
+    for args in (wrong_type, bad_config):
+        (run / "args.json").write_text(json.dumps(args))
+        result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert "args.json" in result.output and result.output.count("\n") == 1, result.output

@@ -56,7 +56,7 @@ class TrainOptions:
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
     device: str = "auto"
-    workers: int = 0  # processes for the first decode of the images (0 = automatic)
+    workers: int = 0  # CPU threads for training (0 = torch's default)
     augment: str | None = None  # none | light | strong; None = by dataset size
     val: str | None = None
     val_split: float | None = None
@@ -94,6 +94,13 @@ class TrainOptions:
         """Refuse impossible values before any data is read."""
         if not self.data:
             raise UsageError("--data is required (a folder of class sub-folders, or a dataset)")
+        for f in dataclasses.fields(self):  # NaN slips past every range check below
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, "
+                                 f"not {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UsageError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
         for flag, value in positive.items():
             if value < 1:

@@ -66,7 +66,11 @@ def resume(run_dir: str | Path, *, device: str | None = None, workers: int | Non
         from vitcli.errors import UsageError
 
         raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
-    options = TrainOptions.from_dict(read_json(run_dir / "args.json")["options"])
+    try:
+        options = TrainOptions.from_dict(read_json(run_dir / "args.json")["options"])
+        options.check()  # a hand-edited value of the wrong type fails here, as one line
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None
     options.device = device or options.device
     options.workers = options.workers if workers is None else workers
     return _run(options, run_dir=run_dir, on_event=on_event)
@@ -102,9 +106,13 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             from vitcli.preprocess import Preprocessing
 
             state = load_state(run_dir)
-            args = read_json(run_dir / "args.json")["resolved"]
-            resumed = (ViTConfig.from_dict(args["config"]),
-                       Preprocessing.from_dict(args["preprocessing"]))
+            args = read_json(run_dir / "args.json")
+            try:
+                resumed = (ViTConfig.from_dict(args["resolved"]["config"]),
+                           Preprocessing.from_dict(args["resolved"]["preprocessing"]))
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
+                    from None
         prepared = prepare(options, env, emit, resumed=resumed)
         options = options.with_lr_for(prepared.config.image_size)
         level = augment_level(options, len(prepared.train_labels))

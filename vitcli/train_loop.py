@@ -321,7 +321,6 @@ class Trainer:
         epoch = self.epochs_done + 1
         val_clock = time.perf_counter()
         val = self._validate()
-        val_seconds = time.perf_counter() - val_clock
         seconds = val_clock - self.epoch_clock
         row = {"epoch": epoch, "step": self.step,
                "train_loss": self.loss_sum / max(self.loss_count, 1),
@@ -330,6 +329,9 @@ class Trainer:
                "images_per_s": self.epoch_images / max(seconds, 1e-9),
                "seconds": self.elapsed()}
         improved = val is None or self.best_top1 is None or val[1] > self.best_top1
+        # Counters, files and state change together: a second Ctrl-C in here leaves the
+        # previous epoch's saved state standing rather than one that counts a missing epoch.
+        self.mutating = True
         if improved:
             self.best_top1, self.best_epoch, self.bad_epochs = (
                 val[1] if val else None), epoch, 0
@@ -349,6 +351,7 @@ class Trainer:
                 save_model(weights / "best.safetensors", model, **meta)
             self.metrics.append(row)
             self._save_state()
+        self.mutating = False
         self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1)
         if self.step >= self.schedule.total_steps:
             return "time_budget" if self.options.time_budget else "completed"

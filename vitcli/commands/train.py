@@ -106,8 +106,8 @@ def train(
     clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
                                             f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
     ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
-                                            help=f"[{_D.ema_decay}]", panel=ADVANCED)]
-    = None,
+                                            help=f"EMA decay per step [{_D.ema_decay}].",
+                                            panel=ADVANCED)] = None,
     save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
                                            "every N steps.", panel=ADVANCED)] = None,
     cache_dir: Annotated[str | None, _opt("--cache-dir", help="Where decoded images are "
