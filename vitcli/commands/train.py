@@ -97,7 +97,7 @@ def train(
     patch_embed: Annotated[str | None, _opt("--patch-embed", help="linear, overlap or "
                                             "shifted.", panel=ADVANCED)] = None,
     locality_attention: Annotated[bool | None, _opt(
-        "--locality-attention/--no-locality-attention", help="Locality self-attention.",
+        "--locality-attention", help="Locality self-attention (Lee et al. 2021).",
         panel=ADVANCED)] = None,
     pooling: Annotated[str | None, _opt("--pooling", help="cls or mean.", panel=ADVANCED)]
     = None,
