@@ -201,6 +201,27 @@ def test_light_for_small_images_is_shift_only():
 
     small = make_policy("light", hflip=False, image_size=28)
     assert small.translate > 0 and small.crop_scale is None and not small.hflip
-    assert small.num_ops == 0 and not small.mixes
+    assert small.num_ops == 0 and not small.mixes and small.fill == "edge"
     big = make_policy("light", image_size=224)
     assert big.crop_scale is not None and big.hflip
+
+
+@pytest.mark.parametrize("fill", ["edge", "grey"])
+def test_what_fills_the_area_a_shift_brings_in(fill: str):
+    """A dark-background digit shifted with "edge" fill keeps a black background; RandAugment's
+    mid-grey fill paints a border that no test image has."""
+    from vitcli.augment import AugmentPolicy, BatchAugment
+
+    torch.manual_seed(0)
+    size = 28
+    pixels = torch.zeros(32, size, size, 1, dtype=torch.uint8)
+    pixels[:, 10:18, 10:18] = 255  # a white square on black, away from every edge
+    aug = BatchAugment(AugmentPolicy(level="light", translate=0.1, fill=fill), image_size=size,
+                       mean=(0.0,), std=(1.0,), num_classes=2)
+    x, _ = aug(pixels, torch.zeros(32, dtype=torch.long))
+    corners = x[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]  # (B, 4): brought in by most shifts
+    if fill == "edge":
+        assert corners.abs().max() < 1e-6
+    else:  # most images show grey in a corner (the one the shift moved away from)
+        assert (corners > 0.2).any(dim=1).float().mean() > 0.8
+    assert (x[:, 0].amax(dim=(1, 2)) > 0.99).all()  # the square itself is still there
