@@ -97,7 +97,7 @@ def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None
     6 % in x and y and nothing else: crops, rotations and colour changes of a 28-px digit or
     garment remove most of what there is to learn, and a small ViT underfits at that budget
     already (benchmarks/small_data.py; README "Small data"). The shift repeats the edge pixels:
-    a grey border, which no test image has, cost about a point on Fashion-MNIST.
+    a grey border, which no test image has, cost about half a point on Fashion-MNIST.
     """
     if level == "none":
         return AugmentPolicy(level="none")
