@@ -216,7 +216,7 @@ PRESETS: dict[str, Preset] = {
         # Small images (28-64 px): small patches so there are enough tokens, few layers so
         # that a few thousand images are enough.
         # 28 px (MNIST-like) from scratch in minutes: a 4×4 grid of 7-px patches (16 tokens)
-        # with shifted patch tokenisation, wide rather than deep, so 2 CPU cores see ~45
+        # with shifted patch tokenisation, wide rather than deep, so 2 CPU cores see ~58
         # epochs in 2 minutes (README "Small data", benchmarks/small_data.py).
         _small("vit-pico", 28, 7, 128, 4, 4, 2.0, "small images, 28 px, 7 px patches, shifted",
                patch_embed="shifted"),
