@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitcli.budget import EpochTimes, steps_in_budget
 from vitcli.checkpoint import save_model, unwrap_model
 from vitcli.devices import autocast_dtype
 from vitcli.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
@@ -37,7 +38,6 @@ from vitcli.train_setup import Emit, Prepared
 
 PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
 VAL_BATCH = 256
-FINISH_SECONDS = 2.0  # the least a time budget keeps back for the final plots
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
@@ -114,9 +114,7 @@ class Trainer:
         self.mutating = False
         self.probe: tuple[int, float] | None = None  # (step, time) the speed probe started
         self.sec_per_step: float | None = None
-        # Measured this session, for refitting a time budget at every epoch end: training
-        # (steps, seconds) and epoch-end work (validation + saving: count, seconds).
-        self.timed: list[float] = [0, 0.0, 0, 0.0]
+        self.epoch_times = EpochTimes()  # this session's, for refitting a time budget
 
     # ------------------------------------------------------------------ the public loop
 
@@ -126,7 +124,6 @@ class Trainer:
 
         self.clock = time.perf_counter()
         self.session_start_step = self.step
-        self.session_epochs = self.epochs_done
         self.emit("start", run_dir=self.run_dir, config=self.data.config,
                   preprocessing=self.data.preprocessing, description=self.data.description,
                   num_train=len(self.data.train_labels), num_val=self.num_val,
@@ -270,49 +267,20 @@ class Trainer:
             self.sec_per_step = (time.perf_counter() - self.probe[1]) / (self.step - self.probe[0])
             self._fit_budget(self.sec_per_step, self.num_val * self.sec_per_step / self.batch / 3)
 
-    def _fit_budget(self, sec_per_step: float, val_seconds: float) -> None:
-        """Set the schedule's total steps so that training plus epoch ends fit the budget.
-
-        `val_seconds` is the work at each epoch end (validation, saving). Before it has been
-        timed, validation is assumed to cost a third of training per image (a forward pass
-        without the backward); every epoch end fits again with measured times.
-        """
-        # Kept back for the end of the run: the best model's validation pass for the confusion
-        # matrix, and the plots (about a second each on 2 CPU cores).
-        budget = self.options.time_budget * 60
-        left = budget - max(0.03 * budget, FINISH_SECONDS) - val_seconds - self.elapsed()
-        per_epoch = self.steps_per_epoch * sec_per_step + val_seconds
-        epoch_start = self.epochs_done * self.steps_per_epoch
-        to_epoch_end = (epoch_start + self.steps_per_epoch - self.step) * sec_per_step \
-            + val_seconds
-        if left < to_epoch_end:
-            total = self.step + int((left - val_seconds) / sec_per_step)
-        else:
-            rest = left - to_epoch_end
-            full = int(rest // per_epoch)
-            partial = int(max(rest - full * per_epoch - val_seconds, 0) / sec_per_step)
-            total = epoch_start + (1 + full) * self.steps_per_epoch + partial
-        total = broadcast(max(total, self.step + 1), self.env)
+    def _fit_budget(self, sec_per_step: float, end_seconds: float) -> None:
+        """Set the schedule's total steps so that the run ends within the budget."""
+        total = steps_in_budget(
+            budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
+            epoch_start=self.epochs_done * self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
+            end_seconds=end_seconds)
+        total = broadcast(total, self.env)
         self.schedule.total_steps = total
         self.schedule.warmup_steps = warmup_steps_for(self.options.warmup,
                                                       self.steps_per_epoch, total)
         self.budget_fitted = True
         self.emit("schedule", total_steps=total, epochs=self.planned_epochs,
                   seconds_per_step=sec_per_step)
-
-    def _refit_budget(self, steps: int, seconds: float, end_seconds: float) -> None:
-        """Fit the schedule again with what the epochs so far really cost.
-
-        The first epoch of a session is timed on its own only until a second one ends: it
-        carries the warm-up (first steps, first saves), which would make the estimate
-        pessimistic and end the run well before its budget.
-        """
-        if self.timed[2] == 1 and self.epochs_done - self.session_epochs == 2:
-            self.timed = [0, 0.0, 0, 0.0]  # drop epoch 1 once epoch 2 is measured
-        for i, value in enumerate((steps, seconds, 1, end_seconds)):
-            self.timed[i] += value
-        done, train_s, ends, end_s = self.timed
-        self._fit_budget(train_s / max(done, 1), end_s / ends)
 
     # ----------------------------------------------------------------------- epoch end
 
@@ -355,9 +323,10 @@ class Trainer:
         self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1)
         if self.step >= self.schedule.total_steps:
             return "time_budget" if self.options.time_budget else "completed"
-        if self.options.time_budget:
-            self._refit_budget(self.step - self.epoch_start_step, seconds,
-                               time.perf_counter() - val_clock)
+        if self.options.time_budget:  # refit with what the epochs so far really cost
+            self.epoch_times.add(self.step - self.epoch_start_step, seconds,
+                                 time.perf_counter() - val_clock)
+            self._fit_budget(self.epoch_times.sec_per_step, self.epoch_times.mean_end_seconds)
         if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
             return "early_stop"
         return None

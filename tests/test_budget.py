@@ -1,0 +1,58 @@
+"""The time-budget arithmetic: the planned steps fit the budget, and the estimate forgets the
+first epoch's warm-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from vitcli.budget import FINISH_SECONDS, EpochTimes, steps_in_budget
+
+
+def _seconds_used(total: int, *, step: int, epoch_start: int, steps_per_epoch: int,
+                  sec_per_step: float, end_seconds: float) -> float:
+    """What running from `step` to `total` costs: its steps, and an epoch end after each
+    finished epoch and after the last (partial) one."""
+    ends = (total - epoch_start) // steps_per_epoch + ((total - epoch_start) % steps_per_epoch > 0)
+    return (total - step) * sec_per_step + ends * end_seconds
+
+
+@pytest.mark.parametrize("budget_s, elapsed_s, step, sec_per_step, end_seconds", [
+    (100.0, 0.0, 0, 1.0, 1.0),     # many epochs
+    (120.0, 30.0, 40, 0.06, 0.4),  # the small-data case: 31 steps an epoch, short steps
+    (20.0, 0.0, 5, 1.0, 0.5),      # less than an epoch left: stops mid-epoch
+])
+def test_the_planned_steps_fit_the_budget_and_use_it(budget_s, elapsed_s, step, sec_per_step,
+                                                     end_seconds):
+    spe = 31 if sec_per_step < 0.1 else 10
+    epoch_start = step - step % spe
+    total = steps_in_budget(budget_s=budget_s, elapsed_s=elapsed_s, step=step,
+                            epoch_start=epoch_start, steps_per_epoch=spe,
+                            sec_per_step=sec_per_step, end_seconds=end_seconds)
+    left = budget_s - elapsed_s - max(0.03 * budget_s, FINISH_SECONDS)
+    used = _seconds_used(total, step=step, epoch_start=epoch_start, steps_per_epoch=spe,
+                         sec_per_step=sec_per_step, end_seconds=end_seconds)
+    assert total > step
+    assert used <= left  # the final validation and plots still fit
+    assert used > left - 2 * (spe * sec_per_step + end_seconds)  # and little time is wasted
+
+
+def test_a_spent_budget_still_takes_one_more_step():
+    assert steps_in_budget(budget_s=10, elapsed_s=60, step=7, epoch_start=0, steps_per_epoch=10,
+                           sec_per_step=1.0, end_seconds=1.0) == 8
+
+
+def test_a_longer_budget_never_plans_fewer_steps():
+    totals = [steps_in_budget(budget_s=b, elapsed_s=0, step=0, epoch_start=0,
+                              steps_per_epoch=10, sec_per_step=0.5, end_seconds=2.0)
+              for b in range(10, 300, 7)]
+    assert totals == sorted(totals)
+
+
+def test_epoch_times_forget_the_first_epoch_once_a_second_one_ends():
+    times = EpochTimes()
+    times.add(10, 20.0, 5.0)  # epoch 1: warm-up, slow
+    assert (times.sec_per_step, times.mean_end_seconds) == (2.0, 5.0)
+    times.add(10, 10.0, 1.0)  # epoch 2 replaces it
+    assert (times.sec_per_step, times.mean_end_seconds) == (1.0, 1.0)
+    times.add(10, 12.0, 3.0)  # later epochs are averaged in
+    assert times.sec_per_step == pytest.approx(1.1) and times.mean_end_seconds == 2.0
