@@ -126,7 +126,6 @@ def train(
 
     given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
              and v is not None}
-    _check_finite(given)
     ignored = sorted(k for k, v in given.items() if k not in ("device", "workers")
                      and v is not False)  # --ema and --compile are False when not given
     if resume is not None and ignored:
@@ -166,13 +165,3 @@ def train(
                               soft_wrap=True)  # a command to copy: never wrapped
         raise typer.Exit(130)
 
-
-def _check_finite(given: dict[str, Any]) -> None:
-    """Typer parses "nan" and "inf" as floats; no option of `vit train` means either."""
-    import math
-
-    from vitcli.errors import UsageError
-
-    for key, value in given.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"--{key.replace('_', '-')} must be a finite number, not {value}")
