@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -42,3 +44,16 @@ def progress_bar(*columns: Any) -> Any:
 
     return Progress(*columns, console=err_console, transient=True,
                     disable=not err_console.is_terminal)
+
+
+@contextmanager
+def writing(target: Path | str | None) -> Iterator[None]:
+    """Turn a failed write (no such folder, a file in the way, no permission, disk full) into
+    one error line naming the place, instead of an OSError traceback."""
+    from vitcli.errors import VitError
+
+    try:
+        yield
+    except OSError as exc:
+        raise VitError(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") \
+            from None

@@ -44,7 +44,7 @@ def evaluate(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from vitcli.commands._common import console, err_console, progress_bar
+    from vitcli.commands._common import console, err_console, progress_bar, writing
     from vitcli.errors import UsageError
     from vitcli.evaluate import evaluate as run_eval
     from vitcli.evaluate import new_eval_dir, write_json, write_outputs
@@ -71,16 +71,11 @@ def evaluate(
         report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
                           progress=update)
 
-    try:
+    with writing(out):
         out = out or new_eval_dir(model)
         written = write_outputs(report, out)
         if json_path is not None:
             write_json(report, json_path)
-    except OSError as exc:
-        from vitcli.errors import VitError
-
-        raise VitError(f"{exc.filename or out}: cannot write the results "
-                       f"({exc.strerror or exc})") from None
 
     if report.bad_files:
         path, reason = report.bad_files[0]

@@ -28,20 +28,17 @@ def export(
         show_default=False)] = None,
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
-    from vitcli.commands._common import err_console
-    from vitcli.errors import UsageError, VitError
+    from vitcli.commands._common import err_console, writing
+    from vitcli.errors import UsageError
     from vitcli.export import export_onnx
 
     if not onnx:
         raise UsageError("say which format: `vit export --onnx --model FILE` (ONNX is the only "
                          "format so far)")
     with err_console.status("exporting") as status:
-        try:
+        with writing(out):  # the output place: no such folder, a file in the way, disk full
             report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
                                  log=lambda msg: status.update(msg))
-        except OSError as exc:  # the output place: no such folder, a file in the way, disk full
-            where = exc.filename or out
-            raise VitError(f"{where}: cannot write ({exc.strerror or exc})") from None
     show_report(report)
 
 

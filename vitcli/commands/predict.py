@@ -7,16 +7,15 @@ per-image errors go to stderr.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt
+from vitcli.commands._common import DeviceOpt, writing
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from vitcli.backends import Backend
     from vitcli.predict import Prediction
@@ -85,14 +84,14 @@ def predict(
     if not as_json:
         _show(results, many)
     if csv_path is not None:
-        with _writing(csv_path):
+        with writing(csv_path):
             write_csv(csv_path, results)
     ok = [r.path for r in predicted if r.ok]
     if explain is not None and ok:
         from vitcli.explain import explain_images
 
         model_file = backend.model_file  # type: ignore[attr-defined]  # torch: checked above
-        with _writing(explain):
+        with writing(explain):
             explained = explain_images(model_file, ok, explain)
         err_console.print(f"heat maps for {len(explained)} image(s) in {explain}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
@@ -126,17 +125,6 @@ def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
             on_result(result)
             results.append(result)
     return results
-
-
-@contextmanager
-def _writing(target: Path) -> Iterator[None]:
-    """Turn a failed write (no such folder, no permission, disk full) into one error line."""
-    from vitcli.errors import VitError
-
-    try:
-        yield
-    except OSError as exc:
-        raise VitError(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") from None
 
 
 def _report_failure(result: Prediction) -> None:
