@@ -136,7 +136,7 @@ class ViTConfig:
         values = {k: v for k, v in data.items() if k in fields}
         for key, value in values.items():
             expected = type(fields[key])  # every field has a plain default of its own type
-            if not _fits(value, expected):
+            if not fits_json_type(value, expected):
                 raise ValueError(f"config field {key!r} should be {expected.__name__}, "
                                  f"not {value!r}")
         return cls(**values)
@@ -146,7 +146,7 @@ class ViTConfig:
         return cls.from_dict(json.loads(text))
 
 
-def _fits(value: Any, expected: type) -> bool:
+def fits_json_type(value: Any, expected: type) -> bool:
     """JSON-typed check: bools are not ints, and an int is a fine float."""
     if expected is bool or isinstance(value, bool):
         return expected is bool and isinstance(value, bool)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitcli.config import fits_json_type
 from vitcli.errors import UsageError
 from vitcli.images import open_image
 
@@ -110,22 +111,18 @@ class Preprocessing:
         return self(open_image(path, self.color_mode))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _numbers(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(fits_json_type(v, float) for v in value)
 
 
-def _is_numbers(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
-
-
-# field → (what it should be, in words; the JSON-typed check). bools are not numbers.
+# field → (what it should be, in words; the JSON-typed check: bools are not numbers).
 _FIELD_TYPES: dict[str, tuple[str, Any]] = {
-    "image_size": ("an int", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "mean": ("a list of numbers", _is_numbers),
-    "std": ("a list of numbers", _is_numbers),
-    "interpolation": ("a string", lambda v: isinstance(v, str)),
-    "crop_fraction": ("a number", _is_number),
-    "color_mode": ("a string", lambda v: isinstance(v, str)),
+    "image_size": ("an int", lambda v: fits_json_type(v, int)),
+    "mean": ("a list of numbers", _numbers),
+    "std": ("a list of numbers", _numbers),
+    "interpolation": ("a string", lambda v: fits_json_type(v, str)),
+    "crop_fraction": ("a number", lambda v: fits_json_type(v, float)),
+    "color_mode": ("a string", lambda v: fits_json_type(v, str)),
 }
 
 
