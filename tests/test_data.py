@@ -14,7 +14,7 @@ from conftest import CLASSES, draw_shape, make_image_folder
 from PIL import Image
 
 from vitcli.data import load_data, load_eval_data, typical_image_size
-from vitcli.errors import VitError
+from vitcli.errors import UsageError, VitError
 from vitcli.images import open_image
 from vitcli.preprocess import Preprocessing
 
@@ -159,6 +159,21 @@ def test_default_validation_when_every_class_has_ten(tmp_path: Path, cache: Path
     bundle = load(make_image_folder(tmp_path / "d", per_class=10, size=20), cache)
     assert np.bincount(bundle.val.labels).tolist() == [1, 1, 1]
     assert len(bundle.train) == 27
+
+
+def test_eval_val_split_is_the_set_training_held_out(tmp_path: Path, cache: Path) -> None:
+    root = make_image_folder(tmp_path / "d", per_class=10, size=20)
+    for kw in ({"val_split": 0.4, "seed": 3}, {}):  # explicit, then the default 10 %, seed 0
+        held_out = load(root, cache, **kw).val
+        images, _ = load_eval_data(root, preprocessing=PRE, cache_dir=cache,
+                                   val_split=kw.get("val_split", 0.1), seed=kw.get("seed", 0))
+        assert images.paths == held_out.paths and len(images.paths) in (12, 3)
+        assert np.array_equal(images.pixels, held_out.pixels)
+    assert "10% of its training images held out with seed 0" in images.description
+    with pytest.raises(UsageError, match="--split and --val-split"):
+        load_eval_data(root, preprocessing=PRE, cache_dir=cache, val_split=0.1, split="train")
+    with pytest.raises(UsageError, match=r"must be in \(0, 1\)"):
+        load_eval_data(root, preprocessing=PRE, cache_dir=cache, val_split=0.0)
 
 
 def test_val_path(tmp_path: Path, cache: Path, image_folder: Path) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -359,8 +361,20 @@ def test_cli_trains_with_only_data_and_patch(tmp_path: Path, bars: Path, monkeyp
     resolved = json.loads((run / "args.json").read_text())["resolved"]
     assert resolved["config"]["image_size"] == 32  # from the data, not the preset's
     assert resolved["config"]["patch_size"] == 16 and resolved["config"]["in_channels"] == 1
-    assert len(read_metrics(run / "metrics.csv")) == TrainOptions().epochs
+    rows = read_metrics(run / "metrics.csv")
+    assert len(rows) == TrainOptions().epochs
     assert (run / "weights" / "best.safetensors").is_file()
+    # The summary names the `vit eval` that re-measures the default 10 % held out of --data;
+    # run as printed, it gives the best epoch's validation figures.
+    command = re.search(r"vit eval (.+)$", result.output, re.MULTILINE).group(1)
+    assert command.endswith(f"--data {bars} --val-split 0.1 --seed 0")
+    evaluated = CliRunner().invoke(app, ["eval", *shlex.split(command), "--json", "e.json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    figures = json.loads((tmp_path / "e.json").read_text())
+    best = max(rows, key=lambda r: r["val_top1"])  # the first epoch with the best top-1
+    assert figures["num_images"] == 3
+    assert figures["top1"] == pytest.approx(best["val_top1"])
+    assert figures["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
 def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
@@ -441,3 +455,25 @@ def test_resume_with_a_corrupt_args_json_is_one_line(tmp_path: Path, bars: Path)
         result = CliRunner().invoke(app, ["train", "--resume", str(run)])
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert "args.json" in result.output and result.output.count("\n") == 1, result.output
+
+
+def test_summary_names_the_eval_of_the_runs_own_validation_set(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from vitcli.commands._train_display import eval_command
+
+    best = tmp_path / "my run" / "best.safetensors"
+    best.parent.mkdir()
+    best.write_bytes(b"")
+
+    def result(val_split=None, num_val=5, **kw):
+        opts = TrainOptions(data="imgs", seed=7, **kw)
+        return SimpleNamespace(options=opts, num_val=num_val, best_path=best,
+                               val_split=val_split)
+
+    quoted = shlex.quote(str(best))
+    assert eval_command(result(val_split=0.25)) == \
+        f"vit eval --model {quoted} --data imgs --val-split 0.25 --seed 7"
+    assert eval_command(result(val="held out")) == f"vit eval --model {quoted} --data 'held out'"
+    assert eval_command(result()) == f"vit eval --model {quoted} --data imgs"  # its own val/
+    assert eval_command(result(num_val=0)) is None  # no validation: nothing to re-measure

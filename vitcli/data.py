@@ -60,6 +60,7 @@ class DataBundle:
     class_names: list[str]
     bad_files: BadFiles  # skipped while decoding, train and val
     description: str  # one line, e.g. "folder imgs/: 1,200 train / 300 val (...)"
+    val_split: float | None = None  # the fraction carved out of train as validation, if any
 
 
 # ------------------------------------------------------------------------------- public API
@@ -86,7 +87,7 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     if len(class_names) < 2:
         raise VitError(f"{source.label}: only one class ({', '.join(class_names) or 'none'}); "
                        "a classifier needs at least two class folders")
-    train, val_part, how = train_split, None, "no validation"
+    train, val_part, how, carved = train_split, None, "no validation", None
     if val is not None:
         val_source = open_source(val, cache_dir)
         val_name = _pick_eval_split(val_source, None)
@@ -96,12 +97,13 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     elif val_split is not None:  # explicit: carve it from train, or 0 = no validation
         if val_split > 0:
             train, val_part = _stratified_split(train_split, val_split, seed)
-            how = f"stratified {val_split:.0%} split, seed {seed}"
+            how, carved = f"stratified {val_split:.0%} split, seed {seed}", val_split
     elif own := next((s for s in ("validation", "test") if s in source.splits), None):
         val_part, how = source.splits[own], f"its {own} split as validation"
     elif _enough_for_default_val(train_split, len(class_names)):
         train, val_part = _stratified_split(train_split, DEFAULT_VAL_SPLIT, seed)
         how = f"default stratified {DEFAULT_VAL_SPLIT:.0%} split, seed {seed}"
+        carved = DEFAULT_VAL_SPLIT
     _check_classes(train, class_names, source.label)
 
     total = len(train.labels) + (len(val_part.labels) if val_part is not None else 0)
@@ -120,20 +122,33 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     if val_set is not None:
         val_set.description = f"{source.label}: {n_val:,} validation images ({how})"
     return DataBundle(train=train_set, val=val_set, class_names=class_names,
-                      bad_files=source.ignored + bad, description=description)
+                      bad_files=source.ignored + bad, description=description,
+                      val_split=carved if val_set is not None else None)
 
 
 def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str | None = None,
-                   cache_dir: Path | None = None,
+                   val_split: float | None = None, seed: int = 0, cache_dir: Path | None = None,
                    progress: Progress | None = None) -> tuple[ImageSet, BadFiles]:
     """Labelled images to evaluate, pixels exactly preprocessing.resize_crop, and the bad files.
 
     A folder of class sub-folders is evaluated whole; data with splits gives `split` if named,
-    else validation, else test, else train. The set's description says which.
+    else validation, else test, else train. With `val_split`, the images `load_data` holds out
+    of the training split with that fraction and seed, so a run that carved its validation
+    from --data can be re-measured on exactly that set. The set's description says which.
     """
+    if val_split is not None:
+        if split is not None:
+            raise UsageError("--split and --val-split choose the images in two different ways; "
+                             "give one")
+        if not 0.0 < val_split < 1.0:
+            raise UsageError(f"--val-split must be in (0, 1), not {val_split}")
     source = open_source(data, cache_dir)
-    name = _pick_eval_split(source, split)
-    part = source.splits[name]
+    if val_split is None:
+        name = _pick_eval_split(source, split)
+        part = source.splits[name]
+    else:
+        name = "train"  # what training splits, whatever the source calls it
+        part = _stratified_split(_pick_train_split(source), val_split, seed)[1]
     if not len(part.labels):
         raise VitError(f"{data}: the {name} split has no images")
     images, bad = _decode(part, preprocessing, source.class_names, cache_dir, progress)
@@ -141,6 +156,9 @@ def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str
         raise VitError(f"{data}: none of the {len(part.labels):,} images could be read "
                        f"(first: {bad[0][1]})")
     where = f", split {name}" if len(source.splits) > 1 or name != "train" else ""
+    if val_split is not None:
+        where = (f", the stratified {val_split:.0%} of its training images held out with "
+                 f"seed {seed}")
     images.description = f"{source.label}{where}: {len(images):,} images"
     return images, source.ignored + bad
 

@@ -278,7 +278,8 @@ def map_labels(data_names: Sequence[str], model_names: Sequence[str], labels: np
 
 
 def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
-             device: str = "auto", split: str | None = None, cache_dir: str | Path | None = None,
+             device: str = "auto", split: str | None = None, val_split: float | None = None,
+             seed: int = 0, cache_dir: str | Path | None = None,
              progress: StageProgress | None = None) -> EvalReport:
     """Load a model file and labelled images, run the model, and measure it.
 
@@ -304,7 +305,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     model_file = load_model(model_path, device=str(target))
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
-                                       cache_dir=Path(cache_dir) if cache_dir else None,
+                                       val_split=val_split, seed=seed, cache_dir=Path(cache_dir) if cache_dir else None,
                                        progress=stage("reading"))
     if len(images.labels) == 0:
         raise VitError(f"{data}: no readable images to evaluate")

@@ -45,6 +45,8 @@ class TrainResult:
     last_row: dict[str, Any] | None
     num_train: int
     num_val: int
+    val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
+    options: TrainOptions | None = None  # what the run was trained with
 
 
 def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> TrainResult:

@@ -158,7 +158,8 @@ class Trainer:
             seconds=self.elapsed(), best_top1=self.best_top1, best_epoch=self.best_epoch,
             best_path=self.run_dir / "weights" / "best.safetensors",
             last_path=self.run_dir / "weights" / "last.safetensors", last_row=self.last_row,
-            num_train=len(self.data.train_labels), num_val=self.num_val)
+            num_train=len(self.data.train_labels), num_val=self.num_val,
+            val_split=self.data.val_split, options=self.options)
         self.emit("end", result=result)
         return result
 

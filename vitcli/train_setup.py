@@ -39,6 +39,7 @@ class Prepared:
     preprocessing: Preprocessing
     model: VisionTransformer
     notes: list[str] = field(default_factory=list)  # lines worth telling the user
+    val_split: float | None = None  # validation carved from --data with this fraction
 
 
 def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
@@ -114,7 +115,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         val_labels=bundle.val.labels if bundle.val else None,
         val_paths=bundle.val.paths if bundle.val else None, class_names=names,
         bad_files=list(bundle.bad_files), description=bundle.description, config=config,
-        preprocessing=pre, model=model, notes=notes)
+        preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split)
 
 
 def _first_channel(pixels: np.ndarray | None) -> np.ndarray | None:

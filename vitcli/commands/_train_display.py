@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,23 @@ def print_summary(console: Console, result: Any) -> None:
         table.add_row("last model", str(result.last_path))
     table.add_row("run folder", str(result.run_dir))
     console.print(table)
+    command = eval_command(result)
+    if command:
+        console.print(f"re-measure the best model on its validation images: "
+                      f"[bold]{escape(command)}[/]", highlight=False,
+                      soft_wrap=True)  # a command to copy: never wrapped
+
+
+def eval_command(result: Any) -> str | None:
+    """The `vit eval` that re-measures the best model on exactly the run's validation set."""
+    options = result.options
+    if options is None or result.num_val == 0 or not result.best_path.exists():
+        return None
+    words = ["vit", "eval", "--model", str(result.best_path)]
+    if options.val:
+        words += ["--data", options.val]
+    else:
+        words += ["--data", options.data]
+        if result.val_split is not None:
+            words += ["--val-split", f"{result.val_split:g}", "--seed", str(options.seed)]
+    return shlex.join(words)

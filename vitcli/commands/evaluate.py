@@ -32,6 +32,12 @@ def evaluate(
     split: Annotated[str | None, typer.Option(
         "--split", help="Which split to evaluate (default: the data's validation or test "
         "split, else all of it).", show_default=False)] = None,
+    val_split: Annotated[float | None, typer.Option(
+        "--val-split", help="Evaluate the fraction that `vit train --val-split` (default 0.1) "
+        "held out of this data, carved again with the same --seed.",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="The training run's --seed, with "
+                                      "--val-split.")] = 0,
     show: Annotated[int, typer.Option("--show", min=0,
                                       help="Misclassified files listed in the terminal.")] = 20,
 ) -> None:
@@ -69,7 +75,7 @@ def evaluate(
             bar.update(task, description=description, completed=done, total=total)
 
         report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
-                          progress=update)
+                          val_split=val_split, seed=seed, progress=update)
 
     with writing(out):
         out = out or new_eval_dir(model)
