@@ -196,12 +196,13 @@ def test_translate_shifts_every_image_within_the_limit_in_both_axes():
     assert (x[:, 0].amax(dim=(1, 2)) > 0.99).all()
 
 
-def test_light_for_small_images_is_shift_only():
+def test_light_for_small_images_is_shift_and_erase_only():
     from vitcli.augment import make_policy
 
     small = make_policy("light", hflip=False, image_size=28)
     assert small.translate > 0 and small.crop_scale is None and not small.hflip
     assert small.num_ops == 0 and not small.mixes and small.fill == "edge"
+    assert small.erase_prob == 0.25
     big = make_policy("light", image_size=224)
     assert big.crop_scale is not None and big.hflip
 

@@ -94,15 +94,17 @@ def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None
     """The policy of a named level; hflip=False for data where mirroring changes the class.
 
     For small images (≤ SMALL_IMAGE_PX) trained for minutes, "light" is a random shift of up to
-    6 % in x and y and nothing else: crops, rotations and colour changes of a 28-px digit or
-    garment remove most of what there is to learn, and a small ViT underfits at that budget
-    already (benchmarks/small_data.py; README "Small data"). The shift repeats the edge pixels:
-    a grey border, which no test image has, cost about half a point on Fashion-MNIST.
+    6 % in x and y plus random erasing of a box in a quarter of the images, and nothing else:
+    crops, rotations and colour changes of a 28-px digit or garment remove most of what there
+    is to learn (benchmarks/small_data.py; README "Small data"). The shift repeats the edge
+    pixels: a grey border, which no test image has, cost about half a point on Fashion-MNIST.
+    The erasing is worth about +0.8: the small ViT fits its 4,000 images well before the end.
     """
     if level == "none":
         return AugmentPolicy(level="none")
     if level == "light" and image_size is not None and image_size <= SMALL_IMAGE_PX:
-        return AugmentPolicy(level="light", translate=0.06, hflip=hflip, fill="edge")
+        return AugmentPolicy(level="light", translate=0.06, hflip=hflip, fill="edge",
+                             erase_prob=0.25)
     if level == "light":
         return AugmentPolicy(level="light", crop_scale=(0.5, 1.0), hflip=hflip,
                              ops=("identity", "brightness", "contrast", "rotate",
