@@ -37,7 +37,8 @@ def main() -> None:
     import torch
 
     from vitcli.backends import open_onnx, open_torch
-    from vitcli.export import export_onnx, median_seconds, random_inputs
+    from vitcli.export import export_onnx
+    from vitcli.onnx_checks import median_seconds, random_inputs
 
     args = parse_args()
     threads = args.threads or torch.get_num_threads()

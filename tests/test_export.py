@@ -105,6 +105,7 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
 def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch):
     """A graph that disagrees with PyTorch is refused and nothing is left behind."""
     import vitcli.export as export
+    import vitcli.onnx_checks as checks
 
     model, _, report = exported
 
@@ -112,9 +113,9 @@ def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch
         shutil.copyfile(report.path, path)
         return "dynamo"
 
-    real_logits = export.torch_logits
+    real_logits = checks.torch_logits
     monkeypatch.setattr(export, "_torch_export", wrong_graph)
-    monkeypatch.setattr(export, "torch_logits", lambda mf, x: real_logits(mf, x) + 1e-2)
+    monkeypatch.setattr(checks, "torch_logits", lambda mf, x: real_logits(mf, x) + 1e-2)
     out = tmp_path / "bad.onnx"
     with pytest.raises(VitError, match="differs from PyTorch at batch 1"):
         export.export_onnx(model, out)
@@ -124,19 +125,19 @@ def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch
 @pytest.mark.slow
 def test_fp32_disagreement_on_data_fails(exported, monkeypatch):
     """--data: fp32 ONNX must agree with PyTorch on every image that is not a tie."""
-    import vitcli.export as export
+    import vitcli.onnx_checks as checks
     from vitcli.checkpoint import load_model
 
     model, data, report = exported
     mf = load_model(model)
-    labelled = export._load_data(data, mf, lambda _msg: None)
-    assert export.compare_on_data(mf, report.path, labelled).agreement == 1.0
-    real_logits = export.torch_logits
+    labelled = checks.load_labelled(data, mf, lambda _msg: None)
+    assert checks.compare_on_data(mf, report.path, labelled).agreement == 1.0
+    real_logits = checks.torch_logits
     # PyTorch "answers" the next class, by a wide margin: real disagreements, not ties
-    monkeypatch.setattr(export, "torch_logits",
+    monkeypatch.setattr(checks, "torch_logits",
                         lambda mf, x: 10 * np.roll(real_logits(mf, x), 1, axis=1))
     with pytest.raises(VitError, match="disagree on 36 of 36 images"):
-        export.compare_on_data(mf, report.path, labelled)
+        checks.compare_on_data(mf, report.path, labelled)
 
 
 @pytest.mark.slow
@@ -144,7 +145,8 @@ def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     import onnxruntime as ort
 
     from vitcli.backends import open_onnx
-    from vitcli.export import export_onnx, random_inputs, torch_logits
+    from vitcli.export import export_onnx
+    from vitcli.onnx_checks import random_inputs, torch_logits
 
     model, _, _ = exported
     report = export_onnx(model, tmp_path / "fixed.onnx", batch="4")

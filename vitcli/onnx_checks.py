@@ -1,0 +1,168 @@
+"""How `vit export` proves an ONNX file right: parity with PyTorch, real data, latency.
+
+Random inputs go through the model's own normalisation, so the comparison sees realistic
+value ranges. fp32 must match PyTorch within rtol/atol at batch 1 and 8 and give the same top-1
+on every real image (apart from numerical ties); int8 is measured, not required to match.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from vitcli.backends import open_onnx
+from vitcli.errors import UsageError, VitError
+
+if TYPE_CHECKING:
+    from vitcli.checkpoint import ModelFile
+
+RTOL, ATOL = 1e-3, 1e-4  # fp32 parity, on logits
+PARITY_BATCHES = (1, 8)
+TIE_MARGIN = 1e-3  # top-2 logits closer than this are a tie; either answer is right
+
+
+@dataclass
+class Parity:
+    """onnxruntime vs PyTorch on one batch of inputs."""
+
+    batch: int
+    max_abs_diff: float
+    ok: bool
+
+
+@dataclass
+class DataCheck:
+    """Both back ends on real labelled images: agreement of top-1 and each one's accuracy."""
+
+    images: int
+    description: str
+    torch_accuracy: float
+    onnx_accuracy: float
+    agreement: float  # fp32 ONNX top-1 == PyTorch top-1
+    ties: int  # disagreements on numerical ties (top-2 logits within TIE_MARGIN)
+    int8_accuracy: float | None = None
+    int8_agreement: float | None = None  # int8 top-1 == fp32 ONNX top-1
+    skipped: int = 0  # unreadable files in the data
+
+
+def random_inputs(mf: ModelFile, batch: int, seed: int) -> np.ndarray:
+    """Random images pushed through the model's own normalisation: realistic input ranges."""
+    pre = mf.preprocessing
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (batch, pre.image_size, pre.image_size, pre.channels),
+                          dtype=np.uint8)  # (B, S, S, C)
+    return pre.normalize(pixels)  # (B, C, S, S)
+
+
+def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """PyTorch logits for a float32 batch (B, C, H, W), in chunks to bound memory."""
+    import torch
+
+    with torch.inference_mode():
+        parts = [mf.model(torch.from_numpy(batch[i:i + chunk])).numpy()
+                 for i in range(0, len(batch), chunk)]
+    return np.concatenate(parts)
+
+
+def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
+    """Compare onnxruntime and PyTorch logits at batch 1 and 8; raise if they differ.
+
+    A fixed-batch graph is also checked at its own size N; at 1 and 8 it runs the way
+    `vit predict` runs it (chunks of N, the last one padded), so that path is verified too.
+    """
+    backend = open_onnx(path)
+    checks = []
+    sizes = sorted({*PARITY_BATCHES, *((fixed,) if fixed else ())})
+    for i, n in enumerate(sizes):
+        x = random_inputs(mf, n, seed=i)
+        ref, got = torch_logits(mf, x), backend.logits(x)
+        diff = float(np.abs(ref - got).max())
+        ok = got.shape == ref.shape and bool(np.allclose(got, ref, rtol=RTOL, atol=ATOL))
+        checks.append(Parity(batch=n, max_abs_diff=diff, ok=ok))
+        if not ok:
+            raise VitError(f"ONNX output differs from PyTorch at batch {n} (max |Δlogit| "
+                           f"{diff:.2e} > rtol {RTOL:g}, atol {ATOL:g}); nothing was written")
+    return checks
+
+
+# ------------------------------------------------------------------------- real data
+
+
+@dataclass
+class Labelled:
+    """Preprocessed labelled images, with labels in the model's class order."""
+
+    inputs: np.ndarray  # float32 (N, C, S, S)
+    labels: np.ndarray  # int64 (N,)
+    description: str
+    skipped: int
+
+
+def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -> Labelled:
+    """Read --data with the model's preprocessing, mapping its classes onto the model's."""
+    from vitcli.data import load_eval_data
+
+    say(f"reading {data}")
+    images, bad = load_eval_data(data, preprocessing=mf.preprocessing)
+    index = {name: i for i, name in enumerate(mf.class_names)}
+    unknown = sorted(set(images.class_names) - set(index))
+    if unknown:
+        raise UsageError(f"--data {data}: classes {', '.join(unknown[:5])} are not among the "
+                         f"model's {len(index)} classes")
+    mapping = np.array([index[name] for name in images.class_names])
+    inputs = mf.preprocessing.normalize(images.pixels)  # (N, C, S, S)
+    return Labelled(inputs=inputs, labels=mapping[images.labels], description=images.description,
+                    skipped=len(bad))
+
+
+def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
+    """Top-1 of PyTorch and fp32 onnxruntime on real images; raise on a real disagreement."""
+    ref = torch_logits(mf, data.inputs)
+    got = open_onnx(path).logits(data.inputs)
+    differ = ref.argmax(1) != got.argmax(1)
+    top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
+    tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN  # (N,)
+    real = int((differ & ~tie).sum())
+    if real:
+        raise VitError(f"ONNX and PyTorch disagree on {real} of {len(ref)} images in --data "
+                       "(fp32 must agree on every image); nothing was written")
+    return DataCheck(images=len(ref), description=data.description,
+                     torch_accuracy=float((ref.argmax(1) == data.labels).mean()),
+                     onnx_accuracy=float((got.argmax(1) == data.labels).mean()),
+                     agreement=float((~differ).mean()), ties=int(differ.sum()),
+                     skipped=data.skipped)
+
+
+def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,
+                    runs: int = 20) -> dict[str, float]:
+    """Median batch-1 milliseconds of PyTorch, fp32 ONNX and (if written) int8 ONNX."""
+    x = random_inputs(mf, fixed or 1, seed=1)
+    fp32 = open_onnx(fp32_path)
+    runners: dict[str, Callable[[], object]] = {
+        "pytorch": lambda: torch_logits(mf, x), "onnx fp32": lambda: fp32.logits(x)}
+    if int8_path:
+        int8 = open_onnx(int8_path)
+        runners["onnx int8"] = lambda: int8.logits(x)
+    return {name: 1000 * median_seconds(run, runs) for name, run in runners.items()}
+
+
+def median_seconds(run: Callable[[], object], runs: int, warmup: int = 2,
+                   budget_s: float = 2.0) -> float:
+    """Median wall time of `run()` after a warm-up (first calls allocate and plan).
+
+    Stops early once `budget_s` is spent (at least 3 timed runs), so a slow model or a
+    busy machine cannot make export crawl.
+    """
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    while len(times) < runs and (len(times) < 3 or sum(times) < budget_s):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
