@@ -114,12 +114,24 @@ def test_tables_and_csv(models, tmp_path: Path):
     table_csv = tmp_path / "out.csv"
     code, out, _ = run(str(images), "-m", str(st), "--csv", str(table_csv), "-k", "1")
     assert code == 0
-    assert "10 images" in out  # many images: one table
+    assert f"10 images in {images}{os.sep}" in out.splitlines()  # many images: one table,
+    assert "circle/000.png" in out and str(images / "circle") not in out  # files within it
     rows = table_csv.read_text().splitlines()
     assert rows[0].startswith("image,label,probability") and len(rows) == 11
     assert rows[-1].split(",")[0] == str(images / "wide.jpg")
     code, out, _ = run(str(images / "wide.jpg"), "-m", str(st))
     assert code == 0 and "probability" in out and all(c in out for c in CLASSES)
+
+
+def test_common_folder_of_the_summary_table(tmp_path: Path):
+    from vitcli.commands.predict import common_folder
+
+    a, b = tmp_path / "x" / "a" / "1.png", tmp_path / "x" / "b" / "2.png"
+    assert common_folder([a, b]) == tmp_path / "x"
+    assert common_folder([a]) == tmp_path / "x" / "a"
+    assert common_folder([Path("1.png"), Path("2.png")]) is None  # the current folder
+    assert common_folder([a, Path("rel/2.png")]) is None  # absolute and relative mixed
+    assert common_folder([]) is None
 
 
 def test_single_image_name_is_never_broken_on_narrow_output(models, tmp_path: Path,

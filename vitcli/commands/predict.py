@@ -7,6 +7,7 @@ per-image errors go to stderr.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -156,7 +157,12 @@ def _show(results: list[Prediction], many: bool) -> None:
                 table.add_row(str(rank), label, f"{p:.4f}")
             console.print(table)
         return
-    table = Table(title=f"{len(ok)} images", title_justify="left", box=box.SIMPLE_HEAD)
+    root = common_folder([r.path for r in ok])
+    # The folder once, on a line of its own (never wrapped); the rows name files within it,
+    # so that long folder names do not fold every row into four lines.
+    where = f" in {root}{os.sep}" if root is not None else ""
+    console.print(Text(f"{len(ok)} images{where}", style="bold"), soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD)
     table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
     table.add_column("label")
     table.add_column("probability", justify="right")
@@ -164,8 +170,18 @@ def _show(results: list[Prediction], many: bool) -> None:
     for r in ok:
         rest = ", ".join(f"{label} {p:.2f}" for label, p in
                          zip(r.labels[1:], r.probabilities[1:]))
-        table.add_row(str(r.path), r.labels[0], f"{r.probabilities[0]:.4f}", rest)
+        name = r.path.relative_to(root) if root is not None else r.path
+        table.add_row(str(name), r.labels[0], f"{r.probabilities[0]:.4f}", rest)
     console.print(table)
+
+
+def common_folder(paths: list[Path]) -> Path | None:
+    """The deepest folder holding every path, or None when there is none worth naming."""
+    try:
+        root = Path(os.path.commonpath([p.parent for p in paths]))
+    except ValueError:  # no paths, or absolute and relative ones mixed
+        return None
+    return None if str(root) in ("", ".", os.sep) else root
 
 
 def write_csv(path: Path, results: list[Prediction]) -> None:
