@@ -305,7 +305,8 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     model_file = load_model(model_path, device=str(target))
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
-                                       val_split=val_split, seed=seed, cache_dir=Path(cache_dir) if cache_dir else None,
+                                       val_split=val_split, seed=seed,
+                                       cache_dir=Path(cache_dir) if cache_dir else None,
                                        progress=stage("reading"))
     if len(images.labels) == 0:
         raise VitError(f"{data}: no readable images to evaluate")
