@@ -140,6 +140,17 @@ def test_fp32_disagreement_on_data_fails(exported, monkeypatch):
         checks.compare_on_data(mf, report.path, labelled)
 
 
+def test_data_with_a_class_the_model_does_not_know_is_one_line(exported, tmp_path: Path):
+    from vitcli.export import export_onnx
+
+    model, _, _ = exported
+    data = make_image_folder(tmp_path / "d", per_class=1, classes=["circle", "hexagon"])
+    out = tmp_path / "m.onnx"
+    with pytest.raises(VitError, match=r"^--data .*: class hexagon not known to the model"):
+        export_onnx(model, out, data=data)
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     import onnxruntime as ort

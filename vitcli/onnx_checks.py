@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitcli.backends import open_onnx
-from vitcli.errors import UsageError, VitError
+from vitcli.errors import VitError
 
 if TYPE_CHECKING:
     from vitcli.checkpoint import ModelFile
@@ -106,17 +106,13 @@ class Labelled:
 def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -> Labelled:
     """Read --data with the model's preprocessing, mapping its classes onto the model's."""
     from vitcli.data import load_eval_data
+    from vitcli.evaluate import map_labels
 
     say(f"reading {data}")
     images, bad = load_eval_data(data, preprocessing=mf.preprocessing)
-    index = {name: i for i, name in enumerate(mf.class_names)}
-    unknown = sorted(set(images.class_names) - set(index))
-    if unknown:
-        raise UsageError(f"--data {data}: classes {', '.join(unknown[:5])} are not among the "
-                         f"model's {len(index)} classes")
-    mapping = np.array([index[name] for name in images.class_names])
+    labels = map_labels(images.class_names, mf.class_names, images.labels, data=f"--data {data}")
     inputs = mf.preprocessing.normalize(images.pixels)  # (N, C, S, S)
-    return Labelled(inputs=inputs, labels=mapping[images.labels], description=images.description,
+    return Labelled(inputs=inputs, labels=labels, description=images.description,
                     skipped=len(bad))
 
 
