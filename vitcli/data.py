@@ -155,10 +155,11 @@ def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str
     if not len(images):
         raise VitError(f"{data}: none of the {len(part.labels):,} images could be read "
                        f"(first: {bad[0][1]})")
-    where = f", split {name}" if len(source.splits) > 1 or name != "train" else ""
     if val_split is not None:
         where = (f", the stratified {val_split:.0%} of its training images held out with "
                  f"seed {seed}")
+    else:
+        where = f", split {name}" if len(source.splits) > 1 or name != "train" else ""
     images.description = f"{source.label}{where}: {len(images):,} images"
     return images, source.ignored + bad
 
