@@ -102,6 +102,63 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
 
 
 @pytest.mark.slow
+def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
+    """int8 is quantized from the fused-attention graph; the fp32 file stays standard ONNX."""
+    import onnx
+
+    _, _, report = exported
+    fp32 = onnx.load(str(report.path))
+    int8 = onnx.load(str(report.int8_path))
+    assert {n.domain for n in fp32.graph.node} <= {"", "ai.onnx"}
+    kinds = [n.op_type for n in int8.graph.node]
+    assert kinds.count("QAttention") == 2  # one per block (TINY has depth 2)
+    assert "Softmax" not in kinds  # no attention left outside the fused nodes
+    meta = {p.key: p.value for p in int8.metadata_props}
+    assert meta["precision"] == "int8 dynamic (linear and fused attention weights)"
+
+
+def test_packed_attention_computes_what_attention_does():
+    import torch
+
+    from vitcli.model import create_model
+    from vitcli.onnx_fused import PackedAttention, packed_copy
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **TINY).eval()
+    packed, n = packed_copy(model)
+    assert n == 2 and all(isinstance(b.attn, PackedAttention) for b in packed.blocks)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), model(x), rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(b.attn, PackedAttention) for b in model.blocks)  # a copy
+    local = create_model(num_classes=3, locality_attention=True, **TINY)
+    assert packed_copy(local)[1] == 0  # its masked, scaled attention keeps its own graph
+
+
+@pytest.mark.slow
+def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeypatch):
+    import onnx
+
+    import vitcli.onnx_fused
+    from vitcli.export import export_onnx
+
+    def unavailable(*_args, **_kwargs):
+        raise TypeError("export() got an unexpected keyword argument 'custom_translation_table'")
+
+    monkeypatch.setattr(vitcli.onnx_fused, "export_packed", unavailable)
+    model, _, _ = exported
+    said: list[str] = []
+    report = export_onnx(model, tmp_path / "m.onnx", int8=True, log=said.append)
+    assert any(line.startswith("fused attention unavailable (export() got an unexpected")
+               for line in said)
+    int8 = onnx.load(str(report.int8_path))
+    assert "QAttention" not in [n.op_type for n in int8.graph.node]
+    assert {p.key: p.value for p in int8.metadata_props}["precision"] == (
+        "int8 dynamic (linear weights)")
+    assert report.int8_max_prob_diff is not None and report.int8_max_prob_diff < 0.2
+
+
+@pytest.mark.slow
 def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch):
     """A graph that disagrees with PyTorch is refused and nothing is left behind."""
     import vitcli.export as export

@@ -6,8 +6,10 @@ checker, and compares onnxruntime with PyTorch at batch 1 and batch 8. Only a fi
 passes all of that is moved into place; a failure leaves nothing behind.
 
 The int8 file is onnxruntime's dynamic quantization (weights int8 per output channel,
-activations quantized on the fly) of the MatMul/Gemm nodes: on a ViT they hold nearly all
-the compute, while LayerNorm, softmax and GELU stay in float32.
+activations quantized on the fly) of the linear layers and attention: on a ViT they hold
+nearly all the compute, while LayerNorm and GELU stay in float32. It is quantized from a
+second, onnxruntime-only export whose attention is one fused node (`vitcli.onnx_fused`), so
+that it becomes onnxruntime's `QAttention`; that graph is checked against PyTorch first.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
                           data=report.get("data"))
     if int8:
         say("quantizing to int8")
-        add_int8(result, mf, labelled)
+        add_int8(result, mf, labelled, say)
     say("timing batch-1 latency")
     result.latency_ms = measure_latency(mf, result.path, result.int8_path, fixed)
     return result
@@ -147,13 +149,10 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
     """
     import torch
 
-    c, s = mf.config.in_channels, mf.config.image_size
-    example = torch.zeros(fixed or 2, c, s, s)  # (B, C, H, W)
-    names = dict(input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT])
+    example, shapes, names = _export_inputs(mf, fixed)
     errors = []
     with _quiet_exporter():
         try:
-            shapes = None if fixed else ({0: torch.export.Dim("batch", min=1, max=4096)},)
             program = torch.onnx.export(mf.model, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=shapes, verbose=False, **names)
             program.save(str(path))
@@ -168,6 +167,16 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
         except Exception as exc:
             errors.append(f"torchscript: {' '.join(str(exc).split())[:200]}")
     raise VitError(f"ONNX export failed ({'; '.join(errors)})")
+
+
+def _export_inputs(mf: ModelFile, fixed: int | None) -> tuple[Any, tuple | None, dict]:
+    """The example batch, the dynamo exporter's batch axis and the graph's input/output names."""
+    import torch
+
+    c, s = mf.config.in_channels, mf.config.image_size
+    example = torch.zeros(fixed or 2, c, s, s)  # (B, C, H, W)
+    shapes = None if fixed else ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    return example, shapes, dict(input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT])
 
 
 class _quiet_exporter:
@@ -243,23 +252,51 @@ def _check(path: Path, opset: int = DEFAULT_OPSET) -> None:
 
 
 def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> None:
-    """Dynamic int8 quantization of MatMul/Gemm weights (per output channel)."""
+    """Dynamic int8 quantization of MatMul/Gemm/Attention weights (per output channel)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_exporter():
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"],
+                         op_types_to_quantize=["MatMul", "Gemm", "Attention"],
                          nodes_to_exclude=exclude or [])
 
 
-def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None) -> None:
+def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None,
+                 say: Callable[[str], None]) -> bool:
+    """Write and verify the fused-attention graph that int8 is quantized from.
+
+    Returns False (and says why) where this torch cannot write it or onnxruntime disagrees
+    with PyTorch on it; the caller then quantizes the standard graph, which is slower only.
+    """
+    from vitcli.onnx_fused import export_packed
+
+    try:
+        with _quiet_exporter():
+            export_packed(mf.model, path, opset, *_export_inputs(mf, fixed))
+        add_metadata(path, mf)  # the onnxruntime back end reads its preprocessing
+        verify_parity(mf, path, fixed)
+    except Exception as exc:  # an older torch/onnxscript, or a graph onnxruntime rejects
+        say(f"fused attention unavailable ({' '.join(str(exc).split())[:160]}); "
+            "quantizing the standard graph")
+        return False
+    return True
+
+
+def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
+             say: Callable[[str], None] = lambda _msg: None) -> None:
     """Write model.int8.onnx beside the fp32 file and measure how far it drifts from fp32."""
+    import tempfile
+
     dst = int8_path_for(report.path)
     fp32 = open_onnx(report.path)
 
     def write(tmp: Path) -> None:
-        quantize_int8(report.path, tmp)
-        add_metadata(tmp, mf, {"precision": "int8 dynamic (MatMul/Gemm weights)"})
+        with tempfile.TemporaryDirectory(prefix="vit-int8-") as work:
+            packed = Path(work) / "packed.onnx"
+            fused = packed_graph(mf, packed, report.opset, parse_batch(report.batch), say)
+            quantize_int8(packed if fused else report.path, tmp)
+        what = "linear and fused attention" if fused else "linear"
+        add_metadata(tmp, mf, {"precision": f"int8 dynamic ({what} weights)"})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)
         ref = fp32.logits(x)
         got = open_onnx(tmp).logits(x)

@@ -22,7 +22,8 @@ def export(
     batch: Annotated[str, typer.Option(
         "--batch", help="'dynamic' for any batch size, or a fixed batch size N.")] = "dynamic",
     int8: Annotated[bool, typer.Option(
-        "--int8", help="Also write a dynamically quantized int8 file (model.int8.onnx).")] = False,
+        "--int8", help="Also write a dynamically quantized int8 file "
+                       "(model.int8.onnx; for onnxruntime).")] = False,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Labelled images (class sub-folders) to compare the back ends on.",
         show_default=False)] = None,

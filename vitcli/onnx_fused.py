@@ -1,0 +1,102 @@
+"""An onnxruntime-only export of the ViT whose attention is one `com.microsoft.Attention` node.
+
+Why: onnxruntime's dynamic quantization turns that node into `QAttention` (int8 qkv
+projection and the attention core in one kernel), which the standard ONNX attention graph
+(Reshape, Transpose, MatMul, Softmax) never becomes. `vit export --int8` quantizes this
+graph, not the portable fp32 file. The fp32 `model.onnx` stays standard ONNX for any runtime.
+
+The swap happens on a copy of the model: each standard attention block is wrapped so that
+its qkv projection and attention core are one custom torch op, which the exporter translates
+into the contrib op. Blocks with locality self-attention keep their ordinary graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitcli.model import Attention
+
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+@torch.library.custom_op("vitcli::packed_attention", mutates_args=())
+def packed_attention(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
+    """What com.microsoft.Attention computes: x (B, N, D) · weight (D, 3D) + bias → MSA."""
+    B, N, D = x.shape
+    qkv = (x @ weight + bias).reshape(B, N, 3, num_heads, D // num_heads)  # (B, N, 3, nh, hd)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, N, hd)
+    y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, N, hd)
+    return y.transpose(1, 2).reshape(B, N, D)  # (B, N, D): heads concatenated
+
+
+@packed_attention.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
+    return torch.empty_like(x)
+
+
+class PackedAttention(nn.Module):
+    """Export-time stand-in for `Attention`: the same maths as one op, then the projection."""
+
+    def __init__(self, attn: Attention) -> None:
+        super().__init__()
+        D = attn.proj.in_features
+        bias = attn.qkv.bias if attn.qkv.bias is not None else torch.zeros(3 * D)
+        # com.microsoft.Attention wants the qkv weight as (D, 3D): q, k, v blocks side by side
+        self.register_buffer("weight", attn.qkv.weight.detach().t().contiguous())  # (D, 3D)
+        self.register_buffer("bias", bias.detach().clone())  # (3D,)
+        self.num_heads = attn.num_heads
+        self.proj = attn.proj
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, None]:
+        y = torch.ops.vitcli.packed_attention(x, self.weight, self.bias, self.num_heads)
+        return self.proj(y), None
+
+
+def packed_copy(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of the model with every standard attention block packed; and how many were."""
+    model = copy.deepcopy(model).eval()
+    packed = 0
+    for block in getattr(model, "blocks", []):
+        if isinstance(block.attn, Attention) and not block.attn.locality:
+            block.attn = PackedAttention(block.attn)
+            packed += 1
+    return model, packed
+
+
+def _translation() -> dict:
+    """torch op → onnxscript function emitting com.microsoft.Attention."""
+    import onnx
+    import onnxscript
+    from onnx.defs import OpSchema
+
+    if not onnx.defs.has("Attention", CONTRIB_DOMAIN):
+        # onnxscript builds nodes from a schema; onnxruntime's contrib schemas live in C++
+        # only, so declare the part we use: input, weights, bias → output; num_heads.
+        param = OpSchema.FormalParameter
+        onnx.defs.register_schema(OpSchema(
+            "Attention", CONTRIB_DOMAIN, 1,
+            inputs=[param("input", "T"), param("weights", "T"), param("bias", "T")],
+            outputs=[param("output", "T")],
+            type_constraints=[("T", ["tensor(float)"], "float32 only")],
+            attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads")]))
+    contrib = onnxscript.values.Opset(CONTRIB_DOMAIN, 1)
+
+    def attention(x, weight, bias, num_heads: int):  # noqa: ANN001 (onnxscript tensors)
+        return contrib.Attention(x, weight, bias, num_heads=num_heads)
+
+    return {torch.ops.vitcli.packed_attention.default: attention}
+
+
+def export_packed(model: nn.Module, path: Path, opset: int, example: Tensor,
+                  dynamic_shapes: tuple | None, names: dict) -> None:
+    """Write the onnxruntime-only graph (dynamo exporter; it alone takes translations)."""
+    packed, _ = packed_copy(model)
+    program = torch.onnx.export(packed, (example,), dynamo=True, opset_version=opset,
+                                dynamic_shapes=dynamic_shapes, verbose=False,
+                                custom_translation_table=_translation(), **names)
+    program.save(str(path))
