@@ -62,8 +62,10 @@ def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str
     return root
 
 
-def train_vit(data: Split, minutes: float, seed: int, model: str | None) -> VitRun:
-    """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default."""
+def train_vit(data: Split, minutes: float, seed: int, model: str | None,
+              patch_embed: str | None = None) -> VitRun:
+    """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
+    (and `--model`, `--patch-embed` when given)."""
     from vitcli.recipe import TrainOptions
     from vitcli.train import train as vit_train
 
@@ -73,6 +75,7 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None) -> VitR
         write_folder(root / "test", data.x_test, data.y_test, data.classes)
         result = vit_train(TrainOptions(data=str(root / "train"), val=str(root / "test"),
                                         time_budget=minutes, seed=seed, model=model,
+                                        patch_embed=patch_embed,
                                         project=str(root / "runs"), cache_dir=str(root / "cache")))
         from vitcli.checkpoint import count_file_params, read_header
 
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=None, help="vitcli preset for the ViT side "
                     "(default: what `vit train` picks for the data)")
+    ap.add_argument("--patch-embed", default=None, help="the ViT's `vit train --patch-embed` "
+                    "(default: the preset's)")
     ap.add_argument("--only", choices=["cnn", "vit"], help="train just one of the two")
     args = ap.parse_args(argv)
 
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         cnn = SmallCNN(data.x_train.shape[1], len(data.classes))
         rows.append(("4-layer CNN", cnn, train(cnn, data, CNN_RECIPE, seconds=seconds, seed=args.seed)))
     if args.only != "cnn":
-        vit = train_vit(data, args.minutes, args.seed, args.model)
+        vit = train_vit(data, args.minutes, args.seed, args.model, args.patch_embed)
         rows.append(("ViT (vit train)", None, vit))
 
     print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}{'steps':>7}")
