@@ -60,7 +60,7 @@ def main() -> None:
     rows = []
     for name, backend in backends.items():  # interleaving would not help: each is warmed up
         latency = median_seconds(lambda b=backend: b.logits(one), args.runs, budget_s=30)
-        batch_s = median_seconds(lambda b=backend: b.logits(many), 5, warmup=1, budget_s=60)
+        batch_s = median_seconds(lambda b=backend: b.logits(many), 10, warmup=2, budget_s=60)
         rows.append((name, 1000 * latency, args.batch / batch_s, sizes[name]))
     print_table(mf, threads, rows, report, args)
 

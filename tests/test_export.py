@@ -110,6 +110,8 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
     fp32 = onnx.load(str(report.path))
     int8 = onnx.load(str(report.int8_path))
     assert {n.domain for n in fp32.graph.node} <= {"", "ai.onnx"}
+    # every linear (qkv, proj, fc1, fc2 per block, and the head) is one Gemm, bias inside
+    assert [n.op_type for n in fp32.graph.node].count("Gemm") == 4 * 2 + 1
     kinds = [n.op_type for n in int8.graph.node]
     assert kinds.count("QAttention") == 2  # one per block (TINY has depth 2)
     assert "Softmax" not in kinds  # no attention left outside the fused nodes
@@ -117,35 +119,41 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
     assert meta["precision"] == "int8 dynamic (linear and fused attention weights)"
 
 
-def test_packed_attention_computes_what_attention_does():
+def test_export_copy_computes_what_the_model_does():
     import torch
 
     from vitcli.model import create_model
-    from vitcli.onnx_fused import PackedAttention, packed_copy
+    from vitcli.onnx_graph import GemmLinear, PackedAttention, export_copy
 
     torch.manual_seed(0)
     model = create_model(num_classes=3, **TINY).eval()
-    packed, n = packed_copy(model)
-    assert n == 2 and all(isinstance(b.attn, PackedAttention) for b in packed.blocks)
     x = torch.randn(3, 3, 32, 32)
+    plain, n = export_copy(model)
+    assert n == 0 and not any(isinstance(b.attn, PackedAttention) for b in plain.blocks)
+    assert all(type(m) is GemmLinear for m in plain.modules() if isinstance(m, torch.nn.Linear))
+    packed, n = export_copy(model, fused_attention=True)
+    assert n == 2 and all(isinstance(b.attn, PackedAttention) for b in packed.blocks)
     with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(packed(x), model(x), rtol=1e-5, atol=1e-5)
-    assert not any(isinstance(b.attn, PackedAttention) for b in model.blocks)  # a copy
+    assert not any(isinstance(b.attn, PackedAttention) for b in model.blocks)  # copies
+    assert type(model.head) is torch.nn.Linear
     local = create_model(num_classes=3, locality_attention=True, **TINY)
-    assert packed_copy(local)[1] == 0  # its masked, scaled attention keeps its own graph
+    # its masked, scaled attention keeps its own graph
+    assert export_copy(local, fused_attention=True)[1] == 0
 
 
 @pytest.mark.slow
 def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeypatch):
     import onnx
 
-    import vitcli.onnx_fused
+    import vitcli.onnx_graph
     from vitcli.export import export_onnx
 
     def unavailable(*_args, **_kwargs):
         raise TypeError("export() got an unexpected keyword argument 'custom_translation_table'")
 
-    monkeypatch.setattr(vitcli.onnx_fused, "export_packed", unavailable)
+    monkeypatch.setattr(vitcli.onnx_graph, "export_packed", unavailable)
     model, _, _ = exported
     said: list[str] = []
     report = export_onnx(model, tmp_path / "m.onnx", int8=True, log=said.append)

@@ -8,7 +8,7 @@ passes all of that is moved into place; a failure leaves nothing behind.
 The int8 file is onnxruntime's dynamic quantization (weights int8 per output channel,
 activations quantized on the fly) of the linear layers and attention: on a ViT they hold
 nearly all the compute, while LayerNorm and GELU stay in float32. It is quantized from a
-second, onnxruntime-only export whose attention is one fused node (`vitcli.onnx_fused`), so
+second, onnxruntime-only export whose attention is one fused node (`vitcli.onnx_graph`), so
 that it becomes onnxruntime's `QAttention`; that graph is checked against PyTorch first.
 """
 
@@ -149,11 +149,14 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
     """
     import torch
 
+    from vitcli.onnx_graph import export_copy
+
     example, shapes, names = _export_inputs(mf, fixed)
+    model, _ = export_copy(mf.model)  # linears as Gemm (vitcli.onnx_graph says why)
     errors = []
     with _quiet_exporter():
         try:
-            program = torch.onnx.export(mf.model, (example,), dynamo=True, opset_version=opset,
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                         dynamic_shapes=shapes, verbose=False, **names)
             program.save(str(path))
             return "dynamo"
@@ -161,7 +164,7 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
             errors.append(f"dynamo: {' '.join(str(exc).split())[:200]}")
         try:
             axes = None if fixed else {ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}
-            torch.onnx.export(mf.model, (example,), str(path), dynamo=False,
+            torch.onnx.export(model, (example,), str(path), dynamo=False,
                               opset_version=opset, dynamic_axes=axes, **names)
             return "torchscript"
         except Exception as exc:
@@ -268,7 +271,7 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None,
     Returns False (and says why) where this torch cannot write it or onnxruntime disagrees
     with PyTorch on it; the caller then quantizes the standard graph, which is slower only.
     """
-    from vitcli.onnx_fused import export_packed
+    from vitcli.onnx_graph import export_packed
 
     try:
         with _quiet_exporter():
