@@ -89,6 +89,17 @@ def test_recipe_picks_size_preset_and_grey_mode():
     assert mean == (0.2,) and std == (0.001,)  # constant channel: no division by zero
 
 
+def test_tiny_images_from_scratch_get_their_own_lr_and_label_smoothing():
+    tiny = TrainOptions(data="x").with_defaults_for(28)
+    assert (tiny.lr, tiny.label_smoothing) == (2e-3, 0.2)  # 4e-3 at batch 256, 128 here
+    big = TrainOptions(data="x").with_defaults_for(224)
+    assert (big.lr, big.label_smoothing) == (5e-4, 0.1)
+    pretrained = TrainOptions(data="x", init="m.safetensors").with_defaults_for(28)
+    assert pretrained.label_smoothing == 0.1  # fine-tuning keeps the usual recipe
+    given = TrainOptions(data="x", lr=1e-2, label_smoothing=0.0).with_defaults_for(28)
+    assert (given.lr, given.label_smoothing) == (1e-2, 0.0)  # flags always win
+
+
 def test_run_folders_are_numbered_never_reused(tmp_path: Path):
     names = [new_run_dir(tmp_path).name for _ in range(3)]
     assert names == ["exp", "exp2", "exp3"]

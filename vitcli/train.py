@@ -116,7 +116,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                 raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
                     from None
         prepared = prepare(options, env, emit, resumed=resumed)
-        options = options.with_lr_for(prepared.config.image_size)
+        options = options.with_defaults_for(prepared.config.image_size)
         level = augment_level(options, len(prepared.train_labels))
         created = run_dir is None
         if run_dir is None:

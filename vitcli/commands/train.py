@@ -13,8 +13,10 @@ from vitcli.recipe import (
     BASE_BATCH,
     BASE_LR,
     DROP_PATH,
+    LABEL_SMOOTHING,
     TINY_BASE_LR,
     TINY_IMAGE_MAX,
+    TINY_LABEL_SMOOTHING,
     TrainOptions,
 )
 
@@ -51,7 +53,9 @@ def train(
                                                help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
-    label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=f"[{_D.label_smoothing}]")] = None,
+    label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
+        f"[{LABEL_SMOOTHING}; {TINY_LABEL_SMOOTHING} for images ≤ {TINY_IMAGE_MAX} px "
+        "from scratch]."))] = None,
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
         f"Stochastic depth [{DROP_PATH}; 0 for images ≤ {TINY_IMAGE_MAX} px from scratch]."))]
     = None,
