@@ -51,11 +51,11 @@ class TrainOptions:
     patch: int | None = None
     epochs: int = 30
     batch_size: int = 128
-    lr: float | None = None  # None = (TINY_)BASE_LR · batch_size / BASE_BATCH, see with_defaults_for
+    lr: float | None = None  # None = (TINY_)BASE_LR · batch / BASE_BATCH: with_defaults_for
     weight_decay: float = 0.05
     warmup: float = 3.0  # epochs of linear warm-up (at most a quarter of the run)
     min_lr_ratio: float = 0.01  # the cosine ends at this fraction of the peak lr
-    label_smoothing: float | None = None  # None = (TINY_)LABEL_SMOOTHING, see with_defaults_for
+    label_smoothing: float | None = None  # None = (TINY_)LABEL_SMOOTHING: with_defaults_for
     drop_path: float | None = None  # None = DROP_PATH, or 0 for tiny images from scratch
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
     seed: int = 0
