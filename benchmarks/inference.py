@@ -79,6 +79,7 @@ def print_table(mf, threads: int, rows: list, report, args: argparse.Namespace) 
     c = mf.config
     print(f"\n{c.image_size} px, patch {c.patch_size}, width {c.embed_dim}, depth {c.depth}, "
           f"{len(mf.class_names)} classes; {threads} thread(s); batch-1 median of {args.runs}")
+    print(f"int8 quantized from the {report.int8_graph}")
     base = rows[0][1]
     d = report.data
     accuracy = {}

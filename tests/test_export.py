@@ -117,6 +117,9 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
     assert "Softmax" not in kinds  # no attention left outside the fused nodes
     meta = {p.key: p.value for p in int8.metadata_props}
     assert meta["precision"] == "int8 dynamic (linear and fused attention weights)"
+    assert report.int8_graph == "fused attention (onnxruntime QAttention)"
+    # the partial contrib schema declared for the export is gone again
+    assert not onnx.defs.has("Attention", "com.microsoft")
 
 
 def test_export_copy_computes_what_the_model_does():
@@ -163,6 +166,7 @@ def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeyp
     assert "QAttention" not in [n.op_type for n in int8.graph.node]
     assert {p.key: p.value for p in int8.metadata_props}["precision"] == (
         "int8 dynamic (linear weights)")
+    assert report.int8_graph.startswith("standard graph (fused attention unavailable: export()")
     assert report.int8_max_prob_diff is not None and report.int8_max_prob_diff < 0.2
 
 
@@ -270,4 +274,6 @@ def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
                                       "--int8", "--data", str(data)])
     assert result.exit_code == 0, result.stderr
     assert "verified" in result.stdout and "ONNX int8" in result.stdout
+    assert "int8 from the fused attention (onnxruntime QAttention)" in " ".join(
+        result.stdout.split())
     assert out.exists() and out.with_suffix(".int8.onnx").exists()

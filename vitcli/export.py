@@ -58,6 +58,7 @@ class ExportReport:
     int8_path: Path | None = None
     int8_size_bytes: int | None = None
     int8_max_prob_diff: float | None = None  # vs fp32 on the random parity batch
+    int8_graph: str | None = None  # what int8 was quantized from, and why if not fused
     latency_ms: dict[str, float] = field(default_factory=dict)  # batch 1, per back end
     data: DataCheck | None = None
 
@@ -264,12 +265,15 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> Non
                          nodes_to_exclude=exclude or [])
 
 
-def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None,
-                 say: Callable[[str], None]) -> bool:
+FUSED_GRAPH = "fused attention (onnxruntime QAttention)"
+
+
+def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> str | None:
     """Write and verify the fused-attention graph that int8 is quantized from.
 
-    Returns False (and says why) where this torch cannot write it or onnxruntime disagrees
-    with PyTorch on it; the caller then quantizes the standard graph, which is slower only.
+    Returns None when it is ready, else why not: this torch cannot write it, or onnxruntime
+    disagrees with PyTorch on it. The caller then quantizes the standard graph, which is
+    slower only, and reports why.
     """
     from vitcli.onnx_graph import export_packed
 
@@ -279,10 +283,8 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None,
         add_metadata(path, mf)  # the onnxruntime back end reads its preprocessing
         verify_parity(mf, path, fixed)
     except Exception as exc:  # an older torch/onnxscript, or a graph onnxruntime rejects
-        say(f"fused attention unavailable ({' '.join(str(exc).split())[:160]}); "
-            "quantizing the standard graph")
-        return False
-    return True
+        return " ".join(str(exc).split())[:160]
+    return None
 
 
 def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
@@ -296,8 +298,13 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
     def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="vit-int8-") as work:
             packed = Path(work) / "packed.onnx"
-            fused = packed_graph(mf, packed, report.opset, parse_batch(report.batch), say)
-            quantize_int8(packed if fused else report.path, tmp)
+            why_not = packed_graph(mf, packed, report.opset, parse_batch(report.batch))
+            if why_not:
+                say(f"fused attention unavailable ({why_not}); quantizing the standard graph")
+            quantize_int8(report.path if why_not else packed, tmp)
+        report.int8_graph = (f"standard graph (fused attention unavailable: {why_not})"
+                             if why_not else FUSED_GRAPH)
+        fused = why_not is None
         what = "linear and fused attention" if fused else "linear"
         add_metadata(tmp, mf, {"precision": f"int8 dynamic ({what} weights)"})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)

@@ -18,7 +18,10 @@ Two rewrites, both on a copy of the model (the weights are the same tensors' val
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +48,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor, num_heads: int) -> Tensor:
 
 
 class GemmLinear(nn.Linear):
-    """`nn.Linear` on the flattened tokens: exports as one Gemm, bias included."""
+    """`nn.Linear` on the flattened tokens: exports as one Gemm with its bias inside."""
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bias is None:
@@ -86,22 +89,38 @@ def export_copy(model: nn.Module, fused_attention: bool = False) -> tuple[nn.Mod
     return model, packed
 
 
-def _translation() -> dict:
-    """torch op → onnxscript function emitting com.microsoft.Attention."""
+@contextmanager
+def _attention_schema() -> Iterator[None]:
+    """Declare com.microsoft.Attention to onnx for the length of one export.
+
+    onnxscript builds nodes from a schema, and onnxruntime's contrib schemas live in its C++
+    only. This one declares just the part used here (input, weights, bias → output;
+    num_heads), so it is removed afterwards: a later onnx.checker run in the same process
+    must not judge real onnxruntime graphs against it.
+    """
     import onnx
-    import onnxscript
     from onnx.defs import OpSchema
 
-    if not onnx.defs.has("Attention", CONTRIB_DOMAIN):
-        # onnxscript builds nodes from a schema; onnxruntime's contrib schemas live in C++
-        # only, so declare the part we use: input, weights, bias → output; num_heads.
-        param = OpSchema.FormalParameter
-        onnx.defs.register_schema(OpSchema(
-            "Attention", CONTRIB_DOMAIN, 1,
-            inputs=[param("input", "T"), param("weights", "T"), param("bias", "T")],
-            outputs=[param("output", "T")],
-            type_constraints=[("T", ["tensor(float)"], "float32 only")],
-            attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads")]))
+    if onnx.defs.has("Attention", CONTRIB_DOMAIN):  # someone declared it already: use theirs
+        yield
+        return
+    param = OpSchema.FormalParameter
+    onnx.defs.register_schema(OpSchema(
+        "Attention", CONTRIB_DOMAIN, 1,
+        inputs=[param("input", "T"), param("weights", "T"), param("bias", "T")],
+        outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)"], "float32 only")],
+        attributes=[OpSchema.Attribute("num_heads", OpSchema.AttrType.INT, "heads")]))
+    try:
+        yield
+    finally:
+        onnx.defs.deregister_schema("Attention", 1, CONTRIB_DOMAIN)
+
+
+def _translation() -> dict[Callable[..., Tensor], Callable[..., Any]]:
+    """torch op → onnxscript function emitting com.microsoft.Attention."""
+    import onnxscript
+
     contrib = onnxscript.values.Opset(CONTRIB_DOMAIN, 1)
 
     def attention(x, weight, bias, num_heads: int):  # noqa: ANN001 (onnxscript tensors)
@@ -114,7 +133,8 @@ def export_packed(model: nn.Module, path: Path, opset: int, example: Tensor,
                   dynamic_shapes: tuple | None, names: dict) -> None:
     """Write the onnxruntime-only graph (dynamo exporter; it alone takes translations)."""
     packed, _ = export_copy(model, fused_attention=True)
-    program = torch.onnx.export(packed, (example,), dynamo=True, opset_version=opset,
-                                dynamic_shapes=dynamic_shapes, verbose=False,
-                                custom_translation_table=_translation(), **names)
+    with _attention_schema():
+        program = torch.onnx.export(packed, (example,), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=dynamic_shapes, verbose=False,
+                                    custom_translation_table=_translation(), **names)
     program.save(str(path))

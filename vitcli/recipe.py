@@ -145,8 +145,10 @@ class TrainOptions:
         return image_size <= TINY_IMAGE_MAX and not self.init
 
     def with_defaults_for(self, image_size: int) -> TrainOptions:
-        """A copy with --lr and --label-smoothing filled in where not given (both depend on
-        the image size)."""
+        """A copy with the defaults that depend on the image size filled in where not given.
+
+        --lr and --label-smoothing are options of the run; --drop-path is resolved into the
+        model config instead (drop_path_for)."""
         tiny = self.tiny_from_scratch(image_size)
         lr = self.lr
         if lr is None:

@@ -67,8 +67,8 @@ def show_report(report: ExportReport) -> None:
                   f"onnxruntime = PyTorch within rtol 1e-3, atol 1e-4 ({parity})",
                   highlight=False)
     if report.int8_max_prob_diff is not None:
-        console.print(f"int8 vs fp32 on random inputs: max |Δprobability| "
-                      f"{report.int8_max_prob_diff:.3f}", highlight=False)
+        console.print(f"int8 from the {report.int8_graph}; vs fp32 on random inputs: "
+                      f"max |Δprobability| {report.int8_max_prob_diff:.3f}", highlight=False)
     d = report.data
     if d is None:
         return
