@@ -69,9 +69,17 @@ def init_distributed(device: str = "auto") -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=resolved)
 
 
-def shutdown_distributed(env: DistEnv) -> None:
-    """Leave the process group (so torchrun sees a clean exit)."""
+def shutdown_distributed(env: DistEnv, wait_for_all: bool = False) -> None:
+    """Leave the process group (so torchrun sees a clean exit).
+
+    After a run that every rank finished, a barrier first: rank 0 still writes its files
+    while the others are done, and a gloo rank that tears its group down under a peer can
+    abort at exit ("terminate called without an active exception"). After an error there
+    is no barrier, since the failed rank would never reach it.
+    """
     if env.distributed and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -101,6 +101,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         if on_event is not None and env.is_main:
             on_event(kind, **fields)
 
+    finished = False  # every rank got through: wait for the others before leaving the group
     try:
         state = resumed = None
         if run_dir is not None:
@@ -142,9 +143,11 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                 f"{len(prepared.bad_files)} file(s) skipped (unreadable or not images); "
                 f"listed in {run_dir / 'bad_files.txt'}"))
         with _graceful_interrupt() as stop_requested:
-            return trainer.fit(stop_requested)
+            result = trainer.fit(stop_requested)
+        finished = True
+        return result
     finally:
-        shutdown_distributed(env)
+        shutdown_distributed(env, wait_for_all=finished)
 
 
 def _absolute_paths(options: TrainOptions) -> TrainOptions:
