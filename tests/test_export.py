@@ -170,6 +170,21 @@ def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeyp
     assert report.int8_max_prob_diff is not None and report.int8_max_prob_diff < 0.2
 
 
+def test_a_failure_without_a_message_still_falls_back(exported, tmp_path: Path, monkeypatch):
+    """An exception with an empty message is still a failure, named by its type."""
+    import vitcli.onnx_graph
+    from vitcli.export import packed_graph
+
+    def unavailable(*_args, **_kwargs):
+        raise RuntimeError()
+
+    monkeypatch.setattr(vitcli.onnx_graph, "export_packed", unavailable)
+    from vitcli.checkpoint import load_model
+
+    mf = load_model(exported[0], device="cpu")
+    assert packed_graph(mf, tmp_path / "p.onnx", 20, None) == "RuntimeError"
+
+
 @pytest.mark.slow
 def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch):
     """A graph that disagrees with PyTorch is refused and nothing is left behind."""

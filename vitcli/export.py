@@ -283,7 +283,7 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> st
         add_metadata(path, mf)  # the onnxruntime back end reads its preprocessing
         verify_parity(mf, path, fixed)
     except Exception as exc:  # an older torch/onnxscript, or a graph onnxruntime rejects
-        return " ".join(str(exc).split())[:160]
+        return " ".join(str(exc).split())[:160] or type(exc).__name__  # never empty
     return None
 
 
@@ -299,12 +299,12 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
         with tempfile.TemporaryDirectory(prefix="vit-int8-") as work:
             packed = Path(work) / "packed.onnx"
             why_not = packed_graph(mf, packed, report.opset, parse_batch(report.batch))
-            if why_not:
+            fused = why_not is None
+            if not fused:
                 say(f"fused attention unavailable ({why_not}); quantizing the standard graph")
-            quantize_int8(report.path if why_not else packed, tmp)
-        report.int8_graph = (f"standard graph (fused attention unavailable: {why_not})"
-                             if why_not else FUSED_GRAPH)
-        fused = why_not is None
+            quantize_int8(packed if fused else report.path, tmp)
+        report.int8_graph = (FUSED_GRAPH if fused
+                             else f"standard graph (fused attention unavailable: {why_not})")
         what = "linear and fused attention" if fused else "linear"
         add_metadata(tmp, mf, {"precision": f"int8 dynamic ({what} weights)"})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)
