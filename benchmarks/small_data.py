@@ -63,9 +63,9 @@ def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str
 
 
 def train_vit(data: Split, minutes: float, seed: int, model: str | None,
-              patch_embed: str | None = None) -> VitRun:
+              patch_embed: str | None = None, optimizer: str | None = None) -> VitRun:
     """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
-    (and `--model`, `--patch-embed` when given)."""
+    (and `--model`, `--patch-embed`, `--optimizer` when given)."""
     from vitcli.recipe import TrainOptions
     from vitcli.train import train as vit_train
 
@@ -75,7 +75,7 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
         write_folder(root / "test", data.x_test, data.y_test, data.classes)
         result = vit_train(TrainOptions(data=str(root / "train"), val=str(root / "test"),
                                         time_budget=minutes, seed=seed, model=model,
-                                        patch_embed=patch_embed,
+                                        patch_embed=patch_embed, optimizer=optimizer,
                                         project=str(root / "runs"), cache_dir=str(root / "cache")))
         from vitcli.checkpoint import count_file_params, read_header
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                     "(default: what `vit train` picks for the data)")
     ap.add_argument("--patch-embed", default=None, help="the ViT's `vit train --patch-embed` "
                     "(default: the preset's)")
+    ap.add_argument("--optimizer", default=None, help="the ViT's `vit train --optimizer` "
+                    "(default: the recipe's)")
     ap.add_argument("--only", choices=["cnn", "vit"], help="train just one of the two")
     args = ap.parse_args(argv)
 
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         cnn = SmallCNN(data.x_train.shape[1], len(data.classes))
         rows.append(("4-layer CNN", cnn, train(cnn, data, CNN_RECIPE, seconds=seconds, seed=args.seed)))
     if args.only != "cnn":
-        vit = train_vit(data, args.minutes, args.seed, args.model, args.patch_embed)
+        vit = train_vit(data, args.minutes, args.seed, args.model, args.patch_embed,
+                        args.optimizer)
         rows.append(("ViT (vit train)", None, vit))
 
     print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}{'steps':>7}")

@@ -85,3 +85,80 @@ def test_ema_moves_towards_the_weights_and_ignores_frozen_copies():
     for _ in range(200):
         ema.update(model)
     assert torch.allclose(ema.module.head.weight, model.head.weight, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ Muon
+
+needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"),
+                                reason="torch.optim.Muon arrived in torch 2.9")
+
+
+def _names_of(model, params):
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)] for p in params}
+
+
+@needs_muon
+def test_muon_takes_the_blocks_matrices_and_adamw_keeps_the_rest():
+    model = create_model(num_classes=3, **TINY)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="muon")
+    adamw, muon = opt.parts
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    in_muon = _names_of(model, [p for g in muon.param_groups for p in g["params"]])
+    in_adamw = _names_of(model, [p for g in adamw.param_groups for p in g["params"]])
+    assert in_muon == {n for n, p in model.named_parameters()
+                       if n.startswith("blocks.") and p.ndim == 2}
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight"} <= in_muon
+    assert not in_muon & in_adamw
+    assert in_muon | in_adamw == {n for n, _ in model.named_parameters()}
+    assert {"patch_embed.proj.weight", "head.weight", "cls_token", "pos_embed"} <= in_adamw
+    assert all(g["weight_decay"] == 0.05 for g in muon.param_groups)
+
+
+@needs_muon
+def test_the_schedule_sets_muon_groups_too_with_their_layer_decay_scale():
+    model = create_model(num_classes=3, **TINY)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5, kind="muon")
+    lr = WarmupCosine(peak_lr=1e-3, warmup_steps=4, total_steps=20).apply(opt, 1)
+    muon_scales = sorted(round(g["lr"] / lr, 6) for g in opt.parts[1].param_groups)
+    assert muon_scales == [0.25, 0.5]  # blocks 0 and 1 of a depth-2 model
+
+
+@needs_muon
+def test_muon_state_survives_the_run_folder_format_and_continues_identically():
+    import json
+
+    from vitcli.runs import flatten_optimizer, unflatten_optimizer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def step(model, opt):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    a = create_model(num_classes=3, **TINY)
+    b = create_model(num_classes=3, **TINY)
+    opt_a = build_optimizer(a, lr=1e-2, weight_decay=0.05, kind="muon")
+    for _ in range(2):
+        step(a, opt_a)
+    info, tensors = flatten_optimizer(opt_a.state_dict())
+    info = json.loads(json.dumps(info))  # what state.json holds
+    tensors = {k: v.clone() for k, v in tensors.items()}  # a file's copy, not opt_a's own
+    assert any(k.endswith(".momentum_buffer") for k in tensors)  # Muon's state is saved
+    b.load_state_dict(a.state_dict())
+    opt_b = build_optimizer(b, lr=1e-2, weight_decay=0.05, kind="muon")
+    opt_b.load_state_dict(unflatten_optimizer(info, tensors))
+    step(a, opt_a)
+    step(b, opt_b)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_muon_on_a_torch_without_it_and_unknown_optimizers_are_one_line(monkeypatch):
+    model = create_model(num_classes=3, **TINY)
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    with pytest.raises(UsageError, match="needs torch 2.9 or newer"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="muon")
+    with pytest.raises(UsageError, match="adamw, muon"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="sgd")

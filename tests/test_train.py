@@ -89,15 +89,25 @@ def test_recipe_picks_size_preset_and_grey_mode():
     assert mean == (0.2,) and std == (0.001,)  # constant channel: no division by zero
 
 
-def test_tiny_images_from_scratch_get_their_own_lr_and_label_smoothing():
+def test_tiny_images_from_scratch_get_their_own_optimizer_batch_lr_and_label_smoothing(
+        monkeypatch):
+    def resolved(o: TrainOptions) -> tuple:
+        return o.optimizer, o.batch_size, o.lr, o.label_smoothing
+
     tiny = TrainOptions(data="x").with_defaults_for(28)
-    assert (tiny.lr, tiny.label_smoothing) == (2e-3, 0.2)  # 4e-3 at batch 256, 128 here
+    assert resolved(tiny) == ("muon", 256, 4e-3, 0.2)  # 4e-3 at batch 256
     big = TrainOptions(data="x").with_defaults_for(224)
-    assert (big.lr, big.label_smoothing) == (5e-4, 0.1)
+    assert resolved(big) == ("adamw", 128, 5e-4, 0.1)
     pretrained = TrainOptions(data="x", init="m.safetensors").with_defaults_for(28)
-    assert pretrained.label_smoothing == 0.1  # fine-tuning keeps the usual recipe
+    assert resolved(pretrained) == ("adamw", 128, 5e-4, 0.1)  # fine-tuning: the usual recipe
     given = TrainOptions(data="x", lr=1e-2, label_smoothing=0.0).with_defaults_for(28)
     assert (given.lr, given.label_smoothing) == (1e-2, 0.0)  # flags always win
+    adamw = TrainOptions(data="x", optimizer="adamw").with_defaults_for(28)
+    assert resolved(adamw) == ("adamw", 128, 2e-3, 0.2)  # the AdamW recipe's batch and lr
+    batch = TrainOptions(data="x", batch_size=64).with_defaults_for(28)
+    assert resolved(batch) == ("muon", 64, 1e-3, 0.2)  # lr scales with the batch given
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)  # torch before 2.9
+    assert resolved(TrainOptions(data="x").with_defaults_for(28)) == ("adamw", 128, 2e-3, 0.2)
 
 
 def test_run_folders_are_numbered_never_reused(tmp_path: Path):
@@ -177,8 +187,10 @@ def test_run_learns_and_writes_the_whole_run_folder(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path: Path, bars: Path):
-    opts = {"epochs": 3, "ema": True, "augment": "light", "drop_path": 0.1, "seed": 3}
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path: Path, bars: Path, optimizer):
+    opts = {"epochs": 3, "ema": True, "augment": "light", "drop_path": 0.1, "seed": 3,
+            "optimizer": optimizer}
     straight = train(options(tmp_path, bars, name="straight", **opts))
     assert straight.steps == 6  # 27 images, batch 12: 2 steps per epoch
 
@@ -267,6 +279,18 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path,
     monkeypatch.chdir(elsewhere)
     again = resume(first.run_dir)
     assert again.stopped == "completed" and again.steps == first.steps
+
+
+@pytest.mark.slow
+def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw(tmp_path, bars):
+    first = train(options(tmp_path, bars, epochs=1, optimizer="adamw"))
+    args_path = first.run_dir / "args.json"
+    args = json.loads(args_path.read_text())
+    del args["options"]["optimizer"]  # as vitcli wrote it before Muon (tiny data: now Muon)
+    args_path.write_text(json.dumps(args))
+    again = resume(first.run_dir)  # AdamW state loaded into AdamW, not into Muon + AdamW
+    assert again.stopped == "completed" and again.steps == first.steps
+    assert again.options.optimizer == "adamw"
 
 
 # ----------------------------------------------------------- real signals on real runs

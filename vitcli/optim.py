@@ -1,4 +1,5 @@
-"""The optimiser side of training: AdamW parameter groups, the warm-up + cosine schedule, EMA.
+"""The optimiser side of training: AdamW parameter groups (Muon for the blocks' matrices when
+asked), the warm-up + cosine schedule, EMA.
 
 Kept apart from the loop so that each piece can be tested on its own and resumed exactly:
 the schedule is a pure function of the step, and the EMA is plain tensors.
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from vitcli.errors import UsageError
+from vitcli.recipe import OPTIMIZERS
 
 # ------------------------------------------------------------------------ parameter groups
 
@@ -63,17 +65,103 @@ def param_groups(model: nn.Module, *, weight_decay: float,
 
 
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
-                    layer_decay: float | None = None,
-                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; the `names` lists stay out of the optimiser's state."""
+                    layer_decay: float | None = None, kind: str = "adamw",
+                    betas: tuple[float, float] = (0.9, 0.999)) -> Any:
+    """AdamW over `param_groups`, or Muon for the blocks' matrices and AdamW for the rest.
+
+    The `names` lists stay out of the optimiser's state.
+    """
+    if kind not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {kind!r}")
     groups = param_groups(model, weight_decay=weight_decay, layer_decay=layer_decay)
     if not groups:
         raise UsageError("nothing to train: every parameter is frozen")
-    for group in groups:
+    muon_groups: list[dict[str, Any]] = []
+    if kind == "muon":
+        if not hasattr(torch.optim, "Muon"):
+            raise UsageError(f"--optimizer muon needs torch 2.9 or newer (this is "
+                             f"{torch.__version__}); use --optimizer adamw")
+        groups, muon_groups = split_muon(groups)
+    for group in groups + muon_groups:
         group.pop("names")
         group["lr"] = lr * group["lr_scale"]
     # foreach: one fused kernel launch per group instead of one per tensor.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
+    if not muon_groups:
+        return adamw
+    # match_rms_adamw scales each matrix's update to AdamW's size, so one lr serves both.
+    muon = torch.optim.Muon(muon_groups, lr=lr, weight_decay=weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return Combined([adamw, muon])
+
+
+def split_muon(groups: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Move the encoder blocks' weight matrices out of the AdamW groups into Muon groups.
+
+    Muon orthogonalises a matrix's update, which suits the hidden layers' linear maps; the
+    patch embedding, the head, norms, biases and tokens stay with AdamW (Jordan et al. 2024).
+    Each Muon group keeps its source group's lr scale (layer-wise decay).
+    """
+    adamw, muon = [], []
+    for group in groups:
+        take = [p.ndim == 2 and name.startswith("blocks.") and group["weight_decay"] > 0
+                for name, p in zip(group["names"], group["params"])]
+        for to_muon, out in ((False, adamw), (True, muon)):
+            params = [p for p, t in zip(group["params"], take) if t == to_muon]
+            names = [n for n, t in zip(group["names"], take) if t == to_muon]
+            if params:
+                out.append({**group, "params": params, "names": names})
+    return adamw, muon
+
+
+class Combined:
+    """Several optimisers stepped as one, over disjoint parameters.
+
+    Looks like one `torch.optim.Optimizer` to the loop: one list of param groups (which the
+    schedule sets), one step, and one state dict whose parameter indices run on across the
+    parts, so `flatten_optimizer` saves it like any other.
+    """
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[int, Any] = {}
+        groups: list[dict[str, Any]] = []
+        offset = 0
+        for part in self.parts:
+            sd = part.state_dict()
+            state.update({offset + int(i): v for i, v in sd["state"].items()})
+            groups += [{**g, "params": [offset + i for i in g["params"]]}
+                       for g in sd["param_groups"]]
+            offset += sum(len(g["params"]) for g in part.param_groups)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        groups = state_dict["param_groups"]
+        offset = 0
+        for part in self.parts:
+            mine = groups[:len(part.param_groups)]
+            groups = groups[len(part.param_groups):]
+            count = sum(len(g["params"]) for g in part.param_groups)
+            part.load_state_dict({
+                "state": {int(i) - offset: v for i, v in state_dict["state"].items()
+                          if offset <= int(i) < offset + count},
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]}
+                                 for g in mine]})
+            offset += count
 
 
 # ------------------------------------------------------------------------------ schedule

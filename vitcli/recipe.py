@@ -39,6 +39,14 @@ DROP_PATH = 0.1  # default stochastic depth, except for tiny images from scratch
 # images well before the end of a minutes-long run (README "Small data": +0.5 points).
 LABEL_SMOOTHING = 0.1
 TINY_LABEL_SMOOTHING = 0.2
+# Tiny images from scratch train the blocks' matrices with Muon at batch 256 (AdamW for the
+# rest): +0.9 points over AdamW at batch 128 in the same 2 minutes (README "Small data").
+# Where torch has no Muon (before 2.9), they keep AdamW at batch 128.
+OPTIMIZERS = ("adamw", "muon")
+OPTIMIZER = "adamw"
+TINY_OPTIMIZER = "muon"
+BATCH_SIZE = 128
+TINY_BATCH_SIZE = 256  # with Muon
 
 
 @dataclass
@@ -50,9 +58,10 @@ class TrainOptions:
     img_size: int | None = None
     patch: int | None = None
     epochs: int = 30
-    batch_size: int = 128
+    batch_size: int | None = None  # None = (TINY_)BATCH_SIZE: with_defaults_for
     lr: float | None = None  # None = (TINY_)BASE_LR · batch / BASE_BATCH: with_defaults_for
     weight_decay: float = 0.05
+    optimizer: str | None = None  # adamw | muon; None = by the recipe: with_defaults_for
     warmup: float = 3.0  # epochs of linear warm-up (at most a quarter of the run)
     min_lr_ratio: float = 0.01  # the cosine ends at this fraction of the peak lr
     label_smoothing: float | None = None  # None = (TINY_)LABEL_SMOOTHING: with_defaults_for
@@ -107,7 +116,7 @@ class TrainOptions:
             raise UsageError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
         for flag, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, not {value}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"--lr must be positive, not {self.lr}")
@@ -133,12 +142,16 @@ class TrainOptions:
             if ignored:
                 raise UsageError(f"{', '.join(ignored)} cannot change the architecture of "
                                  f"--init {self.init}; only --img-size and --patch can")
+        if self.optimizer not in (None, *OPTIMIZERS):
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"not {self.optimizer!r}")
         if self.val and self.val_split:
             raise UsageError("give either --val or --val-split, not both")
 
     @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else BASE_LR * self.batch_size / BASE_BATCH
+        batch = self.batch_size or BATCH_SIZE
+        return self.lr if self.lr is not None else BASE_LR * batch / BASE_BATCH
 
     def tiny_from_scratch(self, image_size: int) -> bool:
         """Whether the tiny-image recipe applies: small inputs and no pretrained weights."""
@@ -147,22 +160,33 @@ class TrainOptions:
     def with_defaults_for(self, image_size: int) -> TrainOptions:
         """A copy with the defaults that depend on the image size filled in where not given.
 
-        --lr and --label-smoothing are options of the run; --drop-path is resolved into the
-        model config instead (drop_path_for)."""
+        --optimizer, --batch-size, --lr and --label-smoothing are options of the run;
+        --drop-path is resolved into the model config instead (drop_path_for)."""
         tiny = self.tiny_from_scratch(image_size)
+        optimizer = self.optimizer or (tiny_optimizer() if tiny else OPTIMIZER)
+        batch = self.batch_size or (TINY_BATCH_SIZE if tiny and optimizer == "muon"
+                                    else BATCH_SIZE)
         lr = self.lr
         if lr is None:
-            lr = (TINY_BASE_LR if tiny else BASE_LR) * self.batch_size / BASE_BATCH
+            lr = (TINY_BASE_LR if tiny else BASE_LR) * batch / BASE_BATCH
         smoothing = self.label_smoothing
         if smoothing is None:
             smoothing = TINY_LABEL_SMOOTHING if tiny else LABEL_SMOOTHING
-        return dataclasses.replace(self, lr=lr, label_smoothing=smoothing)
+        return dataclasses.replace(self, lr=lr, label_smoothing=smoothing, optimizer=optimizer,
+                                   batch_size=batch)
 
     def drop_path_for(self, image_size: int) -> float:
         """--drop-path, or the default for this image size."""
         if self.drop_path is not None:
             return self.drop_path
         return 0.0 if self.tiny_from_scratch(image_size) else DROP_PATH
+
+
+def tiny_optimizer() -> str:
+    """TINY_OPTIMIZER where this torch has it (Muon: torch ≥ 2.9), else AdamW."""
+    import torch
+
+    return TINY_OPTIMIZER if hasattr(torch.optim, TINY_OPTIMIZER.capitalize()) else "adamw"
 
 
 def round_up(size: int, multiple: int) -> int:

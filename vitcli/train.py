@@ -1,8 +1,9 @@
 """The training loop: `train(options)` for a new run, `resume(run_dir)` to continue one.
 
 One step: uint8 batch → device → batched augmentation there → forward (bf16 autocast on
-CUDA) → soft-target cross-entropy → backward → gradient clipping → AdamW at the scheduled lr
-→ EMA. Each epoch ends with validation, the model files and the training state (vitcli/runs.py).
+CUDA) → soft-target cross-entropy → backward → gradient clipping → AdamW (and Muon for the
+blocks' matrices) at the scheduled lr → EMA. Each epoch ends with validation, the model
+files and the training state (vitcli/runs.py).
 
 The library never prints: it reports through `on_event(kind, **fields)` on rank 0
 (kinds: message, load, start, schedule, epoch_start, step, epoch_end, end) and returns a
@@ -69,7 +70,9 @@ def resume(run_dir: str | Path, *, device: str | None = None, workers: int | Non
 
         raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
     try:
-        options = TrainOptions.from_dict(read_json(run_dir / "args.json")["options"])
+        saved = read_json(run_dir / "args.json")["options"]
+        saved.setdefault("optimizer", "adamw")  # written before --optimizer: an AdamW run
+        options = TrainOptions.from_dict(saved)
         options.check()  # a hand-edited value of the wrong type fails here, as one line
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None

@@ -83,7 +83,8 @@ class Trainer:
                                     label_smoothing=options.label_smoothing)
         self.optimizer = build_optimizer(self.model, lr=options.peak_lr,
                                          weight_decay=options.weight_decay,
-                                         layer_decay=options.layer_decay)
+                                         layer_decay=options.layer_decay,
+                                         kind=options.optimizer or "adamw")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         total = options.epochs * self.steps_per_epoch
         self.schedule = WarmupCosine(options.peak_lr,
@@ -128,7 +129,8 @@ class Trainer:
                   preprocessing=self.data.preprocessing, description=self.data.description,
                   num_train=len(self.data.train_labels), num_val=self.num_val,
                   epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
-                  batch_size=self.batch, lr=self.options.peak_lr, device=str(self.device),
+                  batch_size=self.batch, optimizer=self.options.optimizer,
+                  lr=self.options.peak_lr, device=str(self.device),
                   world_size=self.env.world_size, amp=str(self.amp_dtype), resumed_step=self.step)
         self.stop_requested = stop_requested
         stopped = None

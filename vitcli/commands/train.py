@@ -10,11 +10,13 @@ import typer
 
 from vitcli.commands._common import DeviceOpt
 from vitcli.recipe import (
+    BATCH_SIZE,
     BASE_BATCH,
     BASE_LR,
     DROP_PATH,
     LABEL_SMOOTHING,
     TINY_BASE_LR,
+    TINY_BATCH_SIZE,
     TINY_IMAGE_MAX,
     TINY_LABEL_SMOOTHING,
     TrainOptions,
@@ -44,13 +46,17 @@ def train(
     epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=f"Epochs [{_D.epochs}].")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
                                            help="Global batch, all processes together "
-                                           f"[{_D.batch_size}].")]
+                                           f"[{BATCH_SIZE}; {TINY_BATCH_SIZE} for images ≤ "
+                                           f"{TINY_IMAGE_MAX} px from scratch].")]
     = None,
     lr: Annotated[float | None, _opt("--lr", help=(
         f"Peak learning rate [{BASE_LR:g} × batch / {BASE_BATCH}; {TINY_BASE_LR:g} × batch / "
         f"{BASE_BATCH} for images ≤ {TINY_IMAGE_MAX} px from scratch]."))] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
                                                help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
+    optimizer: Annotated[str | None, _opt("--optimizer", help=(
+        "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest (torch ≥ 2.9); "
+        f"default adamw, muon for images ≤ {TINY_IMAGE_MAX} px from scratch."))] = None,
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
