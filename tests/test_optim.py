@@ -113,6 +113,9 @@ def test_muon_takes_the_blocks_matrices_and_adamw_keeps_the_rest():
     assert in_muon | in_adamw == {n for n, _ in model.named_parameters()}
     assert {"patch_embed.proj.weight", "head.weight", "cls_token", "pos_embed"} <= in_adamw
     assert all(g["weight_decay"] == 0.05 for g in muon.param_groups)
+    # --weight-decay 0 changes the decay, not which parameters Muon trains
+    no_decay = build_optimizer(model, lr=1e-3, weight_decay=0.0, kind="muon").parts[1]
+    assert _names_of(model, [p for g in no_decay.param_groups for p in g["params"]]) == in_muon
 
 
 @needs_muon

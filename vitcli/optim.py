@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vitcli.errors import UsageError
-from vitcli.recipe import OPTIMIZERS
+from vitcli.recipe import check_optimizer, has_muon
 
 # ------------------------------------------------------------------------ parameter groups
 
@@ -71,14 +71,13 @@ def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
 
     The `names` lists stay out of the optimiser's state.
     """
-    if kind not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {kind!r}")
+    check_optimizer(kind)
     groups = param_groups(model, weight_decay=weight_decay, layer_decay=layer_decay)
     if not groups:
         raise UsageError("nothing to train: every parameter is frozen")
     muon_groups: list[dict[str, Any]] = []
     if kind == "muon":
-        if not hasattr(torch.optim, "Muon"):
+        if not has_muon():
             raise UsageError(f"--optimizer muon needs torch 2.9 or newer (this is "
                              f"{torch.__version__}); use --optimizer adamw")
         groups, muon_groups = split_muon(groups)
@@ -104,7 +103,7 @@ def split_muon(groups: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list
     """
     adamw, muon = [], []
     for group in groups:
-        take = [p.ndim == 2 and name.startswith("blocks.") and group["weight_decay"] > 0
+        take = [p.ndim == 2 and name.startswith("blocks.")
                 for name, p in zip(group["names"], group["params"])]
         for to_muon, out in ((False, adamw), (True, muon)):
             params = [p for p, t in zip(group["params"], take) if t == to_muon]

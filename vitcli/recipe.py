@@ -142,9 +142,8 @@ class TrainOptions:
             if ignored:
                 raise UsageError(f"{', '.join(ignored)} cannot change the architecture of "
                                  f"--init {self.init}; only --img-size and --patch can")
-        if self.optimizer not in (None, *OPTIMIZERS):
-            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                             f"not {self.optimizer!r}")
+        if self.optimizer is not None:
+            check_optimizer(self.optimizer)
         if self.val and self.val_split:
             raise UsageError("give either --val or --val-split, not both")
 
@@ -163,7 +162,7 @@ class TrainOptions:
         --optimizer, --batch-size, --lr and --label-smoothing are options of the run;
         --drop-path is resolved into the model config instead (drop_path_for)."""
         tiny = self.tiny_from_scratch(image_size)
-        optimizer = self.optimizer or (tiny_optimizer() if tiny else OPTIMIZER)
+        optimizer = self.optimizer or (TINY_OPTIMIZER if tiny and has_muon() else OPTIMIZER)
         batch = self.batch_size or (TINY_BATCH_SIZE if tiny and optimizer == "muon"
                                     else BATCH_SIZE)
         lr = self.lr
@@ -182,11 +181,17 @@ class TrainOptions:
         return 0.0 if self.tiny_from_scratch(image_size) else DROP_PATH
 
 
-def tiny_optimizer() -> str:
-    """TINY_OPTIMIZER where this torch has it (Muon: torch ≥ 2.9), else AdamW."""
+def check_optimizer(name: str) -> None:
+    """Refuse an --optimizer that vitcli does not have, in one line."""
+    if name not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+
+
+def has_muon() -> bool:
+    """Whether this torch has Muon (torch.optim.Muon arrived in 2.9)."""
     import torch
 
-    return TINY_OPTIMIZER if hasattr(torch.optim, TINY_OPTIMIZER.capitalize()) else "adamw"
+    return hasattr(torch.optim, "Muon")
 
 
 def round_up(size: int, multiple: int) -> int:

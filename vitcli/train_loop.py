@@ -84,7 +84,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, lr=options.peak_lr,
                                          weight_decay=options.weight_decay,
                                          layer_decay=options.layer_decay,
-                                         kind=options.optimizer or "adamw")
+                                         kind=options.optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         total = options.epochs * self.steps_per_epoch
         self.schedule = WarmupCosine(options.peak_lr,
