@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -111,12 +112,18 @@ def worker(args: argparse.Namespace) -> None:
                       "params": sum(p.numel() for p in model.parameters())}))
 
 
+def _env() -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH (kept, not replaced)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def measure(impl: str, config: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--config", config,
            "--device", args.device, "--threads", str(args.threads), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch or 0)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                         env=_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

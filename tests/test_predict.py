@@ -180,8 +180,13 @@ def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: P
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    foreign = tmp_path / "foreign.onnx"
-    onnx.save(helper.make_model(graph), str(foreign))
+    foreign = tmp_path / "foreign.onnx"  # IR 8, opset 17: one that any onnxruntime reads
+    onnx.save(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]),
+              str(foreign))
+    too_new = tmp_path / "too-new.onnx"  # from an onnx newer than this onnxruntime
+    newer = helper.make_model(graph)
+    newer.ir_version = 99
+    onnx.save(newer, str(too_new))
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes(models[0].read_bytes()[:500])
     edited = onnx.load(str(models[1]))  # a vitcli graph whose preprocessing was edited since
@@ -192,6 +197,7 @@ def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: P
     resized = tmp_path / "resized.onnx"
     onnx.save(edited, str(resized))
     for path, reason in [(junk, "not a valid ONNX file"), (foreign, "not one exported by vitcli"),
+                         (too_new, "Unsupported model IR version: 99"),
                          (truncated, "truncated"), (resized, "corrupt vitcli metadata")]:
         code, out, err = run(image, "-m", str(path))
         assert code == 1 and out == ""

@@ -313,7 +313,8 @@ def cli_flags(o: TrainOptions) -> list[str]:
 
 def start_cli(o: TrainOptions) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # 80: hints must not wrap
-    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "vitcli", "train", *cli_flags(o)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -9,6 +9,7 @@ needs only onnxruntime, numpy and Pillow, and `vit predict` starts in a fraction
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,8 +140,8 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail)
-        detail = " ".join(str(exc).split())[:160]
-        raise VitError(f"{path}: not a valid ONNX file, or corrupt ({detail})") from None
+        raise VitError(f"{path}: not a valid ONNX file, or corrupt "
+                       f"({_ort_reason(exc, path)})") from None
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     check_onnx_metadata(path, metadata)
     config, names, pre = parse_metadata(path, metadata)
@@ -158,6 +159,14 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
                        f"preprocessing metadata makes {tuple(expected)}; corrupt vitcli metadata")
     return OnnxBackend(path=path, config=config, class_names=names, preprocessing=pre,
                        metadata=metadata, session=session)
+
+
+def _ort_reason(exc: Exception, path: Path) -> str:
+    """onnxruntime's load error without the path and C++ source location that bury it."""
+    text = " ".join(str(exc).split()).replace(f"Load model from {path} failed:", "")
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : ", "", text)
+    text = re.sub(r"\S+\.(?:cc|cpp|h):\d+ [\w:~<>]+\([^)]*\) ?", "", text)
+    return text[:200]
 
 
 def check_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
