@@ -11,7 +11,7 @@ from conftest import TINY
 
 from vitcli.errors import UsageError
 from vitcli.model import create_model
-from vitcli.optim import ModelEma, WarmupCosine, build_optimizer, layer_id, param_groups
+from vitcli.optim import ModelEma, WarmupDecay, build_optimizer, layer_id, param_groups
 
 
 def _groups_by_name(model, **kw):
@@ -53,14 +53,14 @@ def test_layer_decay_scales_lr_by_depth_and_frozen_weights_are_left_out():
 def test_optimizer_groups_carry_the_scheduled_lr_times_their_scale():
     model = create_model(num_classes=3, **TINY)
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
-    schedule = WarmupCosine(peak_lr=1e-3, warmup_steps=4, total_steps=20)
+    schedule = WarmupDecay(peak_lr=1e-3, warmup_steps=4, total_steps=20)
     lr = schedule.apply(opt, 1)
     assert lr == pytest.approx(1e-3 * 2 / 4)
     assert sorted({round(g["lr"] / lr, 6) for g in opt.param_groups}) == [0.125, 0.25, 0.5, 1.0]
 
 
 def test_warmup_then_cosine_values():
-    s = WarmupCosine(peak_lr=1.0, warmup_steps=10, total_steps=110, min_ratio=0.01)
+    s = WarmupDecay(peak_lr=1.0, warmup_steps=10, total_steps=110, min_ratio=0.01)
     assert [s.lr(i) for i in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert s.lr(10) == pytest.approx(1.0)  # cosine starts at the peak
     assert s.lr(60) == pytest.approx(0.01 + 0.99 * 0.5)  # half way down
@@ -68,8 +68,22 @@ def test_warmup_then_cosine_values():
     assert s.lr(110) == pytest.approx(0.01) and s.lr(500) == pytest.approx(0.01)
     lrs = [s.lr(i) for i in range(10, 111)]
     assert all(a >= b for a, b in itertools.pairwise(lrs))  # never rises after warm-up
-    assert WarmupCosine.from_dict(s.to_dict()) == s
-    assert WarmupCosine(1.0, 0, 10).lr(0) == pytest.approx(1.0)  # no warm-up
+    assert WarmupDecay.from_dict(s.to_dict()) == s
+    assert WarmupDecay(1.0, 0, 10).lr(0) == pytest.approx(1.0)  # no warm-up
+    old = s.to_dict()
+    del old["shape"]  # a state saved before the linear schedule existed
+    assert WarmupDecay.from_dict(old) == s
+
+
+def test_warmup_then_linear_values():
+    s = WarmupDecay(peak_lr=1.0, warmup_steps=10, total_steps=110, min_ratio=0.01, shape="linear")
+    assert [s.lr(i) for i in (0, 9, 10)] == pytest.approx([0.1, 1.0, 1.0])  # same warm-up
+    assert s.lr(35) == pytest.approx(0.01 + 0.99 * 0.75)  # a quarter of the way down
+    assert s.lr(60) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert s.lr(110) == pytest.approx(0.01) and s.lr(500) == pytest.approx(0.01)
+    steps = [s.lr(i) - s.lr(i + 1) for i in range(10, 110)]
+    assert steps == pytest.approx([0.99 / 100] * 100)  # equal steps down: a straight line
+    assert WarmupDecay.from_dict(s.to_dict()) == s
 
 
 def test_ema_moves_towards_the_weights_and_ignores_frozen_copies():
@@ -122,7 +136,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_keeps_the_rest():
 def test_the_schedule_sets_muon_groups_too_with_their_layer_decay_scale():
     model = create_model(num_classes=3, **TINY)
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5, kind="muon")
-    lr = WarmupCosine(peak_lr=1e-3, warmup_steps=4, total_steps=20).apply(opt, 1)
+    lr = WarmupDecay(peak_lr=1e-3, warmup_steps=4, total_steps=20).apply(opt, 1)
     muon_scales = sorted(round(g["lr"] / lr, 6) for g in opt.parts[1].param_groups)
     assert muon_scales == [0.25, 0.5]  # blocks 0 and 1 of a depth-2 model
 

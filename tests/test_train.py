@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from vitcli.errors import UsageError
 from vitcli.recipe import TrainOptions, model_config
 from vitcli.runs import (
     MetricsLog,
@@ -89,25 +90,29 @@ def test_recipe_picks_size_preset_and_grey_mode():
     assert mean == (0.2,) and std == (0.001,)  # constant channel: no division by zero
 
 
-def test_tiny_images_from_scratch_get_their_own_optimizer_batch_lr_and_label_smoothing(
+def test_tiny_images_from_scratch_get_their_own_optimizer_batch_lr_smoothing_and_schedule(
         monkeypatch):
     def resolved(o: TrainOptions) -> tuple:
-        return o.optimizer, o.batch_size, o.lr, o.label_smoothing
+        return o.optimizer, o.batch_size, o.lr, o.label_smoothing, o.schedule
 
     tiny = TrainOptions(data="x").with_defaults_for(28)
-    assert resolved(tiny) == ("muon", 256, 4e-3, 0.2)  # 4e-3 at batch 256
+    assert resolved(tiny) == ("muon", 256, 4e-3, 0.2, "linear")  # 4e-3 at batch 256
     big = TrainOptions(data="x").with_defaults_for(224)
-    assert resolved(big) == ("adamw", 128, 5e-4, 0.1)
+    assert resolved(big) == ("adamw", 128, 5e-4, 0.1, "cosine")
     pretrained = TrainOptions(data="x", init="m.safetensors").with_defaults_for(28)
-    assert resolved(pretrained) == ("adamw", 128, 5e-4, 0.1)  # fine-tuning: the usual recipe
-    given = TrainOptions(data="x", lr=1e-2, label_smoothing=0.0).with_defaults_for(28)
-    assert (given.lr, given.label_smoothing) == (1e-2, 0.0)  # flags always win
+    assert resolved(pretrained) == ("adamw", 128, 5e-4, 0.1, "cosine")  # the usual recipe
+    given = TrainOptions(data="x", lr=1e-2, label_smoothing=0.0,
+                         schedule="cosine").with_defaults_for(28)
+    assert (given.lr, given.label_smoothing, given.schedule) == (1e-2, 0.0, "cosine")  # flags win
     adamw = TrainOptions(data="x", optimizer="adamw").with_defaults_for(28)
-    assert resolved(adamw) == ("adamw", 128, 2e-3, 0.2)  # the AdamW recipe's batch and lr
+    assert resolved(adamw) == ("adamw", 128, 2e-3, 0.2, "linear")  # the AdamW recipe's batch, lr
     batch = TrainOptions(data="x", batch_size=64).with_defaults_for(28)
-    assert resolved(batch) == ("muon", 64, 1e-3, 0.2)  # lr scales with the batch given
+    assert resolved(batch) == ("muon", 64, 1e-3, 0.2, "linear")  # lr scales with the batch given
     monkeypatch.delattr(torch.optim, "Muon", raising=False)  # torch before 2.9
-    assert resolved(TrainOptions(data="x").with_defaults_for(28)) == ("adamw", 128, 2e-3, 0.2)
+    assert resolved(TrainOptions(data="x").with_defaults_for(28)) == (
+        "adamw", 128, 2e-3, 0.2, "linear")
+    with pytest.raises(UsageError, match="--schedule must be one of cosine, linear, not 'step'"):
+        TrainOptions(data="x", schedule="step").check()
 
 
 def test_run_folders_are_numbered_never_reused(tmp_path: Path):
@@ -282,15 +287,20 @@ def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw(tmp_path, bars):
-    first = train(options(tmp_path, bars, epochs=1, optimizer="adamw"))
-    args_path = first.run_dir / "args.json"
+def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw_and_cosine(
+        tmp_path, bars):
+    first = train(options(tmp_path, bars, epochs=1, optimizer="adamw", schedule="cosine"))
+    args_path, state_path = first.run_dir / "args.json", first.run_dir / "state.json"
     args = json.loads(args_path.read_text())
-    del args["options"]["optimizer"]  # as vitcli wrote it before Muon (tiny data: now Muon)
+    # As vitcli wrote them before Muon and --schedule (tiny data: now Muon and linear).
+    del args["options"]["optimizer"], args["options"]["schedule"]
     args_path.write_text(json.dumps(args))
+    state = json.loads(state_path.read_text())
+    del state["schedule"]["shape"]
+    state_path.write_text(json.dumps(state))
     again = resume(first.run_dir)  # AdamW state loaded into AdamW, not into Muon + AdamW
     assert again.stopped == "completed" and again.steps == first.steps
-    assert again.options.optimizer == "adamw"
+    assert (again.options.optimizer, again.options.schedule) == ("adamw", "cosine")
 
 
 # ----------------------------------------------------------- real signals on real runs

@@ -167,10 +167,11 @@ class Combined:
 
 
 @dataclass
-class WarmupCosine:
-    """Linear warm-up from 0 to the peak lr, then a cosine down to `min_ratio` of the peak.
+class WarmupDecay:
+    """Linear warm-up from 0 to the peak lr, then a cosine or a straight line down to
+    `min_ratio` of the peak.
 
-    A pure function of the step, so resuming needs only (peak, warm-up, total), and a
+    A pure function of the step, so resuming needs only (peak, warm-up, total, shape), and a
     time budget can set `total_steps` once it has measured the speed.
     """
 
@@ -178,6 +179,7 @@ class WarmupCosine:
     warmup_steps: int
     total_steps: int
     min_ratio: float = 0.01
+    shape: str = "cosine"  # or "linear"; runs saved before the choice existed are cosine
 
     def factor(self, step: int) -> float:
         """The lr multiplier for the update that step `step` (0-based) applies."""
@@ -185,7 +187,8 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         span = max(self.total_steps - self.warmup_steps, 1)
         progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        down = 1 - progress if self.shape == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (1 - self.min_ratio) * down
 
     def lr(self, step: int) -> float:
         return self.peak_lr * self.factor(step)
@@ -199,10 +202,10 @@ class WarmupCosine:
 
     def to_dict(self) -> dict[str, Any]:
         return {"peak_lr": self.peak_lr, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "min_ratio": self.min_ratio}
+                "total_steps": self.total_steps, "min_ratio": self.min_ratio, "shape": self.shape}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> WarmupCosine:
+    def from_dict(cls, data: dict[str, Any]) -> WarmupDecay:
         return cls(**data)
 
 

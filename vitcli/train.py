@@ -72,6 +72,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, workers: int | Non
     try:
         saved = read_json(run_dir / "args.json")["options"]
         saved.setdefault("optimizer", "adamw")  # written before --optimizer: an AdamW run
+        saved.setdefault("schedule", "cosine")  # written before --schedule: a cosine run
         options = TrainOptions.from_dict(saved)
         options.check()  # a hand-edited value of the wrong type fails here, as one line
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -22,7 +22,7 @@ from vitcli.checkpoint import save_model, unwrap_model
 from vitcli.devices import autocast_dtype
 from vitcli.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
 from vitcli.errors import UsageError
-from vitcli.optim import ModelEma, WarmupCosine, build_optimizer, warmup_steps_for
+from vitcli.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
 from vitcli.recipe import TrainOptions
 from vitcli.runs import (
     MetricsLog,
@@ -87,9 +87,9 @@ class Trainer:
                                          kind=options.optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         total = options.epochs * self.steps_per_epoch
-        self.schedule = WarmupCosine(options.peak_lr,
-                                     warmup_steps_for(options.warmup, self.steps_per_epoch, total),
-                                     total, options.min_lr_ratio)
+        self.schedule = WarmupDecay(options.peak_lr,
+                                    warmup_steps_for(options.warmup, self.steps_per_epoch, total),
+                                    total, options.min_lr_ratio, options.schedule or "cosine")
         self.ema = ModelEma(self.model, options.ema_decay) if options.ema else None
         self.net: torch.nn.Module = self.model
         if env.distributed:
@@ -130,7 +130,7 @@ class Trainer:
                   num_train=len(self.data.train_labels), num_val=self.num_val,
                   epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
                   batch_size=self.batch, optimizer=self.options.optimizer,
-                  lr=self.options.peak_lr, device=str(self.device),
+                  lr=self.options.peak_lr, schedule=self.schedule.shape, device=str(self.device),
                   world_size=self.env.world_size, amp=str(self.amp_dtype), resumed_step=self.step)
         self.stop_requested = stop_requested
         stopped = None
@@ -392,7 +392,7 @@ class Trainer:
         self.optimizer.load_state_dict(unflatten_optimizer(info["optimizer"], tensors))
         if self.ema is not None:
             self.ema.load_state_tensors(part("ema."), info["ema_updates"])
-        self.schedule = WarmupCosine.from_dict(info["schedule"])
+        self.schedule = WarmupDecay.from_dict(info["schedule"])
         for key in ("step", "epochs_done", "bad_epochs", "best_top1", "best_epoch",
                     "loss_sum", "loss_count", "budget_fitted"):
             setattr(self, key, info[key])

@@ -72,7 +72,8 @@ class Display:
                    f"{c.num_classes} classes", highlight=False)
             procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
             print_(f"[bold]training[/] {f['epochs']} epochs × {f['steps_per_epoch']} steps, "
-                   f"batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g}, "
+                   f"batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
+                   f"({f['schedule']} decay), "
                    f"{f['device']}{procs}",
                    highlight=False)
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once

@@ -113,6 +113,9 @@ def train(
     = None,
     pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos.",
                                           panel=ADVANCED)] = None,
+    schedule: Annotated[str | None, _opt("--schedule", help=(
+        "How the lr falls after warm-up: cosine or linear; default cosine, linear for images "
+        f"≤ {TINY_IMAGE_MAX} px from scratch."), panel=ADVANCED)] = None,
     clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
                                             f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
     ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
