@@ -38,8 +38,7 @@ step "eval and predict on cuda"
     --json "$out/eval-cpu.json"
 python3 - "$out" <<'EOF'
 import json, sys
-gpu, cpu = (json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("eval", "eval-cpu"))
-g, c = gpu, cpu
+g, c = (json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("eval", "eval-cpu"))
 print(f"top-1 on the GPU {g['top1']:.2%}, on the CPU {c['top1']:.2%}")
 assert g["top1"] >= 0.9, "the GPU-trained model did not learn the shapes"
 assert abs(g["top1"] - c["top1"]) <= 0.02, "GPU and CPU evaluations disagree"

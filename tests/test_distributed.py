@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import bar_folder, options
+from test_train import bar_folder, options, repo_env
 
 from vitcli.distributed import DistEnv, gather_rows, shard
 from vitcli.runs import read_metrics
 from vitcli.train import train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shards_partition_each_global_batch():
@@ -93,8 +90,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
              "--label-smoothing", "0", "--seed", "5", "--optimizer", optimizer,
              "--device", "cpu",
              "--project", str(tmp_path / "ddp"), "--cache-dir", o.cache_dir]
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = repo_env(OMP_NUM_THREADS="1", COLUMNS="200")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "vitcli", "train", *flags],

@@ -321,10 +321,16 @@ def cli_flags(o: TrainOptions) -> list[str]:
     return flags + (["--ema"] if o.ema else [])
 
 
-def start_cli(o: TrainOptions) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # 80: hints must not wrap
+def repo_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process, with the repository first on PYTHONPATH (added
+    to, not replaced: the packages may be on it too)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1")
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def start_cli(o: TrainOptions) -> subprocess.Popen:
+    env = {k: v for k, v in repo_env(OMP_NUM_THREADS="1").items()
+           if k != "COLUMNS"}  # 80: hints must not wrap
     return subprocess.Popen([sys.executable, "-m", "vitcli", "train", *cli_flags(o)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

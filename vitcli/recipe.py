@@ -42,16 +42,16 @@ TINY_LABEL_SMOOTHING = 0.2
 # Tiny images from scratch train the blocks' matrices with Muon at batch 256 (AdamW for the
 # rest): +0.9 points over AdamW at batch 128 in the same 2 minutes (README "Small data").
 # Where torch has no Muon (before 2.9), they keep AdamW at batch 128.
-# The lr falls from its peak along a cosine, or for tiny images from scratch along a straight
-# line (Bergsma et al. 2025): +0.3 points on average over 4 samples (README "Small data").
-SCHEDULES = ("cosine", "linear")
-SCHEDULE = "cosine"
-TINY_SCHEDULE = "linear"
 OPTIMIZERS = ("adamw", "muon")
 OPTIMIZER = "adamw"
 TINY_OPTIMIZER = "muon"
 BATCH_SIZE = 128
 TINY_BATCH_SIZE = 256  # with Muon
+# The lr falls from its peak along a cosine, or for tiny images from scratch along a straight
+# line (Bergsma et al. 2025): +0.3 points on average over 4 samples (README "Small data").
+SCHEDULES = ("cosine", "linear")
+SCHEDULE = "cosine"
+TINY_SCHEDULE = "linear"
 
 
 @dataclass

@@ -89,7 +89,7 @@ class Trainer:
         total = options.epochs * self.steps_per_epoch
         self.schedule = WarmupDecay(options.peak_lr,
                                     warmup_steps_for(options.warmup, self.steps_per_epoch, total),
-                                    total, options.min_lr_ratio, options.schedule or "cosine")
+                                    total, options.min_lr_ratio, options.schedule)
         self.ema = ModelEma(self.model, options.ema_decay) if options.ema else None
         self.net: torch.nn.Module = self.model
         if env.distributed:
