@@ -176,9 +176,8 @@ def test_headless_model_returns_pooled_features():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, TINY["embed_dim"])
 
 
-def test_normal_forward_uses_fused_attention_and_builds_no_weight_maps(monkeypatch):
-    """Attention weights cost nothing unless asked for: the plain forward and training step
-    go through scaled_dot_product_attention once per block and never form the (T×T) softmax."""
+def count_attention_calls(monkeypatch) -> dict[str, int]:
+    """Count calls to scaled_dot_product_attention and Tensor.softmax from here on."""
     import vitcli.model as model_module
 
     calls = {"sdpa": 0, "softmax": 0}
@@ -194,7 +193,18 @@ def test_normal_forward_uses_fused_attention_and_builds_no_weight_maps(monkeypat
 
     monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", counting_sdpa)
     monkeypatch.setattr(torch.Tensor, "softmax", counting_softmax)
-    model = create_model(num_classes=3, **TINY)
+    return calls
+
+
+def test_long_sequences_use_fused_attention_and_build_no_weight_maps(monkeypatch):
+    """Attention weights cost nothing unless asked for: past EXPLICIT_ATTENTION_MAX_TOKENS the
+    forward and training step go through scaled_dot_product_attention once per block and never
+    form the (T×T) softmax."""
+    from vitcli.model import EXPLICIT_ATTENTION_MAX_TOKENS
+
+    calls = count_attention_calls(monkeypatch)
+    model = create_model(num_classes=3, **{**TINY, "patch_size": 4})  # 64 patches + class
+    assert model.config.num_tokens > EXPLICIT_ATTENTION_MAX_TOKENS
     model.train()
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     with torch.no_grad():
@@ -203,3 +213,31 @@ def test_normal_forward_uses_fused_attention_and_builds_no_weight_maps(monkeypat
     with torch.no_grad():
         model.forward_with_attention(torch.randn(1, 3, 32, 32))
     assert calls == {"sdpa": 2 * TINY["depth"], "softmax": TINY["depth"]}
+
+
+@pytest.mark.parametrize("locality", [False, True])
+def test_short_sequences_on_cpu_use_explicit_attention_with_the_same_result(monkeypatch, locality):
+    """Up to EXPLICIT_ATTENTION_MAX_TOKENS tokens the CPU forms the weights (faster there);
+    outputs and gradients equal the fused kernel's."""
+    import vitcli.model as model_module
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **TINY, locality_attention=locality)  # 17 tokens
+    assert model.config.num_tokens <= model_module.EXPLICIT_ATTENTION_MAX_TOKENS
+    x = torch.randn(4, 3, 32, 32)
+
+    def logits_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(x)
+        (out * torch.arange(3.0)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    calls = count_attention_calls(monkeypatch)
+    explicit = logits_and_grads()
+    assert calls == {"sdpa": 0, "softmax": TINY["depth"]}
+    monkeypatch.setattr(model_module, "EXPLICIT_ATTENTION_MAX_TOKENS", 0)
+    fused = logits_and_grads()
+    assert calls == {"sdpa": TINY["depth"], "softmax": TINY["depth"]}
+    torch.testing.assert_close(explicit[0], fused[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(explicit[1], fused[1]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

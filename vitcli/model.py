@@ -125,12 +125,21 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
 
 # -------------------------------------------------------------------------- encoder block
 
+# Up to this many tokens, attention on the CPU is two einsums and a softmax rather than
+# `scaled_dot_product_attention`: at 17 tokens (vit-pico) the fused CPU kernel's forward and
+# backward take twice as long (9.2 against 4.5 ms a block at batch 256, 2 threads); from about
+# 50 tokens on, the two are level or the fused kernel is ahead (65 tokens, width 192: 24
+# against 30 ms), and it never forms the (N × N) weights.
+EXPLICIT_ATTENTION_MAX_TOKENS = 32
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    The normal path is `scaled_dot_product_attention` (fused kernels); attention weights are
-    materialised only when asked for, for explanations.
+    The normal path is `scaled_dot_product_attention` (fused kernels). The attention weights
+    are formed explicitly only when asked for (explanations) or for short sequences on the
+    CPU, where the fused CPU kernel is about twice as slow as two small matrix products
+    (EXPLICIT_ATTENTION_MAX_TOKENS).
     """
 
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True,
@@ -157,20 +166,20 @@ class Attention(nn.Module):
         if self.locality:
             q = q * (self.logit_scale.exp() / self.head_dim**-0.5)
             mask = ~torch.eye(N, dtype=torch.bool, device=x.device)  # True = may attend
-        attn = None
-        if return_attention:
-            logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, nh, N, N)
+        dropout = self.attn_dropout if self.training else 0.0
+        if return_attention or (x.device.type == "cpu" and N <= EXPLICIT_ATTENTION_MAX_TOKENS):
+            # einsum, not `@`: the backward of a 4-D `@` copies every (B·nh) slice on the CPU.
+            logits = torch.einsum("bhnd,bhmd->bhnm", q * self.head_dim**-0.5, k)  # (B, nh, N, N)
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
-            attn = logits.softmax(dim=-1)
-            x = attn @ v  # (B, nh, N, hd)
+            attn = F.dropout(logits.softmax(dim=-1), dropout, self.training)
+            x = torch.einsum("bhnm,bhmd->bhnd", attn, v)  # (B, nh, N, hd)
         else:
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask,
-                dropout_p=self.attn_dropout if self.training else 0.0,
-            )  # (B, nh, N, hd)
+            attn = None
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=dropout)  # (B, nh, N, hd)
         x = x.transpose(1, 2).reshape(B, N, C)  # (B, N, D): heads concatenated
-        return self.proj_drop(self.proj(x)), attn
+        return self.proj_drop(self.proj(x)), attn if return_attention else None
 
 
 class Mlp(nn.Module):
