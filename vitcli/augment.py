@@ -87,7 +87,9 @@ class AugmentPolicy:
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
-SMALL_IMAGE_PX = 32  # at or below this, "light" means small shifts only (see make_policy)
+# At or below this training size, "light" means small shifts only (see make_policy): images
+# up to 32 px, which vit-pico trains at up to 35 px.
+SMALL_IMAGE_PX = 35
 
 
 def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None) -> AugmentPolicy:

@@ -23,8 +23,6 @@ from vitcli.config import ViTConfig, get_preset
 from vitcli.errors import UsageError
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
-# Which preset when --model is not given, by typical image size.
-PRESET_FOR_SIZE = [(32, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
 # Model options layered over the preset for small images trained from scratch (the small-data
 # recipe: see README "Small data"). Empty = the preset as it is.
 SMALL_DATA_MODEL: dict[str, Any] = {}
@@ -32,7 +30,11 @@ BASE_BATCH = 256  # --lr default is BASE_LR at this batch, scaled linearly with 
 BASE_LR = 1e-3
 # Tiny images trained from scratch (≤ TINY_IMAGE_MAX px): a few-layer ViT that underfits in a
 # few minutes wants a higher learning rate and no stochastic depth (benchmarks/small_data.py).
-TINY_IMAGE_MAX = 32
+# The limit is on the training size: images up to 32 px, which vit-pico's 5×5 grid trains at
+# up to 35 px (7-px patches).
+TINY_IMAGE_MAX = 35
+# Which preset when --model is not given, by typical image size.
+PRESET_FOR_SIZE = [(TINY_IMAGE_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
 TINY_BASE_LR = 4e-3  # at BASE_BATCH, i.e. 2e-3 at the default batch of 128
 DROP_PATH = 0.1  # default stochastic depth, except for tiny images from scratch (0)
 # Label smoothing; tiny images from scratch get more: the small ViT fits its few thousand
@@ -247,11 +249,12 @@ def architecture_overrides(options: TrainOptions) -> dict[str, Any]:
 def default_patch(options: TrainOptions, base: ViTConfig, typical_size: int) -> int:
     """The preset's patch size; tiny images with the automatic preset keep its token grid.
 
-    vit-pico is a 4×4 grid of patches: 7 px at 28 px, 8 px at 32 px, so that any tiny image
-    gets the grid the recipe was measured with rather than a size padded up to a multiple.
+    vit-pico is a 5×5 grid of patches: 6 px at 28 px (trained at 30), 7 px at 32 px (at 35),
+    so that any tiny image gets the grid the recipe was measured with; the patch is rounded
+    up, so the image is scaled up a little, never down.
     """
     if options.model is None and options.img_size is None and typical_size <= TINY_IMAGE_MAX:
-        return max(1, round(typical_size / base.grid_size))
+        return max(1, math.ceil(typical_size / base.grid_size))
     return base.patch_size
 
 
