@@ -84,7 +84,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    pre = Preprocessing(image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    # The model `vit train` builds for 32-px images, and the size it trains them at (35 px).
+    config = model_config(TrainOptions(data="-"), typical_size=32, num_classes=10,
+                          in_channels=3)
+    size = config.image_size
+    pre = Preprocessing(image_size=size, mean=(0.5,) * 3, std=(0.5,) * 3)
     rows: list[tuple[str, float, str]] = []
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,18 +105,16 @@ def main() -> None:
     labels = torch.arange(len(pixels)) % 10
     step_aug: dict[str, float] = {}
     for level in AUGMENT_LEVELS:
-        aug = BatchAugment(make_policy(level, image_size=32), image_size=32, mean=pre.mean,
+        aug = BatchAugment(make_policy(level, image_size=size), image_size=size, mean=pre.mean,
                            std=pre.std, num_classes=10, label_smoothing=0.1)
         aug(pixels, labels)  # warm-up
         step_aug[level] = timed(lambda aug=aug: aug(pixels, labels), args.steps)
         rows.append((f"augment {level} (every step)", len(pixels) / step_aug[level],
                      f"{step_aug[level] * 1000:.1f} ms / batch"))
 
-    config = model_config(TrainOptions(data="-"), typical_size=32, num_classes=10,
-                          in_channels=3)
     model = VisionTransformer(config).train()
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
-    x, targets = BatchAugment(make_policy("none"), image_size=32, mean=pre.mean, std=pre.std,
+    x, targets = BatchAugment(make_policy("none"), image_size=size, mean=pre.mean, std=pre.std,
                               num_classes=10)(pixels, labels)
 
     def train_step() -> None:
@@ -123,7 +125,7 @@ def main() -> None:
 
     train_step()  # warm-up
     step = timed(train_step, args.steps)
-    rows.append((f"train step, default ViT {config.depth}×{config.embed_dim} 32 px",
+    rows.append((f"train step, default ViT {config.depth}×{config.embed_dim} {size} px",
                  len(pixels) / step,
                  f"{step * 1000:.1f} ms / batch"))
 

@@ -105,6 +105,14 @@ def test_tiny_images_get_vit_picos_5x5_grid_and_the_tiny_recipe(typical, size, p
     assert policy.crop_scale is None and policy.translate > 0
 
 
+def test_images_just_above_32_px_keep_the_small_image_preset():
+    """33-35 px data is not tiny: vit-mini at 40 px, the usual recipe (not vit-pico at 35)."""
+    options = TrainOptions(data="x")
+    config = model_config(options, typical_size=34, num_classes=5, in_channels=3)
+    assert (config.image_size, config.patch_size, config.embed_dim) == (40, 8, 256)
+    assert options.with_defaults_for(config.image_size).schedule == "cosine"
+
+
 def test_tiny_images_from_scratch_get_their_own_optimizer_batch_lr_smoothing_and_schedule(
         monkeypatch):
     def resolved(o: TrainOptions) -> tuple:

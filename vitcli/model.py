@@ -126,8 +126,9 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
 # -------------------------------------------------------------------------- encoder block
 
 # Up to this many tokens, attention on the CPU is two einsums and a softmax rather than
-# `scaled_dot_product_attention`: at 17 tokens (vit-pico) the fused CPU kernel's forward and
-# backward take twice as long (9.2 against 4.5 ms a block at batch 256, 2 threads); from about
+# `scaled_dot_product_attention`: at 17 tokens the fused CPU kernel's forward and backward
+# take twice as long (9.2 against 4.5 ms a block at batch 256, 2 threads; at vit-pico's 26,
+# 1.6 times: 25.6 against 16.2 ms, that hour on a slower machine); from about
 # 50 tokens on, the two are level or the fused kernel is ahead (65 tokens, width 192: 24
 # against 30 ms), and it never forms the (N × N) weights.
 EXPLICIT_ATTENTION_MAX_TOKENS = 32
@@ -172,8 +173,9 @@ class Attention(nn.Module):
             logits = torch.einsum("bhnd,bhmd->bhnm", q * self.head_dim**-0.5, k)  # (B, nh, N, N)
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
-            attn = F.dropout(logits.softmax(dim=-1), dropout, self.training)
-            x = torch.einsum("bhnm,bhmd->bhnd", attn, v)  # (B, nh, N, hd)
+            attn = logits.softmax(dim=-1)
+            x = torch.einsum("bhnm,bhmd->bhnd", F.dropout(attn, dropout, self.training),
+                             v)  # (B, nh, N, hd)
         else:
             attn = None
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,

@@ -30,11 +30,12 @@ BASE_BATCH = 256  # --lr default is BASE_LR at this batch, scaled linearly with 
 BASE_LR = 1e-3
 # Tiny images trained from scratch (≤ TINY_IMAGE_MAX px): a few-layer ViT that underfits in a
 # few minutes wants a higher learning rate and no stochastic depth (benchmarks/small_data.py).
-# The limit is on the training size: images up to 32 px, which vit-pico's 5×5 grid trains at
-# up to 35 px (7-px patches).
+# Tiny data is images up to TINY_DATA_MAX px (their typical size); the recipe follows the size
+# they are trained at, which vit-pico's 5×5 grid makes up to 35 px (7-px patches at 32 px).
+TINY_DATA_MAX = 32
 TINY_IMAGE_MAX = 35
 # Which preset when --model is not given, by typical image size.
-PRESET_FOR_SIZE = [(TINY_IMAGE_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
+PRESET_FOR_SIZE = [(TINY_DATA_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
 TINY_BASE_LR = 4e-3  # at BASE_BATCH, i.e. 2e-3 at the default batch of 128
 DROP_PATH = 0.1  # default stochastic depth, except for tiny images from scratch (0)
 # Label smoothing; tiny images from scratch get more: the small ViT fits its few thousand
@@ -253,7 +254,7 @@ def default_patch(options: TrainOptions, base: ViTConfig, typical_size: int) -> 
     so that any tiny image gets the grid the recipe was measured with; the patch is rounded
     up, so the image is scaled up a little, never down.
     """
-    if options.model is None and options.img_size is None and typical_size <= TINY_IMAGE_MAX:
+    if options.model is None and options.img_size is None and typical_size <= TINY_DATA_MAX:
         return max(1, math.ceil(typical_size / base.grid_size))
     return base.patch_size
 

@@ -1,0 +1,20 @@
+"""The benchmark scripts still run against the library as it is (a smoke test at toy sizes:
+their figures are for people to read, not for tests to time)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.test_train import ROOT, repo_env
+
+
+def test_data_throughput_runs_with_the_default_small_image_model():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "data_throughput.py"), "--images", "40",
+         "--batch", "8", "--steps", "1", "--threads", "1"],
+        env=repo_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 32-px images: vit-pico's 5×5 grid of 7-px patches at 35 px, width 80.
+    assert "train step, default ViT 4×80 35 px" in result.stdout
+    assert "augment light (every step)" in result.stdout
