@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vitcli.errors import UsageError
+from vitcli.recipe import TINY_IMAGE_MAX
 
 AUGMENT_LEVELS = ("none", "light", "strong")
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
@@ -87,9 +88,9 @@ class AugmentPolicy:
         return self.mix_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
 
-# At or below this training size, "light" means small shifts only (see make_policy): images
-# up to 32 px, which vit-pico trains at up to 35 px.
-SMALL_IMAGE_PX = 35
+# At or below this training size, "light" means small shifts only (see make_policy): the
+# tiny-image recipe's own limit.
+SMALL_IMAGE_PX = TINY_IMAGE_MAX
 
 
 def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None) -> AugmentPolicy:

@@ -217,8 +217,8 @@ PRESETS: dict[str, Preset] = {
         # that a few thousand images are enough.
         # 28-32 px (MNIST-like) from scratch in minutes: a 5×5 grid of patches (25 tokens;
         # 6 px at 30 px, the size 28-px images are trained at) with shifted patch
-        # tokenisation, 4 blocks of width 80, so 2 CPU cores see ~45-70 epochs in 2 minutes;
-        # a 4×4 grid of 7-px patches at width 96 costs the same and scored 0.8 points lower
+        # tokenisation, 4 blocks of width 80: 2 CPU cores saw 43-49 epochs in 2 minutes; a
+        # 4×4 grid of 7-px patches at width 96 costs the same and scored 0.5-0.8 points lower
         # (README "Small data", benchmarks/small_data.py).
         _small("vit-pico", 30, 6, 80, 4, 4, 2.0, "small images, 30 px, 6 px patches, shifted",
                patch_embed="shifted"),

@@ -17,12 +17,15 @@ from vitcli.recipe import (
     LABEL_SMOOTHING,
     TINY_BASE_LR,
     TINY_BATCH_SIZE,
+    TINY_DATA_MAX,
     TINY_IMAGE_MAX,
     TINY_LABEL_SMOOTHING,
     TrainOptions,
 )
 
 _D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/recipe.py)
+# Where the tiny-image recipe applies: the data's size, and the size it is trained at.
+_TINY = f"images ≤ {TINY_DATA_MAX} px (trained at ≤ {TINY_IMAGE_MAX}) from scratch"
 
 ADVANCED = "Advanced: architecture and optimiser details"
 FINETUNE = "Start from pretrained weights"
@@ -46,24 +49,22 @@ def train(
     epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=f"Epochs [{_D.epochs}].")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
                                            help="Global batch, all processes together "
-                                           f"[{BATCH_SIZE}; {TINY_BATCH_SIZE} for images ≤ "
-                                           f"{TINY_IMAGE_MAX} px from scratch].")]
+                                           f"[{BATCH_SIZE}; {TINY_BATCH_SIZE} for {_TINY}].")]
     = None,
     lr: Annotated[float | None, _opt("--lr", help=(
         f"Peak learning rate [{BASE_LR:g} × batch / {BASE_BATCH}; {TINY_BASE_LR:g} × batch / "
-        f"{BASE_BATCH} for images ≤ {TINY_IMAGE_MAX} px from scratch]."))] = None,
+        f"{BASE_BATCH} for {_TINY}]."))] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
                                                help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
     optimizer: Annotated[str | None, _opt("--optimizer", help=(
         "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest (torch ≥ 2.9); "
-        f"default adamw, muon for images ≤ {TINY_IMAGE_MAX} px from scratch."))] = None,
+        f"default adamw, muon for {_TINY}."))] = None,
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
-        f"[{LABEL_SMOOTHING}; {TINY_LABEL_SMOOTHING} for images ≤ {TINY_IMAGE_MAX} px "
-        "from scratch]."))] = None,
+        f"[{LABEL_SMOOTHING}; {TINY_LABEL_SMOOTHING} for {_TINY}]."))] = None,
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
-        f"Stochastic depth [{DROP_PATH}; 0 for images ≤ {TINY_IMAGE_MAX} px from scratch]."))]
+        f"Stochastic depth [{DROP_PATH}; 0 for {_TINY}]."))]
     = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,
@@ -114,8 +115,8 @@ def train(
     pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos.",
                                           panel=ADVANCED)] = None,
     schedule: Annotated[str | None, _opt("--schedule", help=(
-        "How the lr falls after warm-up: cosine or linear; default cosine, linear for images "
-        f"≤ {TINY_IMAGE_MAX} px from scratch."), panel=ADVANCED)] = None,
+        "How the lr falls after warm-up: cosine or linear; default cosine, linear for "
+        f"{_TINY}."), panel=ADVANCED)] = None,
     clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
                                             f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
     ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
