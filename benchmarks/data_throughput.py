@@ -30,12 +30,12 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitcli.augment import AUGMENT_LEVELS, BatchAugment, make_policy
-from vitcli.data import load_data
-from vitcli.model import VisionTransformer
-from vitcli.optim import build_optimizer
-from vitcli.preprocess import Preprocessing
-from vitcli.recipe import TrainOptions, model_config
+from vitcli.data.augment import AUGMENT_LEVELS, BatchAugment, make_policy
+from vitcli.data.image_set import load_data
+from vitcli.model.preprocess import Preprocessing
+from vitcli.model.vit import VisionTransformer
+from vitcli.training.optim import build_optimizer
+from vitcli.training.recipe import TrainOptions, model_config
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "bar", "dot", "frame", "wedge", "x")
 

@@ -36,9 +36,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     import torch
 
-    from vitcli.backends import open_onnx, open_torch
-    from vitcli.export import export_onnx
-    from vitcli.onnx_checks import median_seconds, random_inputs
+    from vitcli.deploy.backends import open_onnx, open_torch
+    from vitcli.deploy.export import export_onnx
+    from vitcli.deploy.onnx_checks import median_seconds, random_inputs
 
     args = parse_args()
     threads = args.threads or torch.get_num_threads()
@@ -67,8 +67,8 @@ def main() -> None:
 
 def make_random_model(preset: str, workdir: Path) -> Path:
     """A preset with random weights and 1000 classes: speed does not depend on training."""
-    from vitcli.checkpoint import save_model
-    from vitcli.model import create_model
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
 
     model = create_model(preset, num_classes=1000).eval()
     return save_model(workdir / f"{preset}.safetensors", model)

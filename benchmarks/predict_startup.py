@@ -51,7 +51,7 @@ def main() -> None:
     model = args.model or make_random_model(args.preset, workdir)
     image = args.image or make_image(workdir / "image.jpg")
     onnx = workdir / "model.onnx"
-    from vitcli.export import export_onnx
+    from vitcli.deploy.export import export_onnx
 
     print(f"exporting {model} → {onnx}", file=sys.stderr)
     export_onnx(model, onnx)
@@ -69,8 +69,8 @@ def main() -> None:
 
 
 def make_random_model(preset: str, workdir: Path) -> Path:
-    from vitcli.checkpoint import save_model
-    from vitcli.model import create_model
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
 
     return save_model(workdir / f"{preset}.safetensors", create_model(preset, num_classes=1000))
 

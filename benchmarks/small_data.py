@@ -5,7 +5,7 @@
 
 --data is a folder of class sub-folders of small images (optionally with train/ and test/
 sub-folders); --npz holds x_train, y_train, x_test, y_test. The ViT side is the product
-itself: `vitcli.train.train` (what `vit train --data DIR --time-budget MINUTES` runs) with every
+itself: `vitcli.training.trainer.train` (what `vit train --data DIR --time-budget MINUTES` runs) with every
 default, on the sampled images written to a temporary folder; its time budget includes its
 validation passes. The CNN trains from tensors in memory with the same threads, batched
 augmentation, AdamW and a warm-up + cosine laid over the same budget (evaluation excluded).
@@ -66,8 +66,8 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
               patch_embed: str | None = None, optimizer: str | None = None) -> VitRun:
     """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
     (and `--model`, `--patch-embed`, `--optimizer` when given)."""
-    from vitcli.recipe import TrainOptions
-    from vitcli.train import train as vit_train
+    from vitcli.training.recipe import TrainOptions
+    from vitcli.training.trainer import train as vit_train
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -77,7 +77,7 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
                                         time_budget=minutes, seed=seed, model=model,
                                         patch_embed=patch_embed, optimizer=optimizer,
                                         project=str(root / "runs"), cache_dir=str(root / "cache")))
-        from vitcli.checkpoint import count_file_params, read_header
+        from vitcli.model.checkpoint import count_file_params, read_header
 
         header, _ = read_header(result.last_path)
         row = result.last_row or {}

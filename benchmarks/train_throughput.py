@@ -41,11 +41,11 @@ def _rss_kib() -> int:
 
 def build(impl: str, preset: str):
     """The model of `impl` with the preset's architecture; returns (model, forward fn)."""
-    from vitcli.config import get_preset
+    from vitcli.model.config import get_preset
 
     c = get_preset(preset).config.replace(num_classes=NUM_CLASSES)
     if impl == "vitcli":
-        from vitcli.model import VisionTransformer
+        from vitcli.model.vit import VisionTransformer
 
         return VisionTransformer(c), c
     from transformers import ViTConfig, ViTForImageClassification

@@ -27,7 +27,7 @@ def _few_threads():
 @pytest.fixture
 def tiny_model():
     """A 2-block, 32-px ViT with 3 classes, in eval mode."""
-    from vitcli.model import create_model
+    from vitcli.model.vit import create_model
 
     return create_model(num_classes=len(CLASSES), **TINY).eval()
 
@@ -35,7 +35,7 @@ def tiny_model():
 @pytest.fixture
 def tiny_model_file(tmp_path: Path, tiny_model) -> Path:
     """A saved vitcli model file for `tiny_model` with class names."""
-    from vitcli.checkpoint import save_model
+    from vitcli.model.checkpoint import save_model
 
     return save_model(tmp_path / "tiny.safetensors", tiny_model, class_names=CLASSES)
 

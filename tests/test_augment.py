@@ -1,4 +1,4 @@
-"""vitcli.augment: batched augmentation keeps shapes and targets sane and is reproducible."""
+"""vitcli.data.augment: batched augmentation keeps shapes and targets sane and is reproducible."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitcli.augment import (
+from vitcli.data.augment import (
     ALL_OPS,
     AUGMENT_LEVELS,
     AugmentPolicy,
@@ -19,7 +19,7 @@ from vitcli.augment import (
     soft_cross_entropy,
 )
 from vitcli.errors import UsageError
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -176,7 +176,7 @@ def test_augment_runs_on_numpy_cached_pixels() -> None:
 
 
 def test_translate_shifts_every_image_within_the_limit_in_both_axes():
-    from vitcli.augment import AugmentPolicy, BatchAugment
+    from vitcli.data.augment import AugmentPolicy, BatchAugment
 
     torch.manual_seed(0)
     size, limit = 32, 0.1
@@ -197,7 +197,7 @@ def test_translate_shifts_every_image_within_the_limit_in_both_axes():
 
 
 def test_light_for_small_images_is_shift_and_erase_only():
-    from vitcli.augment import make_policy
+    from vitcli.data.augment import make_policy
 
     small = make_policy("light", hflip=False, image_size=28)
     assert small.translate > 0 and small.crop_scale is None and not small.hflip
@@ -211,7 +211,7 @@ def test_light_for_small_images_is_shift_and_erase_only():
 def test_what_fills_the_area_a_shift_brings_in(fill: str):
     """A dark-background digit shifted with "edge" fill keeps a black background; RandAugment's
     mid-grey fill paints a border that no test image has."""
-    from vitcli.augment import AugmentPolicy, BatchAugment
+    from vitcli.data.augment import AugmentPolicy, BatchAugment
 
     torch.manual_seed(0)
     size = 28

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vitcli.budget import FINISH_SECONDS, EpochTimes, steps_in_budget
+from vitcli.training.budget import FINISH_SECONDS, EpochTimes, steps_in_budget
 
 
 def _seconds_used(total: int, *, step: int, epoch_start: int, steps_per_epoch: int,

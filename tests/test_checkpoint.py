@@ -13,16 +13,16 @@ import pytest
 import torch
 from conftest import CLASSES
 
-from vitcli.checkpoint import (
-    atomic_write,
+from vitcli.errors import VitError
+from vitcli.files import atomic_write
+from vitcli.model.checkpoint import (
     load_model,
     read_header,
     read_metadata,
     save_model,
     save_tensors,
 )
-from vitcli.errors import VitError
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 
 def test_round_trip_gives_the_same_logits_and_metadata(tmp_path, tiny_model):
@@ -217,7 +217,7 @@ def _rewrite(path: Path, out: Path, *, tensors=None, config_changes=None) -> Pat
     """A copy of a model file with some tensors or config fields changed (still safetensors)."""
     from safetensors.torch import load_file, save_file
 
-    from vitcli.checkpoint import read_header
+    from vitcli.model.checkpoint import read_header
 
     _, metadata = read_header(path)
     state = load_file(str(path))

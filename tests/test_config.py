@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitcli.config import (
+from vitcli.errors import UsageError
+from vitcli.model.config import (
     PRESETS,
     ViTConfig,
     count_macs,
@@ -14,8 +15,7 @@ from vitcli.config import (
     gflops,
     nearest_sizes,
 )
-from vitcli.errors import UsageError
-from vitcli.model import VisionTransformer, num_params
+from vitcli.model.vit import VisionTransformer, num_params
 
 # Published counts at 224 px with a 1000-class head, as timm counts them.
 PUBLISHED = {

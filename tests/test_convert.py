@@ -12,13 +12,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from tests.conftest import CLASSES, TINY
-from vitcli.checkpoint import load_model, read_header
 from vitcli.cli import app
 from vitcli.convert import convert, download_from_hub, load_source, parse_labels
 from vitcli.convert.hf import hf_to_timm
 from vitcli.convert.npz import to_npz
 from vitcli.errors import VitError
-from vitcli.model import VisionTransformer, create_model
+from vitcli.model.checkpoint import load_model, read_header
+from vitcli.model.vit import VisionTransformer, create_model
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""vitcli.data: every --data layout, splits, bad files, odd image modes, errors and the cache."""
+"""vitcli.data.image_set: every --data layout, splits, bad files, odd image modes, errors and the cache."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from conftest import CLASSES, draw_shape, make_image_folder
 from PIL import Image
 
-from vitcli.data import load_data, load_eval_data, typical_image_size
+from vitcli.data.image_set import load_data, load_eval_data, typical_image_size
 from vitcli.errors import UsageError, VitError
 from vitcli.images import open_image
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 PRE = Preprocessing(image_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -122,7 +122,7 @@ def test_hub_name_without_network_is_a_clear_error(monkeypatch, cache: Path) -> 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", no_network)
-    monkeypatch.setattr("vitcli.data_sources.hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr("vitcli.data.sources.hub_reachable", lambda timeout=3.0: True)
     with pytest.raises(VitError, match="Hub is unreachable"):
         load("mnist", cache)
 
@@ -136,7 +136,7 @@ def test_unreachable_hub_fails_fast_without_retrying(monkeypatch, cache: Path) -
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", must_not_run)
-    monkeypatch.setattr("vitcli.data_sources.hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("vitcli.data.sources.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(VitError, match="Hub is unreachable.*no connection"):
         load("someone/some-dataset", cache)
 
@@ -334,11 +334,11 @@ def test_cache_is_reused_and_invalidated(image_folder: Path, cache: Path, monkey
 
 
 def test_large_sets_are_memory_mapped(image_folder: Path, cache: Path, monkeypatch) -> None:
-    import vitcli.cache
+    import vitcli.data.cache
 
     in_memory = load(image_folder, cache / "ram")
     (image_folder / "square" / "zz_empty.png").write_bytes(b"")
-    monkeypatch.setattr(vitcli.cache, "MEMORY_LIMIT", 0)
+    monkeypatch.setattr(vitcli.data.cache, "MEMORY_LIMIT", 0)
     first = load(image_folder, cache / "disk")  # decoded straight into the cache file
     again = load(image_folder, cache / "disk")
     for images in (first.train, again.train):

@@ -1,4 +1,4 @@
-"""Many processes: sharding, and a real 2-process gloo run through torchrun (vitcli/distributed.py)."""
+"""Many processes: sharding, and a real 2-process gloo run through torchrun (vitcli/training/distributed.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from test_train import bar_folder, options, repo_env
 
-from vitcli.distributed import DistEnv, gather_rows, shard
-from vitcli.runs import read_metrics
-from vitcli.train import train
+from vitcli.training.distributed import DistEnv, gather_rows, shard
+from vitcli.training.runs import read_metrics
+from vitcli.training.trainer import train
 
 
 def test_shards_partition_each_global_batch():
@@ -32,8 +32,8 @@ def _rank0_first_worker(rank: int, store_dir: str) -> None:
     """One of two gloo processes calling rank0_first twice; writes what it saw to a file."""
     import torch.distributed as dist
 
-    from vitcli.distributed import rank0_first
     from vitcli.errors import VitError
+    from vitcli.training.distributed import rank0_first
 
     dist.init_process_group("gloo", init_method=f"file://{store_dir}/store", rank=rank,
                             world_size=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vitcli.errors import VitError
-from vitcli.evaluate import (
+from vitcli.evaluation.evaluate import (
     compute_metrics,
     confusion_matrix,
     map_labels,
@@ -124,7 +124,7 @@ def test_map_labels_by_name_and_unknown_class_error():
 def test_predict_logits_matches_preprocessing_and_model(tiny_model):
     import torch
 
-    from vitcli.checkpoint import default_preprocessing
+    from vitcli.model.checkpoint import default_preprocessing
 
     pre = default_preprocessing(tiny_model.config)
     pre.mean, pre.std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
@@ -188,8 +188,8 @@ def test_eval_equals_hand_pipeline(tiny_model_file, image_folder):
     """The figures equal the model run image by image through Preprocessing.load."""
     import torch
 
-    from vitcli.checkpoint import load_model
-    from vitcli.evaluate import evaluate
+    from vitcli.evaluation.evaluate import evaluate
+    from vitcli.model.checkpoint import load_model
 
     report = evaluate(tiny_model_file, image_folder, device="cpu")
     mf = load_model(tiny_model_file)

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vitcli.cli import app
-from vitcli.config import ViTConfig
-from vitcli.explain import (
+from vitcli.model.config import ViTConfig
+from vitcli.model.explain import (
     CLASS_TOKEN_ROW,
     MEAN_ROW,
     attention_rollout,
@@ -20,7 +20,7 @@ from vitcli.explain import (
     readout_rows,
     to_grid,
 )
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 
 def one_hot_attention(tokens: int, rows_to: dict[int, int], heads: int = 2) -> np.ndarray:
@@ -78,8 +78,8 @@ def test_crop_box_matches_preprocessing_crop():
 
 def test_explain_images_writes_maps_at_image_size(tiny_model_file: Path, image_file: Path,
                                                   tmp_path: Path):
-    from vitcli.checkpoint import load_model
-    from vitcli.explain import explain_images
+    from vitcli.model.checkpoint import load_model
+    from vitcli.model.explain import explain_images
 
     mf = load_model(tiny_model_file)
     twin = tmp_path / "other" / image_file.name  # same file name from another folder
@@ -100,8 +100,8 @@ def test_explain_images_writes_maps_at_image_size(tiny_model_file: Path, image_f
 @pytest.mark.slow
 def test_predict_explain_cli(tmp_path: Path, image_file: Path):
     """`vit predict --explain` for a mean-pooling model: maps written, the readout named."""
-    from vitcli.checkpoint import save_model
-    from vitcli.model import create_model
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
 
     model = create_model(num_classes=3, pooling="mean", class_token=False, **TINY).eval()
     path = save_model(tmp_path / "mean.safetensors", model, class_names=CLASSES)

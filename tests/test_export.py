@@ -22,8 +22,8 @@ def train_quickly(folder: Path, out: Path, steps: int = 40) -> Path:
     """
     import torch
 
-    from vitcli.checkpoint import default_preprocessing, save_model
-    from vitcli.model import create_model
+    from vitcli.model.checkpoint import default_preprocessing, save_model
+    from vitcli.model.vit import create_model
 
     torch.manual_seed(0)
     torch.set_num_threads(1)  # tiny matmuls: threads only add sync cost on a shared machine
@@ -46,7 +46,7 @@ def train_quickly(folder: Path, out: Path, steps: int = 40) -> Path:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):
     """One trained tiny model exported with --int8 and --data (the expensive step, once)."""
-    from vitcli.export import export_onnx
+    from vitcli.deploy.export import export_onnx
 
     root = tmp_path_factory.mktemp("export")
     data = make_image_folder(root / "shapes", per_class=12, seed=3)
@@ -73,8 +73,8 @@ def test_export_passes_checker_and_matches_pytorch(exported):
 def test_onnx_metadata_round_trip(exported):
     import onnx
 
-    from vitcli.backends import open_onnx
-    from vitcli.checkpoint import load_model
+    from vitcli.deploy.backends import open_onnx
+    from vitcli.model.checkpoint import load_model
 
     model, _, report = exported
     original = load_model(model)
@@ -125,8 +125,8 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
 def test_export_copy_computes_what_the_model_does():
     import torch
 
-    from vitcli.model import create_model
-    from vitcli.onnx_graph import GemmLinear, PackedAttention, export_copy
+    from vitcli.deploy.onnx_graph import GemmLinear, PackedAttention, export_copy
+    from vitcli.model.vit import create_model
 
     torch.manual_seed(0)
     model = create_model(num_classes=3, **TINY).eval()
@@ -150,13 +150,13 @@ def test_export_copy_computes_what_the_model_does():
 def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeypatch):
     import onnx
 
-    import vitcli.onnx_graph
-    from vitcli.export import export_onnx
+    import vitcli.deploy.onnx_graph
+    from vitcli.deploy.export import export_onnx
 
     def unavailable(*_args, **_kwargs):
         raise TypeError("export() got an unexpected keyword argument 'custom_translation_table'")
 
-    monkeypatch.setattr(vitcli.onnx_graph, "export_packed", unavailable)
+    monkeypatch.setattr(vitcli.deploy.onnx_graph, "export_packed", unavailable)
     model, _, _ = exported
     said: list[str] = []
     report = export_onnx(model, tmp_path / "m.onnx", int8=True, log=said.append)
@@ -172,14 +172,14 @@ def test_int8_falls_back_to_the_standard_graph(exported, tmp_path: Path, monkeyp
 
 def test_a_failure_without_a_message_still_falls_back(exported, tmp_path: Path, monkeypatch):
     """An exception with an empty message is still a failure, named by its type."""
-    import vitcli.onnx_graph
-    from vitcli.export import packed_graph
+    import vitcli.deploy.onnx_graph
+    from vitcli.deploy.export import packed_graph
 
     def unavailable(*_args, **_kwargs):
         raise RuntimeError()
 
-    monkeypatch.setattr(vitcli.onnx_graph, "export_packed", unavailable)
-    from vitcli.checkpoint import load_model
+    monkeypatch.setattr(vitcli.deploy.onnx_graph, "export_packed", unavailable)
+    from vitcli.model.checkpoint import load_model
 
     mf = load_model(exported[0], device="cpu")
     assert packed_graph(mf, tmp_path / "p.onnx", 20, None) == "RuntimeError"
@@ -188,8 +188,8 @@ def test_a_failure_without_a_message_still_falls_back(exported, tmp_path: Path, 
 @pytest.mark.slow
 def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch):
     """A graph that disagrees with PyTorch is refused and nothing is left behind."""
-    import vitcli.export as export
-    import vitcli.onnx_checks as checks
+    import vitcli.deploy.export as export
+    import vitcli.deploy.onnx_checks as checks
 
     model, _, report = exported
 
@@ -209,8 +209,8 @@ def test_mismatch_fails_and_leaves_no_file(exported, tmp_path: Path, monkeypatch
 @pytest.mark.slow
 def test_fp32_disagreement_on_data_fails(exported, monkeypatch):
     """--data: fp32 ONNX must agree with PyTorch on every image that is not a tie."""
-    import vitcli.onnx_checks as checks
-    from vitcli.checkpoint import load_model
+    import vitcli.deploy.onnx_checks as checks
+    from vitcli.model.checkpoint import load_model
 
     model, data, report = exported
     mf = load_model(model)
@@ -225,7 +225,7 @@ def test_fp32_disagreement_on_data_fails(exported, monkeypatch):
 
 
 def test_data_with_a_class_the_model_does_not_know_is_one_line(exported, tmp_path: Path):
-    from vitcli.export import export_onnx
+    from vitcli.deploy.export import export_onnx
 
     model, _, _ = exported
     data = make_image_folder(tmp_path / "d", per_class=1, classes=["circle", "hexagon"])
@@ -239,9 +239,9 @@ def test_data_with_a_class_the_model_does_not_know_is_one_line(exported, tmp_pat
 def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     import onnxruntime as ort
 
-    from vitcli.backends import open_onnx
-    from vitcli.export import export_onnx
-    from vitcli.onnx_checks import random_inputs, torch_logits
+    from vitcli.deploy.backends import open_onnx
+    from vitcli.deploy.export import export_onnx
+    from vitcli.deploy.onnx_checks import random_inputs, torch_logits
 
     model, _, _ = exported
     report = export_onnx(model, tmp_path / "fixed.onnx", batch="4")
@@ -249,7 +249,7 @@ def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     assert [p.batch for p in report.parity] == [1, 4, 8] and all(p.ok for p in report.parity)
     assert ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0] == 4
     backend = open_onnx(report.path)
-    from vitcli.checkpoint import load_model
+    from vitcli.model.checkpoint import load_model
 
     mf = load_model(model)
     x = random_inputs(mf, 5, seed=7)  # 4 + 1: the last chunk is padded

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import CLASSES, TINY
-from vitcli.checkpoint import save_model
-from vitcli.finetune import (
+from vitcli.model.checkpoint import save_model
+from vitcli.model.vit import create_model
+from vitcli.training.finetune import (
     adapt_channels,
     adapt_shifted_patch_embed,
     freeze_backbone,
@@ -18,7 +19,6 @@ from vitcli.finetune import (
     init_from,
     resize_patch_embed,
 )
-from vitcli.model import create_model
 
 
 def _fresh(**changes):
@@ -54,7 +54,7 @@ def test_pos_embed_resampled_for_new_image_size(tiny_model, tiny_model_file):
     assert torch.equal(model.pos_embed[:, 0], tiny_model.pos_embed[:, 0])  # class token kept
     assert any("resampled 4×4 → 6×6" in line for line in report.lines)
     # Resampling back to the old grid lands near the original (smooth bicubic round trip).
-    from vitcli.model import resample_pos_embed
+    from vitcli.model.vit import resample_pos_embed
 
     back = resample_pos_embed(model.pos_embed.detach(), (4, 4), (6, 6), 1)
     assert torch.allclose(back[:, 0], tiny_model.pos_embed[:, 0])
@@ -180,7 +180,7 @@ def test_freeze_backbone_leaves_only_head_trainable(tiny_model):
 
 
 def test_init_config_keeps_source_architecture(tmp_path: Path, tiny_model):
-    from vitcli.preprocess import Preprocessing
+    from vitcli.model.preprocess import Preprocessing
 
     pre = Preprocessing(image_size=32, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
@@ -225,8 +225,8 @@ def _bars(root: Path, classes: list[str], per_class: int, seed: int,
 @pytest.mark.slow
 def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
     """Pre-train on 4 line orientations; fine-tune on 2 of them, thinner, from 12 images."""
-    from vitcli.recipe import TrainOptions
-    from vitcli.train import train
+    from vitcli.training.recipe import TrainOptions
+    from vitcli.training.trainer import train
 
     source = _bars(tmp_path / "four", list(ANGLES), 40, seed=0)
     target = ["diagonal", "antidiagonal"]
@@ -275,7 +275,7 @@ def _cli_train(tmp_path: Path, init: Path, data: Path, name: str, *extra: str) -
 @pytest.mark.slow
 def test_cli_init_new_classes_patch_and_image_size(tmp_path: Path):
     from tests.conftest import make_image_folder
-    from vitcli.checkpoint import load_model
+    from vitcli.model.checkpoint import load_model
 
     _, source = _shifted_source(tmp_path)
     data = make_image_folder(tmp_path / "two", per_class=6, classes=["circle", "square"])
@@ -308,7 +308,7 @@ def test_cli_freeze_backbone_trains_only_the_head(tmp_path: Path, tiny_model, im
 @pytest.mark.slow
 def test_cli_layer_decay_reaches_the_optimizer(tmp_path: Path, tiny_model, image_folder,
                                                monkeypatch):
-    import vitcli.train_loop as train_loop
+    import vitcli.training.loop as train_loop
 
     built: list[torch.optim.Optimizer] = []
     real = train_loop.build_optimizer

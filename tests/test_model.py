@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import TINY
 
-from vitcli.config import PRESETS, ViTConfig
 from vitcli.errors import UsageError
-from vitcli.model import (
+from vitcli.model.config import PRESETS, ViTConfig
+from vitcli.model.vit import (
     VisionTransformer,
     create_model,
     patchify,
@@ -178,7 +178,7 @@ def test_headless_model_returns_pooled_features():
 
 def count_attention_calls(monkeypatch) -> dict[str, int]:
     """Count calls to scaled_dot_product_attention and Tensor.softmax from here on."""
-    import vitcli.model as model_module
+    import vitcli.model.vit as model_module
 
     calls = {"sdpa": 0, "softmax": 0}
     sdpa, softmax = torch.nn.functional.scaled_dot_product_attention, torch.Tensor.softmax
@@ -200,7 +200,7 @@ def test_long_sequences_use_fused_attention_and_build_no_weight_maps(monkeypatch
     """Attention weights cost nothing unless asked for: past EXPLICIT_ATTENTION_MAX_TOKENS the
     forward and training step go through scaled_dot_product_attention once per block and never
     form the (T×T) softmax."""
-    from vitcli.model import EXPLICIT_ATTENTION_MAX_TOKENS
+    from vitcli.model.vit import EXPLICIT_ATTENTION_MAX_TOKENS
 
     calls = count_attention_calls(monkeypatch)
     model = create_model(num_classes=3, **{**TINY, "patch_size": 4})  # 64 patches + class
@@ -219,7 +219,7 @@ def test_long_sequences_use_fused_attention_and_build_no_weight_maps(monkeypatch
 def test_short_sequences_on_cpu_use_explicit_attention_with_the_same_result(monkeypatch, locality):
     """Up to EXPLICIT_ATTENTION_MAX_TOKENS tokens the CPU forms the weights (faster there);
     outputs and gradients equal the fused kernel's."""
-    import vitcli.model as model_module
+    import vitcli.model.vit as model_module
 
     torch.manual_seed(0)
     model = create_model(num_classes=3, **TINY, locality_attention=locality)  # 17 tokens

@@ -1,4 +1,4 @@
-"""Parameter groups, the warm-up + cosine schedule, and the EMA (vitcli/optim.py)."""
+"""Parameter groups, the warm-up + cosine schedule, and the EMA (vitcli/training/optim.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from conftest import TINY
 
 from vitcli.errors import UsageError
-from vitcli.model import create_model
-from vitcli.optim import ModelEma, WarmupDecay, build_optimizer, layer_id, param_groups
+from vitcli.model.vit import create_model
+from vitcli.training.optim import ModelEma, WarmupDecay, build_optimizer, layer_id, param_groups
 
 
 def _groups_by_name(model, **kw):
@@ -145,7 +145,7 @@ def test_the_schedule_sets_muon_groups_too_with_their_layer_decay_scale():
 def test_muon_state_survives_the_run_folder_format_and_continues_identically():
     import json
 
-    from vitcli.runs import flatten_optimizer, unflatten_optimizer
+    from vitcli.training.runs import flatten_optimizer, unflatten_optimizer
 
     torch.manual_seed(0)
     x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])

@@ -8,11 +8,9 @@ import torch
 from conftest import CLASSES
 from PIL import Image
 
-from vitcli.checkpoint import load_model
 from vitcli.errors import UsageError, VitError
-from vitcli.model import num_params
-from vitcli.model import patchify as torch_patchify
-from vitcli.patches import (
+from vitcli.model.checkpoint import load_model
+from vitcli.model.patches import (
     draw_grid,
     draw_sequence,
     grid_scale,
@@ -23,6 +21,8 @@ from vitcli.patches import (
     plan,
     unpatchify,
 )
+from vitcli.model.vit import num_params
+from vitcli.model.vit import patchify as torch_patchify
 
 
 def test_patchify_matches_the_models_token_order():
@@ -164,7 +164,7 @@ def test_sequence_picture_lays_patches_out_in_token_order():
 
 def test_grid_picture_numbers_each_patch_with_its_token_index(monkeypatch):
     """The number drawn in row i, column j is i·cols + j + 1 (token 0 is the class token)."""
-    import vitcli.patches as patches_module
+    import vitcli.model.patches as patches_module
 
     drawn: dict[tuple[int, int], str] = {}
     cell = 8 * grid_scale(24, 3)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitcli.plots import normalize_rows, per_epoch, plot_confusion, plot_curves
+from vitcli.evaluation.plots import normalize_rows, per_epoch, plot_confusion, plot_curves
 
 
 def _is_png(path: Path) -> bool:

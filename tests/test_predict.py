@@ -26,9 +26,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(model.safetensors, model.onnx exported from it, an image folder), built once."""
     import torch
 
-    from vitcli.checkpoint import save_model
-    from vitcli.export import export_onnx
-    from vitcli.model import create_model
+    from vitcli.deploy.export import export_onnx
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
 
     root = tmp_path_factory.mktemp("predict")
     torch.manual_seed(0)
@@ -46,7 +46,7 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 def test_collect_images_expands_files_folders_and_globs(models):
-    from vitcli.predict import collect_images
+    from vitcli.deploy.predict import collect_images
 
     _, _, images = models
     paths, missing = collect_images([images / "wide.jpg", str(images / "circle"),
@@ -57,7 +57,7 @@ def test_collect_images_expands_files_folders_and_globs(models):
 
 
 def test_a_glob_that_matches_folders_takes_the_images_inside(models):
-    from vitcli.predict import collect_images
+    from vitcli.deploy.predict import collect_images
 
     _, _, images = models
     paths, missing = collect_images([f"{images}/c*/"])  # matches the circle folder
@@ -66,7 +66,7 @@ def test_a_glob_that_matches_folders_takes_the_images_inside(models):
 
 
 def test_backends_agree_on_files_folders_and_globs(models):
-    from vitcli.predict import predict
+    from vitcli.deploy.predict import predict
 
     st, onnx, images = models
     inputs = [str(images / "wide.jpg"), str(images / "square"), f"{images}/tri*/*.png"]
@@ -152,7 +152,7 @@ def test_single_image_name_is_never_broken_on_narrow_output(models, tmp_path: Pa
 
 
 def test_newest_training_run_is_the_default_model(models, tmp_path: Path, monkeypatch):
-    from vitcli.predict import find_latest_model
+    from vitcli.deploy.predict import find_latest_model
 
     st, _, images = models
     monkeypatch.chdir(tmp_path)
@@ -209,7 +209,7 @@ def _with_preprocessing(models, tmp_path: Path, changes: dict) -> tuple[Path, Pa
     import onnx
     from safetensors.torch import load_file, save_file
 
-    from vitcli.checkpoint import read_header
+    from vitcli.model.checkpoint import read_header
 
     st, onnx_path, _ = models
     _, metadata = read_header(st)

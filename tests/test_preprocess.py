@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vitcli.errors import UsageError
-from vitcli.preprocess import Preprocessing, center_crop, resize_shorter, trim_long_side
+from vitcli.model.preprocess import Preprocessing, center_crop, resize_shorter, trim_long_side
 
 
 def columns_image(width: int, height: int) -> Image.Image:

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from vitcli.errors import UsageError
-from vitcli.recipe import TrainOptions, model_config
-from vitcli.runs import (
+from vitcli.training.recipe import TrainOptions, model_config
+from vitcli.training.runs import (
     MetricsLog,
     TrainState,
     flatten_optimizer,
@@ -34,8 +34,8 @@ from vitcli.runs import (
     save_state,
     unflatten_optimizer,
 )
-from vitcli.train import NonFiniteLoss, resume, train
-from vitcli.train_setup import is_grayscale, pixel_mean_std
+from vitcli.training.setup import is_grayscale, pixel_mean_std
+from vitcli.training.trainer import NonFiniteLoss, resume, train
 
 CLASSES = ["left", "middle", "right"]
 
@@ -94,7 +94,7 @@ def test_recipe_picks_size_preset_and_grey_mode():
 def test_tiny_images_get_vit_picos_5x5_grid_and_the_tiny_recipe(typical, size, patch):
     """The grid's patch is rounded up, so 32-px images train at 35 px: still 'tiny' (the
     recipe, the shift-only augmentation and no drop-path follow the training size)."""
-    from vitcli.augment import make_policy
+    from vitcli.data.augment import make_policy
 
     options = TrainOptions(data="x")
     config = model_config(options, typical_size=typical, num_classes=5, in_channels=1)
@@ -198,8 +198,8 @@ def test_run_learns_and_writes_the_whole_run_folder(tmp_path: Path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert max(r["val_top1"] for r in rows) == pytest.approx(result.best_top1)
 
-    from vitcli.checkpoint import load_model
-    from vitcli.evaluate import evaluate
+    from vitcli.evaluation.evaluate import evaluate
+    from vitcli.model.checkpoint import load_model
 
     best = load_model(run / "weights" / "best.safetensors")
     assert best.class_names == CLASSES
@@ -263,9 +263,9 @@ def test_keyboard_interrupt_from_a_callback_saves_state(tmp_path: Path, bars: Pa
 @pytest.mark.slow
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_model(
         tmp_path: Path, bars: Path, monkeypatch):
-    import vitcli.train_loop
+    import vitcli.training.loop
 
-    real = vitcli.train_loop.F.cross_entropy
+    real = vitcli.training.loop.F.cross_entropy
     calls = []
 
     def poisoned(logits, targets, *a, **kw):
@@ -273,7 +273,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_model(
         loss = real(logits, targets, *a, **kw)
         return loss * float("nan") if len(calls) >= 3 else loss
 
-    monkeypatch.setattr(vitcli.train_loop.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(vitcli.training.loop.F, "cross_entropy", poisoned)
     with pytest.raises(NonFiniteLoss, match=r"step 3 \(epoch 2\)"):
         train(options(tmp_path, bars, epochs=3))
     run = tmp_path / "runs" / "exp"
@@ -495,13 +495,13 @@ def test_device_mistakes_are_usage_errors(monkeypatch):
 
 def test_an_option_refused_before_the_first_step_leaves_no_run_folder(tmp_path, bars,
                                                                      monkeypatch):
-    import vitcli.train_loop
+    import vitcli.training.loop
     from vitcli.errors import UsageError
 
     def refuse(*args, **kwargs):  # as the trainer refuses e.g. a batch that N ranks cannot split
         raise UsageError("--batch-size 12 must be a multiple of the 5 processes")
 
-    monkeypatch.setattr(vitcli.train_loop, "build_optimizer", refuse)
+    monkeypatch.setattr(vitcli.training.loop, "build_optimizer", refuse)
     with pytest.raises(UsageError, match="multiple of the 5 processes"):
         train(options(tmp_path, bars))
     assert (tmp_path / "runs").is_dir() and not any((tmp_path / "runs").iterdir())

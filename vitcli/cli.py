@@ -6,22 +6,14 @@ torch; each command imports what it needs when it runs, so `vit --help` stays in
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from vitcli import __version__
+from vitcli.commands._common import print_error
 from vitcli.errors import USAGE, VitError
-
-
-def print_error(message: str) -> None:
-    """One line on stderr: the whole user-facing error report."""
-    text = " ".join(str(message).split())
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
-
 
 # Typer vendors its own click, so `click.UsageError` would never match what Typer raises.
 # Reach Typer's class through its public BadParameter (a UsageError subclass).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,3 +58,10 @@ def writing(target: Path | str | None) -> Iterator[None]:
     except OSError as exc:
         raise VitError(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") \
             from None
+
+
+def print_error(message: str) -> None:
+    """One line on stderr: the whole user-facing error report."""
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()

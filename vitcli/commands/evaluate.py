@@ -12,7 +12,7 @@ from vitcli.commands._common import DeviceOpt, JsonOpt, ModelOpt, OutDirOpt
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from vitcli.evaluate import EvalReport, Metrics
+    from vitcli.evaluation.evaluate import EvalReport, Metrics
 
 CONFUSION_MAX_CLASSES = 12  # a wider Rich matrix no longer fits a terminal
 PER_CLASS_MAX_ROWS = 40
@@ -52,8 +52,8 @@ def evaluate(
 
     from vitcli.commands._common import console, err_console, progress_bar, writing
     from vitcli.errors import UsageError
-    from vitcli.evaluate import evaluate as run_eval
-    from vitcli.evaluate import new_eval_dir, write_json, write_outputs
+    from vitcli.evaluation.evaluate import evaluate as run_eval
+    from vitcli.evaluation.evaluate import new_eval_dir, write_json, write_outputs
 
     if model is None:
         raise UsageError("--model is required (a .safetensors model file)")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from vitcli.export import ExportReport
+    from vitcli.deploy.export import ExportReport
 
 
 def export(
@@ -30,8 +30,8 @@ def export(
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
     from vitcli.commands._common import err_console, writing
+    from vitcli.deploy.export import export_onnx
     from vitcli.errors import UsageError
-    from vitcli.export import export_onnx
 
     if not onnx:
         raise UsageError("say which format: `vit export --onnx --model FILE` (ONNX is the only "

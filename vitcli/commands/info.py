@@ -14,10 +14,15 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a model file's architecture, classes, preprocessing and parameter count."""
-    from vitcli.checkpoint import count_file_params, parse_metadata, read_header, read_metadata
     from vitcli.commands._common import console
-    from vitcli.config import count_params, gflops
     from vitcli.errors import VitError
+    from vitcli.model.checkpoint import (
+        count_file_params,
+        parse_metadata,
+        read_header,
+        read_metadata,
+    )
+    from vitcli.model.config import count_params, gflops
 
     metadata = read_metadata(model)
     header, _ = read_header(model)

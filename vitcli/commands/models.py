@@ -16,7 +16,7 @@ def models(
     from rich.table import Table
 
     from vitcli.commands._common import console
-    from vitcli.config import PRESETS, count_params, gflops
+    from vitcli.model.config import PRESETS, count_params, gflops
 
     table = Table(title="vitcli model presets", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1), collapse_padding=True)

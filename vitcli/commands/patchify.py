@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # heavy or numpy-using imports stay out of `vit --help`
     from rich.table import Table
     from rich.text import Text
 
-    from vitcli.patches import PatchifyResult
+    from vitcli.model.patches import PatchifyResult
 
 PREVIEW_CELLS = 28  # widest terminal preview, in patches (two characters each)
 
@@ -40,7 +40,7 @@ def patchify(
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
     from vitcli.commands._common import console
-    from vitcli.patches import patchify_image
+    from vitcli.model.patches import patchify_image
 
     out_dir = out if out is not None else Path("patchify-out")
     result = patchify_image(image, out_dir, patch_size=patch, image_size=size, preset=preset,

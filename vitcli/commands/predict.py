@@ -18,8 +18,8 @@ from vitcli.commands._common import DeviceOpt, writing
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from vitcli.backends import Backend
-    from vitcli.predict import Prediction
+    from vitcli.deploy.backends import Backend
+    from vitcli.deploy.predict import Prediction
 
 MANY = 8  # above this many images: one table and a progress bar instead of a table each
 
@@ -47,10 +47,10 @@ def predict(
                                             help="Images per forward pass.")] = 32,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
-    from vitcli.backends import is_onnx_path, open_backend
     from vitcli.commands._common import err_console
+    from vitcli.deploy.backends import is_onnx_path, open_backend
+    from vitcli.deploy.predict import collect_images, find_latest_model
     from vitcli.errors import UsageError, VitError
-    from vitcli.predict import collect_images, find_latest_model
 
     if model is None:
         model = find_latest_model()
@@ -89,7 +89,7 @@ def predict(
             write_csv(csv_path, results)
     ok = [r.path for r in predicted if r.ok]
     if explain is not None and ok:
-        from vitcli.explain import explain_images
+        from vitcli.model.explain import explain_images
 
         model_file = backend.model_file  # type: ignore[attr-defined]  # torch: checked above
         with writing(explain):
@@ -106,7 +106,7 @@ def predict(
 def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
          on_result: Callable[[Prediction], None], show_progress: bool) -> list[Prediction]:
     """Run prediction in batches, streaming each result to `on_result`."""
-    from vitcli.predict import predict_paths
+    from vitcli.deploy.predict import predict_paths
 
     if not show_progress:
         results = []
@@ -130,7 +130,7 @@ def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
 
 def _report_failure(result: Prediction) -> None:
     """One stderr line naming the image that failed."""
-    from vitcli.cli import print_error
+    from vitcli.commands._common import print_error
 
     print_error(result.error or f"{result.path}: failed")
 
@@ -189,7 +189,7 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
     import csv
     import io
 
-    from vitcli.checkpoint import atomic_write
+    from vitcli.files import atomic_write
 
     k = max([len(r.labels) for r in results] + [1])
     header = ["image", "label", "probability"]

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from vitcli.commands._common import DeviceOpt
-from vitcli.recipe import (
-    BATCH_SIZE,
+from vitcli.training.recipe import (
     BASE_BATCH,
     BASE_LR,
+    BATCH_SIZE,
     DROP_PATH,
     LABEL_SMOOTHING,
     TINY_BASE_LR,
@@ -23,7 +23,7 @@ from vitcli.recipe import (
     TrainOptions,
 )
 
-_D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/recipe.py)
+_D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/training/recipe.py)
 # Where the tiny-image recipe applies: the data's size, and the size it is trained at.
 _TINY = f"images ≤ {TINY_DATA_MAX} px (trained at ≤ {TINY_IMAGE_MAX}) from scratch"
 
@@ -133,10 +133,9 @@ def train(
     `torchrun --nproc_per_node N -m vitcli train ...` it trains on N processes.
     """
     from vitcli.commands._train_display import Display, print_summary
-    from vitcli.train import resume as resume_run
-    from vitcli.train import train as train_run
-
     from vitcli.errors import VitError
+    from vitcli.training.trainer import resume as resume_run
+    from vitcli.training.trainer import train as train_run
 
     given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
              and v is not None}

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vitcli.checkpoint import PICKLE_SUFFIXES, read_header, refusal_message, save_model
-from vitcli.config import ViTConfig
 from vitcli.convert import hf, npz, timm
 from vitcli.convert.hub import download_from_hub as download_from_hub  # re-exported
 from vitcli.errors import UsageError, VitError
-from vitcli.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from vitcli.model.checkpoint import PICKLE_SUFFIXES, read_header, refusal_message, save_model
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 SUPPORTED = ("a timm state dict (.safetensors), a transformers ViT folder (config.json + "
              "model.safetensors), an original ViT / big_vision .npz, or a PyTorch pickle "
@@ -235,7 +235,7 @@ def parse_labels(value: str) -> list[str]:
 
 def build_model(converted: Converted) -> torch.nn.Module:
     """The VisionTransformer holding the converted weights (built on 'meta', no init cost)."""
-    from vitcli.model import VisionTransformer
+    from vitcli.model.vit import VisionTransformer
 
     with torch.device("meta"):
         model = VisionTransformer(converted.config)

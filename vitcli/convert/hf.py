@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vitcli.errors import VitError
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 # (pattern on the name without the leading "vit.", replacement in timm's layout)
 _RENAMES = [

@@ -33,6 +33,7 @@ def download_from_hub(repo_id: str, *, cache_dir: str | Path | None = None,
     """
     try:
         from huggingface_hub import HfApi, constants
+
         # huggingface_hub.utils has exported these since 0.1x (huggingface_hub.errors: 0.24+)
         from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
     except ImportError:

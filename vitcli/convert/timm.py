@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
-from vitcli.config import ViTConfig
 from vitcli.errors import UsageError, VitError
+from vitcli.model.config import ViTConfig
 
 # Heads are not in any weight shape. Width → heads as in the ViT paper (Table 1) and DeiT
 # (Table 1): Ti 192/3, S 384/6, B 768/12, L 1024/16, H 1280/16.

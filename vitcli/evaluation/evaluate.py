@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitcli.errors import VitError
-from vitcli.predict import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +27,15 @@ MOST_CONFUSED_PAIRS = 10
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
 StageProgress = Callable[[str, int, int], None]  # ("reading" or "evaluating", done, all)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, so both back ends round the same way."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
 
 
 # ------------------------------------------------------------------------------- logits
@@ -293,9 +301,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
             return None
         return lambda done, total: progress(name, done, total)
 
-    from vitcli.checkpoint import load_model
-    from vitcli.data import load_eval_data
+    from vitcli.data.image_set import load_eval_data
     from vitcli.devices import resolve_device
+    from vitcli.model.checkpoint import load_model
 
     if batch_size < 1:
         from vitcli.errors import UsageError
@@ -342,7 +350,7 @@ def new_eval_dir(model_path: str | Path, root: str | Path = "runs/eval") -> Path
     parent = model_path.resolve().parent
     in_run = parent.name == "weights" and parent.parent.name
     base = parent.parent.name if in_run else model_path.stem
-    from vitcli.runs import claim_numbered_dir
+    from vitcli.files import claim_numbered_dir
 
     return claim_numbered_dir(root, base)
 
@@ -350,7 +358,7 @@ def new_eval_dir(model_path: str | Path, root: str | Path = "runs/eval") -> Path
 def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
     """Write metrics.json, per_class.csv, misclassified.csv, confusion_matrix.png (and
     bad_files.txt when images were skipped) into `out`; return them by name."""
-    from vitcli.plots import plot_confusion
+    from vitcli.evaluation.plots import plot_confusion
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from vitcli.config import ViTConfig
 from vitcli.images import open_image
-from vitcli.preprocess import INTERPOLATIONS, Preprocessing
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import INTERPOLATIONS, Preprocessing
 
 if TYPE_CHECKING:
-    from vitcli.checkpoint import ModelFile
+    from vitcli.model.checkpoint import ModelFile
 
 CLASS_TOKEN_ROW = "class token"
 MEAN_ROW = "mean over patch tokens (model pools by averaging: no class token read)"

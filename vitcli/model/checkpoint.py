@@ -15,22 +15,20 @@ never leaves a half-written file where a good one was.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitcli.config import ViTConfig
 from vitcli.errors import VitError
-from vitcli.preprocess import Preprocessing
+from vitcli.files import atomic_write
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     import torch
 
-    from vitcli.model import VisionTransformer
+    from vitcli.model.vit import VisionTransformer
 
 FORMAT = "vitcli"
 FORMAT_VERSION = 1
@@ -51,46 +49,6 @@ class ModelFile:
 
 
 # ------------------------------------------------------------------------------- writing
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` and move tmp over `path` only if it succeeded."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        _chmod_like_open(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _chmod_like_open(path: Path) -> None:
-    """Give the file the mode open() would have (mkstemp makes it owner-only, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
@@ -295,7 +253,7 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vitcli.model import VisionTransformer
+    from vitcli.model.vit import VisionTransformer
 
     path = Path(path)
     metadata = read_metadata(path)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitcli.backends import open_onnx
+from vitcli.deploy.backends import open_onnx
 from vitcli.errors import VitError
 
 if TYPE_CHECKING:
-    from vitcli.checkpoint import ModelFile
+    from vitcli.model.checkpoint import ModelFile
 
 RTOL, ATOL = 1e-3, 1e-4  # fp32 parity, on logits
 PARITY_BATCHES = (1, 8)
@@ -105,8 +105,8 @@ class Labelled:
 
 def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -> Labelled:
     """Read --data with the model's preprocessing, mapping its classes onto the model's."""
-    from vitcli.data import load_eval_data
-    from vitcli.evaluate import map_labels
+    from vitcli.data.image_set import load_eval_data
+    from vitcli.evaluation.evaluate import map_labels
 
     say(f"reading {data}")
     images, bad = load_eval_data(data, preprocessing=mf.preprocessing)

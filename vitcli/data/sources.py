@@ -1,7 +1,7 @@
 """What --data is: a folder, a saved dataset or a Hub name, listed as splits of labelled rows.
 
 Nothing is decoded here; each split says how to read its rows (file paths, or the encoded
-bytes stored in a `datasets` table) so that vitcli.cache can decode them once, in parallel,
+bytes stored in a `datasets` table) so that vitcli.data.cache can decode them once, in parallel,
 and skip bad ones.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from vitcli.cache import ImageSource, default_cache_dir
-from vitcli.checkpoint import atomic_write
+from vitcli.data.cache import ImageSource, default_cache_dir
 from vitcli.errors import VitError
+from vitcli.files import atomic_write
 
 BadFiles = list[tuple[str, str]]  # (path or row name, reason)
 # Split folder names as `datasets` recognises them (datasets.data_files.SPLIT_KEYWORDS).

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vitcli.config import fits_json_type
 from vitcli.errors import UsageError
 from vitcli.images import open_image
+from vitcli.model.config import fits_json_type
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

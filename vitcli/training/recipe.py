@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitcli.config import ViTConfig, get_preset
 from vitcli.errors import UsageError
+from vitcli.model.config import TINY_IMAGE_MAX, ViTConfig, get_preset
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
 # Model options layered over the preset for small images trained from scratch (the small-data
@@ -33,7 +33,6 @@ BASE_LR = 1e-3
 # Tiny data is images up to TINY_DATA_MAX px (their typical size); the recipe follows the size
 # they are trained at, which vit-pico's 5×5 grid makes up to 35 px (7-px patches at 32 px).
 TINY_DATA_MAX = 32
-TINY_IMAGE_MAX = 35
 # Which preset when --model is not given, by typical image size.
 PRESET_FOR_SIZE = [(TINY_DATA_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
 TINY_BASE_LR = 4e-3  # at BASE_BATCH, i.e. 2e-3 at the default batch of 128

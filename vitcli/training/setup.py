@@ -1,7 +1,7 @@
 """Before the first step: decode the data, decide the architecture and preprocessing, build
 the model (fresh, or started from `--init` weights).
 
-The decisions themselves live in vitcli/recipe.py; this module applies them to real data.
+The decisions themselves live in vitcli/training/recipe.py; this module applies them to real data.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vitcli.config import ViTConfig
-from vitcli.distributed import DistEnv, rank0_first
-from vitcli.model import VisionTransformer
-from vitcli.preprocess import Preprocessing
-from vitcli.recipe import TrainOptions, model_config
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import Preprocessing
+from vitcli.model.vit import VisionTransformer
+from vitcli.training.distributed import DistEnv, rank0_first
+from vitcli.training.recipe import TrainOptions, model_config
 
 Emit = Callable[..., None]  # emit(kind, **fields): progress events for the command to draw
 
@@ -49,7 +49,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     Rank 0 decodes first and fills the cache; the other ranks then read the cache instead of
     decoding the same files at the same time.
     """
-    from vitcli.data import load_data, typical_image_size
+    from vitcli.data.image_set import load_data, typical_image_size
 
     notes: list[str] = []
     init_pre: Preprocessing | None = None
@@ -57,7 +57,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         config, pre = resumed
         load_pre = pre  # grey runs decode straight to L: the same pixels as RGB's first channel
     elif options.init:
-        from vitcli.finetune import init_config
+        from vitcli.training.finetune import init_config
 
         config, init_pre, _ = init_config(options.init, image_size=options.img_size,
                                           patch_size=options.patch,
@@ -101,11 +101,11 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     torch.manual_seed(options.seed)  # the same initial weights on every rank and every resume
     model = VisionTransformer(config)
     if options.init and resumed is None:
-        from vitcli.finetune import init_from
+        from vitcli.training.finetune import init_from
 
         notes.extend(init_from(model, options.init).lines)
     if options.freeze == "backbone":
-        from vitcli.finetune import freeze_backbone
+        from vitcli.training.finetune import freeze_backbone
 
         frozen = freeze_backbone(model)
         notes.append(f"backbone frozen: {frozen:,} weights fixed, only the head trains")

@@ -228,6 +228,11 @@ PRESETS: dict[str, Preset] = {
     )
 }
 
+# The largest training size of "tiny" images: vit-pico's 5×5 grid trains 32-px data at 35 px
+# (7-px patches). The tiny-image training recipe (training/recipe.py) and the shift-only
+# augmentation (data/augment.py) both apply up to this size; it lives here, below both.
+TINY_IMAGE_MAX = 35
+
 
 def preset_names() -> list[str]:
     return list(PRESETS)

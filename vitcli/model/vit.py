@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitcli.config import ViTConfig
 from vitcli.errors import UsageError
+from vitcli.model.config import ViTConfig
 
 # ----------------------------------------------------------------------------- patches → tokens
 
@@ -348,7 +348,7 @@ def create_model(name: str | None = None, **overrides: object) -> VisionTransfor
 
     >>> create_model("vit-b16", num_classes=10)
     """
-    from vitcli.config import get_preset
+    from vitcli.model.config import get_preset
 
     base = get_preset(name).config if name else ViTConfig()
     return VisionTransformer(base.replace(**overrides))

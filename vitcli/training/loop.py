@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitcli.budget import EpochTimes, steps_in_budget
-from vitcli.checkpoint import save_model, unwrap_model
 from vitcli.devices import autocast_dtype
-from vitcli.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
-from vitcli.errors import UsageError
-from vitcli.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
-from vitcli.recipe import TrainOptions
-from vitcli.runs import (
+from vitcli.errors import UsageError, VitError
+from vitcli.model.checkpoint import save_model, unwrap_model
+from vitcli.training.budget import EpochTimes, steps_in_budget
+from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
+from vitcli.training.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
+from vitcli.training.recipe import TrainOptions
+from vitcli.training.runs import (
     MetricsLog,
     TrainState,
     flatten_optimizer,
@@ -34,15 +35,39 @@ from vitcli.runs import (
     unflatten_optimizer,
     write_plots,
 )
-from vitcli.train_setup import Emit, Prepared
+from vitcli.training.setup import Emit, Prepared
 
 PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
 VAL_BATCH = 256
 
 
+class NonFiniteLoss(VitError):
+    """The loss became NaN or infinite; the run stopped, the last good files are kept."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its files are."""
+
+    run_dir: Path
+    stopped: str  # completed | early_stop | time_budget | interrupted
+    epochs: int
+    steps: int
+    seconds: float
+    best_top1: float | None
+    best_epoch: int | None
+    best_path: Path
+    last_path: Path
+    last_row: dict[str, Any] | None
+    num_train: int
+    num_val: int
+    val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
+    options: TrainOptions | None = None  # what the run was trained with
+
+
 def augment_level(options: TrainOptions, num_train: int) -> str:
     """--augment, or the augmentation module's default for this many images."""
-    from vitcli.augment import AUGMENT_LEVELS, default_level
+    from vitcli.data.augment import AUGMENT_LEVELS, default_level
 
     level = options.augment or default_level(num_train)
     if level not in AUGMENT_LEVELS:
@@ -55,7 +80,7 @@ class Trainer:
 
     def __init__(self, options: TrainOptions, prepared: Prepared, env: DistEnv,
                  run_dir: Path, emit: Emit, *, augment: str) -> None:
-        from vitcli.augment import BatchAugment, make_policy
+        from vitcli.data.augment import BatchAugment, make_policy
 
         self.options, self.data, self.env, self.run_dir, self.emit = (
             options, prepared, env, Path(run_dir), emit)
@@ -121,7 +146,6 @@ class Trainer:
 
     def fit(self, stop_requested: Callable[[], bool]) -> Any:
         """Train until the schedule, the patience or the time budget ends, or Ctrl-C."""
-        from vitcli.train import TrainResult
 
         self.clock = time.perf_counter()
         self.session_start_step = self.step
@@ -250,7 +274,6 @@ class Trainer:
             self.schedule.total_steps = self.step
 
     def _non_finite(self, at: int, epoch: int) -> None:
-        from vitcli.train import NonFiniteLoss
 
         last = self.run_dir / "weights" / "last.safetensors"
         kept = (f"the last good model is {last} (epoch {self.epochs_done})"
@@ -338,7 +361,7 @@ class Trainer:
         """(loss, top-1, top-5) on the validation set, each rank predicting its share."""
         if self.data.val_pixels is None:
             return None
-        from vitcli.evaluate import compute_metrics, predict_logits
+        from vitcli.evaluation.evaluate import compute_metrics, predict_logits
 
         model = self.ema.module if self.ema is not None else self.model
         pre = self.data.preprocessing
@@ -355,7 +378,7 @@ class Trainer:
     # --------------------------------------------------------------------------- state
 
     def state(self) -> TrainState:
-        """Everything needed to continue exactly: see vitcli/runs.py for the file layout."""
+        """Everything needed to continue exactly: see vitcli/training/runs.py for the file layout."""
         optim_info, tensors = flatten_optimizer(self.optimizer.state_dict())
         rng_info, rng_tensors = get_rng_states()
         tensors.update(rng_tensors)

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vitcli.checkpoint import atomic_write
 from vitcli.errors import VitError
+from vitcli.files import atomic_write
 
 CACHE_VERSION = 1  # bump when the cached bytes would differ for the same key
 MEMORY_LIMIT = 2 * 1024**3  # bytes of pixels kept in RAM; larger sets are memory-mapped

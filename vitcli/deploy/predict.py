@@ -1,7 +1,7 @@
 """Classify images with a vitcli model file, on PyTorch or onnxruntime.
 
 No torch at import time: with an .onnx model the whole path (inputs → preprocessing →
-onnxruntime → top-k) runs without it. See vitcli/backends.py for the two runtimes.
+onnxruntime → top-k) runs without it. See vitcli/deploy/backends.py for the two runtimes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from vitcli.backends import Backend
+from vitcli.deploy.backends import Backend
 from vitcli.errors import VitError
+from vitcli.evaluation.evaluate import softmax
 from vitcli.images import is_image_path
 
 TRAIN_RUNS = Path("runs/train")
@@ -108,14 +109,6 @@ def _images_in(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------------------ running
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64, so both back ends round the same way."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[list[int], list[float]]]:
     """For each row of probabilities, the k best class indices and their probabilities."""
     k = max(1, min(k, probs.shape[-1]))
@@ -165,7 +158,7 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
 def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
             device: str = "auto", batch_size: int = 32) -> list[Prediction]:
     """Classify images (files, folders, globs) with a .safetensors or .onnx model file."""
-    from vitcli.backends import open_backend
+    from vitcli.deploy.backends import open_backend
 
     backend = open_backend(model, device=device)
     paths, missing = collect_images(inputs)

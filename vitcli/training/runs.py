@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vitcli.checkpoint import atomic_write, save_tensors
 from vitcli.errors import UsageError, VitError
+from vitcli.files import atomic_write, claim_numbered_dir
+from vitcli.model.checkpoint import save_tensors
 
 if TYPE_CHECKING:
-    from vitcli.train_setup import Prepared
+    from vitcli.training.setup import Prepared
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
                  "images_per_s", "seconds"]
@@ -39,27 +40,6 @@ STATE_VERSION = 1
 
 
 # ---------------------------------------------------------------------------- the folder
-
-
-def claim_numbered_dir(root: str | Path, base: str) -> Path:
-    """Create and return <root>/<base>, else <base>2, <base>3, ... the first that is free.
-
-    `mkdir(exist_ok=False)` is the claim, so two runs started at once cannot share a folder.
-    """
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        for n in range(1, 100_000):
-            candidate = root / (base if n == 1 else f"{base}{n}")
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                continue
-            return candidate
-    except OSError as exc:
-        raise VitError(f"{exc.filename or root}: cannot create a folder there "
-                       f"({exc.strerror or exc})") from None
-    raise VitError(f"{root}: no free folder name for {base!r}")
 
 
 def new_run_dir(project: str | Path, name: str | None = None) -> Path:
@@ -267,9 +247,9 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
     The best model is read back from its file, so the figure shows exactly what
     `vit eval` on the same data would.
     """
-    from vitcli.checkpoint import load_model
-    from vitcli.evaluate import compute_metrics, predict_logits
-    from vitcli.plots import plot_confusion, plot_curves
+    from vitcli.evaluation.evaluate import compute_metrics, predict_logits
+    from vitcli.evaluation.plots import plot_confusion, plot_curves
+    from vitcli.model.checkpoint import load_model
 
     run_dir = Path(run_dir)
     if rows:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vitcli.errors import UsageError
-from vitcli.recipe import check_optimizer, has_muon
+from vitcli.training.recipe import check_optimizer, has_muon
 
 # ------------------------------------------------------------------------ parameter groups
 

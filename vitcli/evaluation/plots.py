@@ -1,7 +1,7 @@
 """Matplotlib figures written as PNG files: training curves and confusion matrices.
 
 Matplotlib is imported inside each function (with the Agg back end, so no display is ever
-needed) to keep `import vitcli.plots` and `vit --help` instant.
+needed) to keep `import vitcli.evaluation.plots` and `vit --help` instant.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitcli.model import Attention
+from vitcli.model.vit import Attention
 
 CONTRIB_DOMAIN = "com.microsoft"
 

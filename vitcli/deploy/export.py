@@ -8,7 +8,7 @@ passes all of that is moved into place; a failure leaves nothing behind.
 The int8 file is onnxruntime's dynamic quantization (weights int8 per output channel,
 activations quantized on the fly) of the linear layers and attention: on a ViT they hold
 nearly all the compute, while LayerNorm and GELU stay in float32. It is quantized from a
-second, onnxruntime-only export whose attention is one fused node (`vitcli.onnx_graph`), so
+second, onnxruntime-only export whose attention is one fused node (`vitcli.deploy.onnx_graph`), so
 that it becomes onnxruntime's `QAttention`; that graph is checked against PyTorch first.
 """
 
@@ -23,10 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitcli.backends import ONNX_INPUT, ONNX_OUTPUT, open_onnx
-from vitcli.checkpoint import atomic_write
-from vitcli.errors import UsageError, VitError
-from vitcli.onnx_checks import (
+from vitcli.deploy.backends import ONNX_INPUT, ONNX_OUTPUT, open_onnx
+from vitcli.deploy.onnx_checks import (
     DataCheck,
     Labelled,
     Parity,
@@ -36,9 +34,11 @@ from vitcli.onnx_checks import (
     random_inputs,
     verify_parity,
 )
+from vitcli.errors import UsageError, VitError
+from vitcli.files import atomic_write
 
 if TYPE_CHECKING:
-    from vitcli.checkpoint import ModelFile
+    from vitcli.model.checkpoint import ModelFile
 
 DEFAULT_OPSET = 20  # what torch 2.13's exporter emits natively; ORT ≥ 1.17 runs it
 MIN_OPSET = 17  # LayerNormalization became a standard op in 17
@@ -93,7 +93,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
                 batch: str = "dynamic", int8: bool = False, data: str | Path | None = None,
                 log: Callable[[str], None] | None = None) -> ExportReport:
     """Export a .safetensors model file to a verified ONNX file (and an int8 one)."""
-    from vitcli.checkpoint import load_model
+    from vitcli.model.checkpoint import load_model
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
@@ -150,10 +150,10 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
     """
     import torch
 
-    from vitcli.onnx_graph import export_copy
+    from vitcli.deploy.onnx_graph import export_copy
 
     example, shapes, names = _export_inputs(mf, fixed)
-    model, _ = export_copy(mf.model)  # linears as Gemm (vitcli.onnx_graph says why)
+    model, _ = export_copy(mf.model)  # linears as Gemm (vitcli.deploy.onnx_graph says why)
     errors = []
     with _quiet_exporter():
         try:
@@ -206,7 +206,7 @@ def onnx_metadata(mf: ModelFile) -> dict[str, str]:
     import json
 
     from vitcli import __version__
-    from vitcli.checkpoint import FORMAT, FORMAT_VERSION
+    from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION
 
     return {
         **mf.metadata,
@@ -275,7 +275,7 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> st
     disagrees with PyTorch on it. The caller then quantizes the standard graph, which is
     slower only, and reports why.
     """
-    from vitcli.onnx_graph import export_packed
+    from vitcli.deploy.onnx_graph import export_packed
 
     try:
         with _quiet_exporter():
@@ -312,7 +312,7 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
         got = open_onnx(tmp).logits(x)
         if got.shape != ref.shape or not np.isfinite(got).all():
             raise VitError("int8 model gives malformed output; nothing was written")
-        from vitcli.predict import softmax
+        from vitcli.evaluation.evaluate import softmax
 
         report.int8_max_prob_diff = float(np.abs(softmax(ref) - softmax(got)).max())
         if data is not None and report.data is not None:

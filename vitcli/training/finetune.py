@@ -6,7 +6,7 @@ can be carried over is carried over, and every change is reported in plain words
 `vit train --init` command can print it.
 
 - position embedding: bicubic resampling over the grid, class-token slot kept
-  (`vitcli.model.resample_pos_embed`, the same as the original ViT fine-tuning recipe);
+  (`vitcli.model.vit.resample_pos_embed`, the same as the original ViT fine-tuning recipe);
 - patch embedding for a new patch size: FlexiViT's pseudo-inverse resize (Beyer et al. 2023,
   "FlexiViT", Sec. 3.4), which keeps each token the same when the image is resized with the
   patch: <x, w> = <resize(x), w'>;
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitcli.config import ViTConfig
 from vitcli.errors import VitError
-from vitcli.model import DropPath, VisionTransformer, resample_pos_embed
-from vitcli.preprocess import Preprocessing
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import Preprocessing
+from vitcli.model.vit import DropPath, VisionTransformer, resample_pos_embed
 
 HEAD_KEYS = ("head.weight", "head.bias")
 
@@ -125,7 +125,7 @@ def adapt_shifted_patch_embed(state: dict[str, Tensor], *, patch: int, channels:
 
 def _source(path: str | Path) -> tuple[ViTConfig, dict[str, Tensor], Preprocessing, list[str]]:
     """Config, weights, preprocessing and class names of a vitcli model file."""
-    from vitcli.checkpoint import load_model
+    from vitcli.model.checkpoint import load_model
 
     loaded = load_model(path)
     return loaded.config, loaded.model.state_dict(), loaded.preprocessing, loaded.class_names
@@ -138,7 +138,7 @@ def init_config(path: str | Path, **overrides: Any) -> tuple[ViTConfig, Preproce
     unless overridden: image_size, patch_size, num_classes, in_channels, dropout, ... .
     Overrides that are None are ignored, so a command can pass its options straight through.
     """
-    from vitcli.checkpoint import parse_metadata, read_metadata
+    from vitcli.model.checkpoint import parse_metadata, read_metadata
 
     config, names, pre = parse_metadata(path, read_metadata(path))
     changes = {k: v for k, v in overrides.items() if v is not None}

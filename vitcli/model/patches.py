@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitcli.config import (
+from vitcli.errors import UsageError, VitError
+from vitcli.images import open_image
+from vitcli.model.config import (
     PRESETS,
     Preset,
     ViTConfig,
@@ -26,9 +28,7 @@ from vitcli.config import (
     gflops,
     nearest_sizes,
 )
-from vitcli.errors import UsageError, VitError
-from vitcli.images import open_image
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 MAX_PATCHES = 4096  # beyond this the pictures are unreadable and huge
 _MIN_CELL_PX = 44  # a grid cell this wide holds a 3-4 digit number legibly
@@ -43,7 +43,7 @@ _GRID_COLOUR = (255, 255, 255)
 def patchify(pixels: np.ndarray, patch_size: int) -> np.ndarray:
     """Cut an (H, W, C) image into its patches in token order: (N, P, P, C).
 
-    The same split as `vitcli.model.patchify`, kept in image layout for drawing; flatten
+    The same split as `vitcli.model.vit.patchify`, kept in image layout for drawing; flatten
     each patch (`.reshape(N, -1)`) to get the P·P·C vectors the embedding projects.
     """
     H, W, C = pixels.shape
@@ -111,7 +111,12 @@ def plan(*, patch_size: int | None = None, image_size: int | None = None,
 
 def _plan_from_model(path: Path, patch_size: int | None, image_size: int | None) -> PatchPlan:
     # Header only: the figures and preprocessing need no weights (and no torch).
-    from vitcli.checkpoint import count_file_params, parse_metadata, read_header, read_metadata
+    from vitcli.model.checkpoint import (
+        count_file_params,
+        parse_metadata,
+        read_header,
+        read_metadata,
+    )
 
     metadata = read_metadata(path)
     config, _, pre = parse_metadata(path, metadata)
@@ -232,7 +237,7 @@ def draw_sequence(pixels: np.ndarray, patch_size: int, class_token: bool = True)
 
 def _save_png(picture: Image.Image, path: Path) -> None:
     """Write atomically (never a half-written PNG), or a VitError naming the file."""
-    from vitcli.checkpoint import atomic_write
+    from vitcli.files import atomic_write
 
     try:
         atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vitcli.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata, read_metadata
-from vitcli.config import ViTConfig
 from vitcli.errors import VitError
-from vitcli.preprocess import Preprocessing
+from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata, read_metadata
+from vitcli.model.config import ViTConfig
+from vitcli.model.preprocess import Preprocessing
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUT = "logits"
@@ -122,8 +122,8 @@ def open_torch(path: Path, device: str = "auto") -> TorchBackend:
     """Load a .safetensors model file onto `device` (imports torch)."""
     read_metadata(path)  # a clear error for a non-vitcli file before importing torch
 
-    from vitcli.checkpoint import load_model
     from vitcli.devices import resolve_device
+    from vitcli.model.checkpoint import load_model
 
     target = resolve_device(device)
     return TorchBackend(path=path, model_file=load_model(path, device=str(target)),

@@ -3,11 +3,11 @@
 One step: uint8 batch → device → batched augmentation there → forward (bf16 autocast on
 CUDA) → soft-target cross-entropy → backward → gradient clipping → AdamW (and Muon for the
 blocks' matrices) at the scheduled lr → EMA. Each epoch ends with validation, the model
-files and the training state (vitcli/runs.py).
+files and the training state (vitcli/training/runs.py).
 
 The library never prints: it reports through `on_event(kind, **fields)` on rank 0
 (kinds: message, load, start, schedule, epoch_start, step, epoch_end, end) and returns a
-TrainResult. Under torchrun every rank runs this same code (vitcli/distributed.py).
+TrainResult. Under torchrun every rank runs this same code (vitcli/training/distributed.py).
 """
 
 from __future__ import annotations
@@ -16,38 +16,15 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitcli.errors import VitError
-from vitcli.recipe import TrainOptions
+from vitcli.training.loop import NonFiniteLoss as NonFiniteLoss  # re-exported
+from vitcli.training.loop import TrainResult
+from vitcli.training.recipe import TrainOptions
 
 EventCallback = Callable[..., None]
-
-
-class NonFiniteLoss(VitError):
-    """The loss became NaN or infinite; the run stopped, the last good files are kept."""
-
-
-@dataclass
-class TrainResult:
-    """How a run ended and where its files are."""
-
-    run_dir: Path
-    stopped: str  # completed | early_stop | time_budget | interrupted
-    epochs: int
-    steps: int
-    seconds: float
-    best_top1: float | None
-    best_epoch: int | None
-    best_path: Path
-    last_path: Path
-    last_row: dict[str, Any] | None
-    num_train: int
-    num_val: int
-    val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
-    options: TrainOptions | None = None  # what the run was trained with
 
 
 def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> TrainResult:
@@ -62,7 +39,7 @@ def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> Tr
 def resume(run_dir: str | Path, *, device: str | None = None, workers: int | None = None,
            on_event: EventCallback | None = None) -> TrainResult:
     """Continue the run in `run_dir` from its saved state, with its own options."""
-    from vitcli.runs import read_json
+    from vitcli.training.runs import read_json
 
     run_dir = Path(run_dir)
     if not (run_dir / "args.json").exists():
@@ -86,16 +63,16 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
          on_event: EventCallback | None) -> TrainResult:
     import torch
 
-    from vitcli.distributed import broadcast, init_distributed, shutdown_distributed
-    from vitcli.runs import (
+    from vitcli.training.distributed import broadcast, init_distributed, shutdown_distributed
+    from vitcli.training.loop import Trainer, augment_level
+    from vitcli.training.runs import (
         load_state,
         new_run_dir,
         read_json,
         write_bad_files,
         write_json,
     )
-    from vitcli.train_loop import Trainer, augment_level
-    from vitcli.train_setup import prepare, resolved_summary
+    from vitcli.training.setup import prepare, resolved_summary
 
     if options.workers:
         torch.set_num_threads(options.workers)
@@ -109,8 +86,8 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
     try:
         state = resumed = None
         if run_dir is not None:
-            from vitcli.config import ViTConfig
-            from vitcli.preprocess import Preprocessing
+            from vitcli.model.config import ViTConfig
+            from vitcli.model.preprocess import Preprocessing
 
             state = load_state(run_dir)
             args = read_json(run_dir / "args.json")

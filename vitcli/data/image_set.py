@@ -10,7 +10,7 @@
 Folders are read with `datasets`' "imagefolder" builder, which finds the image files and
 turns class-folder names into sorted ClassLabel names; the images themselves are decoded
 here with `vitcli.images` so that a bad file is skipped and reported instead of stopping
-the run. Decoded, resized pixels are cached (vitcli.cache) so no epoch decodes again.
+the run. Decoded, resized pixels are cached (vitcli.data.cache) so no epoch decodes again.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitcli.cache import ImageSource, Progress, cache_key, decode_cached
-from vitcli.data_sources import (
+from vitcli.data.cache import ImageSource, Progress, cache_key, decode_cached
+from vitcli.data.sources import (
     SPLIT_NAMES,
     BadFiles,
     DataSource,
@@ -31,7 +31,7 @@ from vitcli.data_sources import (
     open_source,
 )
 from vitcli.errors import UsageError, VitError
-from vitcli.preprocess import Preprocessing
+from vitcli.model.preprocess import Preprocessing
 
 DEFAULT_VAL_SPLIT = 0.1
 MIN_PER_CLASS_FOR_DEFAULT_VAL = 10  # every class keeps ≥ 9 train images and gives ≥ 1 to val

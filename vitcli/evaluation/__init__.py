@@ -1,0 +1,1 @@
+"""Evaluation: logits over a data set, the metrics (top-k, per class, confusion) and their plots."""
