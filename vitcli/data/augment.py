@@ -99,7 +99,7 @@ def make_policy(level: str, *, hflip: bool = True, image_size: int | None = None
     For small images (≤ SMALL_IMAGE_PX) trained for minutes, "light" is a random shift of up to
     6 % in x and y plus random erasing of a box in a quarter of the images, and nothing else:
     crops, rotations and colour changes of a 28-px digit or garment remove most of what there
-    is to learn (benchmarks/small_data.py; README "Small data"). The shift repeats the edge
+    is to learn (benchmarks/small_data.py; docs/small-data.md). The shift repeats the edge
     pixels: a grey border, which no test image has, cost about half a point on Fashion-MNIST.
     The erasing is worth about +0.8: the small ViT fits its 4,000 images well before the end.
     """

@@ -196,7 +196,7 @@ def _small(name: str, size: int, patch: int, dim: int, depth: int, heads: int, m
             image_size=size, patch_size=patch, in_channels=3, num_classes=10, embed_dim=dim,
             depth=depth, num_heads=heads, mlp_ratio=mlp_ratio, **extra,
         ),
-        source="vitcli small-image preset (see README, 'Small data')",
+        source="vitcli small-image preset (see docs/small-data.md)",
         description=desc,
     )
 
@@ -219,7 +219,7 @@ PRESETS: dict[str, Preset] = {
         # 6 px at 30 px, the size 28-px images are trained at) with shifted patch
         # tokenisation, 4 blocks of width 80: 2 CPU cores saw 43-49 epochs in 2 minutes; a
         # 4×4 grid of 7-px patches at width 96 costs the same and scored 0.5-0.8 points lower
-        # (README "Small data", benchmarks/small_data.py).
+        # (docs/small-data.md, benchmarks/small_data.py).
         _small("vit-pico", 30, 6, 80, 4, 4, 2.0, "small images, 30 px, 6 px patches, shifted",
                patch_embed="shifted"),
         _small("vit-nano", 32, 4, 128, 6, 4, 2.0, "small images, 32 px, 4 px patches"),

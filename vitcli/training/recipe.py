@@ -1,7 +1,7 @@
 """The training recipe: every default of `vit train`, and how the choices that depend on the
 data (image size, preset, colour mode, normalisation) are made. Change defaults here only.
 
-Decisions (documented in the README):
+Decisions (measured in docs/small-data.md):
 - Image size: small images (≤ SMALL_IMAGE_MAX px, the typical size in the data) are trained at
   their own size rounded up to a multiple of the patch; larger ones at the preset's size.
 - Preset: a small-image preset for small images, a paper preset otherwise.
@@ -24,7 +24,7 @@ from vitcli.model.config import TINY_IMAGE_MAX, ViTConfig, get_preset
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
 # Model options layered over the preset for small images trained from scratch (the small-data
-# recipe: see README "Small data"). Empty = the preset as it is.
+# recipe: see docs/small-data.md). Empty = the preset as it is.
 SMALL_DATA_MODEL: dict[str, Any] = {}
 BASE_BATCH = 256  # --lr default is BASE_LR at this batch, scaled linearly with the batch
 BASE_LR = 1e-3
@@ -38,11 +38,11 @@ PRESET_FOR_SIZE = [(TINY_DATA_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (
 TINY_BASE_LR = 4e-3  # at BASE_BATCH, i.e. 2e-3 at the default batch of 128
 DROP_PATH = 0.1  # default stochastic depth, except for tiny images from scratch (0)
 # Label smoothing; tiny images from scratch get more: the small ViT fits its few thousand
-# images well before the end of a minutes-long run (README "Small data": +0.5 points).
+# images well before the end of a minutes-long run (docs/small-data.md: +0.5 points).
 LABEL_SMOOTHING = 0.1
 TINY_LABEL_SMOOTHING = 0.2
 # Tiny images from scratch train the blocks' matrices with Muon at batch 256 (AdamW for the
-# rest): +0.9 points over AdamW at batch 128 in the same 2 minutes (README "Small data").
+# rest): +0.9 points over AdamW at batch 128 in the same 2 minutes (docs/small-data.md).
 # Where torch has no Muon (before 2.9), they keep AdamW at batch 128.
 OPTIMIZERS = ("adamw", "muon")
 OPTIMIZER = "adamw"
@@ -50,7 +50,7 @@ TINY_OPTIMIZER = "muon"
 BATCH_SIZE = 128
 TINY_BATCH_SIZE = 256  # with Muon
 # The lr falls from its peak along a cosine, or for tiny images from scratch along a straight
-# line (Bergsma et al. 2025): +0.3 points on average over 4 samples (README "Small data").
+# line (Bergsma et al. 2025): +0.3 points on average over 4 samples (docs/small-data.md).
 SCHEDULES = ("cosine", "linear")
 SCHEDULE = "cosine"
 TINY_SCHEDULE = "linear"
