@@ -83,7 +83,8 @@ def export_copy(model: nn.Module, fused_attention: bool = False) -> tuple[nn.Mod
             module.__class__ = GemmLinear  # same parameters, another forward
     packed = 0
     for block in getattr(model, "blocks", []) if fused_attention else []:
-        if isinstance(block.attn, Attention) and not block.attn.locality:
+        if (isinstance(block.attn, Attention) and not block.attn.locality
+                and not block.attn.qk_norm):  # the fused op has no place for q/k norms
             block.attn = PackedAttention(block.attn)
             packed += 1
     return model, packed

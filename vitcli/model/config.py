@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from vitcli.errors import UsageError
 
-Pooling = Literal["cls", "mean"]
+Pooling = Literal["cls", "mean", "map", "cls_mean"]
+Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
+POOLINGS = ("cls", "mean", "map", "cls_mean")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+# timm's `global_pool` names → ours (what an importer of timm's config.json needs).
+TIMM_GLOBAL_POOL = {"token": "cls", "avg": "mean", "map": "map", "token_avg": "cls_mean"}
 PosEmbed = Literal["learned", "sincos"]
 PatchEmbedKind = Literal["linear", "overlap", "shifted"]
 
@@ -41,6 +47,21 @@ class ViTConfig:
     # locality self-attention (learned temperature, no attention to self).
     patch_embed: PatchEmbedKind = "linear"
     locality_attention: bool = False
+    # Options of the pretrained families (timm's VisionTransformer arguments in brackets).
+    # Each default is the plain ViT, so files written before them load unchanged.
+    # pooling: "cls" (timm 'token'), "mean" of the patch tokens ('avg'), "map" an
+    # attention-pool head (SigLIP), "cls_mean" the class token concatenated with the mean
+    # patch token (DINOv2's classifier; the head reads 2·D values).
+    reg_tokens: int = 0  # register tokens after the class token (DINOv2 with registers)
+    distilled: bool = False  # DeiT's distillation token + head_dist; logits = mean of 2 heads
+    no_embed_class: bool = False  # position embedding for patches only, none for prefix tokens
+    patch_bias: bool = True  # bias in the patch projection (CLIP has none)
+    pre_norm: bool = False  # LayerNorm before the encoder (norm_pre; CLIP)
+    init_values: float = 0.0  # layer scale γ initial value; 0 = no layer scale (ls1/ls2)
+    qk_norm: bool = False  # LayerNorm on queries and keys per head (q_norm/k_norm)
+    mlp_act: Activation = "gelu"  # gelu | gelu_tanh (SigLIP) | quick_gelu (OpenAI CLIP)
+    final_norm: bool = True  # the LayerNorm after the encoder (CLIP's classifier skips it)
+    fc_norm: bool = False  # LayerNorm after pooling instead of before it (MAE/BEiT fine-tunes)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,10 +89,24 @@ class ViTConfig:
             raise UsageError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
             )
-        if self.pooling not in ("cls", "mean"):
-            raise UsageError(f"pooling must be 'cls' or 'mean', not {self.pooling!r}")
-        if self.pooling == "cls" and not self.class_token:
-            raise UsageError("pooling 'cls' needs class_token=True")
+        if self.pooling not in POOLINGS:
+            raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        if self.pooling in ("cls", "cls_mean") and not self.class_token:
+            raise UsageError(f"pooling {self.pooling!r} needs class_token=True")
+        if self.mlp_act not in ACTIVATIONS:
+            raise UsageError(f"mlp_act must be one of {', '.join(ACTIVATIONS)}, "
+                             f"not {self.mlp_act!r}")
+        if not 0 <= self.reg_tokens <= 64:
+            raise UsageError(f"reg_tokens must be in [0, 64], not {self.reg_tokens}")
+        if not (self.init_values >= 0 and math.isfinite(self.init_values)):
+            raise UsageError(f"init_values (layer scale) must be 0 (off) or positive, "
+                             f"not {self.init_values}")
+        if self.distilled and not (self.class_token and self.pooling == "cls"):
+            raise UsageError("a distillation token needs a class token and pooling 'cls'")
+        if self.distilled and self.fc_norm:
+            raise UsageError("fc_norm is not supported with a distillation token")
+        if self.fc_norm and self.pooling == "cls_mean":
+            raise UsageError("fc_norm is not supported with pooling 'cls_mean'")
         if self.pos_embed not in ("learned", "sincos"):
             raise UsageError(f"pos_embed must be 'learned' or 'sincos', not {self.pos_embed!r}")
         if self.patch_embed not in ("linear", "overlap", "shifted"):
@@ -90,12 +125,23 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens in front of the patches: [class, distillation, registers…], in that order."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
+    def pos_prefix_tokens(self) -> int:
+        """Prefix tokens that have a slot in the position embedding (none: no_embed_class)."""
+        return 0 if self.no_embed_class else self.num_prefix_tokens
 
     @property
     def num_tokens(self) -> int:
-        """Sequence length the encoder sees: patches plus the class token."""
+        """Sequence length the encoder sees: patches plus the prefix tokens."""
         return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def head_in_dim(self) -> int:
+        """Values the classifier reads: D, or 2·D for 'cls_mean' (DINOv2)."""
+        return 2 * self.embed_dim if self.pooling == "cls_mean" else self.embed_dim
 
     @property
     def patch_dim(self) -> int:
@@ -251,17 +297,28 @@ def count_params(config: ViTConfig) -> int:
     d, p, c = config.embed_dim, config.patch_size, config.in_channels
     kernel = p + 2 if config.patch_embed == "overlap" else p
     in_ch = c * 5 if config.patch_embed == "shifted" else c
-    n = in_ch * kernel * kernel * d + d  # patch projection
+    n = in_ch * kernel * kernel * d + (d if config.patch_bias else 0)  # patch projection
     if config.patch_embed == "shifted":
         n += 2 * in_ch * p * p  # LayerNorm over the shifted patch vector
-    n += d if config.class_token else 0
-    n += config.num_tokens * d if config.pos_embed == "learned" else 0
+    n += d * (config.num_prefix_tokens)  # class, distillation and register tokens
+    if config.pos_embed == "learned":
+        n += (config.num_patches + config.pos_prefix_tokens) * d
+    n += 2 * d if config.pre_norm else 0
     m = config.mlp_dim
     block = (d * 3 * d + (3 * d if config.qkv_bias else 0)) + (d * d + d)  # qkv, proj
     block += (d * m + m) + (m * d + d) + 4 * d  # fc1, fc2, two norms
     block += 1 if config.locality_attention else 0  # learned temperature
-    n += config.depth * block + 2 * d  # blocks, final norm
-    n += d * config.num_classes + config.num_classes if config.num_classes else 0
+    block += 2 * d if config.init_values else 0  # layer scale γ on both branches
+    block += 4 * (d // config.num_heads) if config.qk_norm else 0  # q and k norms
+    n += config.depth * block
+    n += 2 * d if config.final_norm or config.fc_norm else 0  # final norm or fc_norm
+    if config.pooling == "map":  # latent, q, kv, proj, norm, MLP
+        bias = d if config.qkv_bias else 0
+        n += d + (d * d + bias) + (2 * d * d + 2 * bias) + (d * d + d) + 2 * d
+        n += (d * m + m) + (m * d + d)
+    heads = 2 if config.distilled else 1
+    c = config.num_classes
+    n += heads * (config.head_in_dim * c + c) if c else 0
     return n
 
 

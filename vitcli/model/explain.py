@@ -59,7 +59,7 @@ def attention_rollout(maps: list[np.ndarray]) -> np.ndarray:
 def readout_rows(joint: np.ndarray, config: ViTConfig) -> tuple[np.ndarray, str]:
     """The attention the classifier reads, over the patches only: (B, N) and its source."""
     prefix = config.num_prefix_tokens
-    if config.pooling == "cls" and config.class_token:
+    if config.pooling in ("cls", "cls_mean") and config.class_token:
         return joint[:, 0, prefix:], CLASS_TOKEN_ROW  # (B, N)
     return joint[:, prefix:, prefix:].mean(axis=1), MEAN_ROW  # (B, N)
 

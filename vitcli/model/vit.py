@@ -1,7 +1,13 @@
 """The Vision Transformer, in the order of the method (Dosovitskiy et al. 2021).
 
-image → patch embedding → [class token] + position embedding → L pre-norm encoder blocks
-(multi-head self-attention, MLP, each with a residual) → final norm → head on the class token.
+image → patch embedding → [class, distillation, register tokens] + position embedding →
+[norm_pre] → L pre-norm encoder blocks (multi-head self-attention, MLP, each with a residual
+and an optional layer scale) → final norm → pooling (class token, mean of the patch tokens,
+attention pool, or class token + mean) → [fc_norm] → head.
+
+The options (config.py) cover the pretrained families: DeiT (distillation token), DeiT III
+and DINOv2 (layer scale), DINOv2 with registers, CLIP (norm_pre, QuickGELU, no patch bias),
+SigLIP (no class token, attention pool, tanh GELU), MAE (fixed sin-cos, fc_norm).
 
 Parameter names follow timm's VisionTransformer so that timm weights load without renaming.
 """
@@ -16,6 +22,13 @@ from torch import Tensor, nn
 
 from vitcli.errors import UsageError
 from vitcli.model.config import ViTConfig
+from vitcli.model.layers import (
+    AttentionPoolLatent,
+    LayerScale,
+    Mlp,
+    resample_pos_embed,
+    sincos_pos_embed,
+)
 
 # ----------------------------------------------------------------------------- patches → tokens
 
@@ -28,7 +41,7 @@ class PatchEmbed(nn.Module):
     """
 
     def __init__(self, *, patch_size: int, in_channels: int, embed_dim: int,
-                 kind: str = "linear") -> None:
+                 kind: str = "linear", bias: bool = True) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.kind = kind
@@ -37,12 +50,12 @@ class PatchEmbed(nn.Module):
             # by half a patch diagonally, so each token also sees its neighbours' pixels.
             patch_dim = 5 * in_channels * patch_size * patch_size
             self.norm = nn.LayerNorm(patch_dim, eps=1e-6)
-            self.proj = nn.Linear(patch_dim, embed_dim)
+            self.proj = nn.Linear(patch_dim, embed_dim, bias=bias)
         else:
             # "overlap": a kernel one pixel wider on every side than the stride.
             pad = 1 if kind == "overlap" else 0
             self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size + 2 * pad,
-                                  stride=patch_size, padding=pad)
+                                  stride=patch_size, padding=pad, bias=bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Return the patch tokens (B, N, D) and the patch grid (rows, columns)."""
@@ -79,50 +92,6 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
     return x.reshape(B, (H // P) * (W // P), P * P * C)  # (B, N, P·P·C)
 
 
-# -------------------------------------------------------------------- position embeddings
-
-
-def sincos_pos_embed(embed_dim: int, grid: tuple[int, int], num_prefix: int) -> Tensor:
-    """Fixed 2-D sine-cosine position embedding (MAE style): (1, prefix + rows·cols, D).
-
-    Half the channels encode the row, half the column; each half is sin/cos at D/4
-    frequencies. Prefix tokens (class token) get zeros.
-    """
-    if embed_dim % 4:
-        raise UsageError(f"sincos position embedding needs embed_dim divisible by 4, got {embed_dim}")
-    rows, cols = grid
-    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
-    ys, xs = torch.meshgrid(torch.arange(rows, dtype=torch.float64),
-                            torch.arange(cols, dtype=torch.float64), indexing="ij")
-
-    def encode(pos: Tensor) -> Tensor:
-        angles = pos.reshape(-1, 1) * omega  # (rows·cols, D/4)
-        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (rows·cols, D/2)
-
-    emb = torch.cat([encode(ys), encode(xs)], dim=1)  # (rows·cols, D)
-    emb = torch.cat([torch.zeros(num_prefix, embed_dim, dtype=torch.float64), emb])
-    return emb.float().unsqueeze(0)  # (1, prefix + rows·cols, D)
-
-
-def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
-                       old_grid: tuple[int, int], num_prefix: int) -> Tensor:
-    """Resize a learned position embedding to another patch grid.
-
-    Bicubic interpolation over the grid; the class-token slot is kept as it is.
-    """
-    if tuple(new_grid) == tuple(old_grid):
-        return pos_embed
-    prefix, grid_tokens = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    D = pos_embed.shape[-1]
-    dtype = grid_tokens.dtype
-    grid_tokens = grid_tokens.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)
-    # (1, D, rows, cols) → interpolate → back to a token sequence
-    grid_tokens = F.interpolate(grid_tokens.float(), size=tuple(new_grid), mode="bicubic",
-                                align_corners=False, antialias=True)
-    grid_tokens = grid_tokens.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)
-    return torch.cat([prefix, grid_tokens.to(dtype)], dim=1)  # (1, prefix + rows·cols, D)
-
-
 # -------------------------------------------------------------------------- encoder block
 
 # Up to this many tokens, attention on the CPU is two einsums and a softmax rather than
@@ -145,12 +114,16 @@ class Attention(nn.Module):
 
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True,
                  attn_dropout: float = 0.0, proj_dropout: float = 0.0,
-                 locality: bool = False) -> None:
+                 locality: bool = False, qk_norm: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_dropout = attn_dropout
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        # q/k norm (Dehghani et al. 2023, ViT-22B): a LayerNorm over each head's query and key.
+        self.qk_norm = qk_norm
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
         self.locality = locality
@@ -163,6 +136,7 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, nh, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, nh, N, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
         mask = None
         if self.locality:
             q = q * (self.logit_scale.exp() / self.head_dim**-0.5)
@@ -184,21 +158,6 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x)), attn if return_attention else None
 
 
-class Mlp(nn.Module):
-    """The position-wise feed-forward network: Linear → GELU → Linear."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.drop1 = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
 class DropPath(nn.Module):
     """Stochastic depth: drop a whole residual branch per sample while training."""
 
@@ -215,7 +174,10 @@ class DropPath(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer encoder block: x + γ₁·MSA(LN(x)), then x + γ₂·MLP(LN(x)).
+
+    γ is the layer scale (ls1, ls2), present only when config.init_values > 0.
+    """
 
     def __init__(self, config: ViTConfig, drop_path: float = 0.0) -> None:
         super().__init__()
@@ -223,15 +185,18 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.attn = Attention(dim, num_heads=config.num_heads, qkv_bias=config.qkv_bias,
                               attn_dropout=config.attn_dropout, proj_dropout=config.dropout,
-                              locality=config.locality_attention)
+                              locality=config.locality_attention, qk_norm=config.qk_norm,
+                              eps=config.layer_norm_eps)
+        self.ls1 = LayerScale(dim, config.init_values) if config.init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(dim, config.mlp_dim, dropout=config.dropout)
+        self.mlp = Mlp(dim, config.mlp_dim, dropout=config.dropout, act=config.mlp_act)
+        self.ls2 = LayerScale(dim, config.init_values) if config.init_values else nn.Identity()
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         y, attn = self.attn(self.norm1(x), return_attention)
-        x = x + self.drop_path(y)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(y))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, attn
 
 
@@ -252,22 +217,37 @@ class VisionTransformer(nn.Module):
         # 1. patches → tokens
         self.patch_embed = PatchEmbed(patch_size=config.patch_size,
                                       in_channels=config.in_channels, embed_dim=D,
-                                      kind=config.patch_embed)
-        # 2. class token and position embedding
+                                      kind=config.patch_embed, bias=config.patch_bias)
+        # 2. prefix tokens (class, distillation, registers) and position embedding
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if config.distilled else None
+        self.reg_token = (nn.Parameter(torch.zeros(1, config.reg_tokens, D))
+                          if config.reg_tokens else None)
+        pos_tokens = config.num_patches + config.pos_prefix_tokens
         if config.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, D))
+            self.pos_embed = nn.Parameter(torch.zeros(1, pos_tokens, D))
         else:
             self.register_buffer(
-                "pos_embed", sincos_pos_embed(D, self.grid, self.num_prefix_tokens))
+                "pos_embed", sincos_pos_embed(D, self.grid, config.pos_prefix_tokens))
         self.pos_drop = nn.Dropout(config.dropout)
+        self.norm_pre = (nn.LayerNorm(D, eps=config.layer_norm_eps) if config.pre_norm
+                         else nn.Identity())
         # 3. encoder blocks, drop-path rising linearly with depth
         rates = [config.drop_path * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(Block(config, rate) for rate in rates)
-        # 4. final norm and the classification head
-        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        # 4. final norm (or fc_norm after pooling, as timm), pooling and the head(s)
+        eps = config.layer_norm_eps
+        self.norm = (nn.LayerNorm(D, eps=eps) if config.final_norm and not config.fc_norm
+                     else nn.Identity())
+        self.attn_pool = AttentionPoolLatent(
+            D, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=config.qkv_bias,
+            eps=eps, act=config.mlp_act) if config.pooling == "map" else None
+        self.fc_norm = nn.LayerNorm(D, eps=eps) if config.fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
+        n, width = config.num_classes, config.head_in_dim
+        self.head = nn.Linear(width, n) if n else nn.Identity()
+        if config.distilled:
+            self.head_dist = nn.Linear(width, n) if n else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -276,6 +256,12 @@ class VisionTransformer(nn.Module):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        if self.attn_pool is not None:
+            nn.init.trunc_normal_(self.attn_pool.latent, std=self.config.embed_dim**-0.5)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -284,23 +270,33 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters that weight decay must not shrink (besides norms and biases)."""
-        return {"cls_token", "pos_embed"}
+        return {"cls_token", "pos_embed", "dist_token", "reg_token"}
 
     def position_embedding(self, grid: tuple[int, int]) -> Tensor:
         """The position embedding for a patch grid, resampled if the grid is not native."""
         if tuple(grid) == self.grid:
             return self.pos_embed
+        prefix = self.config.pos_prefix_tokens
         if self.config.pos_embed == "sincos":
-            return sincos_pos_embed(self.config.embed_dim, grid, self.num_prefix_tokens).to(
-                self.pos_embed)
-        return resample_pos_embed(self.pos_embed, grid, self.grid, self.num_prefix_tokens)
+            return sincos_pos_embed(self.config.embed_dim, grid, prefix).to(self.pos_embed)
+        return resample_pos_embed(self.pos_embed, grid, self.grid, prefix)
 
     def embed(self, x: Tensor) -> Tensor:
-        """Image (B, C, H, W) → token sequence (B, prefix + N, D) ready for the encoder."""
+        """Image (B, C, H, W) → token sequence (B, prefix + N, D) ready for the encoder.
+
+        Prefix tokens go in front in timm's order: class, distillation, registers. With
+        no_embed_class they get no position (timm; DINOv2's registers).
+        """
         x, grid = self.patch_embed(x)  # (B, N, D)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1+N, D)
-        return self.pos_drop(x + self.position_embedding(grid))
+        B = x.shape[0]
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token)
+                  if t is not None]
+        pos = self.position_embedding(grid)
+        if self.config.no_embed_class:
+            x = torch.cat(prefix + [x + pos], dim=1)  # (B, prefix + N, D)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos  # (B, prefix + N, D)
+        return self.norm_pre(self.pos_drop(x))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised output tokens (B, prefix + N, D)."""
@@ -309,13 +305,27 @@ class VisionTransformer(nn.Module):
             x, _ = block(x)
         return self.norm(x)
 
+    def pool(self, x: Tensor) -> Tensor:
+        """Tokens (B, T, D) → the vector the head reads: (B, D), or (B, 2·D) for 'cls_mean'."""
+        pooling = self.config.pooling
+        if pooling == "cls":
+            return x[:, 0]  # (B, D)
+        if pooling == "map":
+            return self.attn_pool(x)  # (B, D)
+        patches = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D): registers excluded
+        if pooling == "cls_mean":
+            return torch.cat([x[:, 0], patches], dim=-1)  # (B, 2·D)
+        return patches
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Pool the tokens (class token or mean of patch tokens) and classify."""
-        if self.config.pooling == "cls":
-            x = x[:, 0]  # (B, D)
-        else:
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        x = self.head_drop(x)
+        """Pool the tokens and classify; with a distillation token, the mean of both heads
+        (DeiT at inference, Touvron et al. 2021)."""
+        if self.dist_token is not None:
+            x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])  # (B, D) each
+            if pre_logits:
+                return (x + x_dist) / 2
+            return (self.head(x) + self.head_dist(x_dist)) / 2
+        x = self.head_drop(self.fc_norm(self.pool(x)))
         return x if pre_logits else self.head(x)
 
     def forward(self, x: Tensor) -> Tensor:

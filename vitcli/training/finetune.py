@@ -31,7 +31,7 @@ from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import DropPath, VisionTransformer, resample_pos_embed
 
-HEAD_KEYS = ("head.weight", "head.bias")
+HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _adapt(name: str, value: Tensor, like: Tensor, src: ViTConfig, dst: ViTConfi
     if name == "pos_embed":
         if dst.pos_embed != "learned":
             return None  # fixed sin-cos: recomputed by the model for its own grid
-        if src.num_prefix_tokens != dst.num_prefix_tokens:
+        if src.pos_prefix_tokens != dst.pos_prefix_tokens:
             report.lines.append("position embedding not loaded: class token added or removed")
             return None
         if src.grid_size != dst.grid_size:
@@ -226,7 +226,7 @@ def _adapt(name: str, value: Tensor, like: Tensor, src: ViTConfig, dst: ViTConfi
                 f"position embedding resampled {src.grid_size}×{src.grid_size} → "
                 f"{dst.grid_size}×{dst.grid_size} (bicubic, class token kept)")
         return resample_pos_embed(value, (dst.grid_size, dst.grid_size),
-                                  (src.grid_size, src.grid_size), src.num_prefix_tokens)
+                                  (src.grid_size, src.grid_size), src.pos_prefix_tokens)
     if name == "patch_embed.proj.weight" and value.shape != like.shape:
         if src.patch_embed != "linear" or dst.patch_embed != "linear":
             how = (f"a {src.patch_embed!r} patch embedding cannot become {dst.patch_embed!r}"
@@ -274,7 +274,7 @@ def freeze_backbone(model: nn.Module) -> int:
     """
     frozen = 0
     for name, param in model.named_parameters():
-        if name.startswith("head."):
+        if name.startswith(("head.", "head_dist.")):
             param.requires_grad_(True)
         else:
             param.requires_grad_(False)
