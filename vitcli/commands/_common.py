@@ -2,17 +2,67 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape as _escape_markup
+from rich.segment import Segment
 
-console = Console()  # results
-err_console = Console(stderr=True)  # progress, warnings
+# What must never reach a terminal raw from a name: C0 controls (ESC starts every escape
+# sequence: OSC 52 clipboard writes, clear-screen, title changes), DEL, C1 controls (0x9b is
+# a one-byte CSI, 0x9d a one-byte OSC), bidirectional overrides (text shown reversed), and
+# lone surrogates (undecodable bytes of a file name; a UTF-8 terminal cannot even encode them).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                     "\ud800-\udfff]")
+_UNSAFE_KEEP_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f"
+                                  "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode: show the byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def plain(text: object) -> str:
+    """`text` with every control character, bidi override and undecodable byte shown as an
+    escape (\\x1b, \\u202e, \\xe9), so that it can go to a terminal as it is."""
+    return _UNSAFE.sub(_visible, str(text))
+
+
+def safe(text: object) -> str:
+    """Untrusted text (a class name, a file name, a message quoting one) made safe to put in
+    Rich markup: control characters escaped as in `plain`, and `[...]` shown, not applied.
+
+    JSON and CSV output keep the exact names; only what reaches a terminal goes through this.
+    """
+    return _escape_markup(plain(text))
+
+
+class SafeConsole(Console):
+    """A Rich console that escapes control characters in everything it prints.
+
+    The backstop below every call site: whatever text reaches a segment (a table cell, a
+    progress bar's description, a status line) is printed with its control characters
+    escaped; Rich's own styles and cursor movements are separate segments and pass.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            Segment(_UNSAFE_KEEP_NEWLINE.sub(_visible, text), style, control)
+            if control is None and text else Segment(text, style, control)
+            for text, style, control in buffer)
+
+
+console = SafeConsole()  # results
+err_console = SafeConsole(stderr=True)  # progress, warnings
 
 ModelOpt = Annotated[
     Path | None,
@@ -62,6 +112,6 @@ def writing(target: Path | str | None) -> Iterator[None]:
 
 def print_error(message: str) -> None:
     """One line on stderr: the whole user-facing error report."""
-    text = " ".join(str(message).split())
+    text = plain(" ".join(str(message).split()))
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()

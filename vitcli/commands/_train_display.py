@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,6 +17,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vitcli.commands._common import console as out_console
+from vitcli.commands._common import safe as escape
 
 
 class Display:
@@ -110,10 +110,10 @@ def print_summary(console: Console, result: Any) -> None:
     elif result.num_val == 0:
         table.add_row("validation", "none (best = last); pass --val or --val-split")
     if result.best_path.exists():
-        table.add_row("best model", str(result.best_path))
+        table.add_row("best model", escape(result.best_path))
     if result.last_path.exists():
-        table.add_row("last model", str(result.last_path))
-    table.add_row("run folder", str(result.run_dir))
+        table.add_row("last model", escape(result.last_path))
+    table.add_row("run folder", escape(result.run_dir))
     console.print(table)
     command = eval_command(result)
     if command:

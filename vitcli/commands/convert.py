@@ -33,7 +33,7 @@ def convert(
                      show_default=False)] = None,
 ) -> None:
     """Convert pre-trained ViT weights into a vitcli model file."""
-    from vitcli.commands._common import console, err_console
+    from vitcli.commands._common import console, err_console, safe
     from vitcli.convert import convert as run_convert
     from vitcli.convert import download_from_hub, parse_labels
     from vitcli.errors import UsageError
@@ -41,15 +41,15 @@ def convert(
     if (source is None) == (from_hub is None):
         raise UsageError("give either SOURCE or --from-hub ID (see `vit convert --help`)")
     if from_hub:
-        err_console.print(f"downloading {from_hub} from the Hugging Face Hub …")
+        err_console.print(f"downloading {safe(from_hub)} from the Hugging Face Hub …")
         source = download_from_hub(from_hub)
     names = parse_labels(labels) if labels else None
     path, converted = run_convert(source, out, labels=names, heads=heads,
                                   allow_pickle=allow_pickle, source_name=from_hub)
     c = converted.config
-    console.print(f"[bold]{converted.source}[/] → {path}")
+    console.print(f"[bold]{safe(converted.source)}[/] → {safe(path)}")
     console.print(f"  ViT {c.embed_dim} wide, {c.depth} blocks, {c.num_heads} heads, "
                   f"{c.patch_size} px patches, {c.image_size} px images, "
                   f"{c.num_classes} classes")
     for note in converted.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {safe(note)}")

@@ -47,10 +47,10 @@ def evaluate(
     new runs/eval/<name> folder): metrics.json, per_class.csv, misclassified.csv and
     confusion_matrix.png.
     """
-    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
     from vitcli.commands._common import console, err_console, progress_bar, writing
+    from vitcli.commands._common import safe as escape
     from vitcli.errors import UsageError
     from vitcli.evaluation.evaluate import evaluate as run_eval
     from vitcli.evaluation.evaluate import new_eval_dir, write_json, write_outputs
@@ -99,9 +99,8 @@ def evaluate(
 
 def render(report: EvalReport, *, show: int = 20) -> None:
     """Print the summary, per-class, confusion, most-confused and misclassified tables."""
-    from rich.markup import escape
-
     from vitcli.commands._common import console
+    from vitcli.commands._common import safe as escape
 
     m = report.metrics
     data = report.description or f"{report.data}: {m.num_images:,} images"
@@ -118,8 +117,9 @@ def render(report: EvalReport, *, show: int = 20) -> None:
 
 
 def _summary_table(report: EvalReport) -> Table:
-    from rich.markup import escape
     from rich.table import Table
+
+    from vitcli.commands._common import safe as escape
 
     m = report.metrics
     table = Table(title="summary", title_justify="left", show_header=False)
@@ -140,8 +140,9 @@ def _summary_table(report: EvalReport) -> Table:
 
 
 def _per_class_table(m: Metrics) -> Table:
-    from rich.markup import escape
     from rich.table import Table
+
+    from vitcli.commands._common import safe as escape
 
     rows = m.per_class
     caption = None
@@ -160,15 +161,16 @@ def _per_class_table(m: Metrics) -> Table:
                       f"{c.support:,}")
     table.add_section()
     for c in (m.macro, m.weighted):
-        table.add_row(c.name, f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
+        table.add_row(escape(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
                       f"{c.support:,}", style="bold")
     return table
 
 
 def _confusion_table(m: Metrics) -> Table:
     import numpy as np
-    from rich.markup import escape
     from rich.table import Table
+
+    from vitcli.commands._common import safe as escape
 
     k = len(m.class_names)
     support = m.confusion.sum(axis=1)
@@ -201,8 +203,9 @@ def _confusion_table(m: Metrics) -> Table:
 
 
 def _most_confused_table(m: Metrics) -> Table:
-    from rich.markup import escape
     from rich.table import Table
+
+    from vitcli.commands._common import safe as escape
 
     support = {c.name: c.support for c in m.per_class}
     table = Table(title="most confused", title_justify="left")
@@ -216,8 +219,9 @@ def _most_confused_table(m: Metrics) -> Table:
 
 
 def _misclassified_table(m: Metrics, show: int, data: str) -> Table:
-    from rich.markup import escape
     from rich.table import Table
+
+    from vitcli.commands._common import safe as escape
 
     rows = m.misclassified[:show]
     more = len(m.misclassified) - len(rows)

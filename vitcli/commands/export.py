@@ -29,7 +29,7 @@ def export(
         show_default=False)] = None,
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
-    from vitcli.commands._common import err_console, writing
+    from vitcli.commands._common import err_console, safe, writing
     from vitcli.deploy.export import export_onnx
     from vitcli.errors import UsageError
 
@@ -39,7 +39,7 @@ def export(
     with err_console.status("exporting") as status:
         with writing(out):  # the output place: no such folder, a file in the way, disk full
             report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
-                                 log=lambda msg: status.update(msg))
+                                 log=lambda msg: status.update(safe(msg)))
     show_report(report)
 
 
@@ -48,15 +48,15 @@ def show_report(report: ExportReport) -> None:
     from rich import box
     from rich.table import Table
 
-    from vitcli.commands._common import console
+    from vitcli.commands._common import console, safe
 
     files = Table(title="written", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("file", "size", "batch-1 latency"):
         files.add_column(col, justify="left" if col == "file" else "right")
-    files.add_row(str(report.path), _mb(report.size_bytes),
+    files.add_row(safe(report.path), _mb(report.size_bytes),
                   _ms(report.latency_ms.get("onnx fp32")))
     if report.int8_path and report.int8_size_bytes:
-        files.add_row(str(report.int8_path), _mb(report.int8_size_bytes),
+        files.add_row(safe(report.int8_path), _mb(report.int8_size_bytes),
                       _ms(report.latency_ms.get("onnx int8")))
     files.add_row("(PyTorch eager, for reference)", "", _ms(report.latency_ms.get("pytorch")))
     console.print(files)
@@ -72,7 +72,7 @@ def show_report(report: ExportReport) -> None:
     d = report.data
     if d is None:
         return
-    table = Table(title=d.description or f"{d.images} images", title_justify="left",
+    table = Table(title=safe(d.description) or f"{d.images} images", title_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("back end", "accuracy", "top-1 agreement"):
         table.add_column(col, justify="left" if col == "back end" else "right")

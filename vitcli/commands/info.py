@@ -14,7 +14,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a model file's architecture, classes, preprocessing and parameter count."""
-    from vitcli.commands._common import console
+    from vitcli.commands._common import console, safe
     from vitcli.errors import VitError
     from vitcli.model.checkpoint import (
         count_file_params,
@@ -51,7 +51,7 @@ def info(
 
     from rich.table import Table
 
-    top = Table(show_header=False, title=str(model), title_justify="left")
+    top = Table(show_header=False, title=safe(model), title_justify="left")
     top.add_row("parameters", f"{params:,}")
     top.add_row("GFLOPs / image", f"{summary['gflops']:.3f} (2 × MACs)")
     cls = " + 1 class token" if config.class_token else " (no class token)"
@@ -60,14 +60,14 @@ def info(
     top.add_row("format", f"vitcli model file v{summary['format_version']}"
                 f" (written by vitcli {summary['vitcli_version']})")
     for key, value in summary["extra"].items():
-        top.add_row(key, value if len(value) < 120 else value[:117] + "...")
+        top.add_row(safe(key), safe(value if len(value) < 120 else value[:117] + "..."))
     arch = Table(title="architecture", title_justify="left", show_header=False)
     for key, value in config.to_dict().items():
-        arch.add_row(key, str(value))
+        arch.add_row(key, safe(value))
     prep = Table(title="preprocessing", title_justify="left", show_header=False)
     for key, value in pre.to_dict().items():
         prep.add_row(key, ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple)
-                     else str(value))
+                     else safe(value))
     console.print(top, arch, prep)
-    shown = ", ".join(names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+    shown = ", ".join(safe(n) for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
     console.print(f"[bold]classes ({len(names)}):[/] {shown}")

@@ -39,7 +39,7 @@ def patchify(
         show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
-    from vitcli.commands._common import console
+    from vitcli.commands._common import console, safe
     from vitcli.model.patches import patchify_image
 
     out_dir = out if out is not None else Path("patchify-out")
@@ -48,8 +48,8 @@ def patchify(
     console.print(_summary(result))
     if console.color_system:  # piped output gets no blank colour blocks
         console.print(_preview(result.colours))
-    console.print(f"[green]wrote[/] {result.grid_path}  (grid, numbers = token index)")
-    console.print(f"[green]wrote[/] {result.sequence_path}  (the sequence the encoder reads)")
+    console.print(f"[green]wrote[/] {safe(result.grid_path)}  (grid, numbers = token index)")
+    console.print(f"[green]wrote[/] {safe(result.sequence_path)}  (the sequence the encoder reads)")
 
 
 def _summary(result: PatchifyResult) -> Table:

@@ -47,26 +47,34 @@ def predict(
                                             help="Images per forward pass.")] = 32,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
-    from vitcli.commands._common import err_console
+    from vitcli.commands._common import err_console, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
     from vitcli.deploy.predict import collect_images, find_latest_model
     from vitcli.errors import UsageError, VitError
 
     if model is None:
         model = find_latest_model()
-        err_console.print(f"using model {model} (the newest in runs/train)", highlight=False)
+        err_console.print(f"using model {safe(model)} (the newest in runs/train)",
+                          highlight=False)
     onnx = is_onnx_path(model)
     if explain is not None and onnx:
         raise UsageError("--explain needs the .safetensors model file: attention maps are not "
                          "outputs of the ONNX graph; pass --model model.safetensors")
     if onnx and device not in ("auto", "cpu"):
-        err_console.print(f"note: the ONNX back end runs on CPU; --device {device} ignored")
+        err_console.print(f"note: the ONNX back end runs on CPU; --device {safe(device)} "
+                          "ignored")
     if explain is not None and explain.exists() and not explain.is_dir():
         raise UsageError(f"--explain {explain}: exists and is not a folder")
     if csv_path is not None and csv_path.is_dir():
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
     backend = open_backend(model, device=device)
-    paths, results = collect_images(inputs)
+    skipped: list = []
+    paths, results = collect_images(inputs, skipped)
+    if skipped:
+        from vitcli.data.discovery import skipped_summary
+
+        err_console.print(f"note: {safe(skipped_summary(skipped))}", highlight=False,
+                          soft_wrap=True)
 
     def on_result(result: Prediction) -> None:
         if as_json:
@@ -94,7 +102,7 @@ def predict(
         model_file = backend.model_file  # type: ignore[attr-defined]  # torch: checked above
         with writing(explain):
             explained = explain_images(model_file, ok, explain)
-        err_console.print(f"heat maps for {len(explained)} image(s) in {explain}/ "
+        err_console.print(f"heat maps for {len(explained)} image(s) in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     failed = sum(not r.ok for r in results)
     if failed:
@@ -141,37 +149,37 @@ def _show(results: list[Prediction], many: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from vitcli.commands._common import console
+    from vitcli.commands._common import console, plain, safe
 
     ok = [r for r in results if r.ok]
     if not many:
         for r in ok:
             # The file name on its own line, never wrapped: a table title is wrapped to the
             # table's width, which broke long paths mid-word on narrow or piped output.
-            console.print(Text(str(r.path), style="bold"), soft_wrap=True)
+            console.print(Text(plain(r.path), style="bold"), soft_wrap=True)
             table = Table(box=box.SIMPLE_HEAD)
             table.add_column("#", justify="right")
             table.add_column("label")
             table.add_column("probability", justify="right")
             for rank, (label, p) in enumerate(zip(r.labels, r.probabilities), 1):
-                table.add_row(str(rank), label, f"{p:.4f}")
+                table.add_row(str(rank), safe(label), f"{p:.4f}")
             console.print(table)
         return
     root = common_folder([r.path for r in ok])
     # The folder once, on a line of its own (never wrapped); the rows name files within it,
     # so that long folder names do not fold every row into four lines.
     where = f" in {root}{os.sep}" if root is not None else ""
-    console.print(Text(f"{len(ok)} images{where}", style="bold"), soft_wrap=True)
+    console.print(Text(plain(f"{len(ok)} images{where}"), style="bold"), soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
     table.add_column("label")
     table.add_column("probability", justify="right")
     table.add_column("next best")
     for r in ok:
-        rest = ", ".join(f"{label} {p:.2f}" for label, p in
+        rest = ", ".join(f"{safe(label)} {p:.2f}" for label, p in
                          zip(r.labels[1:], r.probabilities[1:]))
         name = r.path.relative_to(root) if root is not None else r.path
-        table.add_row(str(name), r.labels[0], f"{r.probabilities[0]:.4f}", rest)
+        table.add_row(safe(name), safe(r.labels[0]), f"{r.probabilities[0]:.4f}", rest)
     console.print(table)
 
 
@@ -204,4 +212,6 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
             has = i < len(r.labels)
             row += [r.labels[i] if has else "", f"{r.probabilities[i]:.6f}" if has else ""]
         writer.writerow(row + [r.error or ""])
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    # surrogateescape: a name that is not UTF-8 keeps its exact bytes in the table.
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",
+                                                  errors="surrogateescape"))

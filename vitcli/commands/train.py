@@ -132,6 +132,7 @@ def train(
     Ctrl-C saves the state; `vit train --resume runs/train/NAME` continues it. Under
     `torchrun --nproc_per_node N -m vitcli train ...` it trains on N processes.
     """
+    from vitcli.commands._common import safe
     from vitcli.commands._train_display import Display, print_summary
     from vitcli.errors import VitError
     from vitcli.training.trainer import resume as resume_run
@@ -162,7 +163,7 @@ def train(
                                       "nothing was saved")
             else:
                 display.console.print(f"[yellow]interrupted.[/] Resume from the last saved "
-                                      f"state with: vit train --resume {display.run_dir}",
+                                      f"state with: vit train --resume {safe(display.run_dir)}",
                                       soft_wrap=True)
         raise typer.Exit(130) from None
     except VitError as exc:
@@ -174,7 +175,7 @@ def train(
     print_summary(display.console, result)
     if result.stopped == "interrupted":
         display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps}. "
-                              f"Resume with: [bold]vit train --resume {result.run_dir}[/]",
+                              f"Resume with: [bold]vit train --resume {safe(result.run_dir)}[/]",
                               soft_wrap=True)  # a command to copy: never wrapped
         raise typer.Exit(130)
 

@@ -7,8 +7,9 @@
 - a dataset saved with `save_to_disk` (a Dataset or a DatasetDict);
 - a Hub dataset name (needs the Hub; offline it is a clear error).
 
-Folders are read with `datasets`' "imagefolder" builder, which finds the image files and
-turns class-folder names into sorted ClassLabel names; the images themselves are decoded
+Folders are listed by vitcli.data.discovery (the one rule every command uses: class
+folders sorted by their bytes, links followed once, hidden entries skipped, no stray file
+switching modes); saved and Hub datasets go through `datasets`. The images are decoded
 here with `vitcli.images` so that a bad file is skipped and reported instead of stopping
 the run. Decoded, resized pixels are cached (vitcli.data.cache) so no epoch decodes again.
 """

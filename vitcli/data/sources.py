@@ -7,10 +7,8 @@ and skip bad ones.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -20,9 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from vitcli.data.cache import ImageSource, default_cache_dir
+from vitcli.data.cache import ImageSource
+from vitcli.data.discovery import (
+    FileStat,
+    class_folders,
+    display,
+    list_classes,
+    sort_key,
+    walk_images,
+)
 from vitcli.errors import VitError
-from vitcli.files import atomic_write
 
 BadFiles = list[tuple[str, str]]  # (path or row name, reason)
 # Split folder names as `datasets` recognises them (datasets.data_files.SPLIT_KEYWORDS).
@@ -63,10 +68,13 @@ class DataSource:
 
 
 def open_source(data: str | Path, cache_dir: Path | None = None) -> DataSource:
-    """Recognise what --data is and list its splits (a folder's listing is cached)."""
+    """Recognise what --data is and list its splits."""
     path = Path(data).expanduser()
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        # What save_to_disk writes (a DatasetDict, or a Dataset's state + info), not one
+        # stray JSON file: a labelling tool's leftovers must not switch how a folder is read.
+        if (path / "dataset_dict.json").is_file() or (
+                (path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
             return from_saved_dataset(path)
         return from_folder(path, cache_dir)
     if path.exists():
@@ -96,82 +104,48 @@ def from_folder(root: Path, cache_dir: Path | None = None) -> DataSource:
     """A folder of class sub-folders, or of split folders of class sub-folders.
 
     The split folders are chosen here from the top level only (so a class called "test"
-    is never mistaken for a split); `datasets`' imagefolder then lists the image files of
-    exactly `<split>/<class>/<file>` and names the classes (sorted folder names). Its answer
-    is cached under a hash of every file's path, size and mtime: listing through imagefolder
-    costs about half a millisecond a file, a directory scan a few microseconds.
+    is never mistaken for a split); vitcli.data.discovery then lists the image files of each
+    `<split>/<class>/` folder (the one rule every command uses: links followed once, hidden
+    and `__` entries skipped, any bytes in a name, classes sorted by their bytes). No file in
+    the folder changes how it is read, and the listing is never cached: a scan costs a few
+    microseconds a file, and a cached one could differ from what the folder holds now.
+    `cache_dir` is accepted for the other sources' sake.
     """
-    label = f"folder {root}/"
-    root = root.absolute()  # imagefolder lists absolute paths; report ours the same way
+    del cache_dir
+    label = f"folder {display(root)}/"
+    root = root.absolute()
     split_dirs = _split_folders(root)
     tops = split_dirs or {"train": root}
-    if not any(_class_dirs(folder) for folder in tops.values()):
-        raise VitError(f"{root}: no class sub-folders with images (expected {root}/<class>/"
-                       "<image> or train/ and val/ folders of class folders)")
-    scans = {split: _scan(folder) for split, folder in tops.items()}
-    listing_file = (cache_dir or default_cache_dir()) / f"listing-{_listing_key(scans)}.json"
-    listing = _read_listing(listing_file)
-    if listing is None:
-        listing = _imagefolder_listing(tops, root)
-        with contextlib.suppress(OSError):  # no cache folder: list again next time
-            atomic_write(listing_file, lambda tmp: tmp.write_text(json.dumps(listing)))
-    class_names = listing["class_names"]
+    if not any(class_folders(folder) for folder in tops.values()):
+        raise VitError(f"{display(root)}: no class sub-folders with images (expected "
+                       f"{display(root)}/<class>/<image> or train/ and val/ folders of class "
+                       "folders)")
+    listings = {split: list_classes(folder) for split, folder in tops.items()}
+    class_names = sorted({n for lst in listings.values() for n in lst.class_names},
+                         key=sort_key)
     splits: dict[str, SplitRows] = {}
     ignored: BadFiles = []
     for split, folder in tops.items():
-        paths, labels = listing["splits"][split]
-        if not paths:
-            raise VitError(f"{folder}: no image files in its class sub-folders")
-        _check_class_folders(folder, paths)
-        stats = scans[split]
-        fingerprint = hashlib.sha256("".join(f"{p}\0{stats.get(os.path.normpath(p))}\n"
-                                             for p in paths).encode()).hexdigest()
-        splits[split] = _rows(paths, np.asarray(labels, np.int64),
-                              lambda rows, p=paths: [p[i] for i in rows], fingerprint)
-        listed = {os.path.normpath(p) for p in paths}
-        ignored += [(p, "not an image file; ignored") for p in stats if p not in listed]
+        listing = listings[split]
+        if listing.empty_classes:
+            name = listing.empty_classes[0]
+            raise VitError(f"{display(os.path.join(folder, name))}: class {display(name)!r} "
+                           "has no image files")
+        index = {name: class_names.index(name) for name in listing.class_names}
+        paths = [f.path for f in listing.files]
+        labels = np.asarray([index[listing.class_names[i]] for i in listing.labels], np.int64)
+        splits[split] = _rows(paths, labels, lambda rows, p=paths: [p[i] for i in rows],
+                              listing_fingerprint(listing.files))
+        ignored += [(s.path, f"{s.reason}; ignored") for s in listing.skipped]
     return DataSource(splits=splits, class_names=class_names, ignored=ignored, label=label)
 
 
-def _scan(folder: Path) -> dict[str, tuple[int, int]]:
-    """{path: (size, mtime_ns)} of the non-hidden files in the class folders of `folder`."""
-    found: dict[str, tuple[int, int]] = {}
-    for class_dir in _class_dirs(folder):
-        with os.scandir(class_dir) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if not _hidden(entry.name) and entry.is_file():
-                    st = entry.stat()
-                    found[os.path.normpath(entry.path)] = (st.st_size, st.st_mtime_ns)
-    return found
-
-
-def _listing_key(scans: dict[str, dict[str, tuple[int, int]]]) -> str:
-    from importlib.metadata import version
-
-    h = hashlib.sha256(f"imagefolder {version('datasets')}".encode())
-    for split, stats in scans.items():
-        h.update(f"[{split}]".encode())
-        for path, (size, mtime) in stats.items():
-            h.update(f"{path}\0{size}\0{mtime}\n".encode())
-    return h.hexdigest()[:32]
-
-
-def _read_listing(path: Path) -> dict[str, Any] | None:
-    try:
-        listing = json.loads(path.read_text())
-        return listing if {"class_names", "splits"} <= set(listing) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _imagefolder_listing(tops: dict[str, Path], root: Path) -> dict[str, Any]:
-    """{"class_names": [...], "splits": {split: [paths, labels]}} from `datasets`' imagefolder."""
-    data_files = {split: os.path.join(_glob_escape(str(folder)), "*", "*")
-                  for split, folder in tops.items()}
-    dsd = _imagefolder(data_files, root)
-    class_names = _class_names(dsd)
-    splits = {split: _list_files(dsd[split], class_names) for split in tops}
-    return {"class_names": class_names, "splits": splits}
+def listing_fingerprint(files: list[FileStat]) -> str:
+    """A hash of every listed file's path (its bytes), size and modification time."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(os.fsencode(f.path) + f"\0{f.size}\0{f.mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
@@ -180,79 +154,18 @@ def _split_folders(root: Path) -> dict[str, Path]:
     A folder with a split's name that holds images itself (not class folders) is a class.
     """
     found: dict[str, Path] = {}
-    for child in sorted(root.iterdir()):
+    for child in map(Path, class_folders(root)):
         split = SPLIT_NAMES.get(child.name.lower())
-        if split and child.is_dir() and _class_dirs(child) and not _has_images(child):
+        if split and class_folders(child) and not _has_images(child):
             if split in found:
-                raise VitError(f"{root}: both {found[split].name}/ and {child.name}/ are "
-                               f"{split} folders; keep one")
+                raise VitError(f"{display(root)}: both {display(found[split].name)}/ and "
+                               f"{display(child.name)}/ are {split} folders; keep one")
             found[split] = child
     return found
 
 
-def _imagefolder(data_files: dict[str, str], root: Path) -> Any:
-    """`datasets`' imagefolder over these files, streamed (no Arrow copy is written)."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        return datasets.load_dataset("imagefolder", data_files=data_files, streaming=True)
-    except FileNotFoundError:  # includes datasets' DataFilesNotFoundError
-        raise VitError(f"{root}: no image files found in its class sub-folders") from None
-
-
-def _class_names(dsd: Any) -> list[str]:
-    """ClassLabel names of the imagefolder, or [] when it saw a single class folder."""
-    feature = next(iter(dsd.values())).features.get("label")
-    return list(feature.names) if feature is not None else []
-
-
-def _list_files(split: Any, class_names: list[str]) -> tuple[list[str], list[int]]:
-    """Every image path of a streamed imagefolder split, with its label."""
-    from datasets import Image
-
-    paths, labels = [], []
-    for row in split.cast_column("image", Image(decode=False)):
-        path = row["image"]["path"]
-        paths.append(path)
-        if "label" in row:
-            labels.append(row["label"])
-        else:  # imagefolder adds no label for one class; that class is the folder name
-            labels.append(_single_class(class_names, Path(path).parent.name))
-    return paths, labels
-
-
-def _single_class(class_names: list[str], name: str) -> int:
-    if name not in class_names:
-        class_names.append(name)
-    return class_names.index(name)
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return [d for d in sorted(folder.iterdir()) if d.is_dir() and not _hidden(d.name)]
-
-
 def _has_images(folder: Path) -> bool:
-    from vitcli.images import is_image_path
-
-    return any(f.is_file() and is_image_path(f) for f in folder.iterdir())
-
-
-def _check_class_folders(folder: Path, paths: list[str]) -> None:
-    """A class folder without a single image file is a mistake worth stopping for."""
-    used = {Path(p).parent.name for p in paths}
-    for d in _class_dirs(folder):
-        if d.name not in used:
-            raise VitError(f"{d}: class {d.name!r} has no image files")
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "__"))
-
-
-def _glob_escape(text: str) -> str:
-    """Escape glob characters in a real folder name ([, ], *, ?)."""
-    return re.sub(r"([\[\]*?])", r"[\1]", text)
+    return bool(walk_images(folder, recursive=False)[0])
 
 
 def _rows(names: list[str], labels: np.ndarray, read_rows: Callable[[Sequence[int]],

@@ -7,6 +7,7 @@ onnxruntime → top-k) runs without it. See vitcli/deploy/backends.py for the tw
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from vitcli.data.discovery import (
+    UNREADABLE,
+    VANISHED,
+    Skipped,
+    display,
+    is_hidden,
+    sort_key,
+    walk_images,
+)
 from vitcli.deploy.backends import Backend
 from vitcli.errors import VitError
 from vitcli.evaluation.evaluate import softmax
@@ -63,47 +73,63 @@ def find_latest_model(runs: Path = TRAIN_RUNS) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
-def collect_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Prediction]]:
+def collect_images(inputs: Iterable[str | Path], skipped: list[Skipped] | None = None,
+                   ) -> tuple[list[Path], list[Prediction]]:
     """Expand files, folders (recursively) and globs into image paths, in the order given.
 
-    Quoted globs (`"photos/*.jpg"`) are expanded here, since the shell did not. Inputs that
-    match nothing come back as failed Predictions so they are reported by name.
+    Folders are listed by vitcli.data.discovery, the rule train and eval use (links followed
+    once, hidden and `__` entries skipped, files in byte order). Quoted globs
+    (`"photos/*.jpg"`) are expanded here, since the shell did not. Inputs that match nothing,
+    and folders that cannot be read or vanish while listed, come back as failed Predictions
+    so they are reported by name; other left-out entries (non-images, link loops) are
+    appended to `skipped` when given.
     """
     found: list[Path] = []
     missing: list[Prediction] = []
     seen: set[Path] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    notes: list[Skipped] = [] if skipped is None else skipped
 
     def add(path: Path) -> None:
         if path not in seen:
             seen.add(path)
             found.append(path)
 
+    def add_folder(folder: Path) -> int:
+        files, left_out = walk_images(folder, seen=seen_dirs)
+        for s in left_out:
+            if s.reason.startswith((UNREADABLE, VANISHED)):
+                missing.append(Prediction(Path(s.path), error=f"{display(s.path)}: {s.reason}"))
+            else:
+                notes.append(s)
+        for f in files:
+            add(Path(f.path))
+        return len(files)
+
     for item in inputs:
-        text = str(item)
+        text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            images = _images_in(path)
-            if not images:
-                missing.append(Prediction(path, error=f"{path}: folder holds no images"))
-            for image in images:
-                add(image)
+            if not add_folder(path) and not any(m.path == path for m in missing):
+                missing.append(Prediction(path, error=f"{display(path)}: folder holds no "
+                                                      "images"))
         elif path.exists() or not GLOB_CHARS & set(text):
             add(path)  # a missing plain file is reported when it fails to open
         else:
-            matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            # a pattern may match folders too ("photos/c*/"): take the images inside them
-            images = [image for p in matches for image in
-                      (_images_in(p) if p.is_dir() else [p] if is_image_path(p) else [])]
-            if not images:
-                missing.append(Prediction(path, error=f"{text}: no images match this pattern"))
-            for image in images:
-                add(image)
+            matches = sorted(glob.glob(text, recursive=True), key=sort_key)
+            before = len(found)
+            for match in matches:
+                p = Path(match)
+                if is_hidden(p.name):
+                    continue
+                if p.is_dir():  # a pattern may match folders too ("photos/c*/")
+                    add_folder(p)
+                elif is_image_path(p):
+                    add(p)
+            if len(found) == before:
+                missing.append(Prediction(path, error=f"{display(text)}: no images match "
+                                                      "this pattern"))
     return found, missing
-
-
-def _images_in(folder: Path) -> list[Path]:
-    """Every image file under `folder`, recursively, in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
 
 
 # ------------------------------------------------------------------------------ running
