@@ -247,3 +247,28 @@ def test_cli_eval_output_mistakes_are_caught_before_reading(tiny_model_file, ima
                    "--json", str(tmp_path / "taken" / "r.json")], tmp_path, monkeypatch)
     assert result.exit_code == 1 and "cannot write" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_folder, tmp_path,
+                                                       monkeypatch):
+    """bf16 autocast gives the fp32 top-1 on (nearly) every image; the choice is in the JSON."""
+    from vitcli.evaluation.evaluate import evaluate
+
+    fp32 = evaluate(tiny_model_file, image_folder, device="cpu", precision="fp32")
+    bf16 = evaluate(tiny_model_file, image_folder, device="cpu", precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    agree = (np.diag(fp32.metrics.confusion).sum(), np.diag(bf16.metrics.confusion).sum())
+    assert abs(int(agree[0]) - int(agree[1])) <= 1
+    auto = evaluate(tiny_model_file, image_folder, device="cpu")  # 32 wide: fp32 everywhere
+    assert auto.precision == "fp32" and auto.precision_reason.startswith("auto")
+    assert auto.metrics.top1 == fp32.metrics.top1
+
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
+                   "--precision", "bf16", "--json", str(tmp_path / "r.json")],
+                  tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "precision bf16" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["precision"] == "bf16"
+    bad = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
+                "--precision", "half"], tmp_path, monkeypatch)
+    assert bad.exit_code != 0 and "--precision must be one of" in bad.stderr

@@ -98,7 +98,11 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
     assert report.int8_path.exists() and report.int8_size_bytes < report.size_bytes
     assert d.int8_agreement is not None and d.int8_agreement >= 0.85
     assert abs(d.int8_accuracy - d.onnx_accuracy) <= 0.15
-    assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8"}
+    from vitcli.devices import cpu_bf16_units
+
+    # --precision auto: PyTorch bf16 is listed beside fp32 where the CPU has bf16 units.
+    bf16 = {"pytorch bf16"} if cpu_bf16_units() else set()
+    assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8", *bf16}
 
 
 @pytest.mark.slow
@@ -244,7 +248,8 @@ def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     from vitcli.deploy.onnx_checks import random_inputs, torch_logits
 
     model, _, _ = exported
-    report = export_onnx(model, tmp_path / "fixed.onnx", batch="4")
+    report = export_onnx(model, tmp_path / "fixed.onnx", batch="4", precision="fp32")
+    assert set(report.latency_ms) == {"pytorch", "onnx fp32"}  # fp32 asked: no bf16 row
     # batch 1 and 8 are still checked: padded to 4, and in two chunks of 4
     assert [p.batch for p in report.parity] == [1, 4, 8] and all(p.ok for p in report.parity)
     assert ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0] == 4
@@ -286,8 +291,9 @@ def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
     model, data, _ = exported
     out = tmp_path / "cli.onnx"
     result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(model), "-o", str(out),
-                                      "--int8", "--data", str(data)])
+                                      "--int8", "--data", str(data), "--precision", "bf16"])
     assert result.exit_code == 0, result.stderr
+    assert "PyTorch bf16 autocast" in result.stdout and "PyTorch fp32 eager" in result.stdout
     assert "verified" in result.stdout and "ONNX int8" in result.stdout
     assert "int8 from the fused attention (onnxruntime QAttention)" in " ".join(
         result.stdout.split())

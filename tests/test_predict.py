@@ -80,6 +80,23 @@ def test_backends_agree_on_files_folders_and_globs(models):
         assert sorted(t.labels) == sorted(CLASSES)
 
 
+def test_predict_precision_on_pytorch_and_ignored_on_onnx(models):
+    from vitcli.deploy.predict import predict
+
+    st, onnx, images = models
+    fp32 = predict(st, [images / "circle"], device="cpu", precision="fp32")
+    bf16 = predict(st, [images / "circle"], device="cpu", precision="bf16")
+    assert [p.labels[0] for p in fp32] == [p.labels[0] for p in bf16]
+    for a, b in zip(fp32, bf16):  # bf16 autocast: close, not equal
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=0.05)
+    code, _, err = run(str(images / "circle"), "--model", str(st), "--precision", "bf16")
+    assert code == 0 and "precision bf16" in err
+    code, _, err = run(str(images / "circle"), "--model", str(onnx), "--precision", "bf16")
+    assert code == 0 and "--precision bf16 ignored" in err
+    code, _, err = run(str(images / "circle"), "--model", str(onnx), "--precision", "fp8")
+    assert code != 0 and err.startswith("error:") and "--precision must be one of" in err
+
+
 def test_json_lines_parse_and_stdout_holds_nothing_else(models):
     _, onnx, images = models
     code, out, _ = run(str(images / "circle"), "--model", str(onnx), "--json", "--topk", "2")

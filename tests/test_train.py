@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -324,6 +325,72 @@ def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw_and_co
     again = resume(first.run_dir)  # AdamW state loaded into AdamW, not into Muon + AdamW
     assert again.stopped == "completed" and again.steps == first.steps
     assert (again.options.optimizer, again.options.schedule) == ("adamw", "cosine")
+
+
+@pytest.mark.slow
+def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, monkeypatch):
+    """bf16 asked for on a model `auto` would run in fp32: the run records it, every training
+    forward runs under bf16 autocast, and --resume keeps bf16 rather than re-deciding."""
+    from vitcli.model.vit import VisionTransformer
+
+    seen: list[tuple[bool, bool, torch.dtype]] = []
+    forward = VisionTransformer.forward
+
+    def spy(self, *a, **kw):
+        seen.append((self.training, torch.is_autocast_enabled("cpu"),
+                     torch.get_autocast_dtype("cpu")))
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(VisionTransformer, "forward", spy)
+    events = []
+
+    def record_and_stop(kind: str, **f) -> None:
+        events.append((kind, f))
+        if kind == "epoch_start" and f["epoch"] == 2:
+            raise KeyboardInterrupt  # stop after epoch 1, as Ctrl-C would
+
+    first = train(options(tmp_path, bars, epochs=2, precision="bf16"), on_event=record_and_stop)
+    assert first.stopped == "interrupted" and first.steps == 2
+    start = next(f for kind, f in events if kind == "start")
+    assert start["precision"].startswith("bf16")
+    args = json.loads((first.run_dir / "args.json").read_text())
+    assert args["options"]["precision"] == "bf16" and args["resolved"]["precision"] == "bf16"
+    assert load_state(first.run_dir).info["precision"] == "bf16"
+    training = [s for s in seen if s[0]]
+    assert training and all(on and dtype == torch.bfloat16 for _, on, dtype in training)
+    weights = load_file(str(first.run_dir / "weights" / "last.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())  # fp32 master weights
+    old = tmp_path / "before-the-option"
+    shutil.copytree(first.run_dir, old)
+
+    # The run said "bf16"; its options say "auto" as a later edit might: resume keeps bf16.
+    args["options"]["precision"] = "auto"
+    (first.run_dir / "args.json").write_text(json.dumps(args))
+    seen.clear()
+    events.clear()
+    again = resume(first.run_dir, on_event=lambda kind, **f: events.append((kind, f)))
+    assert again.stopped == "completed" and again.steps == 4
+    assert next(f for kind, f in events if kind == "start")["precision"].startswith("bf16")
+    assert seen and all(on for training, on, _ in seen if training)
+
+    # A run folder from before --precision resumes as it trained then: fp32 on a CPU.
+    del args["options"]["precision"], args["resolved"]["precision"]
+    (old / "args.json").write_text(json.dumps(args))
+    seen.clear()
+    assert resume(old).steps == 4
+    assert seen and not any(on for training, on, _ in seen if training)
+
+
+def test_auto_precision_is_fp32_for_the_tiny_test_model(tmp_path, bars):
+    """The decision rule in a real run: a 32-wide model stays fp32 even on a bf16 CPU."""
+    result = train(options(tmp_path, bars, epochs=1))
+    resolved = json.loads((result.run_dir / "args.json").read_text())["resolved"]
+    assert resolved["precision"] == "fp32" and resolved["precision_reason"].startswith("auto")
+
+
+def test_an_unknown_precision_is_refused_before_any_data_is_read(tmp_path):
+    with pytest.raises(UsageError, match="--precision must be one of"):
+        train(options(tmp_path, tmp_path / "missing", precision="fp8"))
 
 
 # ----------------------------------------------------------- real signals on real runs

@@ -71,6 +71,11 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 ]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="auto, fp32 or bf16 (bf16 autocast, fp32 weights). "
+                      "auto: bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, "
+                      "AVX512-BF16) for models wide enough that it pays; fp32 otherwise.")
+]
 OutDirOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Folder to write results into.",
                               show_default=False)

@@ -74,7 +74,7 @@ class Display:
             print_(f"[bold]training[/] {f['epochs']} epochs × {f['steps_per_epoch']} steps, "
                    f"batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
                    f"({f['schedule']} decay), "
-                   f"{f['device']}{procs}",
+                   f"{f['device']}{procs}, precision {f['precision']}",
                    highlight=False)
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, JsonOpt, ModelOpt, OutDirOpt
+from vitcli.commands._common import DeviceOpt, JsonOpt, ModelOpt, OutDirOpt, PrecisionOpt
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -29,6 +29,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
                                             help="Images per forward pass.")] = 256,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     split: Annotated[str | None, typer.Option(
         "--split", help="Which split to evaluate (default: the data's validation or test "
         "split, else all of it).", show_default=False)] = None,
@@ -75,6 +76,7 @@ def evaluate(
             bar.update(task, description=description, completed=done, total=total)
 
         report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
+                          precision=precision,
                           val_split=val_split, seed=seed, progress=update)
 
     with writing(out):
@@ -106,6 +108,8 @@ def render(report: EvalReport, *, show: int = 20) -> None:
     data = report.description or f"{report.data}: {m.num_images:,} images"
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
                   f"{len(m.class_names)} classes, {report.device}, "
+                  f"precision {report.precision}"
+                  f"{f' ({report.precision_reason})' if report.precision_reason else ''}, "
                   f"{m.num_images / max(report.seconds, 1e-9):,.0f} images/s", highlight=False)
     console.print(_summary_table(report))
     console.print(_per_class_table(m))

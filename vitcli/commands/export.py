@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vitcli.commands._common import PrecisionOpt
+
 if TYPE_CHECKING:
     from vitcli.deploy.export import ExportReport
 
@@ -27,6 +29,7 @@ def export(
     data: Annotated[Path | None, typer.Option(
         "--data", help="Labelled images (class sub-folders) to compare the back ends on.",
         show_default=False)] = None,
+    precision: PrecisionOpt = "auto",
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
     from vitcli.commands._common import err_console, safe, writing
@@ -39,6 +42,7 @@ def export(
     with err_console.status("exporting") as status:
         with writing(out):  # the output place: no such folder, a file in the way, disk full
             report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
+                                 precision=precision,
                                  log=lambda msg: status.update(safe(msg)))
     show_report(report)
 
@@ -58,7 +62,10 @@ def show_report(report: ExportReport) -> None:
     if report.int8_path and report.int8_size_bytes:
         files.add_row(safe(report.int8_path), _mb(report.int8_size_bytes),
                       _ms(report.latency_ms.get("onnx int8")))
-    files.add_row("(PyTorch eager, for reference)", "", _ms(report.latency_ms.get("pytorch")))
+    files.add_row("(PyTorch fp32 eager, for reference)", "", _ms(report.latency_ms.get("pytorch")))
+    if "pytorch bf16" in report.latency_ms:
+        files.add_row("(PyTorch bf16 autocast, for reference)", "",
+                      _ms(report.latency_ms["pytorch bf16"]))
     console.print(files)
     parity = ", ".join(f"batch {p.batch}: max |Δlogit| {p.max_abs_diff:.1e}"
                        for p in report.parity)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, writing
+from vitcli.commands._common import DeviceOpt, PrecisionOpt, writing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,6 +43,7 @@ def predict(
         "--explain", help="Save attention heat maps per image into this folder "
         "(.safetensors models only).", show_default=False)] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1,
                                             help="Images per forward pass.")] = 32,
 ) -> None:
@@ -50,8 +51,10 @@ def predict(
     from vitcli.commands._common import err_console, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
     from vitcli.deploy.predict import collect_images, find_latest_model
+    from vitcli.devices import check_precision
     from vitcli.errors import UsageError, VitError
 
+    precision = check_precision(precision)
     if model is None:
         model = find_latest_model()
         err_console.print(f"using model {safe(model)} (the newest in runs/train)",
@@ -63,11 +66,14 @@ def predict(
     if onnx and device not in ("auto", "cpu"):
         err_console.print(f"note: the ONNX back end runs on CPU; --device {safe(device)} "
                           "ignored")
+    if onnx and precision != "auto":
+        err_console.print(f"note: an ONNX file runs at the precision it was exported in; "
+                          f"--precision {precision} ignored", soft_wrap=True)
     if explain is not None and explain.exists() and not explain.is_dir():
         raise UsageError(f"--explain {explain}: exists and is not a folder")
     if csv_path is not None and csv_path.is_dir():
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
-    backend = open_backend(model, device=device)
+    backend = open_backend(model, device=device, precision=precision)
     skipped: list = []
     paths, results = collect_images(inputs, skipped)
     if skipped:
@@ -104,6 +110,10 @@ def predict(
             explained = explain_images(model_file, ok, explain)
         err_console.print(f"heat maps for {len(explained)} image(s) in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
+    chosen = getattr(backend, "precision", None)  # PyTorch only: ONNX runs as exported
+    if chosen is not None and not as_json and ok:
+        err_console.print(f"PyTorch on {backend.device}, precision {chosen}",  # type: ignore[attr-defined]
+                          highlight=False)
     failed = sum(not r.ok for r in results)
     if failed:
         raise VitError(f"{failed} of {len(results)} input(s) could not be predicted")

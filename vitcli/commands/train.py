@@ -69,6 +69,11 @@ def train(
     seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,
     device: DeviceOpt = "auto",
+    precision: Annotated[str | None, _opt("--precision", help=(
+        "auto, fp32 or bf16 (bf16 autocast; weights and optimiser state stay fp32). auto: "
+        "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
+        "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it."))]
+    = None,
     workers: Annotated[int | None, _opt("--workers", min=0, help="CPU threads for training "
                                         "maths (0 = torch's default).")] = None,
     augment: Annotated[str | None, _opt("--augment", help="none, light or strong "

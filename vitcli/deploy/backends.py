@@ -75,6 +75,8 @@ class TorchBackend:
     model_file: Any = field(repr=False)  # checkpoint.ModelFile
     device: Any = None  # torch.device
     name: str = "pytorch"
+    precision: Any = None  # devices.Precision; None = fp32
+
 
     @property
     def config(self) -> ViTConfig:
@@ -91,9 +93,12 @@ class TorchBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
+        dtype = self.precision.dtype if self.precision is not None else None
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            return self.model_file.model(x).float().cpu().numpy()
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = self.model_file.model(x)  # (B, classes)
+            return logits.float().cpu().numpy()
 
 
 def is_onnx_path(path: Path) -> bool:
@@ -108,26 +113,34 @@ def is_onnx_path(path: Path) -> bool:
     return head[:1] == b"\x08" and head[8:9] != b"{"
 
 
-def open_backend(path: str | Path, device: str = "auto") -> Backend:
-    """The right back end for a model file: onnxruntime for .onnx, PyTorch otherwise."""
+def open_backend(path: str | Path, device: str = "auto", precision: str = "auto") -> Backend:
+    """The right back end for a model file: onnxruntime for .onnx, PyTorch otherwise.
+
+    `precision` (auto | fp32 | bf16) applies to PyTorch; an ONNX file runs at the precision
+    it was exported in.
+    """
+    from vitcli.devices import check_precision
+
+    check_precision(precision)
     path = Path(path)
     if not path.exists():
         raise VitError(f"{path}: no such model file")
     if is_onnx_path(path):
         return open_onnx(path)
-    return open_torch(path, device)
+    return open_torch(path, device, precision)
 
 
-def open_torch(path: Path, device: str = "auto") -> TorchBackend:
-    """Load a .safetensors model file onto `device` (imports torch)."""
+def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> TorchBackend:
+    """Load a .safetensors model file onto `device` (imports torch) to run at `precision`."""
     read_metadata(path)  # a clear error for a non-vitcli file before importing torch
 
-    from vitcli.devices import resolve_device
+    from vitcli.devices import choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
 
     target = resolve_device(device)
-    return TorchBackend(path=path, model_file=load_model(path, device=str(target)),
-                        device=target)
+    model_file = load_model(path, device=str(target))
+    chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
+    return TorchBackend(path=path, model_file=model_file, device=target, precision=chosen)
 
 
 def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:

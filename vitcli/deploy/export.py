@@ -91,8 +91,15 @@ def parse_batch(batch: str) -> int | None:
 
 def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
                 batch: str = "dynamic", int8: bool = False, data: str | Path | None = None,
+                precision: str = "auto",
                 log: Callable[[str], None] | None = None) -> ExportReport:
-    """Export a .safetensors model file to a verified ONNX file (and an int8 one)."""
+    """Export a .safetensors model file to a verified ONNX file (and an int8 one).
+
+    `precision` says which PyTorch references the latency table lists beside the ONNX
+    files: fp32 always; bf16 autocast too for `bf16`, and for `auto` on a CPU with bf16
+    matrix units. The ONNX graph itself is fp32 and is checked against PyTorch fp32.
+    """
+    from vitcli.devices import check_precision, cpu_bf16_units
     from vitcli.model.checkpoint import load_model
 
     say = log or (lambda _msg: None)
@@ -110,6 +117,8 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     if opset > newest:
         raise UsageError(f"--opset {opset}: the installed onnx knows opsets up to {newest}")
     fixed = parse_batch(batch)
+    precision = check_precision(precision)
+    bf16_row = precision == "bf16" or (precision == "auto" and cpu_bf16_units() is not None)
     mf = load_model(model_path, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
@@ -137,7 +146,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
         say("quantizing to int8")
         add_int8(result, mf, labelled, say)
     say("timing batch-1 latency")
-    result.latency_ms = measure_latency(mf, result.path, result.int8_path, fixed)
+    result.latency_ms = measure_latency(mf, result.path, result.int8_path, fixed, bf16=bf16_row)
     return result
 
 

@@ -59,12 +59,17 @@ def random_inputs(mf: ModelFile, batch: int, seed: int) -> np.ndarray:
     return pre.normalize(pixels)  # (B, C, S, S)
 
 
-def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
-    """PyTorch logits for a float32 batch (B, C, H, W), in chunks to bound memory."""
+def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
+                 bf16: bool = False) -> np.ndarray:
+    """PyTorch logits for a float32 batch (B, C, H, W), in chunks to bound memory.
+
+    `bf16` runs the model under CPU bf16 autocast (the latency table's bf16 row); parity
+    checks always compare against fp32.
+    """
     import torch
 
-    with torch.inference_mode():
-        parts = [mf.model(torch.from_numpy(batch[i:i + chunk])).numpy()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        parts = [mf.model(torch.from_numpy(batch[i:i + chunk])).float().numpy()
                  for i in range(0, len(batch), chunk)]
     return np.concatenate(parts)
 
@@ -135,12 +140,15 @@ def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
 
 
 def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,
-                    runs: int = 20) -> dict[str, float]:
-    """Median batch-1 milliseconds of PyTorch, fp32 ONNX and (if written) int8 ONNX."""
+                    runs: int = 20, bf16: bool = False) -> dict[str, float]:
+    """Median batch-1 milliseconds of PyTorch (fp32, and bf16 autocast when `bf16`), fp32
+    ONNX and (if written) int8 ONNX."""
     x = random_inputs(mf, fixed or 1, seed=1)
     fp32 = open_onnx(fp32_path)
     runners: dict[str, Callable[[], object]] = {
         "pytorch": lambda: torch_logits(mf, x), "onnx fp32": lambda: fp32.logits(x)}
+    if bf16:
+        runners["pytorch bf16"] = lambda: torch_logits(mf, x, bf16=True)
     if int8_path:
         int8 = open_onnx(int8_path)
         runners["onnx int8"] = lambda: int8.logits(x)

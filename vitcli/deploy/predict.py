@@ -182,10 +182,13 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
 
 
 def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
-            device: str = "auto", batch_size: int = 32) -> list[Prediction]:
-    """Classify images (files, folders, globs) with a .safetensors or .onnx model file."""
+            device: str = "auto", batch_size: int = 32,
+            precision: str = "auto") -> list[Prediction]:
+    """Classify images (files, folders, globs) with a .safetensors or .onnx model file.
+
+    `precision` auto | fp32 | bf16 for PyTorch (vitcli.devices.choose_precision)."""
     from vitcli.deploy.backends import open_backend
 
-    backend = open_backend(model, device=device)
+    backend = open_backend(model, device=device, precision=precision)
     paths, missing = collect_images(inputs)
     return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size))

@@ -43,14 +43,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict_logits(model: torch.nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
                    std: Sequence[float], batch_size: int = 256,
-                   device: str | torch.device = "cpu", amp: bool = False,
+                   device: str | torch.device = "cpu", precision: str = "fp32",
                    progress: Progress | None = None) -> np.ndarray:
     """Float32 logits (N, K) for uint8 pixels (N, S, S, C) that are already resized/cropped.
 
     Normalisation is done on the device with the same float32 arithmetic, in the same order,
     as Preprocessing.normalize (x/255, then (x - mean) / std, HWC → CHW), so the figures
     equal those of `vit predict`. The model runs in eval mode without gradients and is put
-    back in the mode it was in (the trainer calls this between epochs).
+    back in the mode it was in (the trainer calls this between epochs). `precision` is a
+    resolved "fp32" or "bf16" (autocast), or "auto" for the device's default (bf16 on CUDA).
     """
     import torch
 
@@ -59,7 +60,7 @@ def predict_logits(model: torch.nn.Module, pixels: np.ndarray, *, mean: Sequence
     if pixels.ndim != 4:
         raise ValueError(f"pixels must be (N, S, S, C), got shape {pixels.shape}")
     device = torch.device(device)
-    dtype = autocast_dtype(device) if amp else None
+    dtype = autocast_dtype(device, precision)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
     std_t = torch.tensor(std, dtype=torch.float32, device=device)
     was_training = model.training
@@ -251,6 +252,8 @@ class EvalReport:
     preprocessing: dict[str, Any]
     seconds: float
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    precision: str = "fp32"  # what the model ran at: "fp32" or "bf16" (autocast)
+    precision_reason: str = ""
     absent_classes: list[str] = field(default_factory=list)  # model classes not in the data
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,6 +264,7 @@ class EvalReport:
             "split": self.split,
             "description": self.description,
             "device": self.device,
+            "precision": self.precision,
             "preprocessing": self.preprocessing,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.metrics.num_images / max(self.seconds, 1e-9), 1),
@@ -287,7 +291,7 @@ def map_labels(data_names: Sequence[str], model_names: Sequence[str], labels: np
 
 def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
              device: str = "auto", split: str | None = None, val_split: float | None = None,
-             seed: int = 0, cache_dir: str | Path | None = None,
+             seed: int = 0, cache_dir: str | Path | None = None, precision: str = "auto",
              progress: StageProgress | None = None) -> EvalReport:
     """Load a model file and labelled images, run the model, and measure it.
 
@@ -295,6 +299,8 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     model's by name, so a data folder may lack some of the model's classes but may not
     hold classes the model does not know. Unreadable images are skipped and listed in
     `bad_files`. `progress` hears about decoding ("reading") then inference ("evaluating").
+    `precision` auto | fp32 | bf16: vitcli.devices.choose_precision decides `auto` (bf16
+    autocast where this device's bf16 units pay for a model of this width).
     """
     def stage(name: str) -> Progress | None:
         if progress is None:
@@ -302,15 +308,17 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         return lambda done, total: progress(name, done, total)
 
     from vitcli.data.image_set import load_eval_data
-    from vitcli.devices import resolve_device
+    from vitcli.devices import check_precision, choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
 
     if batch_size < 1:
         from vitcli.errors import UsageError
 
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    check_precision(precision)
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))
+    chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
                                        val_split=val_split, seed=seed,
@@ -322,7 +330,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
                         data=str(data))
     start = time.perf_counter()
     logits = predict_logits(model_file.model, images.pixels, mean=pre.mean, std=pre.std,
-                            batch_size=batch_size, device=target, amp=target.type == "cuda",
+                            batch_size=batch_size, device=target, precision=chosen.name,
                             progress=stage("evaluating"))
     seconds = time.perf_counter() - start
     metrics = compute_metrics(logits, labels, model_file.class_names,
@@ -331,7 +339,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     return EvalReport(
         metrics=metrics, model_path=str(model_path), data=str(data), split=split,
         description=images.description, device=str(target), preprocessing=pre.to_dict(),
-        seconds=seconds,
+        seconds=seconds, precision=chosen.name, precision_reason=chosen.reason,
         bad_files=[(str(p), str(r)) for p, r in bad_files],
         absent_classes=[n for n in model_file.class_names if n not in present])
 

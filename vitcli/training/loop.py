@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vitcli.devices import autocast_dtype
+from vitcli.devices import Precision
 from vitcli.errors import UsageError, VitError
 from vitcli.model.checkpoint import save_model, unwrap_model
 from vitcli.training.budget import EpochTimes, steps_in_budget
@@ -79,14 +79,16 @@ class Trainer:
     """Owns the model, optimiser, schedule and counters of one run on one rank."""
 
     def __init__(self, options: TrainOptions, prepared: Prepared, env: DistEnv,
-                 run_dir: Path, emit: Emit, *, augment: str) -> None:
+                 run_dir: Path, emit: Emit, *, augment: str, precision: Precision) -> None:
         from vitcli.data.augment import BatchAugment, make_policy
 
         self.options, self.data, self.env, self.run_dir, self.emit = (
             options, prepared, env, Path(run_dir), emit)
         self.device = env.device
         self.model = prepared.model
-        self.amp_dtype = autocast_dtype(self.device)
+        # bf16 autocast around the forward pass; weights and optimiser state stay fp32.
+        self.precision = precision
+        self.amp_dtype = precision.dtype
         n = len(prepared.train_labels)
         self.batch = min(options.batch_size, n) // env.world_size * env.world_size
         if self.batch < env.world_size or options.batch_size % env.world_size:
@@ -155,7 +157,8 @@ class Trainer:
                   epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
                   batch_size=self.batch, optimizer=self.options.optimizer,
                   lr=self.options.peak_lr, schedule=self.schedule.shape, device=str(self.device),
-                  world_size=self.env.world_size, amp=str(self.amp_dtype), resumed_step=self.step)
+                  world_size=self.env.world_size, precision=str(self.precision),
+                  resumed_step=self.step)
         self.stop_requested = stop_requested
         stopped = None
         try:
@@ -367,7 +370,7 @@ class Trainer:
         pre = self.data.preprocessing
         logits = predict_logits(model, self.data.val_pixels[self.env.rank::self.env.world_size],
                                 mean=pre.mean, std=pre.std, batch_size=VAL_BATCH,
-                                device=self.device, amp=self.amp_dtype is not None)
+                                device=self.device, precision=self.precision.name)
         full = gather_rows(logits, self.env)
         values = None
         if self.env.is_main:
@@ -393,6 +396,7 @@ class Trainer:
             "ema_updates": self.ema.updates if self.ema is not None else 0,
             "batch_size": self.batch, "steps_per_epoch": self.steps_per_epoch,
             "optimizer": optim_info, "rng": rng_info, "world_size": self.env.world_size,
+            "precision": self.precision.name,
         }
         return TrainState(info=info, tensors=tensors)
 
@@ -428,4 +432,5 @@ class Trainer:
 
     def _finish_files(self) -> None:
         write_plots(self.run_dir, self.metrics.rows if self.metrics else [], self.data,
-                    device=self.device, best_epoch=self.best_epoch)
+                    device=self.device, best_epoch=self.best_epoch,
+                    precision=self.precision.name)

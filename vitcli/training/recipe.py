@@ -84,6 +84,7 @@ class TrainOptions:
     ema: bool = False
     ema_decay: float = 0.999
     compile: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; fp32 weights): devices.choose_precision
     time_budget: float | None = None  # minutes for the whole run, validation included
     patience: int | None = None  # epochs without a better val top-1 before stopping
     name: str | None = None
@@ -155,6 +156,9 @@ class TrainOptions:
         if self.schedule not in (None, *SCHEDULES):
             raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
                              f"not {self.schedule!r}")
+        from vitcli.devices import check_precision
+
+        check_precision(self.precision)
         if self.val and self.val_split:
             raise UsageError("give either --val or --val-split, not both")
 

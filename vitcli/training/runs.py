@@ -241,7 +241,7 @@ def set_rng_states(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
 
 
 def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
-                device: torch.device, best_epoch: int | None) -> None:
+                device: torch.device, best_epoch: int | None, precision: str = "auto") -> None:
     """curves.png from the metrics rows; confusion_matrix.png for the best model on val.
 
     The best model is read back from its file, so the figure shows exactly what
@@ -260,7 +260,7 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
     loaded = load_model(best, device=str(device))
     pre = loaded.preprocessing
     logits = predict_logits(loaded.model, data.val_pixels, mean=pre.mean, std=pre.std,
-                            device=device, amp=device.type == "cuda")
+                            device=device, precision=precision)
     m = compute_metrics(logits, data.val_labels, data.class_names)
     plot_confusion(m.confusion, data.class_names, run_dir / "confusion_matrix.png",
                    title=f"{run_dir.name}: best model (epoch {best_epoch}), "

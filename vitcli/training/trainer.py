@@ -50,6 +50,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, workers: int | Non
         saved = read_json(run_dir / "args.json")["options"]
         saved.setdefault("optimizer", "adamw")  # written before --optimizer: an AdamW run
         saved.setdefault("schedule", "cosine")  # written before --schedule: a cosine run
+        saved.setdefault("precision", "auto")  # written before --precision: see _run
         options = TrainOptions.from_dict(saved)
         options.check()  # a hand-edited value of the wrong type fails here, as one line
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -99,6 +100,8 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                     from None
         prepared = prepare(options, env, emit, resumed=resumed)
         options = options.with_defaults_for(prepared.config.image_size)
+        precision = _precision(options, env.device, prepared.config.embed_dim,
+                               args["resolved"] if run_dir is not None else None)
         level = augment_level(options, len(prepared.train_labels))
         created = run_dir is None
         if run_dir is None:
@@ -107,10 +110,13 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             if env.is_main:
                 write_json(run_dir / "args.json", {
                     "options": _absolute_paths(options).to_dict(),
-                    "resolved": resolved_summary(prepared, options, env, level)})
+                    "resolved": {**resolved_summary(prepared, options, env, level),
+                                 "precision": precision.name,
+                                 "precision_reason": precision.reason}})
                 write_bad_files(run_dir, prepared.bad_files)
         try:
-            trainer = Trainer(options, prepared, env, run_dir, emit, augment=level)
+            trainer = Trainer(options, prepared, env, run_dir, emit, augment=level,
+                              precision=precision)
         except VitError:  # an impossible option met before the first step: leave no husk
             if created and env.is_main:
                 _remove_unstarted(run_dir)
@@ -129,6 +135,26 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         return result
     finally:
         shutdown_distributed(env, wait_for_all=finished)
+
+
+def _precision(options: TrainOptions, device: Any, embed_dim: int,
+               resolved: dict[str, Any] | None) -> Any:
+    """The run's precision: chosen now for a new run, the recorded one for a resumed run.
+
+    A resumed run keeps what it trained at, whatever `auto` would pick on this machine (the
+    optimiser state and the loss curve continue as they were). Runs saved before
+    --precision trained as `autocast_dtype` did then: bf16 on CUDA, fp32 elsewhere.
+    """
+    from vitcli.devices import Precision, autocast_dtype, choose_precision
+
+    if resolved is None:
+        return choose_precision(options.precision, device, embed_dim=embed_dim)
+    recorded = resolved.get("precision")
+    if recorded in ("fp32", "bf16"):
+        return Precision(recorded, f"kept from the run ({resolved.get('precision_reason', '')})"
+                         .replace(" ()", ""))
+    legacy = "bf16" if autocast_dtype(device) is not None else "fp32"
+    return Precision(legacy, "run saved before --precision: as it trained then")
 
 
 def _absolute_paths(options: TrainOptions) -> TrainOptions:
