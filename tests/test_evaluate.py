@@ -100,9 +100,23 @@ def test_top_k_by_hand():
     assert two.top_k == 2 and two.top5 == 1.0 and two.top1 == 0.5
 
 
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_in_the_data(metrics):
+    # Recall a 2/3, b 1/2, c 0; d has no image, so it is not in the mean.
+    assert metrics.balanced_accuracy == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    # Nine "x" all right, one "y" wrong: top-1 says 90 %, balanced accuracy 50 %.
+    logits = np.array([[2.0, 0.0]] * 10)
+    skewed = compute_metrics(logits, np.array([0] * 9 + [1]), ["x", "y"])
+    assert skewed.top1 == pytest.approx(0.9) and skewed.balanced_accuracy == pytest.approx(0.5)
+    # Balanced classes: equal to top-1.
+    even = compute_metrics(np.array([[1.0, 0], [1.0, 0], [0, 1.0], [1.0, 0]]),
+                           np.array([0, 0, 1, 1]), ["x", "y"])
+    assert even.balanced_accuracy == pytest.approx(even.top1) == pytest.approx(0.75)
+
+
 def test_to_dict_is_json(metrics):
     data = json.loads(json.dumps(metrics.to_dict()))
     assert data["top1"] == 0.5 and data["top_k"] == 4
+    assert data["balanced_accuracy"] == pytest.approx(7 / 18)
     assert data["confusion"][2] == [0, 1, 0, 0]
     assert data["per_class"][2] == {"name": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0,
                                     "support": 1}
@@ -161,7 +175,7 @@ def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_pat
                    "--json", str(tmp_path / "report.json"), "--batch-size", "7"],
                   tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
-    for section in ("top-1 accuracy", "top-3 accuracy", "top-5 needs 5 classes", "per class",
+    for section in ("top-1 accuracy", "balanced accuracy", "top-3 accuracy", "top-5 needs 5 classes", "per class",
                     "macro avg", "weighted avg", "confusion matrix", "true \\ predicted",
                     "circle", "square", "triangle", "results in"):
         assert section in result.stdout, section
@@ -169,6 +183,8 @@ def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_pat
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["num_images"] == 24 and report["top_k"] == 3
+    recalls = [c["recall"] for c in report["per_class"]]
+    assert report["balanced_accuracy"] == pytest.approx(sum(recalls) / 3)
     assert report["class_names"] == ["circle", "square", "triangle"]
     assert np.array(report["confusion"]).sum(axis=1).tolist() == [8, 8, 8]
     assert [b["path"].endswith("broken.png") for b in report["bad_files"]] == [True]

@@ -619,3 +619,129 @@ def test_summary_names_the_eval_of_the_runs_own_validation_set(tmp_path: Path):
     assert eval_command(result(val="held out")) == f"vit eval --model {quoted} --data 'held out'"
     assert eval_command(result()) == f"vit eval --model {quoted} --data imgs"  # its own val/
     assert eval_command(result(num_val=0)) is None  # no validation: nothing to re-measure
+
+
+# ------------------------------------------------------------------ imbalanced classes
+
+
+def imbalanced_bars(root: Path, counts: tuple[int, ...] = (24, 4, 4)) -> Path:
+    """bar_folder with `counts` images in left, middle, right."""
+    bar_folder(root, per_class=max(counts))
+    for name, keep in zip(CLASSES, counts, strict=True):
+        for f in sorted((root / name).iterdir())[keep:]:
+            f.unlink()
+    return root
+
+
+def test_class_weights_are_inverse_effective_numbers_with_mean_one():
+    from vitcli.data.balance import class_counts, class_weights, imbalance_ratio
+
+    counts = class_counts(np.array([0] * 90 + [1] * 10 + [2] * 10), 4)
+    assert counts.tolist() == [90, 10, 10, 0] and imbalance_ratio(counts) == float("inf")
+    w = class_weights(counts)
+    effective = (1 - 0.999 ** np.array([90, 10, 10])) / (1 - 0.999)  # Cui et al. 2019
+    assert w[1] / w[0] == pytest.approx(effective[0] / effective[1])  # ≈ 90 / 10 at this size
+    assert 8.6 < w[1] / w[0] < 9.0 and w[1] == w[2] and w[3] == 0.0
+    assert float((w * counts).sum()) == pytest.approx(counts.sum())  # mean weight per image 1
+    # Large classes level off: 50,000 against 5,000 is not weighted 10 to 1.
+    big = class_weights(np.array([50_000, 5_000]))
+    assert 1.0 < big[1] / big[0] < 1.01
+    assert imbalance_ratio(np.array([50_000, 5_000])) == 10.0
+
+
+def test_balanced_sampler_draws_every_class_about_equally_and_shards_like_a_shuffle():
+    from vitcli.data.balance import balanced_order
+
+    labels = np.array([0] * 900 + [1] * 90 + [2] * 10)
+    order = balanced_order(labels, np.random.default_rng([0, 0]))
+    assert order.shape == (1000,)  # an epoch keeps its length
+    share = np.bincount(labels[order], minlength=3) / len(order)
+    assert np.all(np.abs(share - 1 / 3) < 0.05), share  # plain shuffling: 0.90 / 0.09 / 0.01
+    assert len(np.unique(order[labels[order] == 2])) == 10  # every rare image is drawn
+    # Every rank draws the same order from the same seed, so shards partition each batch.
+    again = balanced_order(labels, np.random.default_rng([0, 0]))
+    np.testing.assert_array_equal(order, again)
+    batch = torch.from_numpy(order[:12])
+    from vitcli.training.distributed import DistEnv, shard
+
+    parts = [shard(batch, DistEnv(rank=r, world_size=2)) for r in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == sorted(batch.tolist())
+
+
+def _capture_losses(monkeypatch) -> list[tuple]:
+    """Record (logits, targets, weight, loss) of every training step's cross-entropy."""
+    import vitcli.training.loop
+
+    real = vitcli.training.loop.F.cross_entropy
+    calls: list[tuple] = []
+
+    def spy(logits, targets, *a, **kw):
+        loss = real(logits, targets, *a, **kw)
+        calls.append((logits.detach(), targets.detach(), kw.get("weight"), loss.detach()))
+        return loss
+
+    monkeypatch.setattr(vitcli.training.loop.F, "cross_entropy", spy)
+    return calls
+
+
+def test_class_weights_auto_weights_the_loss_and_is_kept_on_resume(tmp_path, monkeypatch):
+    from vitcli.data.balance import class_weights
+
+    data = imbalanced_bars(tmp_path / "skewed")
+    calls = _capture_losses(monkeypatch)
+    events: list[tuple] = []
+
+    def stop_after_epoch_1(kind: str, **f) -> None:
+        events.append((kind, f.get("level"), f.get("text")))
+        if kind == "epoch_start" and f["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    opts = options(tmp_path, data, epochs=2, class_weights="auto", augment="none")
+    stopped = train(opts, on_event=stop_after_epoch_1)
+    assert stopped.stopped == "interrupted"
+    expected = class_weights(np.array([24, 4, 4]))
+    logits, targets, weight, loss = calls[0]
+    np.testing.assert_allclose(weight.numpy(), expected, rtol=1e-6)
+    # The loss is Σ_k w_k t_k (−log p_k), averaged over the batch: hand-computed here.
+    by_hand = -(weight * targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    unweighted = -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    assert abs(float(loss) - float(unweighted)) > 1e-3  # the weights do change the loss
+    assert any(level == "info" and "effective number" in text
+               for kind, level, text in events if kind == "message")
+    args = json.loads((stopped.run_dir / "args.json").read_text())
+    assert args["options"]["class_weights"] == "auto" and args["options"]["sampler"] == "random"
+    assert args["resolved"]["class_counts"] == [24, 4, 4]
+    assert args["resolved"]["class_weights"] == pytest.approx(expected.tolist(), rel=1e-5)
+
+    calls.clear()
+    resumed = resume(stopped.run_dir)  # the choice is the run's own, kept on resume
+    assert resumed.options.class_weights == "auto" and calls[0][2] is not None
+
+
+def test_balanced_sampler_trains_on_classes_about_equally(tmp_path, monkeypatch):
+    data = imbalanced_bars(tmp_path / "skewed", counts=(40, 4, 4))
+    calls = _capture_losses(monkeypatch)
+    result = train(options(tmp_path, data, epochs=3, sampler="balanced", augment="none",
+                           label_smoothing=0.0))
+    seen = torch.cat([targets.argmax(1) for _, targets, _, _ in calls])
+    share = np.bincount(seen.numpy(), minlength=3) / len(seen)
+    assert len(seen) == 3 * 4 * 12  # 48 images: 4 steps of 12 an epoch, as a shuffle
+    assert np.all(np.abs(share - 1 / 3) < 0.12), share  # a shuffle: 0.83 / 0.08 / 0.08
+    args = json.loads((result.run_dir / "args.json").read_text())
+    assert args["options"]["sampler"] == "balanced"
+
+
+def test_large_imbalance_is_one_warning_naming_the_remedies(tmp_path):
+    data = imbalanced_bars(tmp_path / "skewed", counts=(40, 4, 40))
+    events: list[tuple] = []
+    train(options(tmp_path, data, epochs=1),
+          on_event=lambda kind, **f: events.append((kind, f.get("level"), f.get("text"))))
+    warnings = [text for kind, level, text in events if level == "warning"]
+    assert len(warnings) == 1, warnings
+    assert "ratio 10:1" in warnings[0] and "--class-weights auto" in warnings[0] \
+        and "--sampler balanced" in warnings[0]
+    with pytest.raises(UsageError, match="not both"):
+        train(options(tmp_path, data, class_weights="auto", sampler="balanced"))
+    with pytest.raises(UsageError, match="--sampler must be one of"):
+        train(options(tmp_path, data, sampler="weighted"))

@@ -130,6 +130,7 @@ def _summary_table(report: EvalReport) -> Table:
     table.add_column(no_wrap=True)
     table.add_column(justify="right")
     table.add_row("top-1 accuracy", f"{m.top1:.2%}")
+    table.add_row("balanced accuracy (mean per-class recall)", f"{m.balanced_accuracy:.2%}")
     note = "" if m.top_k == 5 else f" (top-5 needs 5 classes; the model has {m.top_k})"
     table.add_row(f"top-{m.top_k} accuracy{note}", f"{m.top5:.2%}")
     table.add_row("loss (cross-entropy)", f"{m.loss:.4f}")

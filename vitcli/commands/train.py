@@ -82,6 +82,12 @@ def train(
                                     "--data).")] = None,
     val_split: Annotated[float | None, _opt("--val-split", help="Hold out this fraction "
                                             "(stratified) for validation.")] = None,
+    class_weights: Annotated[str | None, _opt("--class-weights", help=(
+        "none, or auto: weight the loss by 1 / effective number of samples per class "
+        "(Cui et al. 2019) for imbalanced classes; default none."))] = None,
+    sampler: Annotated[str | None, _opt("--sampler", help=(
+        "random, or balanced: draw every class equally often (with replacement); "
+        "default random."))] = None,
     ema: Annotated[bool, _opt("--ema", help="Keep an EMA of the weights; validate and save "
                               "it.")] = False,
     compile: Annotated[bool, _opt("--compile", help="torch.compile the model.")] = False,

@@ -115,6 +115,9 @@ class Metrics:
     confusion: np.ndarray  # (K, K) int64, [true, predicted]
     most_confused: list[tuple[str, str, int]]  # (true, predicted, count), most first
     misclassified: list[tuple[str, str, str, float]]  # (path, true, predicted, confidence)
+    # Mean recall over the classes present in the labels: top-1 as if every class had as
+    # many images (Brodersen et al. 2010); equals top-1 when the classes are balanced.
+    balanced_accuracy: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (plain floats, ints, lists)."""
@@ -125,6 +128,7 @@ class Metrics:
         return {
             "num_images": self.num_images,
             "top1": self.top1,
+            "balanced_accuracy": self.balanced_accuracy,
             "top5": self.top5,
             "top_k": self.top_k,
             "loss": self.loss,
@@ -233,7 +237,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, class_names: Sequenc
         top1=float(np.mean(predictions == labels)), top5=top_k_accuracy(logits, labels, top_k),
         top_k=top_k, loss=cross_entropy(logits, labels), num_images=n, class_names=names,
         per_class=per_class, macro=macro, weighted=weighted, confusion=confusion,
-        most_confused=most_confused, misclassified=misclassified)
+        most_confused=most_confused, misclassified=misclassified,
+        balanced_accuracy=float(recall[support > 0].mean()))
 
 
 # ------------------------------------------------------------------------------- vit eval

@@ -100,6 +100,13 @@ class Trainer:
         on_device = self.device.type == "cuda" and pixels.nbytes < 2**31
         self.pixels = pixels.to(self.device) if on_device else pixels
         self.labels = torch.from_numpy(prepared.train_labels).to(self.pixels.device)
+        self.loss_weights = None  # (K,) float32 with --class-weights auto
+        if options.class_weights == "auto":
+            from vitcli.data.balance import class_counts, class_weights
+
+            counts = class_counts(prepared.train_labels, prepared.config.num_classes)
+            self.loss_weights = torch.tensor(class_weights(counts), dtype=torch.float32,
+                                             device=self.device)
         pre = prepared.preprocessing
         # Mirroring changes the class of digits and letters, the usual grey small images; colour
         # photos are mirror-invariant, so they get flips.
@@ -209,8 +216,14 @@ class Trainer:
     def _train_epoch(self, steps: int) -> None:
         epoch = self.epochs_done
         # Every rank draws the same seeded order; `shard` gives each its part of each batch.
-        order = torch.from_numpy(np.random.default_rng([self.options.seed, epoch])
-                                 .permutation(len(self.labels))).to(self.labels.device)
+        rng = np.random.default_rng([self.options.seed, epoch])
+        if self.options.sampler == "balanced":
+            from vitcli.data.balance import balanced_order
+
+            drawn = balanced_order(self.data.train_labels, rng)  # (N,), with replacement
+        else:
+            drawn = rng.permutation(len(self.labels))
+        order = torch.from_numpy(drawn).to(self.labels.device)
         first = self.step - epoch * self.steps_per_epoch
         self.emit("epoch_start", epoch=epoch + 1, epochs=self.planned_epochs, steps=steps,
                   done=first)
@@ -237,7 +250,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
             logits = self.net(x)  # (b, K)
-        loss = F.cross_entropy(logits.float(), targets)
+        # With soft targets, weight scales each class's share of the target: Σ_k w_k t_k log p_k.
+        loss = F.cross_entropy(logits.float(), targets, weight=self.loss_weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.options.clip_grad:

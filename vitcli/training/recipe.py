@@ -54,6 +54,12 @@ TINY_BATCH_SIZE = 256  # with Muon
 SCHEDULES = ("cosine", "linear")
 SCHEDULE = "cosine"
 TINY_SCHEDULE = "linear"
+# Imbalanced classes (README "Imbalanced classes"): off by default, since a data set whose
+# imbalance mirrors the real world is often meant to be learnt as it is. vit train says so
+# when the largest class has IMBALANCE_WARN times the images of the smallest.
+CLASS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("random", "balanced")
+IMBALANCE_WARN = 10.0
 
 
 @dataclass
@@ -75,6 +81,8 @@ class TrainOptions:
     label_smoothing: float | None = None  # None = (TINY_)LABEL_SMOOTHING: with_defaults_for
     drop_path: float | None = None  # None = DROP_PATH, or 0 for tiny images from scratch
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
+    class_weights: str = "none"  # none | auto: loss weights by effective number of samples
+    sampler: str = "random"  # random (a shuffle) | balanced: every class drawn equally often
     seed: int = 0
     device: str = "auto"
     workers: int = 0  # CPU threads for training (0 = torch's default)
@@ -161,6 +169,15 @@ class TrainOptions:
         check_precision(self.precision)
         if self.val and self.val_split:
             raise UsageError("give either --val or --val-split, not both")
+        if self.class_weights not in CLASS_WEIGHTS:
+            raise UsageError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, "
+                             f"not {self.class_weights!r}")
+        if self.sampler not in SAMPLERS:
+            raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, "
+                             f"not {self.sampler!r}")
+        if self.class_weights == "auto" and self.sampler == "balanced":
+            raise UsageError("give --class-weights auto or --sampler balanced, not both: "
+                             "together they correct the imbalance twice")
 
     @property
     def peak_lr(self) -> float:

@@ -128,6 +128,9 @@ def _first_channel(pixels: np.ndarray | None) -> np.ndarray | None:
 def resolved_summary(prepared: Prepared, options: TrainOptions, env: DistEnv,
                      augment: str) -> dict[str, Any]:
     """What the defaults turned into, saved beside the options in args.json."""
+    from vitcli.data.balance import class_counts, class_weights
+
+    counts = class_counts(prepared.train_labels, len(prepared.class_names))
     return {
         "config": prepared.config.to_dict(),
         "preprocessing": prepared.preprocessing.to_dict(),
@@ -137,7 +140,36 @@ def resolved_summary(prepared: Prepared, options: TrainOptions, env: DistEnv,
         "device": str(env.device),
         "world_size": env.world_size,
         "data": prepared.description,
+        "class_counts": counts.tolist(),  # training images per class, in class_names order
+        "class_weights": (class_weights(counts).round(6).tolist()
+                          if options.class_weights == "auto" else None),
     }
+
+
+def imbalance_note(labels: np.ndarray, class_names: list[str],
+                   options: TrainOptions) -> tuple[str, str] | None:
+    """(level, line) about the class balance worth telling the user, or None.
+
+    A warning when the largest class has IMBALANCE_WARN times the images of the smallest and
+    no remedy is on; a note saying which remedy is on otherwise.
+    """
+    from vitcli.data.balance import class_counts, imbalance_ratio
+    from vitcli.training.recipe import IMBALANCE_WARN
+
+    counts = class_counts(labels, len(class_names))
+    ratio = imbalance_ratio(counts)
+    big, small = int(np.argmax(counts)), int(np.argmin(counts))
+    sizes = (f"{class_names[big]!r} has {counts[big]:,} training images, {class_names[small]!r} "
+             f"{counts[small]:,} (ratio {ratio:.3g}:1)")
+    if options.class_weights == "auto":
+        return "info", f"class weights by effective number of samples: {sizes}"
+    if options.sampler == "balanced":
+        return "info", f"balanced sampler: every class drawn equally often; {sizes}"
+    if ratio >= IMBALANCE_WARN:
+        return "warning", (f"imbalanced classes: {sizes}. --class-weights auto or --sampler "
+                           "balanced helps the small classes; vit eval reports balanced "
+                           "accuracy")
+    return None
 
 
 def is_grayscale(pixels: np.ndarray, chunk: int = 4096) -> bool:

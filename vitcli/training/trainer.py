@@ -73,7 +73,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         write_bad_files,
         write_json,
     )
-    from vitcli.training.setup import prepare, resolved_summary
+    from vitcli.training.setup import imbalance_note, prepare, resolved_summary
 
     if options.workers:
         torch.set_num_threads(options.workers)
@@ -125,6 +125,9 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             trainer.load_state(state)
         for line in prepared.notes:
             emit("message", text=line, level="info")
+        balance = imbalance_note(prepared.train_labels, prepared.class_names, options)
+        if balance is not None:
+            emit("message", level=balance[0], text=balance[1])
         if prepared.bad_files:
             emit("message", level="warning", text=(
                 f"{len(prepared.bad_files)} file(s) skipped (unreadable or not images); "
