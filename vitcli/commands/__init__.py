@@ -3,6 +3,7 @@
 # (command name, module in vitcli.commands, function) in the order `vit --help` lists them.
 COMMANDS: list[tuple[str, str, str]] = [
     ("patchify", "patchify", "patchify"),
+    ("audit", "audit", "audit"),
     ("train", "train", "train"),
     ("eval", "evaluate", "evaluate"),
     ("predict", "predict", "predict"),

@@ -62,6 +62,7 @@ class DataBundle:
     bad_files: BadFiles  # skipped while decoding, train and val
     description: str  # one line, e.g. "folder imgs/: 1,200 train / 300 val (...)"
     val_split: float | None = None  # the fraction carved out of train as validation, if any
+    copies: str | None = None  # one line about byte-identical copies across splits or labels
 
 
 # ------------------------------------------------------------------------------- public API
@@ -69,7 +70,7 @@ class DataBundle:
 
 def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path | None = None,
               val_split: float | None = None, seed: int = 0, cache_dir: Path | None = None,
-              progress: Progress | None = None) -> DataBundle:
+              progress: Progress | None = None, check_copies: bool = False) -> DataBundle:
     """The decoded training and validation sets of --data.
 
     Train pixels keep the whole image (shorter side resized to S, centre crop, crop_fraction
@@ -79,6 +80,10 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     Validation, first that applies: --val PATH; an explicit val_split (stratified, seeded,
     0 = none); the data's own validation split, else its test split; by default 10 %
     stratified when every class has at least 10 images, else no validation.
+
+    With `check_copies`, the files' bytes are hashed (cached) and `copies` says in one line
+    how many validation files copy a training file and how many files carry two labels
+    (vitcli.data.duplicates.byte_conflicts; `vit audit` goes further).
     """
     if val_split is not None and not 0.0 <= val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), not {val_split}")
@@ -106,6 +111,11 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
         how = f"default stratified {DEFAULT_VAL_SPLIT:.0%} split, seed {seed}"
         carved = DEFAULT_VAL_SPLIT
     _check_classes(train, class_names, source.label)
+    copies = None
+    if check_copies:
+        from vitcli.data.duplicates import byte_conflicts
+
+        copies = byte_conflicts(train, val_part, cache_dir).line(str(data))
 
     total = len(train.labels) + (len(val_part.labels) if val_part is not None else 0)
     whole = dataclasses.replace(preprocessing, crop_fraction=1.0)
@@ -124,7 +134,7 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
         val_set.description = f"{source.label}: {n_val:,} validation images ({how})"
     return DataBundle(train=train_set, val=val_set, class_names=class_names,
                       bad_files=source.ignored + bad, description=description,
-                      val_split=carved if val_set is not None else None)
+                      val_split=carved if val_set is not None else None, copies=copies)
 
 
 def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str | None = None,

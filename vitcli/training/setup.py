@@ -39,6 +39,7 @@ class Prepared:
     preprocessing: Preprocessing
     model: VisionTransformer
     notes: list[str] = field(default_factory=list)  # lines worth telling the user
+    warnings: list[str] = field(default_factory=list)  # lines the user should act on
     val_split: float | None = None  # validation carved from --data with this fraction
 
 
@@ -77,7 +78,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     bundle = rank0_first(lambda: load_data(
         options.data, preprocessing=load_pre, val=options.val, val_split=options.val_split,
         seed=options.seed, cache_dir=Path(options.cache_dir) if options.cache_dir else None,
-        progress=progress if env.is_main else None), env)
+        progress=progress if env.is_main else None, check_copies=env.is_main), env)
     train_px, val_px = bundle.train.pixels, bundle.val.pixels if bundle.val else None
     names = list(bundle.class_names)
 
@@ -115,7 +116,8 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         val_labels=bundle.val.labels if bundle.val else None,
         val_paths=bundle.val.paths if bundle.val else None, class_names=names,
         bad_files=list(bundle.bad_files), description=bundle.description, config=config,
-        preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split)
+        preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split,
+        warnings=[bundle.copies] if bundle.copies else [])
 
 
 def _first_channel(pixels: np.ndarray | None) -> np.ndarray | None:

@@ -125,6 +125,8 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             trainer.load_state(state)
         for line in prepared.notes:
             emit("message", text=line, level="info")
+        for line in prepared.warnings:
+            emit("message", text=line, level="warning")
         balance = imbalance_note(prepared.train_labels, prepared.class_names, options)
         if balance is not None:
             emit("message", level=balance[0], text=balance[1])

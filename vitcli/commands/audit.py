@@ -1,0 +1,134 @@
+"""`vit audit`: check a folder of labelled images before training: counts and balance, sizes and
+modes, unreadable files, duplicates, leakage between splits and images under two labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from vitcli.commands._common import JsonOpt, OutDirOpt
+
+if TYPE_CHECKING:
+    from vitcli.data.audit import AuditReport
+
+SHOW_GROUPS = 10  # groups listed file by file in the terminal; all of them in --out
+SHOW_FILES = 6  # files listed per group in the terminal
+
+
+def audit(
+    data: Annotated[str, typer.Argument(
+        help="A folder of class sub-folders (optionally with train/ and val/ or test/), or a "
+        "saved dataset.", show_default=False)],
+    val: Annotated[str | None, typer.Option(
+        "--val", help="Validation images to check against DATA (same forms as DATA).",
+        show_default=False)] = None,
+    json_path: JsonOpt = None,
+    out: OutDirOpt = None,
+    cache_dir: Annotated[str | None, typer.Option(
+        "--cache-dir", help="Where fingerprints are cached.", show_default=False)] = None,
+) -> None:
+    """Find duplicates, leakage and images under two labels; report counts, balance and sizes.
+
+    Exit 0 when clean, 1 when an image (exactly or nearly) is in two splits or under two
+    labels, so it can gate a pipeline; near-duplicates within a class are reported only.
+    --out (default: a new runs/audit/<name> folder) gets report.md, audit.json and a
+    contact sheet per group (groups/group-NNN.png).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
+
+    from vitcli.commands._common import console, progress_bar, safe, writing
+    from vitcli.data.audit import audit as run_audit
+    from vitcli.data.audit_files import write_outputs
+    from vitcli.errors import UsageError
+    from vitcli.files import claim_numbered_dir
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; give a folder for the report")
+    if json_path is not None and json_path.is_dir():
+        raise UsageError(f"--json {json_path}: is a folder; give a file name")
+    with progress_bar("[progress.description]{task.description}", BarColumn(),
+                      MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task("reading images", total=None)
+        report = run_audit(data, val=val, cache_dir=Path(cache_dir) if cache_dir else None,
+                           progress=lambda done, total: bar.update(task, completed=done,
+                                                                   total=total))
+    with writing(out):
+        out = out or claim_numbered_dir("runs/audit", Path(data).name or "data")
+        written = write_outputs(report, out)
+        if json_path is not None:
+            import shutil
+
+            from vitcli.files import atomic_write
+
+            atomic_write(json_path, lambda tmp: shutil.copyfile(written["json"], tmp))
+    render(report)
+    console.print(f"report in [bold]{safe(str(written['report']))}[/], "
+                  f"{len(written['sheets'])} contact sheet(s) in "
+                  f"[bold]{safe(str(out / 'groups'))}[/]"
+                  + (f", JSON in [bold]{safe(str(json_path))}[/]" if json_path else ""),
+                  highlight=False, soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def render(report: AuditReport) -> None:
+    """The counts table, the image properties, unreadable files and the groups."""
+    from rich.table import Table
+
+    from vitcli.commands._common import console, safe
+    from vitcli.data.audit_files import group_title
+
+    console.print(f"[bold]{safe(report.description)}[/]", highlight=False, soft_wrap=True)
+    counts, ratios = report.counts(), report.imbalance()
+    table = Table(title="images per class", title_justify="left")
+    table.add_column("class", no_wrap=True)
+    for split in report.splits:
+        table.add_column(split, justify="right")
+    for name in report.class_names:
+        table.add_row(safe(name), *(f"{counts[s][name]:,}" for s in report.splits))
+    table.add_section()
+    table.add_row("imbalance (largest / smallest)", *(f"{ratios[s]:.3g}:1"
+                                                      for s in report.splits), style="bold")
+    console.print(table)
+    s = report.summary()
+    if s:
+        console.print(
+            f"sizes {s['width']['min']}–{s['width']['max']} × {s['height']['min']}–"
+            f"{s['height']['max']} px (most common {', '.join(s['sizes'])}); aspect "
+            f"{s['aspect_ratio']['min']:g}–{s['aspect_ratio']['max']:g}; modes "
+            + ", ".join(f"{safe(k)} {v:,}" for k, v in s["modes"].items()) + "; bits "
+            + ", ".join(f"{k} {v:,}" for k, v in s["bits"].items()), highlight=False)
+    bad = report.unreadable
+    if bad:
+        console.print(f"[yellow]{len(bad):,} unreadable file(s)[/], first: "
+                      f"{safe(_relative(bad[0].path, report.data))}: {safe(bad[0].error)}",
+                      highlight=False,
+                      soft_wrap=True)
+    failing = sum(g.fails for g in report.groups)
+    console.print(f"{len(report.groups):,} duplicate group(s), {failing:,} across splits or "
+                  "classes", highlight=False)
+    for n, group in enumerate(report.groups[:SHOW_GROUPS], 1):
+        style = "red" if group.fails else "yellow"
+        console.print(f"[{style}]{n}. {group_title(group)}[/]", highlight=False)
+        for i in group.members[:SHOW_FILES]:
+            f = report.files[i]
+            console.print(f"   {safe(f.label)} · {f.split} · {safe(_relative(f.path, report.data))}",
+                          highlight=False, soft_wrap=True)
+        if len(group.members) > SHOW_FILES:
+            console.print(f"   … {len(group.members) - SHOW_FILES} more", highlight=False)
+    if len(report.groups) > SHOW_GROUPS:
+        console.print(f"… {len(report.groups) - SHOW_GROUPS} more group(s) in the report",
+                      highlight=False)
+    verdict = ("[red]failed[/]: leakage or images under two labels" if report.failed
+               else "[green]clean[/]: no leakage, no image under two labels")
+    console.print(verdict)
+
+
+def _relative(path: str, root: str) -> str:
+    """`path` relative to the audited folder when inside it (shorter lines), else as is."""
+    try:
+        return str(Path(path).relative_to(Path(root).absolute()))
+    except ValueError:
+        return path
