@@ -21,8 +21,14 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vitcli.data.duplicates import NEAR_HASH_BITS, NEAR_THUMB_COSINE  # noqa: E402
+from vitcli.data.duplicates import (  # noqa: E402
+    NEAR_CHROMA,
+    NEAR_HASH_BITS,
+    NEAR_THUMB_COSINE,
+)
 from vitcli.data.perceptual import (  # noqa: E402
+    chroma_distance,
+    colour_thumbnail,
     dhash,
     hamming,
     phash,
@@ -64,8 +70,8 @@ def edits(im: Image.Image) -> dict[str, Image.Image]:
     }
 
 
-def fingerprints(im: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    return np.array([dhash(im), phash(im)], np.uint64), thumbnail(im)
+def fingerprints(im: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.array([dhash(im), phash(im)], np.uint64), thumbnail(im), colour_thumbnail(im)
 
 
 def main() -> None:
@@ -78,26 +84,35 @@ def main() -> None:
     images = [distinct_image(rng, args.size) for _ in range(args.images)]
     base = [fingerprints(im) for im in images]
     print(f"limits: dHash and pHash <= {NEAR_HASH_BITS} bits, thumbnail cosine >= "
-          f"{NEAR_THUMB_COSINE}; {args.images} images of {args.size} px")
-    print(f"{'edit':20s} {'dHash max':>9s} {'pHash max':>9s} {'cosine min':>10s} {'found':>6s}")
+          f"{NEAR_THUMB_COSINE}, chromaticity within {NEAR_CHROMA}; {args.images} images of "
+          f"{args.size} px")
+    print(f"{'edit':20s} {'dHash max':>9s} {'pHash max':>9s} {'cosine min':>10s} "
+          f"{'chroma max':>10s} {'found':>6s}")
     for name in edits(images[0]):
-        d, c = [], []
-        for im, (h, t) in zip(images, base, strict=True):
-            h2, t2 = fingerprints(edits(im)[name])
+        d, c, k = [], [], []
+        for im, (h, t, col) in zip(images, base, strict=True):
+            h2, t2, col2 = fingerprints(edits(im)[name])
             d.append(hamming(h, h2))
             c.append(thumbnail_cosine(t[None], t2[None])[0])
-        d, c = np.array(d), np.array(c)
-        found = np.mean((d.max(axis=1) <= NEAR_HASH_BITS) & (c >= NEAR_THUMB_COSINE))
-        print(f"{name:20s} {d[:, 0].max():9d} {d[:, 1].max():9d} {c.min():10.4f} {found:6.1%}")
-    hashes = np.stack([h for h, _ in base])
-    thumbs = np.stack([t for _, t in base])
+            k.append(chroma_distance(col[None], col2[None])[0])
+        d, c, k = np.array(d), np.array(c), np.array(k)
+        found = np.mean((d.max(axis=1) <= NEAR_HASH_BITS) & (c >= NEAR_THUMB_COSINE)
+                        & (k <= NEAR_CHROMA))
+        print(f"{name:20s} {d[:, 0].max():9d} {d[:, 1].max():9d} {c.min():10.4f} "
+              f"{k.max():10.4f} {found:6.1%}")
+    hashes = np.stack([h for h, _, _ in base])
+    thumbs = np.stack([t for _, t, _ in base])
+    colours = np.stack([col for _, _, col in base])
     i, j = np.triu_indices(len(images), 1)
     dd = hamming(hashes[i, 0], hashes[j, 0])
     dp = hamming(hashes[i, 1], hashes[j, 1])
     cos = thumbnail_cosine(thumbs[i], thumbs[j])
-    flagged = np.sum((dd <= NEAR_HASH_BITS) & (dp <= NEAR_HASH_BITS) & (cos >= NEAR_THUMB_COSINE))
+    chroma = chroma_distance(colours[i], colours[j])
+    flagged = np.sum((dd <= NEAR_HASH_BITS) & (dp <= NEAR_HASH_BITS) & (cos >= NEAR_THUMB_COSINE)
+                     & (chroma <= NEAR_CHROMA))
     print(f"{'distinct pairs':20s} {'min ' + str(dd.min()):>9s} {'min ' + str(dp.min()):>9s} "
-          f"{f'max {cos.max():.4f}':>10s} {flagged:6d} of {len(dd):,} flagged")
+          f"{f'max {cos.max():.4f}':>10s} {f'min {chroma.min():.3f}':>10s} {flagged:6d} of "
+          f"{len(dd):,} flagged")
     print(f"closest distinct pair: {np.maximum(dd, dp).min()} bits on the larger hash; "
           f"{time.perf_counter() - start:.1f} s")
 

@@ -224,3 +224,56 @@ def test_train_warns_in_one_line_about_copies_across_splits_and_labels(tmp_path:
     assert "1 validation image(s) are byte-identical" in lines[0]
     assert "1 image(s) are stored under two labels" in lines[0]
     assert f"vit audit {root}" in lines[0]
+
+
+def test_a_recoloured_copy_is_not_a_near_duplicate(tmp_path: Path):
+    """The same picture with its colours swapped keeps every grey-level hash and fails the
+    colour check: two blue and green circles in one place are two images."""
+    from vitcli.data.duplicates import NEAR_CHROMA
+    from vitcli.data.perceptual import chroma_distance, colour_thumbnail
+
+    im = distinct_image(np.random.default_rng(9))
+    swapped = Image.merge("RGB", im.split()[::-1])  # RGB → BGR
+    brighter = ImageEnhance.Brightness(im).enhance(1.15)
+    assert chroma_distance(colour_thumbnail(im)[None], colour_thumbnail(swapped)[None])[0] \
+        > NEAR_CHROMA
+    assert chroma_distance(colour_thumbnail(im)[None], colour_thumbnail(brighter)[None])[0] \
+        <= NEAR_CHROMA
+    root = clean_folder(tmp_path / "data", per_class=3, seed=3)
+    Image.merge("RGB", Image.open(root / "train/dog/01.png").split()[::-1]).save(
+        root / "val/dog/01-bgr.png")
+    ImageEnhance.Brightness(Image.open(root / "train/dog/02.png")).enhance(0.85).save(
+        root / "val/dog/02-darker.png")
+    report = audit(root, cache_dir=tmp_path / "cache")
+    assert [sorted(Path(report.files[i].path).name for i in g.members)
+            for g in report.groups] == [["02-darker.png", "02.png"]]
+
+
+def test_model_features_group_look_alikes_without_failing(planted: Path, tmp_path: Path,
+                                                         tiny_model_file: Path, monkeypatch):
+    from vitcli.cli import app
+    from vitcli.evaluation.features import image_features, similar_pairs
+
+    unit = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]])
+    assert similar_pairs(unit, 0.99).tolist() == [[0, 1]]  # cos 0.999; the third is at 0.04
+    files = sorted(str(p) for p in (planted / "train" / "fox").glob("*.png"))
+    feats = image_features(tiny_model_file, files, device="cpu", cache_dir=tmp_path / "c")
+    assert feats.shape == (len(files), 32)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+
+    monkeypatch.setenv("COLUMNS", "200")
+    out = tmp_path / "out"
+    args = ["audit", str(planted), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+            "--model", str(tiny_model_file), "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # the planted leakage, not the model's groups
+    data = json.loads((out / "audit.json").read_text())
+    assert data["thresholds"]["model_cosine"] == 0.99
+    model = [g for g in data["groups"] if g["kind"] == "model"]
+    assert all(not g["fails"] and g["match"] == "features" for g in model)
+    assert len(data["groups"]) == 6 + len(model)  # the planted groups are all still there
+    clean = clean_folder(tmp_path / "clean", seed=4)
+    ok = CliRunner().invoke(app, ["audit", str(clean), "--out", str(tmp_path / "o2"), "--model",
+                                  str(tiny_model_file), "--device", "cpu", "--cache-dir",
+                                  str(tmp_path / "c")])
+    assert ok.exit_code == 0, ok.output

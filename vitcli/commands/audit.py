@@ -3,12 +3,13 @@ modes, unreadable files, duplicates, leakage between splits and images under two
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import JsonOpt, OutDirOpt
+from vitcli.commands._common import DeviceOpt, JsonOpt, OutDirOpt
 
 if TYPE_CHECKING:
     from vitcli.data.audit import AuditReport
@@ -26,6 +27,11 @@ def audit(
         show_default=False)] = None,
     json_path: JsonOpt = None,
     out: OutDirOpt = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="Also group images whose class-token features (this vitcli "
+        "model file's) have a cosine ≥ 0.99; shown, never failing.", show_default=False)]
+    = None,
+    device: DeviceOpt = "auto",
     cache_dir: Annotated[str | None, typer.Option(
         "--cache-dir", help="Where fingerprints are cached.", show_default=False)] = None,
 ) -> None:
@@ -54,6 +60,10 @@ def audit(
         report = run_audit(data, val=val, cache_dir=Path(cache_dir) if cache_dir else None,
                            progress=lambda done, total: bar.update(task, completed=done,
                                                                    total=total))
+        if model is not None:
+            bar.update(task, description="model features", completed=0, total=None)
+            _add_model_groups(report, model, device, cache_dir,
+                              lambda done, total: bar.update(task, completed=done, total=total))
     with writing(out):
         out = out or claim_numbered_dir("runs/audit", Path(data).name or "data")
         written = write_outputs(report, out)
@@ -71,6 +81,27 @@ def audit(
                   highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _add_model_groups(report: AuditReport, model: Path, device: str, cache_dir: str | None,
+                      progress: Callable[[int, int], None]) -> None:
+    """Group the readable images by the cosine of the model's features (folders only)."""
+    import os
+
+    import numpy as np
+
+    from vitcli.data.duplicates import MODEL_COSINE
+    from vitcli.errors import UsageError
+    from vitcli.evaluation.features import image_features, similar_pairs
+
+    readable = [i for i, f in enumerate(report.files) if not f.error]
+    paths = [report.files[i].path for i in readable]
+    if not all(os.path.isfile(p) for p in paths):
+        raise UsageError("--model compares image files; DATA is a dataset, not a folder")
+    feats = image_features(model, paths, device=device, progress=progress,
+                           cache_dir=Path(cache_dir) if cache_dir else None)
+    pairs = np.asarray(readable, np.int64)[similar_pairs(feats, MODEL_COSINE)]
+    report.add_model_pairs(pairs, MODEL_COSINE)
 
 
 def render(report: AuditReport) -> None:

@@ -2,7 +2,7 @@
 
 Every file the training discovery rule lists (vitcli/data/sources.py) is read once: its bytes
 are hashed (SHA-256), it is decoded as training decodes it (vitcli/images.py: upright, RGB)
-and the decoded pixels are hashed too, and two perceptual hashes and a 32×32 thumbnail are
+and the decoded pixels are hashed too, and two perceptual hashes and small thumbnails are
 kept (vitcli/data/perceptual.py). The records are cached beside the decoded images, keyed by
 the listing's fingerprint (every file's path, size and mtime), so a second audit reads nothing.
 
@@ -33,17 +33,18 @@ import numpy as np
 from vitcli.data.balance import imbalance_ratio
 from vitcli.data.cache import CHUNK, ImageSource, cache_key, default_cache_dir
 from vitcli.data.duplicates import (
+    NEAR_CHROMA,
     NEAR_HASH_BITS,
     NEAR_THUMB_COSINE,
     FileRecord,
     Group,
     find_groups,
 )
-from vitcli.data.perceptual import dhash, phash, thumbnail
+from vitcli.data.perceptual import SIGNATURE_BYTES, dhash, phash, signature
 from vitcli.data.sources import SplitRows, open_source
 from vitcli.files import atomic_write
 
-AUDIT_VERSION = 1  # bump when a record's fields change
+AUDIT_VERSION = 2  # bump when a record's fields or the signatures change
 Progress = Callable[[int, int], None]
 
 _BITS = {"1": 1, "I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -69,6 +70,13 @@ class AuditReport:
     @property
     def unreadable(self) -> list[FileRecord]:
         return [f for f in self.files if f.error]
+
+    def add_model_pairs(self, pairs: np.ndarray, min_cosine: float) -> None:
+        """Add the groups a model's features found (pairs of indices into `files`)."""
+        from vitcli.data.duplicates import model_groups
+
+        self.groups += model_groups(self.files, self.groups, pairs)
+        self.thresholds["model_cosine"] = min_cosine
 
     @property
     def failed(self) -> bool:
@@ -163,13 +171,14 @@ def audit(data: str | Path, *, val: str | Path | None = None, cache_dir: Path | 
                                _offset(progress, len(files), total))
         files += recs
         thumbs.append(th)
-    thumb_array = np.concatenate(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
+    thumb_array = np.concatenate(thumbs) if thumbs else np.zeros((0, SIGNATURE_BYTES), np.uint8)
     groups = find_groups(files, thumb_array)
     return AuditReport(
         data=str(data), description=f"{description}: {len(files):,} images",
         class_names=class_names, splits=list(parts), files=files, groups=groups,
         ignored=ignored,
         thresholds={"near_hash_bits": NEAR_HASH_BITS, "near_thumbnail_cosine": NEAR_THUMB_COSINE,
+                    "near_chroma": NEAR_CHROMA,
                     "hash_bits": 64})
 
 
@@ -181,7 +190,7 @@ def _offset(progress: Progress | None, start: int, total: int) -> Progress | Non
 
 def _read_split(split: str, rows: SplitRows, names: list[str], cache_dir: Path | None,
                 progress: Progress | None) -> tuple[list[FileRecord], np.ndarray]:
-    """Records and thumbnails (N, 32, 32) of one split, from the cache when nothing changed."""
+    """Records and signatures (N, 1072) of one split, from the cache when nothing changed."""
     key = cache_key(f"audit-v{AUDIT_VERSION}", rows.fingerprint,
                     hashlib.sha256(rows.rows.tobytes()).hexdigest())
     folder = cache_dir or default_cache_dir()
@@ -199,7 +208,7 @@ def _read_split(split: str, rows: SplitRows, names: list[str], cache_dir: Path |
                     thumbs.append(th)
                 if progress is not None:
                     progress(stop, len(rows))
-        thumbs = np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
+        thumbs = np.stack(thumbs) if thumbs else np.zeros((0, SIGNATURE_BYTES), np.uint8)
         _save_records(folder, key, recs, thumbs)
     for rec, label in zip(recs, rows.labels, strict=True):
         rec.split, rec.label = split, names[int(label)]
@@ -215,7 +224,7 @@ def _read_one(source: ImageSource, name: str) -> tuple[FileRecord, np.ndarray]:
     from vitcli.images import open_image
 
     rec = FileRecord(path=name, split="", label="")
-    empty = np.zeros((32, 32), np.uint8)
+    empty = np.zeros(SIGNATURE_BYTES, np.uint8)
     try:
         raw = Path(source).read_bytes() if isinstance(source, str) else bytes(source)
     except OSError as exc:
@@ -236,7 +245,7 @@ def _read_one(source: ImageSource, name: str) -> tuple[FileRecord, np.ndarray]:
     h.update(rgb.tobytes())
     rec.pixels_sha256 = h.hexdigest()
     rec.dhash, rec.phash = dhash(rgb), phash(rgb)
-    return rec, thumbnail(rgb)
+    return rec, signature(rgb)
 
 
 def _load_records(folder: Path, key: str, n: int) -> tuple[list[FileRecord], np.ndarray] | None:
@@ -246,7 +255,7 @@ def _load_records(folder: Path, key: str, n: int) -> tuple[list[FileRecord], np.
         recs = [FileRecord(**r) for r in data["records"]]
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
-    if len(recs) != n or thumbs.shape != (n, 32, 32):
+    if len(recs) != n or thumbs.shape != (n, SIGNATURE_BYTES):
         return None
     return recs, thumbs
 

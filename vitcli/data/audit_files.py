@@ -58,7 +58,8 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 
 MATCHES = {"bytes": "exact duplicates (same bytes)",
            "pixels": "exact duplicates (same pixels, different files)",
-           "perceptual": "near-duplicates (perceptual hash)"}
+           "perceptual": "near-duplicates (perceptual hash)",
+           "features": "look-alikes to the model (class-token cosine)"}
 
 
 def group_title(group: Group) -> str:
@@ -190,9 +191,13 @@ def markdown(report: AuditReport, data: dict[str, Any]) -> str:
     lines += [f"## Duplicate groups ({len(report.groups):,})", "",
               f"Exact: the same file bytes, or the same decoded pixels. Near: dHash and pHash "
               f"each within {t['near_hash_bits']} of 64 bits and the 32×32 thumbnails' cosine "
-              f"≥ {t['near_thumbnail_cosine']} (measured to catch JPEG re-encoding, resizing "
-              "×0.5–×2 and ±15 % brightness, and no pair of distinct images; see docs/audit.md "
-              "in vitcli). Groups across splits or classes fail the audit.", ""]
+              f"≥ {t['near_thumbnail_cosine']}, colours (chromaticity) within "
+              f"{t['near_chroma']} (measured to catch JPEG re-encoding, resizing ×0.5–×2 and "
+              "±15 % brightness, and no pair of distinct images; see docs/audit.md in vitcli). "
+              "Groups across splits or classes fail the audit."
+              + (f" With --model: class-token cosine ≥ {t['model_cosine']}; such groups are "
+                 "look-alikes to the model, shown and never failing." if "model_cosine" in t
+                 else ""), ""]
     for n, (group, entry) in enumerate(zip(report.groups, data["groups"], strict=True), 1):
         mark = " — **fails**" if group.fails else ""
         lines += [f"### {n}. {group_title(group)}{mark}", ""]

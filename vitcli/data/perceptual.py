@@ -86,6 +86,45 @@ def thumbnail_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(flat_a & flat_b, 1.0, cos)
 
 
+COLOUR_GRID = 4
+
+
+def colour_thumbnail(image: Image.Image) -> np.ndarray:
+    """uint8 (4, 4, 3) RGB thumbnail (box filter): where the colours are, coarsely."""
+    return np.asarray(image.convert("RGB").resize((COLOUR_GRID, COLOUR_GRID),
+                                                  Image.Resampling.BOX), np.uint8)
+
+
+def chroma_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Largest difference of chromaticity r/(r+g+b), g/(r+g+b), b/(r+g+b) over the cells of
+    colour thumbnails, row by row: (P, 4, 4, 3) × 2 → (P,) in [0, 1].
+
+    Brightness scales r, g and b together and leaves chromaticity alone; a recoloured copy
+    (a blue circle painted green) moves it. Dark cells (r+g+b < 30) have no reliable colour
+    and are left out.
+    """
+    fa, fb = a.astype(np.float64), b.astype(np.float64)
+    sa, sb = fa.sum(axis=-1, keepdims=True), fb.sum(axis=-1, keepdims=True)  # (P, 4, 4, 1)
+    diff = np.abs(fa / np.maximum(sa, 1.0) - fb / np.maximum(sb, 1.0)).max(axis=-1)  # (P, 4, 4)
+    lit = (sa[..., 0] >= 30) & (sb[..., 0] >= 30)
+    return np.where(lit, diff, 0.0).reshape(len(a), -1).max(axis=1)
+
+
+SIGNATURE_BYTES = THUMB * THUMB + COLOUR_GRID * COLOUR_GRID * 3  # 1,072
+
+
+def signature(image: Image.Image) -> np.ndarray:
+    """uint8 (1072,): the grey 32×32 thumbnail and the 4×4 colour thumbnail, flattened (one
+    array to cache per image; `split_signatures` takes it apart)."""
+    return np.concatenate([thumbnail(image).reshape(-1), colour_thumbnail(image).reshape(-1)])
+
+
+def split_signatures(signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(P, 1072) → grey (P, 32, 32) and colour (P, 4, 4, 3) thumbnails."""
+    grey = signatures[:, :THUMB * THUMB].reshape(-1, THUMB, THUMB)
+    return grey, signatures[:, THUMB * THUMB:].reshape(-1, COLOUR_GRID, COLOUR_GRID, 3)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between uint64 hashes (broadcasting), as uint8."""
     return np.bitwise_count(np.bitwise_xor(a, b))
