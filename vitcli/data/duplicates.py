@@ -39,6 +39,7 @@ NEAR_THUMB_COSINE = 0.98  # and the mean-removed 32×32 thumbnails agree this we
 # and brightness ±15 % moved it by ≤ 0.025 (contrast +20 % by up to 0.135); the recoloured
 # circles of examples/shapes (same shape and place, other colours) differ by 0.12-0.22.
 NEAR_CHROMA = 0.1
+PAIR_CHUNK = 65_536  # candidate pairs confirmed at a time (about 0.5 GB of float64 thumbnails)
 # `vit audit --model`: pairs whose pooled features (the class token) have at least this cosine.
 # Measured with a ViT trained on examples/shapes (val top-1 100 %): JPEG 50-75 and ×2 copies
 # kept ≥ 0.988, ×0.75 ≥ 0.967, but brightness +15 % fell as low as 0.15, and 151 of 35,700
@@ -190,14 +191,15 @@ def find_groups(files: Sequence[FileRecord], signatures: np.ndarray) -> list[Gro
     if len(readable) > 1:
         hashes = np.array([[files[i].dhash, files[i].phash] for i in readable], np.uint64)
         pairs = readable[close_pairs(hashes, np.array([NEAR_HASH_BITS] * 2))]  # (P, 2)
-        pairs = pairs[[exact.find(a) != exact.find(b) for a, b in pairs]] if len(pairs) \
-            else pairs
-        if len(pairs):
-            grey_a, colour_a = split_signatures(signatures[pairs[:, 0]])
-            grey_b, colour_b = split_signatures(signatures[pairs[:, 1]])
+        roots = np.array([exact.find(i) for i in range(n)], np.int64)  # (N,) exact group
+        pairs = pairs[roots[pairs[:, 0]] != roots[pairs[:, 1]]]
+        for start in range(0, len(pairs), PAIR_CHUNK):  # bounded memory: 1 KB a pair
+            part = pairs[start:start + PAIR_CHUNK]
+            grey_a, colour_a = split_signatures(signatures[part[:, 0]])
+            grey_b, colour_b = split_signatures(signatures[part[:, 1]])
             near_pairs = ((thumbnail_cosine(grey_a, grey_b) >= NEAR_THUMB_COSINE)
                           & (chroma_distance(colour_a, colour_b) <= NEAR_CHROMA))
-            for a, b in pairs[near_pairs]:
+            for a, b in part[near_pairs]:
                 near.union(int(a), int(b))
     for members in near.groups():
         groups.append(Group("near", "perceptual", _scope(files, members), members))
