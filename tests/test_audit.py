@@ -277,3 +277,15 @@ def test_model_features_group_look_alikes_without_failing(planted: Path, tmp_pat
                                   str(tiny_model_file), "--device", "cpu", "--cache-dir",
                                   str(tmp_path / "c")])
     assert ok.exit_code == 0, ok.output
+
+
+def test_near_groups_do_not_chain_and_never_hide_a_leak():
+    from vitcli.data.duplicates import FileRecord, near_groups
+
+    splits = ["train", "train", "train", "validation", "validation"]
+    files = [FileRecord(path=f"{i}.png", split=s, label="cat") for i, s in enumerate(splits)]
+    chain = [(0, 1), (1, 2), (2, 3), (3, 4)]  # look-alikes in a row: 0 and 4 are not alike
+    groups = near_groups(files, chain)
+    # Every member is a near-duplicate of its group's first file (1, then 3); 2~3 crosses the splits and
+    # was split between two groups, so it is reported on its own.
+    assert groups == [[1, 0, 2], [3, 4], [2, 3]]

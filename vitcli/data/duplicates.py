@@ -187,7 +187,7 @@ def find_groups(files: Sequence[FileRecord], signatures: np.ndarray) -> list[Gro
         groups.append(Group("exact", match, _scope(files, members), members))
 
     readable = np.array([i for i, f in enumerate(files) if not f.error], np.int64)
-    near = _UnionFind(n)
+    confirmed: list[tuple[int, int]] = []
     if len(readable) > 1:
         hashes = np.array([[files[i].dhash, files[i].phash] for i in readable], np.uint64)
         pairs = readable[close_pairs(hashes, np.array([NEAR_HASH_BITS] * 2))]  # (P, 2)
@@ -199,11 +199,42 @@ def find_groups(files: Sequence[FileRecord], signatures: np.ndarray) -> list[Gro
             grey_b, colour_b = split_signatures(signatures[part[:, 1]])
             near_pairs = ((thumbnail_cosine(grey_a, grey_b) >= NEAR_THUMB_COSINE)
                           & (chroma_distance(colour_a, colour_b) <= NEAR_CHROMA))
-            for a, b in part[near_pairs]:
-                near.union(int(a), int(b))
-    for members in near.groups():
+            confirmed += [(int(a), int(b)) for a, b in part[near_pairs]]
+    for members in near_groups(files, confirmed):
         groups.append(Group("near", "perceptual", _scope(files, members), members))
     groups.sort(key=lambda g: (not g.fails, g.kind != "exact", -len(g.members), g.members[0]))
+    return groups
+
+
+def near_groups(files: Sequence[FileRecord], pairs: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Near-duplicate pairs gathered into groups without chaining.
+
+    Connected components would chain look-alikes (on Fashion-MNIST, 184 trousers became one
+    group). Instead, leader clustering: the file with the most near-duplicates first, with
+    those not yet grouped; so every member of a group is a near-duplicate of its first file
+    (the leader). A file whose near-duplicates were all grouped already joins the group of
+    the first of them. A pair across splits or classes that ends up in two groups is added
+    as a group of its own, so no leakage is hidden.
+    """
+    neighbours: dict[int, list[int]] = {}
+    for a, b in pairs:
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    group_of: dict[int, int] = {}
+    groups: list[list[int]] = []
+    for i in sorted(neighbours, key=lambda i: (-len(neighbours[i]), i)):
+        if i in group_of:
+            continue
+        free = sorted(j for j in neighbours[i] if j not in group_of)
+        target = len(groups) if free else group_of[min(neighbours[i])]
+        if free:
+            groups.append([])
+        for j in [i, *free]:
+            groups[target].append(j)
+            group_of[j] = target
+    for a, b in pairs:
+        if group_of[a] != group_of[b] and _scope(files, [a, b]) != "within class":
+            groups.append([a, b])
     return groups
 
 
