@@ -116,3 +116,53 @@ def test_very_elongated_images_are_trimmed_before_resizing():
     ordinary = Image.new("RGB", (40, 10))  # 4:1 and below are never trimmed
     assert trim_long_side(ordinary) is ordinary
     assert trim_long_side(Image.new("RGB", (3, 100))).size == (3, 12)
+
+
+def test_the_legacy_rule_is_unchanged_for_files_without_the_new_fields():
+    """Files written before resize_mode/convention resize exactly as before."""
+    import random
+
+    rng = random.Random(0)
+    pre = Preprocessing.from_dict({"image_size": 24, "crop_fraction": 0.875})
+    assert (pre.resize_mode, pre.resize_size, pre.convention) == ("shorter", 0, "vitcli")
+    for _ in range(300):
+        w, h = rng.randint(1, 900), rng.randint(1, 900)
+        expected = resize_shorter(Image.new("L", (w, h)), pre.resize_side).size
+        assert pre.resized_size(w, h) == expected
+
+
+@pytest.mark.parametrize("changes, size, box", [
+    # transformers' ViT: straight to 32×32, the whole image is seen
+    ({"resize_mode": "squash", "convention": "transformers"}, (80, 50), (0, 0, 80, 50)),
+    # DeiT: squash to 40×40, crop 32: the centre 80 % on each axis
+    ({"resize_mode": "squash", "resize_size": 40, "convention": "transformers"}, (80, 50),
+     (8, 5, 72, 45)),
+    # CLIP / DINOv2: shorter side to 40 (80×50 → 64×40), crop 32
+    ({"resize_size": 40, "convention": "transformers"}, (80, 50), (20, 5, 60, 45)),
+])
+def test_resize_modes_crop_the_region_the_source_crops(changes, size, box):
+    pre = Preprocessing(image_size=32, **changes)
+    assert pre.crop_box(*size) == pytest.approx(box)
+    pixels = pre.resize_crop(Image.new("RGB", size))
+    assert pixels.shape == (32, 32, 3)
+
+
+def test_transformers_truncates_and_torchvision_rounds_the_crop_offset():
+    # 101×67 → shorter side 32: transformers/torchvision int(32·101/67) = 48; vitcli round → 48
+    assert Preprocessing(image_size=32, convention="transformers").resized_size(67, 100) == (
+        32, 47)  # int(47.76)
+    assert Preprocessing(image_size=32).resized_size(67, 100) == (32, 48)  # round(47.76)
+    from vitcli.model.preprocess import crop_offsets
+
+    assert crop_offsets(39, 32, 32, "transformers") == (3, 0)  # floor(3.5)
+    assert crop_offsets(39, 32, 32, "torchvision") == (4, 0)  # round(3.5)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"resize_mode": "stretch"}, "resize mode"),
+    ({"convention": "opencv"}, "convention"),
+    ({"resize_size": 10}, "resize size"),
+])
+def test_bad_resize_fields_are_refused(changes, words):
+    with pytest.raises(UsageError, match=words):
+        Preprocessing(image_size=32, **changes)

@@ -65,11 +65,13 @@ def _summary(result: PatchifyResult) -> Table:
     table.add_column()
     w, h = result.original_size
     table.add_row("original", f"{w}×{h} px")
-    crop = f", centre crop {pre.crop_fraction:g}" if pre.crop_fraction < 1 else ", centre crop"
     table.add_row("model input", f"{c.image_size}×{c.image_size}×{c.in_channels} "
-                  f"({pre.interpolation} resize of the shorter side{crop})")
+                  f"({pre.describe()})")
     table.add_row("grid", f"{rows} rows × {cols} columns of {P}×{P} px patches")
-    cls = " + 1 class token" if c.class_token else " (no class token)"
+    extra = [f"{n} {what}" for n, what in ((int(c.class_token), "class token"),
+                                           (int(c.distilled), "distillation token"),
+                                           (c.reg_tokens, "register tokens")) if n]
+    cls = " + " + " + ".join(extra) if extra else " (no class token)"
     table.add_row("patches / tokens", f"{result.num_patches} patches{cls} = "
                   f"{result.num_tokens} tokens")
     table.add_row("patch vector", f"P·P·C = {P}·{P}·{c.in_channels} = {result.patch_dim} values")

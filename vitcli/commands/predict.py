@@ -50,7 +50,7 @@ def predict(
     """Classify images with a trained model: top-k labels and probabilities per image."""
     from vitcli.commands._common import err_console, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
-    from vitcli.deploy.predict import collect_images, find_latest_model
+    from vitcli.deploy.predict import collect_images, find_latest_model, require_classifier
     from vitcli.devices import check_precision
     from vitcli.errors import UsageError, VitError
 
@@ -74,6 +74,7 @@ def predict(
     if csv_path is not None and csv_path.is_dir():
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
     backend = open_backend(model, device=device, precision=precision)
+    require_classifier(backend)
     skipped: list = []
     paths, results = collect_images(inputs, skipped)
     if skipped:

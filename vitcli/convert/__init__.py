@@ -27,9 +27,9 @@ from vitcli.model.checkpoint import PICKLE_SUFFIXES, read_header, refusal_messag
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-SUPPORTED = ("a timm state dict (.safetensors), a transformers ViT folder (config.json + "
-             "model.safetensors), an original ViT / big_vision .npz, or a PyTorch pickle "
-             "(.bin/.pth/.pt/.ckpt, with --allow-pickle)")
+SUPPORTED = ("a timm state dict (.safetensors), a transformers folder (config.json + "
+             "model.safetensors: ViT, DeiT, ViT-MAE, DINOv2, CLIP, SigLIP), an original ViT / "
+             "big_vision .npz, or a PyTorch pickle (.bin/.pth/.pt/.ckpt, with --allow-pickle)")
 
 
 @dataclass
@@ -107,21 +107,14 @@ def _from_state(state: dict[str, Tensor], path: Path, heads: int | None,
     """A state dict in timm or transformers layout (+ its config.json, if any) → Converted."""
     where = str(path)
     notes = _to_float32(state)
-    if hf.is_hf_layout(state):
+    if hf.is_hf_layout(state) or (cfg is not None and "model_type" in cfg):
         if cfg is None:
-            raise VitError(f"{where}: transformers ViT weights need their config.json beside "
-                           "them (it holds the number of heads); convert the whole folder")
-        state, more = hf.hf_to_timm(state)
-        known = hf.config_fields(cfg, where)
-        if heads is not None:
-            known["num_heads"] = heads
-        config, infer_notes = timm.config_from_state_dict(state, where, **known)
-        processor_notes: list[str] = []
-        pre = hf.preprocessing(processor, config.image_size, config.in_channels,
-                               processor_notes, str(path.parent / "preprocessor_config.json"))
-        return Converted(state, config, f"transformers ViT: {path.name}",
-                         hf.class_names(cfg, config.num_classes), pre,
-                         notes + more + infer_notes + processor_notes)
+            raise VitError(f"{where}: transformers weights need their config.json beside "
+                           "them (it holds the architecture); convert the whole folder")
+        imported = hf.import_folder(state, cfg, processor, where, heads)
+        return Converted(imported.state, imported.config,
+                         f"transformers {imported.family}: {path.name}", imported.class_names,
+                         imported.preprocessing, notes + imported.notes)
     if not timm.is_timm_layout(state):
         raise VitError(f"{where}: neither timm's ViT names (patch_embed.proj.weight) nor "
                        "transformers' (embeddings.patch_embeddings); "

@@ -1,29 +1,40 @@
-"""Hugging Face `transformers` ViT (`ViTModel` / `ViTForImageClassification`) → timm layout.
+"""Hugging Face `transformers` vision transformers → vitcli, by the folder's `model_type`.
 
-transformers keeps query, key and value as three Linear layers; ours (and timm's) is one fused
-qkv Linear whose output rows are [q; k; v], so the three weights are concatenated in that
-order. Both the on-disk names (`encoder.layer.N.attention.attention.query`) and the in-memory
-names of transformers 5 (`layers.N.attention.q_proj`) are understood.
+    vit, deit, vit_mae               this module (the ViT layout: encoder.layer.N.attention…)
+    dinov2, dinov2_with_registers    hf_dinov2.py
+    clip, clip_vision_model, siglip, siglip_vision_model    hf_clip.py
+
+Every family is renamed into timm's layout (ours); query, key and value, three Linear layers
+in transformers, become one fused qkv whose rows are [q; k; v]. The architecture comes from
+config.json, and then every tensor's name and shape is checked against the model that config
+builds: a folder whose weights are another family's is refused whole, never half-loaded.
+Both the on-disk names (`encoder.layer.N.attention.attention.query`) and transformers 5's
+in-memory names (`layers.N.attention.q_proj`) of the ViT layout are understood.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from vitcli.convert import hf_processor
 from vitcli.errors import VitError
+from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
-# (pattern on the name without the leading "vit.", replacement in timm's layout)
+# (pattern on the name without the model prefix, replacement in timm's layout)
 _RENAMES = [
     (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
+    (r"^(?:classifier|cls_classifier)\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
@@ -32,62 +43,206 @@ _RENAMES = [
     (r"^(?:encoder\.layer|layers)\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
     (r"^layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
 ]
-_QKV = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.)?"
-                  r"(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
+_QKV = re.compile(r"^(?:encoder\.layers?|layers)\.(\d+)\.(?:attention|self_attn)\."
+                  r"(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
 _PART = {"query": 0, "q_proj": 0, "key": 1, "k_proj": 1, "value": 2, "v_proj": 2}
-# Resample codes of PIL, as transformers' image processors store them.
-_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+# transformers' hidden_act → ours; gelu_new/gelu_fast are the tanh approximation.
+ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
+               "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu"}
+FAMILIES = {"vit": "ViT", "deit": "DeiT", "vit_mae": "ViT-MAE", "dinov2": "DINOv2",
+            "dinov2_with_registers": "DINOv2 with registers", "clip": "CLIP",
+            "clip_vision_model": "CLIP vision", "siglip": "SigLIP",
+            "siglip_vision_model": "SigLIP vision"}
+
+
+@dataclass
+class Imported:
+    """One transformers checkpoint in vitcli's terms."""
+
+    state: dict[str, Tensor]
+    config: ViTConfig
+    family: str
+    class_names: list[str] | None
+    preprocessing: Preprocessing
+    notes: list[str] = field(default_factory=list)
 
 
 def is_hf_layout(state: dict[str, Any]) -> bool:
-    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+    return any(k.endswith(("embeddings.patch_embeddings.projection.weight",
+                           "embeddings.patch_embedding.weight")) for k in state)
 
 
-def hf_to_timm(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
-    """Rename a transformers ViT state dict into timm's layout; notes on what was dropped."""
+def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
+                  processor: dict[str, Any] | None, where: str,
+                  heads: int | None = None) -> Imported:
+    """Convert a transformers checkpoint (weights, config.json, preprocessor_config.json)."""
+    from vitcli.convert import hf_clip, hf_dinov2
+
+    model_type = cfg.get("model_type", "vit")
+    if model_type not in FAMILIES:
+        raise VitError(f"{where}: model_type {model_type!r} is not supported; vit convert reads "
+                       f"the transformers families {', '.join(FAMILIES)}")
+    family = FAMILIES[model_type]
+    if model_type.startswith(("clip", "siglip")):
+        state, fields, default_processor, notes = hf_clip.convert(state, cfg, model_type, where)
+    elif model_type.startswith("dinov2"):
+        state, fields, default_processor, notes = hf_dinov2.convert(state, cfg, model_type,
+                                                                    where)
+    else:
+        state, fields, default_processor, notes = _convert_vit(state, cfg, model_type, where)
+    if heads is not None:
+        fields["num_heads"] = heads
+    try:
+        config = ViTConfig(**fields)
+    except (VitError, TypeError, ValueError) as exc:
+        raise VitError(f"{where}: config.json does not describe a model vitcli can build "
+                       f"({exc})") from None
+    check_shapes(state, config, f"{where}: claims to be {family} ({model_type}) but")
+    # The size the processor hands over: where the source interpolates its position
+    # embedding (DINOv2 always does), resample it once here, as the source would each time.
+    size = hf_processor.output_size(processor, default_processor) or config.image_size
+    if size != config.image_size and size % config.patch_size == 0:
+        state, config = _resize(state, config, size, antialias=model_type != "dinov2"
+                                and model_type != "dinov2_with_registers")
+        notes.append(f"position embedding resampled to the processor's {size} px "
+                     f"({size // config.patch_size}×{size // config.patch_size} patches, "
+                     "bicubic, as transformers does on the fly)")
+    processor_notes: list[str] = []
+    pre = hf_processor.preprocessing(processor, config.image_size, config.in_channels,
+                                     processor_notes, where.rsplit("/", 1)[0] +
+                                     "/preprocessor_config.json", default_processor)
+    return Imported(state, config, family, class_names(cfg, config.num_classes), pre,
+                    notes + processor_notes)
+
+
+def _resize(state: dict[str, Tensor], config: ViTConfig, size: int,
+            antialias: bool) -> tuple[dict[str, Tensor], ViTConfig]:
+    from vitcli.model.layers import resample_pos_embed
+
+    new = config.replace(image_size=size)
+    pos = resample_pos_embed(state["pos_embed"], (new.grid_size,) * 2, (config.grid_size,) * 2,
+                             config.pos_prefix_tokens, antialias)
+    return {**state, "pos_embed": pos}, new
+
+
+def check_shapes(state: dict[str, Tensor], config: ViTConfig, claim: str) -> None:
+    """Every tensor the config's model needs, with its shape, and nothing else; or a VitError."""
+    from vitcli.model.vit import VisionTransformer
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in VisionTransformer(config).state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} where {expected[k]} was expected"
+             for k in expected if k in state and tuple(state[k].shape) != expected[k]]
+    problems = ([f"has no {', '.join(missing[:3])}"] if missing else []) + \
+               ([f"holds {', '.join(extra[:3])} it has no place for"] if extra else []) + \
+               ([f"holds {wrong[0]}"] if wrong else [])
+    if problems:
+        raise VitError(f"{claim} its weights do not fit: {'; '.join(problems)}")
+
+
+def activation(cfg: dict[str, Any], where: str) -> str:
+    """Our MLP activation for transformers' hidden_act, or a one-line refusal naming it."""
+    act = cfg.get("hidden_act", "gelu")
+    if act not in ACTIVATIONS:
+        raise VitError(f"{where}: MLP activation {act!r} is not supported "
+                       f"({', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[act]
+
+
+def rename(state: dict[str, Tensor], prefixes: tuple[str, ...], renames: list[tuple[str, str]],
+           drop: dict[str, str], notes: list[str]) -> dict[str, Tensor]:
+    """Strip the model prefix, drop what classification never uses, rename, fuse q/k/v."""
     out: dict[str, Tensor] = {}
     parts: dict[tuple[int, str], list[Tensor | None]] = {}
-    notes: list[str] = []
+    dropped: dict[str, list[str]] = {}
     for full_name, value in state.items():
-        name = full_name.removeprefix("vit.")
-        if name == "embeddings.mask_token":
-            notes.append("dropped mask_token (used only for masked-image pre-training)")
-            continue
-        if name.startswith("pooler."):
-            notes.append(f"dropped {name} (ViTModel's pooler; classification does not use it)")
+        name = full_name
+        for prefix in prefixes:
+            name = name.removeprefix(prefix)
+        reason = next((why for pattern, why in drop.items() if re.search(pattern, name)), None)
+        if reason:
+            dropped.setdefault(reason, []).append(name)
             continue
         if m := _QKV.match(name):
             parts.setdefault((int(m.group(1)), m.group(3)), [None, None, None])[
                 _PART[m.group(2)]] = value
             continue
-        for pattern, replacement in _RENAMES:
+        for pattern, replacement in renames:
             new, n = re.subn(pattern, replacement, name)
             if n:
                 out[new] = value
                 break
         else:
-            out[name] = value  # unknown: config inference names it in its error
-    for (block, kind), (q, k, v) in parts.items():
+            out[name] = value  # unknown: check_shapes names it
+    for (block, kind), (q, k, v) in sorted(parts.items()):
         if q is None or k is None or v is None:
             raise VitError(f"block {block}: query, key and value {kind} are not all present")
         out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([q, k, v], dim=0)  # (3D, ...)
-    return out, notes
+    notes += [f"dropped {names[0]}{' …' if len(names) > 1 else ''} ({why})"
+              for why, names in dropped.items()]
+    return out
 
 
-def config_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    """ViTConfig fields from a transformers config.json (heads and eps, not in the shapes)."""
-    model_type = cfg.get("model_type", "vit")
-    if model_type != "vit":
-        raise VitError(f"{where}: model_type {model_type!r} is not a plain ViT "
-                       "(supported: 'vit'; DeiT, BEiT, DINOv2 … are not)")
-    act = cfg.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise VitError(f"{where}: activation {act!r} is not supported (only exact 'gelu')")
+def hf_to_timm(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """A transformers ViT state dict in timm's layout; notes on what was dropped."""
+    notes: list[str] = []
+    return rename(state, ("vit.",), _RENAMES, _VIT_DROP, notes), notes
+
+
+def common_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    """Width, depth, heads, sizes and eps of a transformers vision config."""
     try:
-        return {"num_heads": int(cfg["num_attention_heads"]),
-                "layer_norm_eps": float(cfg.get("layer_norm_eps", 1e-12))}
-    except (KeyError, TypeError, ValueError):
-        raise VitError(f"{where}: config.json has no valid num_attention_heads") from None
+        d = int(cfg["hidden_size"])
+        return {"embed_dim": d, "depth": int(cfg["num_hidden_layers"]),
+                "num_heads": int(cfg["num_attention_heads"]),
+                "image_size": int(cfg.get("image_size", 224)),
+                "patch_size": int(cfg.get("patch_size", 16)),
+                "in_channels": int(cfg.get("num_channels", 3)),
+                "mlp_ratio": int(cfg["intermediate_size"]) / d if "intermediate_size" in cfg
+                else float(cfg.get("mlp_ratio", 4.0)),
+                "layer_norm_eps": float(cfg.get("layer_norm_eps", 1e-12)),
+                "qkv_bias": bool(cfg.get("qkv_bias", True)),
+                "mlp_act": activation(cfg, where)}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise VitError(f"{where}: config.json lacks a valid {exc}") from None
+
+
+def num_labels(state: dict[str, Tensor], key: str = "head.weight") -> int:
+    return int(state[key].shape[0]) if key in state else 0
+
+
+# ------------------------------------------------------------------- ViT, DeiT, ViT-MAE
+
+_VIT_DROP = {r"^embeddings\.mask_token$": "used only for masked-image pre-training",
+             r"^pooler\.": "the pooler (dense + tanh); classification does not use it",
+             r"^decoder\.": "the MAE decoder; only the encoder is kept"}
+
+
+def _convert_vit(state: dict[str, Tensor], cfg: dict[str, Any], model_type: str,
+                 where: str) -> tuple[dict[str, Tensor], dict[str, Any], str, list[str]]:
+    notes: list[str] = []
+    prefix = {"vit": ("vit.",), "deit": ("deit.",), "vit_mae": ("vit.",)}[model_type]
+    state = rename(state, prefix, _RENAMES, _VIT_DROP, notes)
+    fields = common_fields(cfg, where)
+    fields["num_classes"] = num_labels(state)
+    processor = "ViTImageProcessor"
+    if model_type == "deit":
+        processor = "DeiTImageProcessor"
+        if "head_dist.weight" in state or not fields["num_classes"]:
+            fields["distilled"] = True  # with teacher: logits = mean of both heads
+        else:
+            # DeiTForImageClassification reads the class token only: the distillation token
+            # is then one more token with a position, i.e. a register token.
+            state["reg_token"] = state.pop("dist_token")
+            fields["reg_tokens"] = 1
+            notes.append("head on the class token only: the distillation token is kept as a "
+                         "register token")
+    if model_type == "vit_mae":
+        fields["layer_norm_eps"] = float(cfg.get("layer_norm_eps", 1e-12))
+        notes.append("MAE encoder without masking; features: the normalised class token")
+    return state, fields, processor, notes
 
 
 def class_names(cfg: dict[str, Any], num_classes: int) -> list[str] | None:
@@ -104,47 +259,5 @@ def class_names(cfg: dict[str, Any], num_classes: int) -> list[str] | None:
 
 def preprocessing(processor: dict[str, Any] | None, image_size: int, channels: int,
                   notes: list[str], where: str = "preprocessor_config.json") -> Preprocessing:
-    """Preprocessing from preprocessor_config.json, else ViTImageProcessor's defaults."""
-    try:
-        return _preprocessing(processor or {}, image_size, channels, processor is None, notes)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise VitError(f"{where}: unexpected values ({exc})") from None
-
-
-def _side(size: Any) -> int | None:
-    """The (square) side a transformers size field resizes to: legacy int, or a dict."""
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        return int(size)  # legacy feature extractors: an int meant a square (height = width)
-    if isinstance(size, dict):
-        side = size.get("height") or size.get("shortest_edge")
-        return int(side) if side else None
-    return None
-
-
-def _channels(values: Any, channels: int) -> list[float]:
-    values = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
-    return values if len(values) == channels else values[:1] * channels
-
-
-def _preprocessing(p: dict[str, Any], image_size: int, channels: int, absent: bool,
-                   notes: list[str]) -> Preprocessing:
-    mean = _channels(p.get("image_mean", 0.5), channels)
-    std = _channels(p.get("image_std", 0.5), channels)
-    if p.get("do_normalize") is False:
-        mean, std = [0.0] * channels, [1.0] * channels
-    resample = p.get("resample", 2)  # ViTImageProcessor's default: bilinear
-    interpolation = _RESAMPLE.get(resample, "bicubic") if isinstance(resample, int) else "bicubic"
-    crop = 1.0
-    resized, cropped = _side(p.get("size")), _side(p.get("crop_size"))
-    if p.get("crop_pct"):
-        crop = float(p["crop_pct"])
-    elif p.get("do_center_crop") and resized and cropped and cropped < resized:
-        crop = cropped / resized  # e.g. DeiT: resize to 256, crop 224
-    if absent:
-        notes.append("no preprocessor_config.json: ViTImageProcessor defaults (mean/std 0.5)")
-    elif resized and not (isinstance(p.get("size"), dict) and "shortest_edge" in p["size"]):
-        notes.append("transformers squashes images to a square; vitcli resizes the shorter "
-                     "side and centre-crops (same result on square images)")
-    return Preprocessing(image_size=image_size, mean=tuple(mean), std=tuple(std),
-                         interpolation=interpolation, crop_fraction=min(crop, 1.0),
-                         color_mode="L" if channels == 1 else "RGB")
+    """A ViT folder's preprocessing (kept for callers of the old name)."""
+    return hf_processor.preprocessing(processor, image_size, channels, notes, where)

@@ -118,7 +118,7 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
         copies = byte_conflicts(train, val_part, cache_dir).line(str(data))
 
     total = len(train.labels) + (len(val_part.labels) if val_part is not None else 0)
-    whole = dataclasses.replace(preprocessing, crop_fraction=1.0)
+    whole = preprocessing.whole_image()
     train_set, bad = _decode(train, whole, class_names, cache_dir, _offset(progress, 0, total))
     _check_decoded(train_set, class_names, source.label, bad)
     val_set = None

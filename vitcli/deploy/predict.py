@@ -135,6 +135,15 @@ def collect_images(inputs: Iterable[str | Path], skipped: list[Skipped] | None =
 # ------------------------------------------------------------------------------ running
 
 
+def require_classifier(backend: Backend) -> None:
+    """Refuse a model without a classification head: its outputs are features, not classes."""
+    if backend.config.num_classes == 0:
+        raise VitError(f"{backend.path}: a backbone without a classification head (its "
+                       f"outputs are {backend.config.head_in_dim} features, not classes); "
+                       "fine-tune a head first: vit train DATA --init "
+                       f"{backend.path} --freeze backbone")
+
+
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[list[int], list[float]]]:
     """For each row of probabilities, the k best class indices and their probabilities."""
     k = max(1, min(k, probs.shape[-1]))
@@ -190,5 +199,6 @@ def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
     from vitcli.deploy.backends import open_backend
 
     backend = open_backend(model, device=device, precision=precision)
+    require_classifier(backend)
     paths, missing = collect_images(inputs)
     return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size))

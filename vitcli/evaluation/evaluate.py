@@ -323,6 +323,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     check_precision(precision)
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))
+    if model_file.config.num_classes == 0:
+        raise VitError(f"{model_path}: a backbone without a classification head has no "
+                       "classes to evaluate; fine-tune a head first (vit train --init)")
     chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,

@@ -93,10 +93,7 @@ def attention_maps(model_file: ModelFile,
 
 def crop_box(size: tuple[int, int], pre: Preprocessing) -> tuple[float, float, float, float]:
     """The region of the original image (left, top, right, bottom) the model saw."""
-    w, h = size
-    side = min(w, h) * pre.crop_fraction  # resize-then-crop, undone in original pixels
-    left, top = (w - side) / 2, (h - side) / 2
-    return left, top, left + side, top + side
+    return pre.crop_box(*size)  # resize-then-crop, undone in original pixels
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:

@@ -39,12 +39,14 @@ def sincos_pos_embed(embed_dim: int, grid: tuple[int, int], num_prefix: int) -> 
 
 
 def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
-                       old_grid: tuple[int, int], num_prefix: int) -> Tensor:
+                       old_grid: tuple[int, int], num_prefix: int,
+                       antialias: bool = True) -> Tensor:
     """Resize a learned position embedding to another patch grid, square or not.
 
-    Bicubic interpolation with antialiasing over the grid, in float32, as DINOv2
-    (`interpolate_pos_encoding`) and timm (`resample_abs_pos_embed`) do it; the
-    `num_prefix` slots in front (class, distillation, register tokens) are kept as they are.
+    Bicubic interpolation over the grid in float32, with antialiasing as timm's
+    `resample_abs_pos_embed` (transformers' DINOv2 `interpolate_pos_encoding` has none:
+    `antialias=False`; it only matters when shrinking); the `num_prefix` slots in front
+    (class, distillation, register tokens) are kept as they are.
     """
     if tuple(new_grid) == tuple(old_grid):
         return pos_embed
@@ -54,7 +56,7 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
     grid_tokens = grid_tokens.reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)
     # (1, D, rows, cols) → interpolate → back to a token sequence
     grid_tokens = F.interpolate(grid_tokens.float(), size=tuple(new_grid), mode="bicubic",
-                                align_corners=False, antialias=True)
+                                align_corners=False, antialias=antialias)
     grid_tokens = grid_tokens.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)
     return torch.cat([prefix, grid_tokens.to(dtype)], dim=1)  # (1, prefix + rows·cols, D)
 
