@@ -267,6 +267,19 @@ def test_the_check_fails_with_a_wrong_token(families):
     assert max_diff(python_output(mf, fam.images), fam.expected) > TOL
 
 
+@pytest.mark.parametrize("size", [(32, 48), (48, 32), (56, 40), (16, 24)])
+def test_dinov2_interpolates_to_any_grid_as_its_source(families, size):
+    """Inputs of other sizes, non-square included, shrinking included: the position
+    embedding is resampled as transformers' DINOv2 does it (bicubic, no antialias)."""
+    fam = families["dinov2-backbone"]
+    mf = load_model(fam.file)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        h = fam.model(pixel_values=x).last_hidden_state
+        ours = mf.model(x)
+    assert max_diff(ours, torch.cat([h[:, 0], h[:, 1:].mean(1)], dim=-1)) < TOL
+
+
 # ------------------------------------------------------------------ backbones, refusals
 
 

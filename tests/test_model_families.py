@@ -120,7 +120,8 @@ def test_old_model_files_load_and_predict_unchanged(tmp_path):
     header, metadata = read_header(path)
     config = json.loads(metadata["config"])
     new_fields = {"reg_tokens", "distilled", "no_embed_class", "patch_bias", "pre_norm",
-                  "init_values", "qk_norm", "mlp_act", "final_norm", "fc_norm"}
+                  "init_values", "qk_norm", "mlp_act", "final_norm", "fc_norm",
+                  "pos_embed_antialias"}
     assert new_fields <= set(config)
     old = {k: v for k, v in config.items() if k not in new_fields}
     from safetensors.torch import load_file

@@ -18,10 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from vitcli.convert import hf_processor
+import vitcli.convert.hf_clip as hf_clip
+import vitcli.convert.hf_dinov2 as hf_dinov2
+import vitcli.convert.hf_processor as hf_processor
+from vitcli.convert.hf_common import check_shapes, common_fields, num_labels, rename
 from vitcli.errors import VitError
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
@@ -43,12 +45,6 @@ _RENAMES = [
     (r"^(?:encoder\.layer|layers)\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
     (r"^layers\.(\d+)\.mlp\.(fc[12])\.", r"blocks.\1.mlp.\2."),
 ]
-_QKV = re.compile(r"^(?:encoder\.layers?|layers)\.(\d+)\.(?:attention|self_attn)\."
-                  r"(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
-_PART = {"query": 0, "q_proj": 0, "key": 1, "k_proj": 1, "value": 2, "v_proj": 2}
-# transformers' hidden_act → ours; gelu_new/gelu_fast are the tanh approximation.
-ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh",
-               "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu"}
 FAMILIES = {"vit": "ViT", "deit": "DeiT", "vit_mae": "ViT-MAE", "dinov2": "DINOv2",
             "dinov2_with_registers": "DINOv2 with registers", "clip": "CLIP",
             "clip_vision_model": "CLIP vision", "siglip": "SigLIP",
@@ -76,8 +72,6 @@ def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
                   processor: dict[str, Any] | None, where: str,
                   heads: int | None = None) -> Imported:
     """Convert a transformers checkpoint (weights, config.json, preprocessor_config.json)."""
-    from vitcli.convert import hf_clip, hf_dinov2
-
     model_type = cfg.get("model_type", "vit")
     if model_type not in FAMILIES:
         raise VitError(f"{where}: model_type {model_type!r} is not supported; vit convert reads "
@@ -102,8 +96,7 @@ def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
     # embedding (DINOv2 always does), resample it once here, as the source would each time.
     size = hf_processor.output_size(processor, default_processor) or config.image_size
     if size != config.image_size and size % config.patch_size == 0:
-        state, config = _resize(state, config, size, antialias=model_type != "dinov2"
-                                and model_type != "dinov2_with_registers")
+        state, config = _resize(state, config, size)
         notes.append(f"position embedding resampled to the processor's {size} px "
                      f"({size // config.patch_size}×{size // config.patch_size} patches, "
                      "bicubic, as transformers does on the fly)")
@@ -115,102 +108,20 @@ def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
                     notes + processor_notes)
 
 
-def _resize(state: dict[str, Tensor], config: ViTConfig, size: int,
-            antialias: bool) -> tuple[dict[str, Tensor], ViTConfig]:
+def _resize(state: dict[str, Tensor], config: ViTConfig,
+            size: int) -> tuple[dict[str, Tensor], ViTConfig]:
     from vitcli.model.layers import resample_pos_embed
 
     new = config.replace(image_size=size)
     pos = resample_pos_embed(state["pos_embed"], (new.grid_size,) * 2, (config.grid_size,) * 2,
-                             config.pos_prefix_tokens, antialias)
+                             config.pos_prefix_tokens, config.pos_embed_antialias)
     return {**state, "pos_embed": pos}, new
-
-
-def check_shapes(state: dict[str, Tensor], config: ViTConfig, claim: str) -> None:
-    """Every tensor the config's model needs, with its shape, and nothing else; or a VitError."""
-    from vitcli.model.vit import VisionTransformer
-
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in VisionTransformer(config).state_dict().items()}
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} where {expected[k]} was expected"
-             for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    problems = ([f"has no {', '.join(missing[:3])}"] if missing else []) + \
-               ([f"holds {', '.join(extra[:3])} it has no place for"] if extra else []) + \
-               ([f"holds {wrong[0]}"] if wrong else [])
-    if problems:
-        raise VitError(f"{claim} its weights do not fit: {'; '.join(problems)}")
-
-
-def activation(cfg: dict[str, Any], where: str) -> str:
-    """Our MLP activation for transformers' hidden_act, or a one-line refusal naming it."""
-    act = cfg.get("hidden_act", "gelu")
-    if act not in ACTIVATIONS:
-        raise VitError(f"{where}: MLP activation {act!r} is not supported "
-                       f"({', '.join(ACTIVATIONS)})")
-    return ACTIVATIONS[act]
-
-
-def rename(state: dict[str, Tensor], prefixes: tuple[str, ...], renames: list[tuple[str, str]],
-           drop: dict[str, str], notes: list[str]) -> dict[str, Tensor]:
-    """Strip the model prefix, drop what classification never uses, rename, fuse q/k/v."""
-    out: dict[str, Tensor] = {}
-    parts: dict[tuple[int, str], list[Tensor | None]] = {}
-    dropped: dict[str, list[str]] = {}
-    for full_name, value in state.items():
-        name = full_name
-        for prefix in prefixes:
-            name = name.removeprefix(prefix)
-        reason = next((why for pattern, why in drop.items() if re.search(pattern, name)), None)
-        if reason:
-            dropped.setdefault(reason, []).append(name)
-            continue
-        if m := _QKV.match(name):
-            parts.setdefault((int(m.group(1)), m.group(3)), [None, None, None])[
-                _PART[m.group(2)]] = value
-            continue
-        for pattern, replacement in renames:
-            new, n = re.subn(pattern, replacement, name)
-            if n:
-                out[new] = value
-                break
-        else:
-            out[name] = value  # unknown: check_shapes names it
-    for (block, kind), (q, k, v) in sorted(parts.items()):
-        if q is None or k is None or v is None:
-            raise VitError(f"block {block}: query, key and value {kind} are not all present")
-        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([q, k, v], dim=0)  # (3D, ...)
-    notes += [f"dropped {names[0]}{' …' if len(names) > 1 else ''} ({why})"
-              for why, names in dropped.items()]
-    return out
 
 
 def hf_to_timm(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
     """A transformers ViT state dict in timm's layout; notes on what was dropped."""
     notes: list[str] = []
     return rename(state, ("vit.",), _RENAMES, _VIT_DROP, notes), notes
-
-
-def common_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
-    """Width, depth, heads, sizes and eps of a transformers vision config."""
-    try:
-        d = int(cfg["hidden_size"])
-        return {"embed_dim": d, "depth": int(cfg["num_hidden_layers"]),
-                "num_heads": int(cfg["num_attention_heads"]),
-                "image_size": int(cfg.get("image_size", 224)),
-                "patch_size": int(cfg.get("patch_size", 16)),
-                "in_channels": int(cfg.get("num_channels", 3)),
-                "mlp_ratio": int(cfg["intermediate_size"]) / d if "intermediate_size" in cfg
-                else float(cfg.get("mlp_ratio", 4.0)),
-                "layer_norm_eps": float(cfg.get("layer_norm_eps", 1e-12)),
-                "qkv_bias": bool(cfg.get("qkv_bias", True)),
-                "mlp_act": activation(cfg, where)}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VitError(f"{where}: config.json lacks a valid {exc}") from None
-
-
-def num_labels(state: dict[str, Tensor], key: str = "head.weight") -> int:
-    return int(state[key].shape[0]) if key in state else 0
 
 
 # ------------------------------------------------------------------- ViT, DeiT, ViT-MAE

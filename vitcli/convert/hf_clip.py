@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from vitcli.convert.hf import common_fields, num_labels, rename
+from vitcli.convert.hf_common import common_fields, num_labels, rename
 
 _RENAMES = [
     (r"^embeddings\.class_embedding$", "cls_token"),

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from vitcli.convert.hf import common_fields, num_labels, rename
+from vitcli.convert.hf_common import common_fields, num_labels, rename
 from vitcli.errors import VitError
 
 _RENAMES = [
@@ -48,6 +48,7 @@ def convert(state: dict[str, Tensor], cfg: dict[str, Any], model_type: str,
     fields["init_values"] = float(cfg.get("layerscale_value", 1.0)) or 1.0
     fields["num_classes"] = num_labels(state)
     fields["pooling"] = "cls_mean"
+    fields["pos_embed_antialias"] = False  # interpolate_pos_encoding: bicubic, no antialias
     registers = int(cfg.get("num_register_tokens", 0)) if model_type.endswith("registers") else 0
     if registers:
         fields.update(reg_tokens=registers, no_embed_class=True)

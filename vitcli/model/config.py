@@ -62,6 +62,9 @@ class ViTConfig:
     mlp_act: Activation = "gelu"  # gelu | gelu_tanh (SigLIP) | quick_gelu (OpenAI CLIP)
     final_norm: bool = True  # the LayerNorm after the encoder (CLIP's classifier skips it)
     fc_norm: bool = False  # LayerNorm after pooling instead of before it (MAE/BEiT fine-tunes)
+    # Resampling the position embedding to another grid: bicubic with antialiasing (timm) or
+    # without (transformers' DINOv2 interpolate_pos_encoding); it differs only when shrinking.
+    pos_embed_antialias: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

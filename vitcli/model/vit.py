@@ -279,7 +279,8 @@ class VisionTransformer(nn.Module):
         prefix = self.config.pos_prefix_tokens
         if self.config.pos_embed == "sincos":
             return sincos_pos_embed(self.config.embed_dim, grid, prefix).to(self.pos_embed)
-        return resample_pos_embed(self.pos_embed, grid, self.grid, prefix)
+        return resample_pos_embed(self.pos_embed, grid, self.grid, prefix,
+                                  self.config.pos_embed_antialias)
 
     def embed(self, x: Tensor) -> Tensor:
         """Image (B, C, H, W) → token sequence (B, prefix + N, D) ready for the encoder.
