@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import bar_folder, options, repo_env
+from test_train import bar_folder, imbalanced_bars, options, repo_env
 
 from vitcli.training.distributed import DistEnv, gather_rows, shard
 from vitcli.training.runs import read_metrics
@@ -73,13 +73,18 @@ def test_rank0_first_runs_rank0_first_and_passes_its_error_on(tmp_path: Path):
 # torch's Muon orthogonalises in bf16, so the all-reduce's other summation order (~1e-7)
 # comes out of it as bf16 rounding of an lr-sized step: ~2e-5 where AdamW stays at fp32's.
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer, atol", [("adamw", 1e-5), ("muon", 1e-4)])
+@pytest.mark.parametrize("optimizer, atol, balance", [
+    ("adamw", 1e-5, {}), ("muon", 1e-4, {}),
+    # The balanced sampler's order is drawn on every rank from the same seed and sharded
+    # like a shuffle; class weights are computed from the same labels on every rank.
+    ("adamw", 1e-5, {"sampler": "balanced"}), ("adamw", 1e-5, {"class_weights": "auto"})])
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
-        tmp_path: Path, optimizer: str, atol: float):
+        tmp_path: Path, optimizer: str, atol: float, balance: dict):
     torch.set_num_threads(1)
-    data = bar_folder(tmp_path / "bars", per_class=10)
+    data = (imbalanced_bars(tmp_path / "bars", (12, 4, 4)) if balance
+            else bar_folder(tmp_path / "bars", per_class=10))
     same = {"epochs": 2, "batch_size": 8, "augment": "none", "drop_path": 0.0,
-            "label_smoothing": 0.0, "seed": 5, "optimizer": optimizer}
+            "label_smoothing": 0.0, "seed": 5, "optimizer": optimizer, **balance}
     single = train(options(tmp_path, data, **same, project=str(tmp_path / "single")))
 
     o = options(tmp_path, data, **same)
@@ -88,6 +93,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
              "--mlp-ratio", str(o.mlp_ratio), "--batch-size", "8", "--epochs", "2",
              "--warmup", str(o.warmup), "--augment", "none", "--drop-path", "0",
              "--label-smoothing", "0", "--seed", "5", "--optimizer", optimizer,
+             *(w for k, v in balance.items() for w in ("--" + k.replace("_", "-"), v)),
              "--device", "cpu",
              "--project", str(tmp_path / "ddp"), "--cache-dir", o.cache_dir]
     env = repo_env(OMP_NUM_THREADS="1", COLUMNS="200")
