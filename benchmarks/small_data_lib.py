@@ -128,10 +128,13 @@ class Augment:
     erase: float = 0.0  # probability of erasing one random rectangle
     mixup: float = 0.0  # Beta(α, α) for mixup; 0 = off
     cutmix: float = 0.0  # Beta(α, α) for cutmix; 0 = off
+    shift: int = 0  # whole-pixel shift, ± this many px on each axis, zero fill
 
     def __call__(self, x: Tensor) -> Tensor:
         B = x.shape[0]
         dev = x.device
+        if self.shift:
+            x = random_shift(x, self.shift)
         if self.scale != (1.0, 1.0) or self.rotate or self.translate or self.aspect or self.shear:
             lo, hi = self.scale
             s = torch.empty(B, device=dev).uniform_(math.log(lo), math.log(hi)).exp()
@@ -153,6 +156,19 @@ class Augment:
         if self.erase:
             x = random_erase(x, self.erase)
         return x
+
+
+def random_shift(x: Tensor, px: int) -> Tensor:
+    """Shift each image by a whole number of pixels in [-px, px] per axis, zero fill."""
+    B, _, H, W = x.shape
+    padded = F.pad(x, (px, px, px, px))  # (B, C, H + 2px, W + 2px)
+    dy = torch.randint(0, 2 * px + 1, (B,), device=x.device)
+    dx = torch.randint(0, 2 * px + 1, (B,), device=x.device)
+    rows = (dy[:, None] + torch.arange(H, device=x.device)[None])  # (B, H)
+    cols = (dx[:, None] + torch.arange(W, device=x.device)[None])  # (B, W)
+    out = padded[torch.arange(B, device=x.device)[:, None, None], :, rows[:, :, None],
+                 cols[:, None, :]]  # (B, H, W, C): advanced indices first
+    return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
 
 def random_erase(x: Tensor, p: float) -> Tensor:
@@ -209,6 +225,23 @@ class SmallCNN(nn.Sequential):
             *conv(in_channels, w), *conv(w, w), nn.MaxPool2d(2),
             *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(2 * w, num_classes),
+        )
+
+
+class TunedCNN(nn.Sequential):
+    """The tuned CNN peer: 5 conv blocks (BN + ReLU) of width w, w, 2w, 2w, 4w (capped at
+    128), max-pool after the 2nd and 4th, global average pool, linear head."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        def conv(i: int, o: int) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o),
+                    nn.ReLU(inplace=True)]
+
+        w = [min(128, width * k) for k in (1, 1, 2, 2, 4)]
+        super().__init__(
+            *conv(in_channels, w[0]), *conv(w[0], w[1]), nn.MaxPool2d(2),
+            *conv(w[1], w[2]), *conv(w[2], w[3]), nn.MaxPool2d(2), *conv(w[3], w[4]),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w[4], num_classes),
         )
 
 
@@ -287,7 +320,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, mean, std, recipe: Recipe,
 
 
 def train(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float | None = None,
-          epochs: float | None = None, seed: int = 0, log=None) -> Result:
+          epochs: float | None = None, seed: int = 0, log=None, score: bool = True) -> Result:
     """Train within a wall-clock budget (or a number of epochs) and return test accuracy.
 
     The learning-rate schedule is laid over the budget: progress is the fraction of the
@@ -346,6 +379,27 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float | Non
                 f"{seen / (time.perf_counter() - start):.0f} img/s")
     elapsed = time.perf_counter() - start
     test_model = ema.module if ema is not None else model
-    acc = evaluate(test_model, data.x_test, data.y_test, mean, std, recipe)
+    acc = evaluate(test_model, data.x_test, data.y_test, mean, std, recipe) if score else 0.0
     return Result(accuracy=acc, images_per_s=seen / elapsed, epochs=seen / n, steps=step,
                   seconds=elapsed, train_loss=float(np.mean(losses[-50:])) if losses else float("nan"))
+
+
+def train_fitted(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float,
+                 seed: int = 0, probe_steps: int = 10) -> Result:
+    """Train for a step count fitted to `seconds`: a probe on a throwaway copy measures
+    seconds per step (its time is taken from the budget), then a warm-up + cosine schedule
+    runs over exactly the steps that fit, so the lr reaches its floor when the budget ends
+    rather than being cut off by the clock."""
+    import copy
+
+    probe = copy.deepcopy(model)
+    start = time.perf_counter()
+    steps_per_epoch = len(data.y_train) // recipe.batch_size
+    measured = train(probe, data, recipe, epochs=(probe_steps + 0.5) / steps_per_epoch,
+                     seed=seed, score=False)  # its first steps pay allocations: a slight overestimate
+    sec_per_step = measured.seconds / max(measured.steps, 1)
+    setup = time.perf_counter() - start - measured.seconds  # paid again by the real run
+    left = seconds - (time.perf_counter() - start) - setup
+    steps = max(1, int(left / sec_per_step))
+    del probe
+    return train(model, data, recipe, epochs=(steps + 0.5) / steps_per_epoch, seed=seed)
