@@ -299,6 +299,22 @@ def test_a_bare_backbone_starts_a_fine_tune(families, name, width):
     assert sorted(report.loaded) == sorted(backbone)
 
 
+def test_info_and_patchify_show_the_source_layout_and_resize(families, tmp_path):
+    """`vit info` counts the register tokens; `vit patchify --model` cuts what the model sees
+    (DINOv2: shorter side to 40, centre crop 32; transformers' ViT: squashed to 32×32)."""
+    fam = families["dinov2-registers"]
+    info = CliRunner().invoke(app, ["info", str(fam.file)])
+    assert info.exit_code == 0, info.output
+    assert "1 class token + 4 register tokens = 21" in " ".join(info.stdout.split())
+    for name, words in (("dinov2-registers", "resize of the shorter side to 40, centre crop 32"),
+                        ("vit", "bilinear resize to 32×32 (aspect ratio not kept)")):
+        fam = families[name]
+        result = CliRunner().invoke(app, ["patchify", str(fam.images[0]), "--model",
+                                          str(fam.file), "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert words in " ".join(result.stdout.replace("│", " ").split())
+
+
 def _edit_config(fam: Family, tmp_path: Path, **changes) -> Path:
     import shutil
 

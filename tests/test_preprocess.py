@@ -166,3 +166,14 @@ def test_transformers_truncates_and_torchvision_rounds_the_crop_offset():
 def test_bad_resize_fields_are_refused(changes, words):
     with pytest.raises(UsageError, match=words):
         Preprocessing(image_size=32, **changes)
+
+
+def test_another_input_size_scales_the_resize_before_the_crop():
+    """DeiT's squash to 256 then crop 224, fine-tuned at 384: squash to 439, crop 384."""
+    deit = Preprocessing(image_size=224, resize_mode="squash", resize_size=256,
+                         convention="transformers", crop_fraction=224 / 256)
+    bigger = deit.at_size(384)
+    assert (bigger.image_size, bigger.resize_size, bigger.resize_mode) == (384, 439, "squash")
+    assert bigger.resize_crop(Image.new("RGB", (80, 50))).shape == (384, 384, 3)
+    legacy = Preprocessing(image_size=32, crop_fraction=0.875).at_size(64)
+    assert (legacy.resize_size, legacy.resize_side) == (0, 73)  # round(64 / 0.875)

@@ -54,7 +54,10 @@ def info(
     top = Table(show_header=False, title=safe(model), title_justify="left")
     top.add_row("parameters", f"{params:,}")
     top.add_row("GFLOPs / image", f"{summary['gflops']:.3f} (2 × MACs)")
-    cls = " + 1 class token" if config.class_token else " (no class token)"
+    extra = [f"{n} {what}" for n, what in ((int(config.class_token), "class token"),
+                                           (int(config.distilled), "distillation token"),
+                                           (config.reg_tokens, "register tokens")) if n]
+    cls = " + " + " + ".join(extra) if extra else " (no class token)"
     top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches{cls}"
                 f" = {config.num_tokens}")
     top.add_row("format", f"vitcli model file v{summary['format_version']}"

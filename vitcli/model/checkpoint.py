@@ -277,6 +277,6 @@ def load_model(path: str | Path, *, device: str = "cpu",
     if image_size and image_size != config.image_size:
         model.set_image_size(image_size)
         config = model.config
-        pre = Preprocessing.from_dict({**pre.to_dict(), "image_size": image_size})
+        pre = pre.at_size(image_size)
     return ModelFile(model=model, config=config, class_names=names, preprocessing=pre,
                      metadata=metadata, path=path)

@@ -340,7 +340,9 @@ def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
     per_block += n * d * d  # output projection
     per_block += 2 * n * d * m  # MLP
     macs += config.depth * per_block
-    macs += d * config.num_classes
+    if config.pooling == "map":  # one latent query: q, kv over n tokens, proj, MLP
+        macs += d * d + n * 2 * d * d + 2 * n * d + d * d + 2 * d * m
+    macs += config.head_in_dim * config.num_classes * (2 if config.distilled else 1)
     return macs
 
 

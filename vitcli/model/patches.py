@@ -129,7 +129,7 @@ def _plan_from_model(path: Path, patch_size: int | None, image_size: int | None)
     if image_size is not None and image_size != config.image_size:
         _check_sizes(image_size, config.patch_size)
         config = config.replace(image_size=image_size)
-        pre = Preprocessing.from_dict({**pre.to_dict(), "image_size": image_size})
+        pre = pre.at_size(image_size)
     return PatchPlan(config=config, preprocessing=pre, source=str(path), params=params)
 
 

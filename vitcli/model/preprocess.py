@@ -97,6 +97,13 @@ class Preprocessing:
         """The side the image is resized to before the centre crop."""
         return self.resize_size or round(self.image_size / self.crop_fraction)
 
+    def at_size(self, image_size: int) -> Preprocessing:
+        """The same preprocessing for another input size: the resize before the crop scales
+        with it (DeiT's 256 → 224 becomes 439 → 384), as timm's crop_pct does."""
+        resize = round(self.resize_size * image_size / self.image_size) if self.resize_size else 0
+        return dataclasses.replace(self, image_size=image_size,
+                                   resize_size=max(resize, image_size) if resize else 0)
+
     def whole_image(self) -> Preprocessing:
         """The same preprocessing without a crop margin (training keeps the whole image)."""
         return dataclasses.replace(self, crop_fraction=1.0, resize_size=0)

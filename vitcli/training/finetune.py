@@ -150,7 +150,7 @@ def init_config(path: str | Path, **overrides: Any) -> tuple[ViTConfig, Preproce
         else:
             mean, std = mean * new.in_channels, std * new.in_channels
     pre = Preprocessing.from_dict({
-        **pre.to_dict(), "image_size": new.image_size, "mean": mean, "std": std,
+        **pre.at_size(new.image_size).to_dict(), "mean": mean, "std": std,
         "color_mode": "L" if new.in_channels == 1 else "RGB"})
     if new.num_classes != config.num_classes:
         names = [f"class_{i}" for i in range(new.num_classes)]
