@@ -18,3 +18,13 @@ def test_data_throughput_runs_with_the_default_small_image_model():
     # 32-px images: vit-pico's 5×5 grid of 7-px patches at 35 px, width 80.
     assert "train step, default ViT 4×80 35 px" in result.stdout
     assert "augment light (every step)" in result.stdout
+
+
+def test_linear_probe_benchmark_prints_both_sides():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "linear_probe.py"), "--quick"],
+        env=repo_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cached features (one forward pass + head)" in result.stdout
+    assert "forward pass every epoch" in result.stdout and "measured" in result.stdout
+    assert "best val top-1: cached" in result.stdout

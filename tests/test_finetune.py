@@ -300,6 +300,8 @@ def test_cli_freeze_backbone_trains_only_the_head(tmp_path: Path, tiny_model, im
     head = tiny_model.head.weight.numel() + tiny_model.head.bias.numel()
     frozen = sum(p.numel() for p in tiny_model.parameters()) - head
     assert f"backbone frozen: {frozen:,} weights fixed, only the head trains" in out
+    # No augmentation by default for a probe: its features are computed once (test_probe.py).
+    assert "linear probe on cached features: one forward pass over 24 images" in out
     before, after = load_file(str(source)), load_file(str(weights / "last.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"head.weight", "head.bias"}

@@ -32,6 +32,7 @@ class Display:
             TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
             transient=True)
         self.task: Any = None
+        self.bar_name = ""
         self.budget_shown = False
 
     def __enter__(self) -> Display:  # noqa: PYI034 - typing.Self needs Python 3.11
@@ -48,6 +49,7 @@ class Display:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(description, total=total, completed=completed,
                                            info="")
+        self.bar_name = description
 
     def __call__(self, kind: str, **f: Any) -> None:
         if not self.enabled:
@@ -56,6 +58,10 @@ class Display:
         if kind == "load":
             if self.task is None:
                 self._bar("reading images", f["total"])
+            self.progress.update(self.task, completed=f["done"], total=f["total"])
+        elif kind == "features":  # a linear probe's one forward pass over the images
+            if self.bar_name != "features":
+                self._bar("features", f["total"])
             self.progress.update(self.task, completed=f["done"], total=f["total"])
         elif kind == "message":
             style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
@@ -105,6 +111,8 @@ def print_summary(console: Console, result: Any) -> None:
                               "interrupted": "interrupted (state saved)"}[result.stopped])
     table.add_row("epochs / steps", f"{result.epochs} / {result.steps:,}")
     table.add_row("time", f"{result.seconds / 60:.1f} min")
+    if getattr(result, "probe", ""):
+        table.add_row("linear probe", result.probe)
     if result.best_top1 is not None:
         table.add_row("best val top-1", f"{result.best_top1:.2%} (epoch {result.best_epoch})")
     elif result.num_val == 0:

@@ -63,13 +63,16 @@ class TrainResult:
     num_val: int
     val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
     options: TrainOptions | None = None  # what the run was trained with
+    probe: str = ""  # how a linear probe (--freeze backbone) ran, in one line; "" otherwise
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
-    """--augment, or the augmentation module's default for this many images."""
+    """--augment, or the default: none for a linear probe (its features are then computed
+    once, vitcli/training/probe.py), else the augmentation module's for this many images."""
     from vitcli.data.augment import AUGMENT_LEVELS, default_level
 
-    level = options.augment or default_level(num_train)
+    probe = options.freeze == "backbone"
+    level = options.augment or ("none" if probe else default_level(num_train))
     if level not in AUGMENT_LEVELS:
         raise UsageError(f"--augment must be one of {', '.join(AUGMENT_LEVELS)}, not {level!r}")
     return level
@@ -125,15 +128,17 @@ class Trainer:
                                     warmup_steps_for(options.warmup, self.steps_per_epoch, total),
                                     total, options.min_lr_ratio, options.schedule)
         self.ema = ModelEma(self.model, options.ema_decay) if options.ema else None
-        self.net: torch.nn.Module = self.model
-        if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel
+        # A linear probe without augmentation trains its head on features computed once
+        # (vitcli/training/probe.py); `fit` computes them, `_step` then feeds them to the head.
+        from vitcli.training.probe import trainable_head_only
 
-            self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                else None)
-        if options.compile:
-            self.net = torch.compile(self.net)
+        self.level = augment
+        self.probe_mode = (None if not trainable_head_only(self.model)
+                           else "augmented" if augment != "none"
+                           else "cached" if options.cache_features else "uncached")
+        self.val_features: torch.Tensor | None = None
+        self.features_cached, self.feature_seconds = False, 0.0
+        self.net = self._wrap(self.model)
         torch.manual_seed(options.seed + env.rank)  # augmentation differs between ranks
         self.metrics = MetricsLog(self.run_dir / "metrics.csv") if env.is_main else None
         self.log_every = 1 if self.device.type == "cpu" else 10  # CUDA: fewer host syncs
@@ -151,6 +156,51 @@ class Trainer:
         self.sec_per_step: float | None = None
         self.epoch_times = EpochTimes()  # this session's, for refitting a time budget
 
+    def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module each step calls: `module` under DDP and/or torch.compile as asked."""
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            module = DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return torch.compile(module) if self.options.compile else module
+
+    def _cache_features(self) -> None:
+        """Compute the probe's features once; train and validate the head on them from now on.
+
+        If the head on the features does not reproduce the model's logits (a head that reads
+        more than the pooled features), the probe runs the backbone every step instead.
+        """
+        from vitcli.training.probe import (
+            FeatureTargets,
+            HeadOnly,
+            extract_features,
+            head_matches,
+        )
+
+        pre, data, precision = self.data.preprocessing, self.data, self.precision.name
+        n_train, n_val = len(data.train_labels), self.num_val
+        clock = time.perf_counter()
+
+        def features(pixels: np.ndarray, offset: int) -> torch.Tensor:
+            return extract_features(
+                self.model, pixels, mean=pre.mean, std=pre.std, device=self.device,
+                precision=precision,
+                batch_size=VAL_BATCH, progress=lambda done, _: self.emit(
+                    "features", done=offset + done, total=n_train + n_val))
+
+        train = features(data.train_pixels, 0)
+        if not head_matches(self.model, data.train_pixels, train, mean=pre.mean, std=pre.std,
+                            device=self.device, precision=precision):
+            self.probe_mode = "unmatched"
+            return
+        if data.val_pixels is not None:
+            self.val_features = features(data.val_pixels, n_train)
+        self.pixels = train.to(self.pixels.device)  # (N, D): what `_step` indexes now
+        self.augment = FeatureTargets(self.augment)
+        self.net = self._wrap(HeadOnly(self.model))
+        self.features_cached, self.feature_seconds = True, time.perf_counter() - clock
+
     # ------------------------------------------------------------------ the public loop
 
     def fit(self, stop_requested: Callable[[], bool]) -> Any:
@@ -167,6 +217,14 @@ class Trainer:
                   world_size=self.env.world_size, precision=str(self.precision),
                   resumed_step=self.step)
         self.stop_requested = stop_requested
+        if self.probe_mode == "cached" and not self.features_cached:
+            self._cache_features()
+        from vitcli.training.probe import describe
+
+        probe = describe(self.probe_mode, level=self.level, images=len(self.data.train_labels)
+                         + self.num_val, seconds=self.feature_seconds)
+        if probe:
+            self.emit("message", text=probe, level="info")
         stopped = None
         try:
             while stopped is None:
@@ -195,7 +253,7 @@ class Trainer:
             best_path=self.run_dir / "weights" / "best.safetensors",
             last_path=self.run_dir / "weights" / "last.safetensors", last_row=self.last_row,
             num_train=len(self.data.train_labels), num_val=self.num_val,
-            val_split=self.data.val_split, options=self.options)
+            val_split=self.data.val_split, options=self.options, probe=probe)
         self.emit("end", result=result)
         return result
 
@@ -244,6 +302,7 @@ class Trainer:
 
     def _step(self, batch: torch.Tensor) -> None:
         pixels = self.pixels[batch].to(self.device, non_blocking=True)  # uint8 (b, S, S, C)
+        # (or, for a linear probe on cached features, float (b, D))
         labels = self.labels[batch].to(self.device, non_blocking=True)
         x, targets = self.augment(pixels, labels)  # (b, C, S, S) float, (b, K) soft targets
         self.schedule.apply(self.optimizer, self.step)
@@ -382,9 +441,15 @@ class Trainer:
 
         model = self.ema.module if self.ema is not None else self.model
         pre = self.data.preprocessing
-        logits = predict_logits(model, self.data.val_pixels[self.env.rank::self.env.world_size],
-                                mean=pre.mean, std=pre.std, batch_size=VAL_BATCH,
-                                device=self.device, precision=self.precision.name)
+        part = slice(self.env.rank, None, self.env.world_size)
+        if self.val_features is not None:  # a linear probe: the head on cached features
+            from vitcli.training.probe import head_logits
+
+            logits = head_logits(model, self.val_features[part], device=self.device)
+        else:
+            logits = predict_logits(model, self.data.val_pixels[part], mean=pre.mean,
+                                    std=pre.std, batch_size=VAL_BATCH, device=self.device,
+                                    precision=self.precision.name)
         full = gather_rows(logits, self.env)
         values = None
         if self.env.is_main:

@@ -99,6 +99,9 @@ class TrainOptions:
     project: str = "runs/train"
     init: str | None = None
     freeze: str | None = None  # "backbone"
+    # A linear probe without augmentation computes its features once (training/probe.py);
+    # False runs the backbone every step, as benchmarks/linear_probe.py compares. No flag.
+    cache_features: bool = True
     layer_decay: float | None = None
     save_every: int = 0  # also save the training state every N steps (0 = epoch ends only)
     cache_dir: str | None = None

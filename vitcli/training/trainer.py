@@ -6,8 +6,9 @@ blocks' matrices) at the scheduled lr → EMA. Each epoch ends with validation, 
 files and the training state (vitcli/training/runs.py).
 
 The library never prints: it reports through `on_event(kind, **fields)` on rank 0
-(kinds: message, load, start, schedule, epoch_start, step, epoch_end, end) and returns a
-TrainResult. Under torchrun every rank runs this same code (vitcli/training/distributed.py).
+(kinds: message, load, start, features, schedule, epoch_start, step, epoch_end, end)
+and returns a TrainResult; a linear probe's one pass over the images sends `features`.
+Under torchrun every rank runs this same code (vitcli/training/distributed.py).
 """
 
 from __future__ import annotations
