@@ -25,8 +25,9 @@ def convert(
     ] = False,
     from_hub: Annotated[
         str | None,
-        typer.Option("--from-hub", help="Download a Hugging Face Hub model, e.g. "
-                     "google/vit-base-patch16-224.", show_default=False)] = None,
+        typer.Option("--from-hub", help="Download a Hugging Face Hub model: a Hub id "
+                     "(transformers or timm/ repository, e.g. facebook/dinov2-small) or a "
+                     "short name from `vit models --pretrained`.", show_default=False)] = None,
     heads: Annotated[
         int | None,
         typer.Option("--heads", help="Attention heads, for widths outside the ViT table.",
@@ -41,7 +42,11 @@ def convert(
     if (source is None) == (from_hub is None):
         raise UsageError("give either SOURCE or --from-hub ID (see `vit convert --help`)")
     if from_hub:
-        err_console.print(f"downloading {safe(from_hub)} from the Hugging Face Hub …")
+        from vitcli.convert.catalog import hub_id_for
+
+        named, from_hub = from_hub, hub_id_for(from_hub)  # a short name: `vit models --pretrained`
+        also = f" ({safe(named)})" if named.strip() != from_hub else ""
+        err_console.print(f"downloading {safe(from_hub)}{also} from the Hugging Face Hub …")
         source = download_from_hub(from_hub)
     names = parse_labels(labels) if labels else None
     path, converted = run_convert(source, out, labels=names, heads=heads,

@@ -102,9 +102,13 @@ def train(
     resume: Annotated[Path | None, _opt("--resume", help="Continue the run in this folder "
                                         "(its own options; --device/--workers may "
                                         "change).")] = None,
-    init: Annotated[str | None, _opt("--init", help="Start from this vitcli model file.",
+    init: Annotated[str | None, _opt("--init", help="Start from pretrained weights: a vitcli "
+                                     "model file, a Hub id (transformers or timm/ repository) "
+                                     "or a name from `vit models --pretrained`.",
                                      panel=FINETUNE)] = None,
-    freeze: Annotated[str | None, _opt("--freeze", help="'backbone': train the head only.",
+    freeze: Annotated[str | None, _opt("--freeze", help="'backbone': train the head only (a "
+                                       "linear probe; features computed once unless "
+                                       "--augment is on).",
                                        panel=FINETUNE)] = None,
     layer_decay: Annotated[float | None, _opt("--layer-decay", help="Layer-wise lr decay, "
                                               "e.g. 0.75.", panel=FINETUNE)] = None,

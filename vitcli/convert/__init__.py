@@ -8,6 +8,7 @@ model file. Pickle files are read only when the user asks, and then only with
     load_source(path)            → Converted (weights, config, labels, preprocessing, notes)
     convert(path, out, ...)      → the written model file
     download_from_hub(repo_id)   → a local folder (hub.py), or a clear offline error
+    pretrained_file(name_or_id)  → a converted model file for a Hub id or a catalog short name
 """
 
 from __future__ import annotations
@@ -275,3 +276,25 @@ def convert(source: str | Path, out: str | Path, *, labels: list[str] | None = N
     path = save_model(out, model, class_names=names, preprocessing=pre,
                       extra={"source": converted.source})
     return path, converted
+
+
+def pretrained_file(name_or_id: str, cache_dir: str | Path) -> tuple[Path, str]:
+    """A vitcli model file for a Hub id or a short name of the catalog (catalog.py), and a line
+    saying what it is.
+
+    The repository is downloaded (or found in the Hub cache) and converted once; the converted
+    file is kept in `cache_dir` under the repository's snapshot (commit), so a new revision is
+    converted anew and an unchanged one is not. Offline and not cached: one VitError line that
+    names the files to fetch and the command that fetches them.
+    """
+    from vitcli.convert.catalog import hub_id_for
+
+    repo_id = hub_id_for(name_or_id)
+    folder = download_from_hub(repo_id)
+    out = Path(cache_dir) / f"{repo_id.replace('/', '--')}--{folder.name}.safetensors"
+    named = f" ({name_or_id})" if repo_id != name_or_id.strip() else ""
+    if out.exists():
+        return out, f"{repo_id}{named}: converted earlier, {out}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path, converted = convert(folder, out, source_name=repo_id)
+    return path, f"{repo_id}{named}: {converted.source} converted to {path}"

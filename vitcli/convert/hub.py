@@ -45,8 +45,9 @@ def download_from_hub(repo_id: str, *, cache_dir: str | Path | None = None,
             timeout = DEFAULT_TIMEOUT
     offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() \
         in ("1", "true", "yes", "on")
-    fix = (f"download {repo_id}'s {CONFIG}, {PROCESSOR} and {WEIGHTS} into a folder "
-           "elsewhere and run `vit convert FOLDER --out model.safetensors`")
+    from vitcli.convert.catalog import download_hint
+
+    fix = download_hint(repo_id)
     if offline:
         why = "offline (HF_HUB_OFFLINE is set)"
     else:

@@ -54,13 +54,14 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
 
     notes: list[str] = []
     init_pre: Preprocessing | None = None
+    init = resolve_init(options.init, env, notes) if resumed is None else None
     if resumed is not None:
         config, pre = resumed
         load_pre = pre  # grey runs decode straight to L: the same pixels as RGB's first channel
-    elif options.init:
+    elif init:
         from vitcli.training.finetune import init_config
 
-        config, init_pre, _ = init_config(options.init, image_size=options.img_size,
+        config, init_pre, _ = init_config(init, image_size=options.img_size,
                                           patch_size=options.patch,
                                           drop_path=options.drop_path_for(options.img_size or 224))
         load_pre = init_pre
@@ -84,7 +85,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
 
     if resumed is not None:
         config = config.replace(num_classes=len(names))
-    elif options.init:
+    elif init:
         pre = init_pre
         config = config.replace(num_classes=len(names))
     else:
@@ -101,10 +102,10 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
 
     torch.manual_seed(options.seed)  # the same initial weights on every rank and every resume
     model = VisionTransformer(config)
-    if options.init and resumed is None:
+    if init:
         from vitcli.training.finetune import init_from
 
-        notes.extend(init_from(model, options.init).lines)
+        notes.extend(init_from(model, init).lines)
     if options.freeze == "backbone":
         from vitcli.training.finetune import freeze_backbone
 
@@ -118,6 +119,28 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         bad_files=list(bundle.bad_files), description=bundle.description, config=config,
         preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split,
         warnings=[bundle.copies] if bundle.copies else [])
+
+
+def resolve_init(init: str | None, env: DistEnv, notes: list[str]) -> str | None:
+    """The model file --init names: a local file as it is; a Hub id (transformers or timm/
+    repository) or a short name of `vit models --pretrained` downloaded and converted once
+    (vitcli/convert/catalog.py), rank 0 first so that the other ranks find it converted."""
+    if not init or Path(init).expanduser().exists():
+        return init
+    from vitcli.convert.catalog import looks_like_hub_id
+
+    if not looks_like_hub_id(init):
+        from vitcli.errors import UsageError
+
+        raise UsageError(f"--init {init}: no such file, nor a Hub id (owner/name) or a name "
+                         "from `vit models --pretrained`")
+    from vitcli.convert import pretrained_file
+    from vitcli.data.cache import default_cache_dir
+
+    path, line = rank0_first(lambda: pretrained_file(init, default_cache_dir() / "pretrained"),
+                             env)
+    notes.append(f"--init {line}")
+    return str(path)
 
 
 def _first_channel(pixels: np.ndarray | None) -> np.ndarray | None:
