@@ -92,16 +92,24 @@ def test_probe_defaults_to_no_augmentation():
     assert augment_level(TrainOptions(data="x"), 500) == "light"
 
 
-def test_head_on_features_equals_the_model_and_a_mismatch_is_caught(tiny_model):
+@pytest.mark.parametrize("family", ["plain", "distilled", "map", "registers_mean"])
+def test_head_on_features_equals_the_model_and_a_mismatch_is_caught(family):
+    from tests.conftest import TINY
+    from vitcli.model.vit import create_model
     from vitcli.training.probe import extract_features, head_logits, head_matches
 
+    extra = {"plain": {}, "distilled": {"distilled": True}, "map": {"pooling": "map",
+             "class_token": False}, "registers_mean": {"reg_tokens": 2, "pooling": "mean",
+                                                       "fc_norm": True, "init_values": 0.1}}
+    tiny_model = create_model(num_classes=3, **TINY, **extra[family]).eval()
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"), precision="fp32")
     seen: list[tuple[int, int]] = []
     feats = extract_features(tiny_model, pixels, batch_size=2,
                              progress=lambda d, t: seen.append((d, t)), **stats)
-    assert feats.shape == (5, tiny_model.config.embed_dim) and seen[-1] == (5, 5)
+    width = tiny_model.config.embed_dim * (2 if family == "distilled" else 1)
+    assert feats.shape == (5, width) and seen[-1] == (5, 5)
     assert head_matches(tiny_model, pixels, feats, **stats)
     x = torch.from_numpy(((pixels / 255.0 - 0.5) / 0.25).astype(np.float32)).permute(0, 3, 1, 2)
     np.testing.assert_allclose(head_logits(tiny_model, feats, device=torch.device("cpu")),

@@ -34,36 +34,55 @@ CHECK_TOLERANCE = 1e-4  # largest logit difference accepted (float32 rounding is
 Progress = Callable[[int, int], None]
 
 
+def _distilled(model: nn.Module) -> bool:
+    return getattr(model, "dist_token", None) is not None
+
+
 class PreLogits(nn.Module):
-    """The backbone up to the head's input: images (B, C, H, W) → pooled features (B, D)."""
+    """The backbone up to the head's input: images (B, C, H, W) → pooled features (B, D).
+
+    A distilled model (DeiT) has two heads, one on the class token and one on the
+    distillation token: its features are both tokens side by side, (B, 2D).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        tokens = self.model.forward_features(x)  # (B, T, D)
+        if _distilled(self.model):
+            return torch.cat([tokens[:, 0], tokens[:, 1]], dim=-1)  # (B, 2D)
+        return self.model.forward_head(tokens, pre_logits=True)  # (B, D)
 
 
 class HeadOnly(nn.Module):
     """The head's part of the forward pass: cached features (B, D) → logits (B, K).
 
-    It holds the model's own `head_drop` and `head`, so training it trains the model's head.
+    It holds the model's own `head_drop` and `head` (and `head_dist`), so training it trains
+    the model's heads; a distilled model's logits are the mean of its two heads, as DeiT's.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.head_drop = model.head_drop
         self.head = model.head
+        self.head_dist = model.head_dist if _distilled(model) else None
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.head(self.head_drop(features))
+        if self.head_dist is None:
+            return self.head(self.head_drop(features))
+        x, x_dist = features.chunk(2, dim=-1)  # (B, D) each: class and distillation token
+        return (self.head(self.head_drop(x)) + self.head_dist(self.head_drop(x_dist))) / 2
+
+
+HEAD_WEIGHTS = {"head.weight", "head.bias", "head_dist.weight", "head_dist.bias"}
 
 
 def trainable_head_only(model: nn.Module) -> bool:
     """True when the only weights that train are the classification head's (a linear probe)."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return bool(names) and names <= {"head.weight", "head.bias"}
+    return bool(names) and names <= HEAD_WEIGHTS
 
 
 def extract_features(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
