@@ -292,7 +292,7 @@ def test_hub_that_never_answers_fails_within_the_timeout(tmp_path, monkeypatch):
     start = time.monotonic()
     try:
         with pytest.raises(VitError, match=r"unreachable \(no answer within 1 s\) and it is "
-                                           r"not in the local cache; download"):
+                                           r"not in the local cache; on a machine with internet run `hf download"):
             download_from_hub("google/vit-base-patch16-224", cache_dir=tmp_path / "cache",
                               timeout=1.0, endpoint=endpoint)
     finally:
