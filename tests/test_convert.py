@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import CLASSES, TINY
 from vitcli.cli import app
-from vitcli.convert import convert, download_from_hub, load_source, parse_labels
+from vitcli.convert import build_model, convert, download_from_hub, load_source, parse_labels
 from vitcli.convert.hf import hf_to_timm
 from vitcli.convert.npz import to_npz
 from vitcli.errors import VitError
@@ -161,25 +161,31 @@ def test_timm_config_inference_from_shapes(tmp_path):
     assert load_source(src, heads=6).config.num_heads == 6  # --heads wins over the table
 
 
-def test_timm_no_embed_class_gets_a_zero_slot(tmp_path, tiny_model):
+def test_timm_no_embed_class_is_read_off_the_position_embedding(tmp_path, tiny_model):
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     state["pos_embed"] = state["pos_embed"][:, 1:]  # (1, 16, D): class token has no position
     src = tmp_path / "nec.safetensors"
     save_file(state, str(src))
     converted = load_source(src, heads=2)
-    assert converted.state["pos_embed"].shape == (1, 17, 32)
-    assert torch.equal(converted.state["pos_embed"][:, 0], torch.zeros(1, 32))
+    assert converted.config.no_embed_class and converted.state["pos_embed"].shape == (1, 16, 32)
     assert any("no_embed_class" in n for n in converted.notes)
+    model = build_model(converted)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the class token without a position = with a zero one
+        zero = {**tiny_model.state_dict(), "pos_embed": torch.cat(
+            [torch.zeros(1, 1, 32), state["pos_embed"]], dim=1)}
+        tiny_model.load_state_dict(zero)
+        torch.testing.assert_close(model(x), tiny_model(x))
 
 
-def test_timm_extras_are_refused_by_name(tmp_path, tiny_model):
+def test_timm_half_a_family_is_refused_not_half_loaded(tmp_path, tiny_model):
     state = dict(tiny_model.state_dict())
-    state["blocks.0.ls1.gamma"] = torch.ones(32)
-    state["reg_token"] = torch.zeros(1, 4, 32)
+    state["blocks.0.ls1.gamma"] = torch.ones(32)  # layer scale in one block of two
     save_file(state, str(tmp_path / "x.safetensors"))
     result = _run(tmp_path / "x.safetensors", "--out", tmp_path / "o.safetensors", "--heads", "2")
     assert result.exit_code == 1
-    assert "layer scale (ls1/ls2)" in result.output and "register tokens" in result.output
+    assert "missing weights for a ViT with layer scale: blocks.0.ls2.gamma" in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "o.safetensors").exists()
 
 
@@ -196,7 +202,9 @@ def test_unknown_width_asks_for_heads(tmp_path, tiny_model):
 def test_npz_round_trip_identical_logits(tmp_path, layout):
     model = create_model(num_classes=3, **TINY)
     if layout == "big_vision":  # big_vision's ViT: no class token, average pooling
-        model = create_model(num_classes=3, class_token=False, pooling="mean", **TINY)
+        # (and flax's nn.gelu, the tanh approximation, as big_vision's MlpBlock applies it)
+        model = create_model(num_classes=3, class_token=False, pooling="mean",
+                             mlp_act="gelu_tanh", **TINY)
     _perturb(model)
     npz_path = to_npz(model, tmp_path / "vit.npz", layout=layout)
     with np.load(npz_path, allow_pickle=False) as data:
@@ -484,6 +492,7 @@ def test_timm_hub_folder_takes_pretrained_cfg_and_labels(tmp_path, tiny_model):
     assert loaded.class_names == CLASSES and loaded.config.pooling == "cls"
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.model(x), tiny_model(x))
-    (folder / "config.json").write_text(json.dumps({"architecture": "x", "global_pool": "map"}))
-    with pytest.raises(VitError, match="global_pool 'map' is not supported"):
+    (folder / "config.json").write_text(json.dumps({"architecture": "vit_tiny",
+                                                    "global_pool": "avgmax"}))
+    with pytest.raises(VitError, match="global_pool 'avgmax' is not supported"):
         load_source(folder, heads=2)

@@ -56,9 +56,8 @@ def load_source(source: str | Path, *, heads: int | None = None,
     suffix = path.suffix.lower()
     if suffix == ".npz":
         state, known, notes = npz.npz_to_timm(npz.read_npz(path), str(path))
-        config, more = timm.config_from_state_dict(state, str(path), **known)
-        # The JAX release scales pixels to [-1, 1].
-        pre = _pretrained_preprocessing(config, mean=0.5, std=0.5, crop=0.9)
+        config, more = timm.config_from_state_dict(state, str(path), heads=heads, **known)
+        pre = npz.npz_preprocessing(config)
         return Converted(state, config, f"original ViT / big_vision npz: {path.name}",
                          preprocessing=pre, notes=notes + more)
     if suffix in PICKLE_SUFFIXES:
@@ -120,14 +119,12 @@ def _from_state(state: dict[str, Tensor], path: Path, heads: int | None,
         raise VitError(f"{where}: neither timm's ViT names (patch_embed.proj.weight) nor "
                        "transformers' (embeddings.patch_embeddings); "
                        f"vit convert reads {SUPPORTED}")
-    known = timm.timm_folder_fields(cfg, where) if cfg and "architecture" in cfg else {}
-    config, more = timm.config_from_state_dict(state, where, heads=heads, **known)
-    pcfg = (cfg or {}).get("pretrained_cfg") or {}
-    pre = _pretrained_preprocessing(
-        config, mean=pcfg.get("mean", IMAGENET_MEAN), std=pcfg.get("std", IMAGENET_STD),
-        crop=float(pcfg.get("crop_pct", 0.875)), interpolation=pcfg.get("interpolation"))
-    if not pcfg:
-        more.append("no timm pretrained_cfg: ImageNet mean/std, bicubic, crop 0.875")
+    timm_cfg = bool(cfg and ("architecture" in cfg or "pretrained_cfg" in cfg))
+    known = timm.timm_folder_fields(cfg, where) if timm_cfg else {}
+    claim = f"config.json: {cfg['architecture']}" if timm_cfg and cfg.get("architecture") \
+        else None
+    config, more = timm.config_from_state_dict(state, where, heads=heads, claim=claim, **known)
+    pre = timm.timm_preprocessing((cfg or {}).get("pretrained_cfg") or {}, config, where, more)
     labels = (cfg or {}).get("label_names")
     names = [str(n) for n in labels] if labels and len(labels) == config.num_classes else None
     return Converted(state, config, f"timm state dict: {path.name}", names, pre, notes + more)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vitcli.errors import VitError
+from vitcli.model.preprocess import Preprocessing
 
 Layout = Literal["vit", "big_vision"]
 _NAMES = {  # layout → (first norm, attention, second norm, MLP)
@@ -62,16 +63,29 @@ def _unstack_scan(w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _image_tower(w: dict[str, np.ndarray], notes: list[str]) -> dict[str, np.ndarray]:
+    """A two-tower checkpoint (SigLIP, LiT: img/…, txt/…, t, b): its image tower alone."""
+    if not any(k.startswith("img/") for k in w):
+        return w
+    others = sorted({k.split("/")[0] for k in w if not k.startswith("img/")})
+    if others:
+        notes.append(f"two-tower checkpoint: the image tower (img/) kept, {', '.join(others)} "
+                     "dropped")
+    return {k[len("img/"):]: v for k, v in w.items() if k.startswith("img/")}
+
+
 def npz_to_timm(w: dict[str, np.ndarray],
                 where: str) -> tuple[dict[str, Tensor], dict[str, object], list[str]]:
     """A timm-layout state dict, the config fields the shapes give, and notes."""
-    w = _unstack_scan(dict(w))
+    notes: list[str] = []
+    w = _unstack_scan(_image_tower(dict(w), notes))
     if "embedding/kernel" not in w:
         raise VitError(f"{where}: no embedding/kernel; not a ViT .npz checkpoint")
-    layout: Layout = "big_vision" if any("/MlpBlock_0/" in k for k in w) else "vit"
+    layout: Layout = ("big_vision" if any(re.match(r"Transformer/encoderblock_\d+/MlpBlock_0/", k)
+                                          for k in w) else "vit")
     ln1, mha, ln2, mlp = _NAMES[layout]
     used: set[str] = set()
-    notes = [f"npz layout: {'big_vision' if layout == 'big_vision' else 'original ViT'}"]
+    notes.insert(0, f"npz layout: {'big_vision' if layout == 'big_vision' else 'original ViT'}")
 
     def take(name: str) -> np.ndarray:
         used.add(name)
@@ -123,12 +137,52 @@ def npz_to_timm(w: dict[str, np.ndarray],
         for j in (0, 1):
             sd[f"{b}mlp.fc{j + 1}.weight"] = t(take(f"{p}{mlp}/Dense_{j}/kernel").T)
             sd[f"{b}mlp.fc{j + 1}.bias"] = t(take(f"{p}{mlp}/Dense_{j}/bias"))
+    known: dict[str, object] = {"num_heads": heads, "layer_norm_eps": 1e-6}  # Flax's eps
+    if "MAPHead_0/probe" in w:
+        sd.update(_map_head(w, take, t))
+        known["pooling"] = "map"
+    if layout == "big_vision":
+        # big_vision's MlpBlock applies flax's nn.gelu, whose default is the tanh
+        # approximation (as transformers' SigLIP, gelu_pytorch_tanh). The original ViT layout
+        # keeps the exact GELU that timm and transformers use for those weights.
+        known["mlp_act"] = "gelu_tanh"
     leftover = sorted(set(w) - used)
     if leftover:
         raise VitError(f"{where}: not supported by vitcli's ViT: {', '.join(leftover[:4])}"
                        f"{' …' if len(leftover) > 4 else ''}")
-    # Flax's LayerNorm epsilon is 1e-6.
-    return sd, {"num_heads": heads, "layer_norm_eps": 1e-6}, notes
+    return sd, known, notes
+
+
+def _map_head(w: dict[str, np.ndarray], take, t) -> dict[str, Tensor]:
+    """big_vision's MAPHead_0 (models/vit.py) in timm's attn_pool names.
+
+    A learned probe (1, 1, D) attends to the tokens (query from the probe, key and value from
+    the tokens), then x + MLP(LayerNorm(x)); timm fuses key and value into one kv Linear.
+    """
+    p = "MAPHead_0/"
+    a = p + "MultiHeadDotProductAttention_0/"
+
+    def dense(name: str) -> np.ndarray:  # (D, nh, hd) → (nh·hd, D), ours (out, in)
+        kernel = take(f"{a}{name}/kernel")
+        return kernel.reshape(kernel.shape[0], -1).T
+
+    out = take(f"{a}out/kernel")  # (nh, hd, D)
+    return {
+        "attn_pool.latent": t(take(p + "probe")),  # (1, 1, D)
+        "attn_pool.q.weight": t(dense("query")),
+        "attn_pool.q.bias": t(take(f"{a}query/bias").reshape(-1)),
+        "attn_pool.kv.weight": t(np.concatenate([dense("key"), dense("value")])),  # (2D, D)
+        "attn_pool.kv.bias": t(np.concatenate([take(f"{a}{n}/bias").reshape(-1)
+                                               for n in ("key", "value")])),
+        "attn_pool.proj.weight": t(out.reshape(-1, out.shape[-1]).T),
+        "attn_pool.proj.bias": t(take(f"{a}out/bias")),
+        "attn_pool.norm.weight": t(take(p + "LayerNorm_0/scale")),
+        "attn_pool.norm.bias": t(take(p + "LayerNorm_0/bias")),
+        **{f"attn_pool.mlp.fc{j + 1}.{kind}": t(take(f"{p}MlpBlock_0/Dense_{j}/{name}").T
+                                                 if name == "kernel" else
+                                                 take(f"{p}MlpBlock_0/Dense_{j}/{name}"))
+           for j in (0, 1) for kind, name in (("weight", "kernel"), ("bias", "bias"))},
+    }
 
 
 def to_npz(model: torch.nn.Module, path: str | Path, layout: Layout = "vit") -> Path:
@@ -175,3 +229,15 @@ def to_npz(model: torch.nn.Module, path: str | Path, layout: Layout = "vit") -> 
     with open(path, "wb") as f:
         np.savez(f, **w)
     return path
+
+
+def npz_preprocessing(config) -> Preprocessing:
+    """The JAX releases' eval input: the image resized straight to the model's size (no crop;
+    big_vision's `resize`, vit_jax's `tf.image.resize`), pixels scaled to [-1, 1]
+    (mean = std = 0.5). Bilinear in Pillow, which antialiases when it shrinks; TensorFlow's
+    resize does not by default, so downscaled photos can differ slightly from the JAX
+    pipeline's."""
+    c = config.in_channels
+    return Preprocessing(image_size=config.image_size, mean=(0.5,) * c, std=(0.5,) * c,
+                         interpolation="bilinear", crop_fraction=1.0, resize_mode="squash",
+                         convention="transformers", color_mode="L" if c == 1 else "RGB")
