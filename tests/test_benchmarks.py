@@ -28,3 +28,12 @@ def test_linear_probe_benchmark_prints_both_sides():
     assert "cached features (one forward pass + head)" in result.stdout
     assert "forward pass every epoch" in result.stdout and "measured" in result.stdout
     assert "best val top-1: cached" in result.stdout
+
+
+def test_pretrained_cost_benchmark_runs_a_family_architecture():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pretrained_cost.py"), "--quick",
+         "--threads", "1"],
+        env=repo_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "toy DINOv2" in result.stdout and "ms per image" in result.stdout
