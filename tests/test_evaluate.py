@@ -190,7 +190,7 @@ def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_pat
     assert [b["path"].endswith("broken.png") for b in report["bad_files"]] == [True]
     assert len(report["misclassified"]) == 24 - round(report["top1"] * 24)
 
-    out = tmp_path / "runs" / "eval" / "tiny"
+    out = tmp_path / "runs" / "eval" / f"tiny-on-{image_folder.name}"
     for name in ("metrics.json", "per_class.csv", "misclassified.csv", "confusion_matrix.png",
                  "bad_files.txt"):
         assert (out / name).is_file(), name
@@ -288,3 +288,54 @@ def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_fo
     bad = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
                 "--precision", "half"], tmp_path, monkeypatch)
     assert bad.exit_code != 0 and "--precision must be one of" in bad.stderr
+
+
+def test_eval_folders_are_named_by_model_and_data_and_numbered_readably(tmp_path):
+    from vitcli.evaluation.evaluate import new_eval_dir
+
+    run_model = tmp_path / "e100" / "weights" / "best.safetensors"
+    run_model.parent.mkdir(parents=True)
+    run_model.write_bytes(b"")
+    root = tmp_path / "runs" / "eval"
+    first = new_eval_dir(run_model, root, data="examples/shapes/val")
+    again = new_eval_dir(run_model, root, data="examples/shapes/val")
+    third = new_eval_dir(run_model, root, data="examples/shapes/val/")
+    assert [first.name, again.name, third.name] == [
+        "e100-on-shapes-val", "e100-on-shapes-val-2", "e100-on-shapes-val-3"]  # not e1002
+    assert new_eval_dir(tmp_path / "m.safetensors", root, data="imgs").name == "m-on-imgs"
+
+
+def _train_tiny(tmp_path, data, **kw):
+    import torch
+
+    from vitcli.training.recipe import TrainOptions
+    from vitcli.training.trainer import train
+
+    torch.set_num_threads(1)
+    options = TrainOptions(data=str(data), project=str(tmp_path / "runs"), patch=8, depth=1,
+                           embed_dim=16, heads=2, mlp_ratio=2.0, batch_size=16, epochs=1,
+                           device="cpu", cache_dir=str(tmp_path / "cache"), threads=1, **kw)
+    return train(options)
+
+
+@pytest.mark.slow
+def test_eval_val_split_on_a_model_that_validated_on_a_val_folder_warns(tmp_path, monkeypatch):
+    from conftest import make_image_folder
+
+    from vitcli.evaluation.evaluate import evaluate
+
+    data = tmp_path / "data"
+    make_image_folder(data / "train", per_class=10)
+    make_image_folder(data / "val", per_class=3)
+    result = _train_tiny(tmp_path, data)
+    best = result.best_path
+    report = evaluate(best, data, val_split=0.1, seed=0, device="cpu")
+    assert report.warnings and "trained on" in report.warnings[0]
+    assert evaluate(best, data / "val", device="cpu").warnings == []  # the right images
+
+    carved = _train_tiny(tmp_path, data / "train", val_split=0.2, seed=1, name="carved")
+    assert evaluate(carved.best_path, data / "train", val_split=0.2, seed=1,
+                    device="cpu").warnings == []
+    other = evaluate(carved.best_path, data / "train", val_split=0.1, seed=0, device="cpu")
+    assert other.warnings and "--val-split 0.2 --seed 1" in other.warnings[0]
+

@@ -77,8 +77,8 @@ def test_crop_box_matches_preprocessing_crop():
     assert (left + right) / 2 == pytest.approx(20, abs=0.5) and (top + bottom) / 2 == 15
 
 
-def test_explain_images_writes_maps_at_image_size(tiny_model_file: Path, image_file: Path,
-                                                  tmp_path: Path):
+def test_explain_images_writes_a_readable_figure_per_image(tiny_model_file: Path,
+                                                           image_file: Path, tmp_path: Path):
     from vitcli.model.checkpoint import load_model
     from vitcli.model.explain import explain_images
 
@@ -86,16 +86,63 @@ def test_explain_images_writes_maps_at_image_size(tiny_model_file: Path, image_f
     twin = tmp_path / "other" / image_file.name  # same file name from another folder
     twin.parent.mkdir()
     twin.write_bytes(image_file.read_bytes())
-    results = explain_images(mf, [image_file, twin], tmp_path / "maps")
+    results = explain_images(mf, [image_file, twin], tmp_path / "maps",
+                             predictions={image_file: ("cat", 0.91)}, model_name="exp/best")
     grid = (mf.config.grid_size, mf.config.grid_size)
     names = {f.name for r in results for f in r.files}
-    assert len(names) == 4  # no file overwrote another
+    assert len(names) == 2  # no file overwrote another
     for r in results:
         assert r.rollout.shape == r.last_layer.shape == grid
         np.testing.assert_allclose([r.rollout.sum(), r.last_layer.sum()], 1.0)
         for f in r.files:
-            with Image.open(f) as im:
-                assert im.size == (40, 30) and im.mode == "RGB"
+            with Image.open(f) as im:  # a 40×30 image drawn at a readable size
+                assert im.size[0] >= 800 and im.size[1] >= 300 and im.mode in ("RGB", "RGBA")
+
+
+def test_contrast_spreads_a_near_uniform_map_over_the_whole_range():
+    """Rollout's even baseline made photos a uniform tint: the map is shown in its own range."""
+    from vitcli.model.explain import contrast, overlay
+
+    flat_ish = np.full((4, 4), 1 / 16) + np.arange(16).reshape(4, 4) * 1e-4
+    shown = contrast(flat_ish)
+    assert shown.min() == 0 and shown.max() == 1
+    assert np.all(contrast(np.full((4, 4), 1 / 16)) == 0)  # no patch preferred: no heat
+    # Where the heat is 0 the image shows through untinted.
+    grey = Image.new("RGB", (16, 16), (120, 120, 120))
+    heat = np.zeros((4, 4))
+    heat[0, 0] = 1.0
+    out = np.asarray(overlay(grey, heat, Preprocessing(image_size=16, crop_fraction=1.0)))
+    assert (out[12:, 12:] == 120).all() and not (out[:2, :2] == 120).all()
+
+
+def test_the_figure_names_the_prediction_and_has_a_colour_bar(tmp_path: Path):
+    from vitcli.model import explain
+
+    captured = {}
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.figure
+
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *a, **kw):
+        captured["title"] = fig._suptitle.get_text() if fig._suptitle else ""
+        captured["axes"] = len(fig.axes)
+        return save(fig, *a, **kw)
+
+    matplotlib.figure.Figure.savefig = spy
+    try:
+        explain.write_figure(tmp_path / "x.png", Image.new("RGB", (32, 32)),
+                             np.eye(4) / 4, np.eye(4) / 4,
+                             Preprocessing(image_size=32, crop_fraction=1.0),
+                             source=CLASS_TOKEN_ROW, label="ring", probability=0.835,
+                             model_name="exp/best.safetensors")
+    finally:
+        matplotlib.figure.Figure.savefig = save
+    assert "ring" in captured["title"] and "83.5%" in captured["title"]
+    assert "exp/best.safetensors" in captured["title"]
+    assert captured["axes"] == 4  # image, rollout, last layer, colour bar
 
 
 @pytest.mark.slow
@@ -112,6 +159,6 @@ def test_predict_explain_cli(tmp_path: Path, image_file: Path):
     assert result.exit_code == 0, result.stderr
     assert "mean over patch tokens" in result.stderr
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["photo.last_layer.png", "photo.rollout.png"]
-    with Image.open(out / "photo.rollout.png") as im:
-        assert im.size == Image.open(image_file).size
+    assert files == ["photo.explain.png"]
+    with Image.open(out / "photo.explain.png") as im:
+        assert im.size[0] >= 800

@@ -236,7 +236,7 @@ def test_finetuning_reaches_target_in_fewer_steps_than_scratch(tmp_path: Path):
     arch = {"model": "vit-nano", "depth": 2, "embed_dim": 32, "heads": 2, "mlp_ratio": 2.0}
     # AdamW throughout: the fine-tune (AdamW, as every --init run) against scratch, same optimiser.
     common = {"patch": 8, "drop_path": 0.0, "augment": "none", "label_smoothing": 0.0,
-              "optimizer": "adamw", "device": "cpu", "workers": 1, "seed": 1,
+              "optimizer": "adamw", "device": "cpu", "threads": 1, "seed": 1,
               "project": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")}
     pre = train(TrainOptions(data=str(source), epochs=25, batch_size=32, lr=3e-3, warmup=1,
                              val_split=0.2, **arch, **common))

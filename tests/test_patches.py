@@ -100,8 +100,26 @@ def test_grid_picture_is_upscaled_so_numbers_fit():
     arr = np.asarray(im)
     assert (arr[0, :] == 255).all()  # grid line along the top
     cell = 16 * s
-    centre = arr[cell // 2 - 8: cell // 2 + 8, cell // 2 - 8: cell // 2 + 8]
-    assert (centre == 255).any() and (centre == 0).any()  # a number: white with black outline
+    corner = arr[2: cell // 2, 2: cell // 2]
+    assert (corner == 255).any() and (corner == 0).any()  # a number: white with black outline
+    centre = arr[cell // 2 + 2: cell - 2, cell // 2 + 2: cell - 2]
+    assert (centre == 90).all()  # the number leaves the patch itself visible
+
+
+@pytest.mark.parametrize("size, patch", [(32, 4), (224, 16), (224, 8), (384, 16)])
+def test_token_numbers_fit_their_cells(size, patch):
+    """Numbers no wider than half a cell nor taller than a third, whatever the grid: at small
+    sizes they used to cover the image."""
+    from vitcli.model.patches import _font, label_size
+
+    grid = size // patch
+    cell = patch * grid_scale(size, grid)
+    widest = str(grid * grid)
+    px = label_size(cell, widest)
+    if px:
+        left, top, right, bottom = _font(px).getbbox(widest)
+        assert right - left <= cell / 2 and bottom - top <= cell / 3
+    assert label_size(6, "196") == 0  # too small to read: no number rather than a smudge
 
 
 def test_sequence_picture_has_a_slot_per_token_and_a_marked_class_token():
@@ -169,10 +187,10 @@ def test_grid_picture_numbers_each_patch_with_its_token_index(monkeypatch):
     drawn: dict[tuple[int, int], str] = {}
     cell = 8 * grid_scale(24, 3)
 
-    def record(draw, xy, text, px, fill=(255, 255, 255)):
-        drawn[(int(xy[1] // cell), int(xy[0] // cell))] = text  # (row, column) of the centre
+    def record(draw, xy, text, px):
+        drawn[(int(xy[1] // cell), int(xy[0] // cell))] = text  # (row, column) of the corner
 
-    monkeypatch.setattr(patches_module, "_label", record)
+    monkeypatch.setattr(patches_module, "_corner_label", record)
     pixels, _ = _patch_coloured(3, 4, 8)  # 3 rows × 4 columns
     draw_grid(pixels, 8, first_token=1)
     assert drawn == {(i, j): str(i * 4 + j + 1) for i in range(3) for j in range(4)}

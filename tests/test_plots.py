@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from vitcli.evaluation.plots import normalize_rows, per_epoch, plot_confusion, plot_curves
@@ -52,3 +53,20 @@ def test_plot_confusion_few_and_many_classes(tmp_path: Path):
     big = plot_confusion(rng.integers(0, 5, (100, 100)), names, tmp_path / "big.png",
                          normalize=False, title="100 classes")
     assert _is_png(big)
+
+
+@pytest.mark.parametrize("classes, drawn", [(2, False), (5, False), (6, True), (None, True)])
+def test_curves_draw_top5_only_with_more_than_5_classes(tmp_path: Path, monkeypatch, classes,
+                                                        drawn):
+    """With 5 classes or fewer top-5 is 100 % by definition: a flat line that says nothing."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+    rows = [{"epoch": str(e), "train_loss": "1", "val_loss": "1", "val_top1": "0.5",
+             "val_top5": "1"} for e in (1, 2)]
+    plot_curves(rows, tmp_path / "c.png", num_classes=classes)
+    labels = [t.get_text() for ax in closed[0].axes if ax.get_legend()
+              for t in ax.get_legend().get_texts()]
+    assert ("val top5" in labels) == drawn and "val top1" in labels

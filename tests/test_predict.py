@@ -301,3 +301,31 @@ def test_onnx_predict_never_imports_torch(models):
     lines = done.stdout.splitlines()
     assert json.loads(lines[0])["label"] in CLASSES  # it really predicted
     assert lines[-1] == "NO-TORCH"
+
+
+def test_info_reads_an_onnx_files_vitcli_metadata(models, tmp_path: Path):
+    """`vit info model.onnx`: the same classes, config and parameters as the .safetensors."""
+    import json
+
+    st, onnx, _ = models
+    a = CliRunner().invoke(app, ["info", str(st), "--json"])
+    b = CliRunner().invoke(app, ["info", str(onnx), "--json"])
+    assert a.exit_code == 0 and b.exit_code == 0, b.output
+    ja, jb = json.loads(a.stdout), json.loads(b.stdout)
+    for key in ("class_names", "config", "preprocessing", "parameters"):
+        assert ja[key] == jb[key], key
+    assert jb["onnx_opset"] >= 17 and jb["int8"] is False
+    table = CliRunner().invoke(app, ["info", str(onnx)], env={"COLUMNS": "120"})
+    assert table.exit_code == 0 and "ONNX, opset" in table.stdout
+    foreign = tmp_path / "junk.onnx"
+    foreign.write_bytes(b"\x08\x07not really onnx")
+    bad = CliRunner().invoke(app, ["info", str(foreign)])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error:") and "junk.onnx" in bad.stderr
+
+
+def test_predict_summary_for_topk_1_has_no_empty_column(models):
+    _, onnx, images = models
+    code, out, _ = run(str(images), "-m", str(onnx), "--topk", "1")
+    assert code == 0 and "probability" in out and "next best" not in out
+    code, out, _ = run(str(images), "-m", str(onnx), "--topk", "2")
+    assert code == 0 and "next best" in out

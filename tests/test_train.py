@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from vitcli.errors import UsageError
-from vitcli.training.recipe import TrainOptions, model_config
+from vitcli.training.recipe import TrainOptions, epochs_for, model_config
 from vitcli.training.runs import (
     MetricsLog,
     TrainState,
@@ -57,7 +57,7 @@ def bar_folder(root: Path, per_class: int, seed: int = 0, size: int = 32) -> Pat
 def options(tmp_path: Path, data: Path, **kw) -> TrainOptions:
     base = {"data": str(data), "project": str(tmp_path / "runs"), "patch": 8, "depth": 2,
             "embed_dim": 32, "heads": 2, "mlp_ratio": 2.0, "batch_size": 12, "epochs": 2,
-            "warmup": 0.5, "device": "cpu", "cache_dir": str(tmp_path / "cache")}
+            "warmup": 0.5, "device": "cpu", "cache_dir": str(tmp_path / "cache"), "threads": 1}
     return TrainOptions(**{**base, **kw})
 
 
@@ -221,7 +221,7 @@ def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path: Path, bars: Path, 
     opts = {"epochs": 3, "ema": True, "augment": "light", "drop_path": 0.1, "seed": 3,
             "optimizer": optimizer}
     straight = train(options(tmp_path, bars, name="straight", **opts))
-    assert straight.steps == 6  # 27 images, batch 12: 2 steps per epoch
+    assert straight.steps == 9  # 27 images, batch 12: 3 steps per epoch (the last topped up)
 
     def ctrl_c(kind: str, **f) -> None:
         if kind == "step" and f["step"] == 3:
@@ -231,7 +231,7 @@ def test_resume_after_ctrl_c_gives_the_same_weights(tmp_path: Path, bars: Path, 
     assert stopped.stopped == "interrupted" and stopped.steps == 4
     assert json.loads((stopped.run_dir / "state.json").read_text())["step"] == 4
     resumed = resume(stopped.run_dir)
-    assert resumed.stopped == "completed" and resumed.steps == 6
+    assert resumed.stopped == "completed" and resumed.steps == 9
 
     for name in ("last", "best"):
         a = load_file(str(straight.run_dir / "weights" / f"{name}.safetensors"))
@@ -254,9 +254,9 @@ def test_keyboard_interrupt_from_a_callback_saves_state(tmp_path: Path, bars: Pa
             raise KeyboardInterrupt
 
     result = train(options(tmp_path, bars, epochs=3), on_event=interrupt)
-    assert result.stopped == "interrupted" and result.steps == 2
+    assert result.stopped == "interrupted" and result.steps == 3
     state = load_state(result.run_dir)
-    assert state.info["step"] == 2 and state.info["epochs_done"] == 1
+    assert state.info["step"] == 3 and state.info["epochs_done"] == 1
     assert any(k.startswith("optim.") for k in state.tensors)
     assert len(read_metrics(result.run_dir / "metrics.csv")) == 1
 
@@ -272,15 +272,15 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_model(
     def poisoned(logits, targets, *a, **kw):
         calls.append(1)
         loss = real(logits, targets, *a, **kw)
-        return loss * float("nan") if len(calls) >= 3 else loss
+        return loss * float("nan") if len(calls) >= 4 else loss
 
     monkeypatch.setattr(vitcli.training.loop.F, "cross_entropy", poisoned)
-    with pytest.raises(NonFiniteLoss, match=r"step 3 \(epoch 2\)"):
+    with pytest.raises(NonFiniteLoss, match=r"step 4 \(epoch 2\)"):
         train(options(tmp_path, bars, epochs=3))
     run = tmp_path / "runs" / "exp"
     last = load_file(str(run / "weights" / "last.safetensors"))
     assert all(torch.isfinite(t).all() for t in last.values())
-    assert load_state(run).info["step"] == 2  # the epoch-1 state is intact
+    assert load_state(run).info["step"] == 3  # the epoch-1 state is intact
 
 
 @pytest.mark.slow
@@ -404,7 +404,7 @@ def cli_flags(o: TrainOptions) -> list[str]:
              "--depth", str(o.depth), "--embed-dim", str(o.embed_dim), "--heads", str(o.heads),
              "--mlp-ratio", str(o.mlp_ratio), "--batch-size", str(o.batch_size),
              "--epochs", str(o.epochs), "--warmup", str(o.warmup), "--device", "cpu",
-             "--cache-dir", o.cache_dir, "--seed", str(o.seed), "--workers", str(o.workers)]
+             "--cache-dir", o.cache_dir, "--seed", str(o.seed), "--threads", str(o.threads)]
     for key in ("name", "augment", "save_every"):
         if getattr(o, key):
             flags += [f"--{key.replace('_', '-')}", str(getattr(o, key))]
@@ -442,10 +442,10 @@ def wait_for_state(run_dir: Path, proc: subprocess.Popen, min_step: int = 1) -> 
 
 @pytest.mark.slow
 def test_kill_9_mid_run_leaves_a_state_that_resumes_to_the_same_weights(tmp_path, bars):
-    kw = {"epochs": 25, "ema": True, "augment": "light", "seed": 2, "save_every": 1,
-          "workers": 1}
+    kw = {"epochs": 17, "ema": True, "augment": "light", "seed": 2, "save_every": 1,
+          "threads": 1}
     straight = train(options(tmp_path, bars, name="straight", **kw))
-    assert straight.steps == 50
+    assert straight.steps == 51  # 17 epochs of 3 steps
 
     proc = start_cli(options(tmp_path, bars, name="killed", **kw))
     run = tmp_path / "runs" / "killed"
@@ -456,21 +456,21 @@ def test_kill_9_mid_run_leaves_a_state_that_resumes_to_the_same_weights(tmp_path
         proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     saved = load_state(run).info["step"]
-    assert 3 <= saved < 50  # stopped mid-run, from a state that reads back whole
+    assert 3 <= saved < 51  # stopped mid-run, from a state that reads back whole
 
     resumed = resume(run)
-    assert resumed.stopped == "completed" and resumed.steps == 50
+    assert resumed.stopped == "completed" and resumed.steps == 51
     for name in ("last", "best"):
         a = load_file(str(straight.run_dir / "weights" / f"{name}.safetensors"))
         b = load_file(str(run / "weights" / f"{name}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     rows = read_metrics(run / "metrics.csv")
-    assert [r["epoch"] for r in rows] == list(range(1, 26))  # no epoch twice, none missing
+    assert [r["epoch"] for r in rows] == list(range(1, 18))  # no epoch twice, none missing
 
 
 @pytest.mark.slow
 def test_ctrl_c_on_the_cli_saves_state_and_says_how_to_resume(tmp_path, bars):
-    o = options(tmp_path, bars, name="ctrlc", epochs=200, save_every=1, workers=1)
+    o = options(tmp_path, bars, name="ctrlc", epochs=200, save_every=1, threads=1)
     proc = start_cli(o)
     run = tmp_path / "runs" / "ctrlc"
     try:
@@ -496,6 +496,7 @@ def test_cli_trains_with_only_data_and_patch(tmp_path: Path, bars: Path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VITCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("vitcli.training.recipe.MIN_STEPS", 40)  # the real 300: too slow here
     result = CliRunner().invoke(app, ["train", "--data", str(bars), "--patch", "16"])
     assert result.exit_code == 0, result.output
     assert "best model" in result.output and "schedule completed" in result.output
@@ -504,7 +505,12 @@ def test_cli_trains_with_only_data_and_patch(tmp_path: Path, bars: Path, monkeyp
     assert resolved["config"]["image_size"] == 32  # from the data, not the preset's
     assert resolved["config"]["patch_size"] == 16 and resolved["config"]["in_channels"] == 1
     rows = read_metrics(run / "metrics.csv")
-    assert len(rows) == TrainOptions().epochs
+    # 27 images are one batch: the default epochs make the recipe's minimum of steps.
+    assert len(rows) == epochs_for(TrainOptions(), 27, 27)[0] == 40
+    text = " ".join(result.output.split())
+    assert "40 epochs make the 40 steps" in text
+    # 16-px patches on 32-px images: a 2×2 grid of 4 tokens, warned about with a better patch
+    assert "2×2 grid" in text and "--patch 4" in text
     assert (run / "weights" / "best.safetensors").is_file()
     # The summary names the `vit eval` that re-measures the default 10 % held out of --data;
     # run as printed, it gives the best epoch's validation figures.
@@ -745,3 +751,30 @@ def test_large_imbalance_is_one_warning_naming_the_remedies(tmp_path):
         train(options(tmp_path, data, class_weights="auto", sampler="balanced"))
     with pytest.raises(UsageError, match="--sampler must be one of"):
         train(options(tmp_path, data, sampler="weighted"))
+
+
+@pytest.mark.slow
+def test_a_budget_that_fits_far_too_few_steps_says_so_with_what_to_do(tmp_path, bars,
+                                                                      monkeypatch):
+    """A busy machine once fitted 12 steps into the quick start's 45 s and said nothing."""
+    import vitcli.training.loop as loop
+
+    monkeypatch.setattr(loop.time, "perf_counter", _slow_clock(step_s=0.5))
+    said = []
+    train(options(tmp_path, bars, epochs=10_000, time_budget=0.2),
+          on_event=lambda kind, **f: said.append(f.get("text", "")) if kind == "message"
+          else None)
+    warning = next((s for s in said if "optimizer steps fit" in s), None)
+    assert warning is not None, said
+    assert "--time-budget" in warning and "300 steps are needed" in warning
+
+
+def _slow_clock(step_s: float):
+    """perf_counter that advances `step_s` per call from the trainer: every step looks slow."""
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += step_s / 4
+        return now[0]
+
+    return clock

@@ -86,12 +86,13 @@ def _root(
 
 def _register() -> None:
     from vitcli.commands import COMMANDS
+    from vitcli.commands._common import VitCommand
 
     for name, module_name, function_name in COMMANDS:
         import importlib
 
         module = importlib.import_module(f"vitcli.commands.{module_name}")
-        app.command(name)(getattr(module, function_name))
+        app.command(name, cls=VitCommand)(getattr(module, function_name))
 
 
 _register()

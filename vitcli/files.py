@@ -55,8 +55,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 
-def claim_numbered_dir(root: str | Path, base: str) -> Path:
-    """Create and return <root>/<base>, else <base>2, <base>3, ... the first that is free.
+def claim_numbered_dir(root: str | Path, base: str, sep: str = "") -> Path:
+    """Create and return <root>/<base>, else <base><sep>2, <base><sep>3, ... the first free.
 
     `mkdir(exist_ok=False)` is the claim, so two runs started at once cannot share a folder.
     """
@@ -64,7 +64,7 @@ def claim_numbered_dir(root: str | Path, base: str) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
         for n in range(1, 100_000):
-            candidate = root / (base if n == 1 else f"{base}{n}")
+            candidate = root / (base if n == 1 else f"{base}{sep}{n}")
             try:
                 candidate.mkdir()
             except FileExistsError:
@@ -74,3 +74,27 @@ def claim_numbered_dir(root: str | Path, base: str) -> Path:
         raise VitError(f"{exc.filename or root}: cannot create a folder there "
                        f"({exc.strerror or exc})") from None
     raise VitError(f"{root}: no free folder name for {base!r}")
+
+
+def model_label(path: str | Path) -> str:
+    """A model file named for a title: `exp3/best.safetensors` for a run's weights (whose
+    file names are the same in every run), else the file name."""
+    path = Path(path)
+    parent = path.resolve().parent if path.exists() else path.parent
+    if parent.name == "weights" and parent.parent.name:
+        return f"{parent.parent.name}/{path.name}"
+    return path.name
+
+
+_SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing"}
+
+
+def data_label(data: str | Path) -> str:
+    """A data folder named for a title or a folder name: `shapes/val` for a split folder
+    (`val` alone says nothing), else the folder's (or dataset's) own name."""
+    text = str(data).rstrip("/\\")
+    path = Path(text)
+    if path.name.lower() in _SPLIT_NAMES and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name or text
+

@@ -13,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape as _escape_markup
 from rich.segment import Segment
+from typer.core import TyperCommand
+
+from vitcli.files import model_label as model_label  # re-exported: commands name models so
 
 # What must never reach a terminal raw from a name: C0 controls (ESC starts every escape
 # sequence: OSC 52 clipboard writes, clear-screen, title changes), DEL, C1 controls (0x9b is
@@ -84,6 +87,87 @@ JsonOpt = Annotated[
     Path | None, typer.Option("--json", help="Also write the results as JSON to this file.",
                               show_default=False)
 ]
+
+
+def _metavar(param: Any) -> str:
+    """A short value name for the help's type column: N, X, PATH or TEXT, with its range."""
+    desc = param.type_descriptor
+    if desc.is_choice:
+        return "|".join(str(c) for c in desc.choices or ())
+    bare = param.bare_type()
+    name = "PATH" if desc.is_path else {"int": "N", "float": "X"}.get(bare, "TEXT")
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if low is not None and high is not None:
+        return f"{name} {low:g}–{high:g}"
+    if low is not None:
+        return f"{name}≥{low:g}"
+    return name
+
+
+def _one_line_paragraphs(text: str | None) -> str | None:
+    """Help text whose paragraphs are single lines, so that Rich wraps them at the terminal's
+    width instead of keeping the source's line breaks (a short line, then a wrapped one)."""
+    if not text:
+        return text
+    import inspect
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
+class VitCommand(TyperCommand):
+    """Typer's command with help that reads cleanly at 80 columns: plain flags show no
+    `<bool>`, arguments read IMAGE / INPUTS... (no `{image}` or `<list[str]>`), value types are
+    one short word with their range (N≥1) instead of `<int range> [x>=1]`, and the docstring's
+    paragraphs are re-wrapped to the terminal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _one_line_paragraphs(self.help)
+        for param in self.params:
+            _tidy(param)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """Help texts are plain text, never Rich markup: "[adamw; tiny: muon]" must show, so
+        they are escaped for the length of the rendering only."""
+        params = [p for p in self.get_params(ctx) if getattr(p, "help", None)]
+        saved = (self.help, [p.help for p in params])
+        try:
+            self.help = _escape_markup(self.help or "")
+            for p in params:
+                p.help = _escape_markup(p.help)
+            return super().format_help(ctx, formatter)
+        finally:
+            self.help = saved[0]
+            for p, text in zip(params, saved[1]):
+                p.help = text
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _tidy(option)
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+        return pieces
+
+
+def _tidy(param: Any) -> None:
+    if getattr(param, "help", None):
+        param.help = _one_line_paragraphs(param.help)
+    if param.param_type_name == "argument":
+        param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+        param.display_type_rich = lambda ctx: None  # the name says it; no <list[str]>
+        param._get_number_range_help_str = lambda: None
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.metavar = ""
+    else:
+        param.metavar = _metavar(param)
+        param._get_number_range_help_str = lambda: None  # in the metavar
 
 
 def not_built_yet(command: str, issue: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,38 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TextColumn,
-    TimeRemainingColumn,
+    TimeElapsedColumn,
 )
 from rich.table import Table
 
 from vitcli.commands._common import console as out_console
 from vitcli.commands._common import safe as escape
 
+LOG_EVERY_S = 30.0  # without a terminal (a log file), a progress line at most this often
+EPOCH_LINES_EVERY_S = 5.0  # runs of many short epochs: at most one epoch line this often
+
+
+def format_duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '2 h 07 min': seconds for short runs, never '0.0 min'."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _steps(n: int) -> str:
+    return f"{n:,} step" if n == 1 else f"{n:,} steps"
+
 
 class Display:
-    """The `on_event` callback: one bar while images are decoded, one per epoch."""
+    """The `on_event` callback: a bar while images are decoded, then one bar for the whole run
+    (steps, images/s, loss and the time left, from the first step on)."""
 
     def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
@@ -29,26 +52,32 @@ class Display:
         self.run_dir: Path | None = None
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console,
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console,
             transient=True)
         self.task: Any = None
         self.bar_name = ""
         self.budget_shown = False
+        self.live = False
+        self.last_log = -1e9  # monotonic time of the last progress line written to a log
+        self.last_epoch_line = -1e9
+        self.num_classes = 0
 
     def __enter__(self) -> Display:  # noqa: PYI034 - typing.Self needs Python 3.11
         if self.enabled and self.console.is_terminal:  # a bar in a log file is only noise
             self.progress.start()
+            self.live = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.progress.live.is_started:  # stopping a bar never started prints a blank line
             self.progress.stop()
 
-    def _bar(self, description: str, total: int | None, completed: int = 0) -> None:
+    def _bar(self, description: str, total: int | None, completed: int = 0,
+             info: str = "") -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(description, total=total, completed=completed,
-                                           info="")
+                                           info=info)
         self.bar_name = description
 
     def __call__(self, kind: str, **f: Any) -> None:
@@ -67,39 +96,80 @@ class Display:
             style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
             print_(style + escape(f["text"]), highlight=False, soft_wrap=True)  # paths unbroken
         elif kind == "start":
-            self.run_dir = f["run_dir"]
-            c = f["config"]
-            resumed = f" (resumed at step {f['resumed_step']})" if f["resumed_step"] else ""
-            print_(f"[bold]run[/] {escape(str(f['run_dir']))}{resumed}")
-            print_(f"[bold]data[/] {escape(f['description'])}", highlight=False,
-                   soft_wrap=True)  # one line in a log, however long the folder name
-            print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size}, "
-                   f"{c.depth}×{c.embed_dim} ({c.num_heads} heads), {c.in_channels} channel(s), "
-                   f"{c.num_classes} classes", highlight=False)
-            procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
-            print_(f"[bold]training[/] {f['epochs']} epochs × {f['steps_per_epoch']} steps, "
-                   f"batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
-                   f"({f['schedule']} decay), "
-                   f"{f['device']}{procs}, precision {f['precision']}",
-                   highlight=False)
+            self._start(f)
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True
             print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "
                    f"{f['seconds_per_step'] * 1000:.0f} ms/step", highlight=False)
-        elif kind == "epoch_start":
-            self._bar(f"epoch {f['epoch']}/{f['epochs']}", f["steps"], f["done"])
         elif kind == "step":
-            self.progress.update(self.task, completed=f["done"],
-                                 info=f"{f['images_per_s']:,.0f} img/s  loss {f['loss']:.4f}")
+            self._step(f)
+        elif kind == "interrupt":
+            print_("[yellow]Ctrl-C:[/] stopping after the current step; the state is saved so "
+                   "that `vit train --resume` continues it. Press Ctrl-C again to stop at once "
+                   "(the last saved state stays).", highlight=False)
         elif kind == "epoch_end":
-            r = f["row"]
-            val = "" if r["val_top1"] is None else (
-                f"  val {r['val_loss']:.3f}  top-1 {r['val_top1']:.2%}  "
-                f"top-5 {r['val_top5']:.1%}")
-            best = "  [green]best[/]" if f["best"] else ""
-            # One short line per epoch (under 80 columns): logs stay readable, never wrapped.
-            print_(f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}{val}  "
-                   f"{r['images_per_s']:,.0f} img/s{best}", highlight=False, soft_wrap=True)
+            self._epoch_end(f)
+
+    def _start(self, f: dict[str, Any]) -> None:
+        print_ = self.progress.console.print
+        self.run_dir = f["run_dir"]
+        c = f["config"]
+        self.num_classes = c.num_classes
+        resumed = f" (resumed at step {f['resumed_step']:,})" if f["resumed_step"] else ""
+        print_(f"[bold]run[/] {escape(str(f['run_dir']))}{resumed}")
+        print_(f"[bold]data[/] {escape(f['description'])}", highlight=False,
+               soft_wrap=True)  # one line in a log, however long the folder name
+        grid = c.image_size // c.patch_size
+        print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
+               f"{c.depth}×{c.embed_dim} ({c.num_heads} heads), {c.in_channels} channel(s), "
+               f"{c.num_classes} classes", highlight=False)
+        procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
+        precision = f", precision {f['precision']}" if f.get("precision") else ""
+        threads = (f", {f['threads']} CPU thread(s) ({escape(f['threads_reason'])})"
+                   if f.get("threads") else "")
+        print_(f"[bold]training[/] batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
+               f"({f['schedule']} decay), {f['device']}{procs}{precision}{threads}", highlight=False,
+               soft_wrap=True)
+        if f.get("time_budget"):
+            plan = (f"{_steps(f['steps_per_epoch'])} an epoch; the number of steps is fitted "
+                    f"to --time-budget {f['time_budget']:g} min once the speed is measured")
+        else:
+            plan = (f"{f['epochs']} epochs × {_steps(f['steps_per_epoch'])} = "
+                    f"{f['total_steps']:,} steps ({escape(f['epochs_reason'])})")
+        print_(f"[bold]schedule[/] {plan}", highlight=False, soft_wrap=True)
+        self._bar("training", f["total_steps"], f["resumed_step"],
+                  info="first step running…")
+
+    def _step(self, f: dict[str, Any]) -> None:
+        ips = f"{f['images_per_s']:,.0f} img/s"
+        eta = f"{format_duration(f['eta_s'])} left" if f.get("budget_fitted", True) \
+            else "measuring speed"
+        info = f"epoch {f['epoch']}/{f['epochs']}  {ips}  loss {f['loss']:.4f}  {eta}"
+        if self.live:
+            self.progress.update(self.task, completed=f["step"], total=f["total_steps"],
+                                 info=info)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= LOG_EVERY_S:  # a log gets a line now and then, not a bar
+            self.last_log = now
+            self.progress.console.print(f"step {f['step']:,}/{f['total_steps']:,}  {info}",
+                                        highlight=False, soft_wrap=True)
+
+    def _epoch_end(self, f: dict[str, Any]) -> None:
+        r = f["row"]
+        top5 = f"  top-5 {r['val_top5']:.1%}" if self.num_classes > 5 else ""  # else 100 %
+        val = "" if r["val_top1"] is None else (
+            f"  val {r['val_loss']:.3f}  top-1 {r['val_top1']:.2%}{top5}")
+        best = "  [green]best[/]" if f["best"] else ""
+        ips = "" if r["images_per_s"] is None else f"  {r['images_per_s']:,.0f} img/s"
+        # One short line per epoch (under 80 columns): logs stay readable, never wrapped. Runs
+        # of many short epochs print one every few seconds (and the last), not hundreds.
+        line = f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}{val}{ips}{best}"
+        now = time.monotonic()
+        if (f.get("epochs", 0) <= 60 or now - self.last_epoch_line >= EPOCH_LINES_EVERY_S
+                or r["epoch"] >= f.get("epochs", 0)):
+            self.last_epoch_line = now
+            self.progress.console.print(line, highlight=False, soft_wrap=True)
 
 
 def print_summary(console: Console, result: Any) -> None:
@@ -110,7 +180,7 @@ def print_summary(console: Console, result: Any) -> None:
                               "time_budget": "time budget reached",
                               "interrupted": "interrupted (state saved)"}[result.stopped])
     table.add_row("epochs / steps", f"{result.epochs} / {result.steps:,}")
-    table.add_row("time", f"{result.seconds / 60:.1f} min")
+    table.add_row("time", format_duration(result.seconds))
     if getattr(result, "probe", ""):
         table.add_row("linear probe", result.probe)
     if result.best_top1 is not None:

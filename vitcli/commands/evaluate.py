@@ -45,7 +45,7 @@ def evaluate(
     """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
 
     Preprocessing and class names come from the model file. Results go to --out (default: a
-    new runs/eval/<name> folder): metrics.json, per_class.csv, misclassified.csv and
+    new runs/eval/<model>-on-<data> folder): metrics.json, per_class.csv, misclassified.csv and
     confusion_matrix.png.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -80,7 +80,7 @@ def evaluate(
                           val_split=val_split, seed=seed, progress=update)
 
     with writing(out):
-        out = out or new_eval_dir(model)
+        out = out or new_eval_dir(model, data=data)
         written = write_outputs(report, out)
         if json_path is not None:
             write_json(report, json_path)
@@ -93,6 +93,9 @@ def evaluate(
             f"{'s' if len(report.bad_files) > 1 else ''} (first: {escape(first)}); "
             f"all listed in {escape(str(written['bad_files']))}", highlight=False,
             soft_wrap=True)
+    for warning in report.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False,
+                          soft_wrap=True)
     render(report, show=show)
     console.print(f"results in [bold]{escape(str(out))}[/]"
                   + (f", JSON in [bold]{escape(str(json_path))}[/]" if json_path else ""),

@@ -1,4 +1,4 @@
-"""`vit info MODEL`: what a model file holds, read from its header alone."""
+"""`vit info MODEL`: what a model file holds, read from its header (or ONNX metadata) alone."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import typer
 
 
 def info(
-    model: Annotated[Path, typer.Argument(help="A vitcli model file (.safetensors).")],
+    model: Annotated[Path, typer.Argument(help="A vitcli model file (.safetensors) or an "
+                                          "ONNX file written by `vit export`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a model file's architecture, classes, preprocessing and parameter count."""
     from vitcli.commands._common import console, safe
+    from vitcli.deploy.backends import is_onnx_path
     from vitcli.errors import VitError
     from vitcli.model.checkpoint import (
         count_file_params,
@@ -24,14 +26,26 @@ def info(
     )
     from vitcli.model.config import count_params, gflops
 
-    metadata = read_metadata(model)
-    header, _ = read_header(model)
-    config, names, pre = parse_metadata(model, metadata)
-    params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
-                                or config.pos_embed == "learned"})
-    if params != count_params(config):
-        raise VitError(f"{model}: the stored weights ({params:,} values) do not match the stored "
-                       f"config ({count_params(config):,} parameters); the file is corrupt")
+    onnx_facts: dict[str, object] = {}
+    if is_onnx_path(model):
+        from vitcli.deploy.backends import read_onnx_info
+
+        found = read_onnx_info(model)
+        metadata = found.metadata
+        config, names, pre = parse_metadata(model, metadata)
+        params = count_params(config)  # the graph stores some as int8, or folded: count the model
+        onnx_facts = {"onnx_opset": found.opset, "onnx_ir_version": found.ir_version,
+                      "int8": found.quantized}
+    else:
+        metadata = read_metadata(model)
+        header, _ = read_header(model)
+        config, names, pre = parse_metadata(model, metadata)
+        params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
+                                    or config.pos_embed == "learned"})
+        if params != count_params(config):
+            raise VitError(f"{model}: the stored weights ({params:,} values) do not match the "
+                           f"stored config ({count_params(config):,} parameters); the file is "
+                           "corrupt")
     summary = {
         "file": str(model),
         "format_version": metadata.get("format_version"),
@@ -44,6 +58,7 @@ def info(
         "extra": {k: v for k, v in metadata.items() if k not in {
             "format", "format_version", "vitcli_version", "config", "class_names",
             "preprocessing"}},
+        **onnx_facts,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -60,8 +75,14 @@ def info(
     cls = " + " + " + ".join(extra) if extra else " (no class token)"
     top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches{cls}"
                 f" = {config.num_tokens}")
-    top.add_row("format", f"vitcli model file v{summary['format_version']}"
-                f" (written by vitcli {summary['vitcli_version']})")
+    if onnx_facts:
+        kind = "int8 " if onnx_facts["int8"] else ""
+        top.add_row("format", f"{kind}ONNX, opset {onnx_facts['onnx_opset']}, with vitcli "
+                    f"metadata v{summary['format_version']} (written by vitcli "
+                    f"{summary['vitcli_version']})")
+    else:
+        top.add_row("format", f"vitcli model file v{summary['format_version']}"
+                    f" (written by vitcli {summary['vitcli_version']})")
     for key, value in summary["extra"].items():
         top.add_row(safe(key), safe(value if len(value) < 120 else value[:117] + "..."))
     arch = Table(title="architecture", title_justify="left", show_header=False)

@@ -39,7 +39,7 @@ def patchify(
         show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
-    from vitcli.commands._common import console, safe
+    from vitcli.commands._common import console, err_console, safe
     from vitcli.model.patches import patchify_image
 
     out_dir = out if out is not None else Path("patchify-out")
@@ -50,6 +50,12 @@ def patchify(
         console.print(_preview(result.colours))
     console.print(f"[green]wrote[/] {safe(result.grid_path)}  (grid, numbers = token index)")
     console.print(f"[green]wrote[/] {safe(result.sequence_path)}  (the sequence the encoder reads)")
+    from vitcli.model.patches import grid_warning
+
+    warning = grid_warning(result.config.image_size, result.config.patch_size)
+    if warning:
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False,
+                          soft_wrap=True)
 
 
 def _summary(result: PatchifyResult) -> Table:

@@ -48,7 +48,7 @@ def predict(
                                             help="Images per forward pass.")] = 32,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
-    from vitcli.commands._common import err_console, safe
+    from vitcli.commands._common import err_console, model_label, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
     from vitcli.deploy.predict import collect_images, find_latest_model, require_classifier
     from vitcli.devices import check_precision
@@ -107,8 +107,10 @@ def predict(
         from vitcli.model.explain import explain_images
 
         model_file = backend.model_file  # type: ignore[attr-defined]  # torch: checked above
+        top1 = {r.path: (r.labels[0], r.probabilities[0]) for r in predicted if r.ok}
         with writing(explain):
-            explained = explain_images(model_file, ok, explain)
+            explained = explain_images(model_file, ok, explain, predictions=top1,
+                                       model_name=model_label(model))
         err_console.print(f"heat maps for {len(explained)} image(s) in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     chosen = getattr(backend, "precision", None)  # PyTorch only: ONNX runs as exported
@@ -185,12 +187,16 @@ def _show(results: list[Prediction], many: bool) -> None:
     table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
     table.add_column("label")
     table.add_column("probability", justify="right")
-    table.add_column("next best")
+    runners_up = any(len(r.labels) > 1 for r in ok)  # --topk 1: no always-empty column
+    if runners_up:
+        table.add_column("next best")
     for r in ok:
-        rest = ", ".join(f"{safe(label)} {p:.2f}" for label, p in
-                         zip(r.labels[1:], r.probabilities[1:]))
         name = r.path.relative_to(root) if root is not None else r.path
-        table.add_row(safe(name), safe(r.labels[0]), f"{r.probabilities[0]:.4f}", rest)
+        row = [safe(name), safe(r.labels[0]), f"{r.probabilities[0]:.4f}"]
+        if runners_up:
+            row.append(", ".join(f"{safe(label)} {p:.2f}" for label, p in
+                                 zip(r.labels[1:], r.probabilities[1:])))
+        table.add_row(*row)
     console.print(table)
 
 

@@ -14,18 +14,16 @@ from vitcli.training.recipe import (
     BASE_LR,
     BATCH_SIZE,
     DROP_PATH,
+    EPOCHS,
     LABEL_SMOOTHING,
+    MIN_STEPS,
     TINY_BASE_LR,
     TINY_BATCH_SIZE,
-    TINY_DATA_MAX,
-    TINY_IMAGE_MAX,
     TINY_LABEL_SMOOTHING,
     TrainOptions,
 )
 
 _D = TrainOptions()  # the defaults shown in --help are the recipe's own (vitcli/training/recipe.py)
-# Where the tiny-image recipe applies: the data's size, and the size it is trained at.
-_TINY = f"images ≤ {TINY_DATA_MAX} px (trained at ≤ {TINY_IMAGE_MAX}) from scratch"
 
 ADVANCED = "Advanced: architecture and optimiser details"
 FINETUNE = "Start from pretrained weights"
@@ -46,25 +44,26 @@ def train(
                                          "up to the patch; large ones the preset's).")] = None,
     patch: Annotated[int | None, _opt("--patch", min=1, help="Patch size in px "
                                       "(default: the preset's).")] = None,
-    epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=f"Epochs [{_D.epochs}].")] = None,
+    epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=(
+        f"Epochs [{EPOCHS}, or more for small data: at least {MIN_STEPS} steps]."))] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
                                            help="Global batch, all processes together "
-                                           f"[{BATCH_SIZE}; {TINY_BATCH_SIZE} for {_TINY}].")]
+                                           f"[{BATCH_SIZE}; tiny: {TINY_BATCH_SIZE}].")]
     = None,
     lr: Annotated[float | None, _opt("--lr", help=(
-        f"Peak learning rate [{BASE_LR:g} × batch / {BASE_BATCH}; {TINY_BASE_LR:g} × batch / "
-        f"{BASE_BATCH} for {_TINY}]."))] = None,
+        f"Peak learning rate [{BASE_LR:g} × batch / {BASE_BATCH}; tiny: {TINY_BASE_LR:g} × "
+        f"batch / {BASE_BATCH}]."))] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
                                                help=f"AdamW weight decay [{_D.weight_decay}].")] = None,
     optimizer: Annotated[str | None, _opt("--optimizer", help=(
-        "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest (torch ≥ 2.9); "
-        f"default adamw, muon for {_TINY}."))] = None,
+        "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest (torch ≥ 2.9) "
+        "[adamw; tiny: muon]."))] = None,
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs [{_D.warmup:g}].")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
-        f"[{LABEL_SMOOTHING}; {TINY_LABEL_SMOOTHING} for {_TINY}]."))] = None,
+        f"Label smoothing [{LABEL_SMOOTHING}; tiny: {TINY_LABEL_SMOOTHING}]."))] = None,
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
-        f"Stochastic depth [{DROP_PATH}; 0 for {_TINY}]."))]
+        f"Stochastic depth [{DROP_PATH}; tiny: 0]."))]
     = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,
@@ -72,36 +71,40 @@ def train(
     precision: Annotated[str | None, _opt("--precision", help=(
         "auto, fp32 or bf16 (bf16 autocast; weights and optimiser state stay fp32). auto: "
         "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
-        "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it."))]
+        "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it [auto]."))]
     = None,
-    workers: Annotated[int | None, _opt("--workers", min=0, help="CPU threads for training "
-                                        "maths (0 = torch's default).")] = None,
+    threads: Annotated[int | None, _opt("--threads", min=0, help=(
+        "CPU threads for the maths [0 = automatic: from the free cores, measured at the "
+        "start and again when steps slow down]."))] = None,
+    # The old name of --threads, still accepted; hidden, so that help shows one name.
+    workers: Annotated[int | None, typer.Option("--workers", min=0, hidden=True)] = None,
     augment: Annotated[str | None, _opt("--augment", help="none, light or strong "
-                                        "(default: by dataset size).")] = None,
+                                        "[by dataset size].")] = None,
     val: Annotated[str | None, _opt("--val", help="Validation images (same forms as "
                                     "--data).")] = None,
-    val_split: Annotated[float | None, _opt("--val-split", help="Hold out this fraction "
-                                            "(stratified) for validation.")] = None,
+    val_split: Annotated[float | None, _opt("--val-split", help=(
+        "Hold out this fraction (stratified) for validation [0.1 when the data has no "
+        "validation split and every class has 10 images]."))] = None,
     class_weights: Annotated[str | None, _opt("--class-weights", help=(
         "none, or auto: weight the loss by 1 / effective number of samples per class "
-        "(Cui et al. 2019) for imbalanced classes; default none."))] = None,
+        "(Cui et al. 2019) for imbalanced classes [none]."))] = None,
     sampler: Annotated[str | None, _opt("--sampler", help=(
-        "random, or balanced: draw every class equally often (with replacement); "
-        "default random."))] = None,
+        "random, or balanced: draw every class equally often (with replacement) "
+        "[random]."))] = None,
     ema: Annotated[bool, _opt("--ema", help="Keep an EMA of the weights; validate and save "
                               "it.")] = False,
     compile: Annotated[bool, _opt("--compile", help="torch.compile the model.")] = False,
     time_budget: Annotated[float | None, _opt("--time-budget", help="Minutes for the whole "
                                               "run; the schedule is fitted to end "
-                                              "then (overrides --epochs).")] = None,
+                                              "then (overrides --epochs) [none].")] = None,
     patience: Annotated[int | None, _opt("--patience", min=1, help="Stop after N epochs "
-                                         "without a better val top-1.")] = None,
+                                         "without a better val top-1 [never].")] = None,
     name: Annotated[str | None, _opt("--name", help="Run folder name (default: exp, exp2, …).")] = None,
     project: Annotated[str | None, _opt("--project", help="Where run folders go "
                                         f"(default: {_D.project}).")] = None,
     resume: Annotated[Path | None, _opt("--resume", help="Continue the run in this folder "
-                                        "(its own options; --device/--workers may "
-                                        "change).")] = None,
+                                        "(its own options; --device and --threads "
+                                        "may change).")] = None,
     init: Annotated[str | None, _opt("--init", help="Start from pretrained weights: a vitcli "
                                      "model file, a Hub id (transformers or timm/ repository) "
                                      "or a name from `vit models --pretrained`.",
@@ -111,38 +114,41 @@ def train(
                                        "--augment is on).",
                                        panel=FINETUNE)] = None,
     layer_decay: Annotated[float | None, _opt("--layer-decay", help="Layer-wise lr decay, "
-                                              "e.g. 0.75.", panel=FINETUNE)] = None,
-    depth: Annotated[int | None, _opt("--depth", min=1, help="Encoder blocks.",
+                                              "e.g. 0.75 [none].", panel=FINETUNE)] = None,
+    depth: Annotated[int | None, _opt("--depth", min=1, help="Encoder blocks [the preset's].",
                                       panel=ADVANCED)] = None,
-    embed_dim: Annotated[int | None, _opt("--embed-dim", min=1, help="Token width.",
+    embed_dim: Annotated[int | None, _opt("--embed-dim", min=1, help="Token width [the preset's].",
                                           panel=ADVANCED)] = None,
-    heads: Annotated[int | None, _opt("--heads", min=1, help="Attention heads.",
+    heads: Annotated[int | None, _opt("--heads", min=1, help="Attention heads [the preset's].",
                                       panel=ADVANCED)] = None,
-    mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="MLP width / token width.",
+    mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="MLP width / token width [the preset's].",
                                             panel=ADVANCED)] = None,
     patch_embed: Annotated[str | None, _opt("--patch-embed", help="linear, overlap or "
-                                            "shifted.", panel=ADVANCED)] = None,
+                                            "shifted [the preset's].", panel=ADVANCED)] = None,
     locality_attention: Annotated[bool | None, _opt(
-        "--locality-attention", help="Locality self-attention (Lee et al. 2021).",
+        "--locality-attention", help="Locality self-attention (Lee et al. 2021) [the preset's].",
         panel=ADVANCED)] = None,
-    pooling: Annotated[str | None, _opt("--pooling", help="cls or mean.", panel=ADVANCED)]
+    pooling: Annotated[str | None, _opt("--pooling", help="cls or mean [the preset's].", panel=ADVANCED)]
     = None,
-    pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos.",
+    pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos [the preset's].",
                                           panel=ADVANCED)] = None,
     schedule: Annotated[str | None, _opt("--schedule", help=(
-        "How the lr falls after warm-up: cosine or linear; default cosine, linear for "
-        f"{_TINY}."), panel=ADVANCED)] = None,
+        "How the lr falls after warm-up: cosine or linear [cosine; tiny: linear]."),
+        panel=ADVANCED)] = None,
     clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
                                             f"0 = off [{_D.clip_grad}].", panel=ADVANCED)] = None,
     ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
                                             help=f"EMA decay per step [{_D.ema_decay}].",
                                             panel=ADVANCED)] = None,
     save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
-                                           "every N steps.", panel=ADVANCED)] = None,
+                                           "every N steps [0: at epoch ends only].", panel=ADVANCED)] = None,
     cache_dir: Annotated[str | None, _opt("--cache-dir", help="Where decoded images are "
-                                          "cached.", panel=ADVANCED)] = None,
+                                          "cached [$VITCLI_CACHE, else ~/.cache/vitcli].", panel=ADVANCED)] = None,
 ) -> None:
     """Train a Vision Transformer; writes a run folder with weights, metrics and plots.
+
+    Defaults are in [brackets]; "tiny" means images of at most 32 px (trained at up to 35 px)
+    from scratch, which get the small-data recipe (docs/small-data.md).
 
     Ctrl-C saves the state; `vit train --resume runs/train/NAME` continues it. Under
     `torchrun --nproc_per_node N -m vitcli train ...` it trains on N processes.
@@ -153,22 +159,24 @@ def train(
     from vitcli.training.trainer import resume as resume_run
     from vitcli.training.trainer import train as train_run
 
+    if threads is None:
+        threads = workers  # --workers: the old name
     given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
              and v is not None}
-    ignored = sorted(k for k, v in given.items() if k not in ("device", "workers")
+    ignored = sorted(k for k, v in given.items() if k not in ("device", "threads")
                      and v is not False)  # --ema and --compile are False when not given
     if resume is not None and ignored:
         from vitcli.errors import UsageError
 
         raise UsageError(f"--resume continues a run with its own options; "
                          f"{', '.join('--' + k.replace('_', '-') for k in ignored)} cannot "
-                         "change (only --device and --workers may)")
+                         "change (only --device and --threads may)")
     main = int(os.environ.get("RANK", "0")) == 0
     display = Display(enabled=main)
     try:
         with display:
             if resume is not None:
-                result = resume_run(resume, device=device, workers=workers, on_event=display)
+                result = resume_run(resume, device=device, threads=threads, on_event=display)
             else:
                 result = train_run(TrainOptions(**given), on_event=display)
     except KeyboardInterrupt:

@@ -113,6 +113,46 @@ def is_onnx_path(path: Path) -> bool:
     return head[:1] == b"\x08" and head[8:9] != b"{"
 
 
+@dataclass
+class OnnxFileInfo:
+    """What an ONNX file says about itself without running it: the vitcli metadata and the
+    graph's facts (`vit info model.onnx`)."""
+
+    metadata: dict[str, str]
+    opset: int | None
+    ir_version: int
+    stored_values: int  # numbers in the graph's initializers (int8 weights count once each)
+    quantized: bool  # holds int8 weights (an `--int8` export)
+
+
+def read_onnx_info(path: str | Path) -> OnnxFileInfo:
+    """Read an ONNX file's vitcli metadata and graph facts (no onnxruntime session, no torch);
+    a file that is not ONNX or not a vitcli export is one VitError naming it."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise VitError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends: any of them means corrupt
+        raise VitError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+    metadata = {p.key: p.value for p in model.metadata_props}
+    check_onnx_metadata(path, metadata)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    values = 0
+    quantized = False
+    for init in model.graph.initializer:
+        count = 1
+        for d in init.dims:
+            count *= d
+        values += count
+        quantized |= init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) \
+            and count > 1
+    return OnnxFileInfo(metadata=metadata, opset=opset, ir_version=model.ir_version,
+                        stored_values=values, quantized=quantized)
+
+
 def open_backend(path: str | Path, device: str = "auto", precision: str = "auto") -> Backend:
     """The right back end for a model file: onnxruntime for .onnx, PyTorch otherwise.
 

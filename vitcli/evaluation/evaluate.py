@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -260,6 +261,7 @@ class EvalReport:
     precision: str = "fp32"  # what the model ran at: "fp32" or "bf16" (autocast)
     precision_reason: str = ""
     absent_classes: list[str] = field(default_factory=list)  # model classes not in the data
+    warnings: list[str] = field(default_factory=list)  # e.g. scoring the model's training images
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as a JSON-able dict (the --json file)."""
@@ -275,6 +277,7 @@ class EvalReport:
             "images_per_second": round(self.metrics.num_images / max(self.seconds, 1e-9), 1),
             "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
             "absent_classes": list(self.absent_classes),
+            "warnings": list(self.warnings),
             **self.metrics.to_dict(),
         }
 
@@ -344,31 +347,92 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     metrics = compute_metrics(logits, labels, model_file.class_names,
                               [str(p) for p in images.paths])
     present = set(images.class_names)
+    warnings = []
+    if val_split is not None:
+        warning = val_split_warning(model_file, model_path, val_split, seed)
+        if warning:
+            warnings.append(warning)
     return EvalReport(
         metrics=metrics, model_path=str(model_path), data=str(data), split=split,
         description=images.description, device=str(target), preprocessing=pre.to_dict(),
         seconds=seconds, precision=chosen.name, precision_reason=chosen.reason,
         bad_files=[(str(p), str(r)) for p, r in bad_files],
-        absent_classes=[n for n in model_file.class_names if n not in present])
+        absent_classes=[n for n in model_file.class_names if n not in present],
+        warnings=warnings)
+
+
+def training_validation(model_file: Any, model_path: str | Path) -> dict[str, Any] | None:
+    """How the model's training run chose its validation images, or None if unknown.
+
+    {"source": "split"} (the data's own val/ or test/ folder), {"source": "val"} (--val PATH)
+    or {"source": "val_split", "fraction": f, "seed": s}: from the model file's metadata
+    (`vit train` writes it), else from the run folder's args.json beside weights/.
+    """
+    text = model_file.metadata.get("validation")
+    if text:
+        try:
+            found = json.loads(text)
+            return found if isinstance(found, dict) else None
+        except ValueError:
+            return None
+    args = Path(model_path).resolve().parent.parent / "args.json"
+    if Path(model_path).resolve().parent.name != "weights" or not args.is_file():
+        return None
+    try:
+        options = json.loads(args.read_text(encoding="utf-8")).get("options", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    if options.get("val"):
+        return {"source": "val"}
+    if options.get("val_split"):
+        return {"source": "val_split", "fraction": options["val_split"],
+                "seed": options.get("seed", 0)}
+    return None
+
+
+def val_split_warning(model_file: Any, model_path: str | Path, val_split: float,
+                      seed: int) -> str | None:
+    """A warning when `--val-split/--seed` would not pick the images the model validated on:
+    then most of what is scored are its own training images, and the figures flatter it."""
+    how = training_validation(model_file, model_path)
+    if how is None or val_split == 0:
+        return None
+    if how.get("source") in ("split", "val"):
+        where = ("its data's own validation folder" if how["source"] == "split"
+                 else "a separate --val folder")
+        return (f"this model validated on {where}, so --val-split {val_split:g} carves its "
+                "score out of images it trained on: the figures are inflated. Evaluate its "
+                "validation images instead (--data on that folder, without --val-split)")
+    if how.get("source") == "val_split" and (
+            abs(float(how.get("fraction", -1)) - val_split) > 1e-9
+            or int(how.get("seed", -1)) != seed):
+        return (f"this model validated on --val-split {float(how['fraction']):g} --seed "
+                f"{how['seed']}; --val-split {val_split:g} --seed {seed} picks other images, "
+                "most of them images it trained on: the figures are inflated")
+    return None
 
 
 # ------------------------------------------------------------------------------- files
 
 
-def new_eval_dir(model_path: str | Path, root: str | Path = "runs/eval") -> Path:
-    """Create and return a fresh folder runs/eval/<name>, then <name>2, <name>3, ...
+def new_eval_dir(model_path: str | Path, root: str | Path = "runs/eval",
+                 data: str | Path | None = None) -> Path:
+    """Create and return a fresh folder runs/eval/<model>-on-<data>, then -2, -3, ...
 
-    <name> is the training run's name when the model sits in <run>/weights/ (as `vit train`
-    writes it), else the model file's stem. Numbered like `vit train`'s run folders, and
-    claimed with mkdir so two evaluations started at once never share one.
+    <model> is the training run's name when the model sits in <run>/weights/ (as `vit train`
+    writes it), else the model file's stem; <data> the data folder's name (`shapes-val` for
+    a split folder). Claimed with mkdir so two evaluations started at once never share one.
     """
+    from vitcli.files import claim_numbered_dir, data_label
+
     model_path = Path(model_path)
     parent = model_path.resolve().parent
     in_run = parent.name == "weights" and parent.parent.name
     base = parent.parent.name if in_run else model_path.stem
-    from vitcli.files import claim_numbered_dir
-
-    return claim_numbered_dir(root, base)
+    if data is not None:
+        base += "-on-" + data_label(data).replace("/", "-")
+    base = re.sub(r"[^\w.+-]+", "_", base).strip("._") or "eval"  # a folder name, whatever
+    return claim_numbered_dir(root, base[:120], sep="-")
 
 
 def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
@@ -396,9 +460,13 @@ def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
         for path, true, pred, conf in m.misclassified:
             writer.writerow([path, true, pred, f"{conf:.6f}"])
 
+    from vitcli.files import data_label, model_label
+
     written["confusion"] = plot_confusion(
         m.confusion, m.class_names, out / "confusion_matrix.png",
-        title=f"{Path(report.model_path).name}: top-1 {m.top1:.1%} on {m.num_images:,} images")
+        title=f"{model_label(report.model_path)} on {data_label(report.data)}"
+              f"{'' if report.split is None else f' ({report.split})'}: top-1 {m.top1:.1%} "
+              f"of {m.num_images:,} images")
     if report.bad_files:
         written["bad_files"] = out / "bad_files.txt"
         written["bad_files"].write_text(

@@ -59,17 +59,20 @@ def per_epoch(rows: Sequence[dict[str, Any]], column: str) -> tuple[list[float],
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
-                title: str | None = None) -> Path:
+                title: str | None = None, num_classes: int | None = None) -> Path:
     """Write loss (left) and accuracy (right) per epoch from metrics.csv rows; return the path.
 
     Rows are dicts as csv.DictReader gives them (strings are fine) with at least `epoch` and
-    any of train_loss, val_loss, train_top1, val_top1, val_top5.
+    any of train_loss, val_loss, train_top1, val_top1, val_top5. Top-5 is drawn only with
+    more than 5 classes (`num_classes`): with 5 or fewer it is 100 % by definition.
     """
     plt = _pyplot()
     path = Path(path)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    accuracy = tuple(c for c in ACCURACY_COLUMNS
+                     if c != "val_top5" or num_classes is None or num_classes > 5)
     for ax, columns, ylabel in ((ax_loss, LOSS_COLUMNS, "loss"),
-                                (ax_acc, ACCURACY_COLUMNS, "accuracy")):
+                                (ax_acc, accuracy, "accuracy")):
         drawn = False
         for column in columns:
             epochs, values = per_epoch(rows, column)

@@ -174,6 +174,13 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, px: in
               stroke_fill=(0, 0, 0))
 
 
+def _corner_label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str,
+                  px: int) -> None:
+    """A token number in a cell's top-left corner, small enough to leave the patch visible."""
+    draw.text(xy, text, font=_font(px), fill=(255, 255, 255), anchor="la",
+              stroke_width=max(1, px // 8), stroke_fill=(0, 0, 0))
+
+
 def grid_scale(image_size: int, grid: int) -> int:
     """Upscale factor so that each cell is wide enough for its number (canvas capped)."""
     patch = image_size // grid
@@ -194,14 +201,32 @@ def draw_grid(pixels: np.ndarray, patch_size: int, first_token: int = 1) -> Imag
         draw.line([(0, i * cell), (W * s, i * cell)], fill=_GRID_COLOUR, width=line)
     for j in range(cols + 1):
         draw.line([(j * cell, 0), (j * cell, H * s)], fill=_GRID_COLOUR, width=line)
-    digits = len(str(rows * cols + first_token - 1))
-    px = min(cell // 2, int(cell * 1.45 / max(digits, 2)))
-    if px >= 8:  # too small to read: the grid alone still shows the split
+    px = label_size(cell, str(rows * cols + first_token - 1))
+    if px >= _MIN_LABEL_PX:  # too small to read: the grid alone shows the split
+        pad = max(1, cell // 16)
         for i in range(rows):
             for j in range(cols):
-                _label(draw, ((j + 0.5) * cell, (i + 0.5) * cell),
-                       str(i * cols + j + first_token), px)
+                _corner_label(draw, (j * cell + pad + line, i * cell + pad + line),
+                              str(i * cols + j + first_token), px)
     return canvas
+
+
+_MIN_LABEL_PX = 8  # smaller digits cannot be read
+_LABEL_WIDTH = 0.5  # of the cell, at most, for the widest token number
+_LABEL_HEIGHT = 0.3
+
+
+def label_size(cell: int, widest: str) -> int:
+    """Font size in px for token numbers in a cell of `cell` px: the widest number takes at
+    most half the cell's width and a third of its height, so the patch stays visible; 0 when
+    even the smallest readable size would not fit."""
+    px = max(_MIN_LABEL_PX, int(cell * _LABEL_HEIGHT))
+    while px >= _MIN_LABEL_PX:
+        left, top, right, bottom = _font(px).getbbox(widest)
+        if right - left <= cell * _LABEL_WIDTH and bottom - top <= cell * _LABEL_HEIGHT:
+            return px
+        px -= 1
+    return 0
 
 
 def draw_sequence(pixels: np.ndarray, patch_size: int, class_token: bool = True) -> Image.Image:
@@ -308,3 +333,33 @@ def patchify_image(image_path: str | Path, out_dir: str | Path, *,
         gflops=gflops(setup.config), grid_path=grid_path, sequence_path=sequence_path,
         colours=patch_colours(pixels, P),
     )
+
+
+# Worse than this many patches a side, attention has almost nothing to relate (a 32-px image
+# with 16-px patches is a 2×2 grid: 4 tokens); past MAX_TOKENS, attention's cost (quadratic in
+# the tokens) dominates. Both are warned about, with a patch size that would be better.
+MIN_GRID = 4
+MAX_TOKENS = 1024
+
+
+def grid_warning(image_size: int, patch_size: int) -> str | None:
+    """A warning when the patch grid is degenerate (too few patches, or too many), else None.
+
+    Suggests the patch size that gives an 8×8 grid (a 2×2 grid has 4 tokens: attention has
+    next to nothing to relate, and each token must describe a quarter of the image).
+    """
+    grid = image_size // max(patch_size, 1)
+    tokens = grid * grid
+    better = max(1, image_size // 8)
+    if grid < MIN_GRID:
+        return (f"{patch_size}-px patches cut a {image_size}-px image into a {grid}×{grid} grid: "
+                f"only {tokens} token(s) for attention to relate; a patch of about "
+                f"{better} px ({image_size // better}×{image_size // better} grid) suits "
+                f"this size better (--patch {better})")
+    if tokens > MAX_TOKENS:
+        coarser = max(1, math.ceil(image_size / 32))
+        return (f"{patch_size}-px patches cut a {image_size}-px image into a {grid}×{grid} grid: "
+                f"{tokens:,} tokens, and attention's cost grows with their square; "
+                f"--patch {coarser} ({image_size // coarser}×{image_size // coarser} grid) is far "
+                "cheaper")
+    return None

@@ -24,7 +24,7 @@ from vitcli.model.checkpoint import save_model, unwrap_model
 from vitcli.training.budget import EpochTimes, steps_in_budget
 from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
 from vitcli.training.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
-from vitcli.training.recipe import TrainOptions
+from vitcli.training.recipe import TrainOptions, epochs_for, steps_per_epoch
 from vitcli.training.runs import (
     MetricsLog,
     TrainState,
@@ -36,6 +36,7 @@ from vitcli.training.runs import (
     write_plots,
 )
 from vitcli.training.setup import Emit, Prepared
+from vitcli.training.threads import ThreadTuner
 
 PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
 VAL_BATCH = 256
@@ -97,7 +98,11 @@ class Trainer:
         if self.batch < env.world_size or options.batch_size % env.world_size:
             raise UsageError(f"--batch-size {options.batch_size} must be a multiple of the "
                              f"{env.world_size} processes (and at most {n}, the images)")
-        self.steps_per_epoch = n // self.batch  # the last partial batch is dropped
+        # Every image every epoch: the last batch is filled up with images from the start of
+        # the epoch's order rather than dropped (500 images at batch 256 used to lose 244).
+        self.fill_last = True
+        self.steps_per_epoch = steps_per_epoch(n, self.batch)
+        self.epochs, self.epochs_reason = epochs_for(options, n, self.batch)
         pixels = torch.from_numpy(prepared.train_pixels)
         # Small data sets live on the GPU whole: no host→device copy per step.
         on_device = self.device.type == "cuda" and pixels.nbytes < 2**31
@@ -123,7 +128,7 @@ class Trainer:
                                          layer_decay=options.layer_decay,
                                          kind=options.optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        total = options.epochs * self.steps_per_epoch
+        total = self.epochs * self.steps_per_epoch
         self.schedule = WarmupDecay(options.peak_lr,
                                     warmup_steps_for(options.warmup, self.steps_per_epoch, total),
                                     total, options.min_lr_ratio, options.schedule)
@@ -155,6 +160,14 @@ class Trainer:
         self.probe: tuple[int, float] | None = None  # (step, time) the speed probe started
         self.sec_per_step: float | None = None
         self.epoch_times = EpochTimes()  # this session's, for refitting a time budget
+        self.first_fit: int | None = None  # steps the budget's first fit allowed
+        # CPU threads: chosen from the free cores and re-measured (vitcli/training/threads.py);
+        # under torchrun each process keeps the count it was started with unless --threads.
+        self.tuner: ThreadTuner | None = None
+        if self.device.type == "cpu" and not (env.distributed and not options.threads):
+            self.tuner = ThreadTuner(torch.set_num_threads, fixed=options.threads)
+        elif options.threads:
+            torch.set_num_threads(options.threads)
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module each step calls: `module` under DDP and/or torch.compile as asked."""
@@ -215,7 +228,11 @@ class Trainer:
                   batch_size=self.batch, optimizer=self.options.optimizer,
                   lr=self.options.peak_lr, schedule=self.schedule.shape, device=str(self.device),
                   world_size=self.env.world_size, precision=str(self.precision),
-                  resumed_step=self.step)
+                  resumed_step=self.step,
+                  total_steps=self.schedule.total_steps, epochs_reason=self.epochs_reason,
+                  time_budget=self.options.time_budget,
+                  threads=None if self.tuner is None else self.tuner.threads,
+                  threads_reason=None if self.tuner is None else self.tuner.reason)
         self.stop_requested = stop_requested
         if self.probe_mode == "cached" and not self.features_cached:
             self._cache_features()
@@ -282,6 +299,9 @@ class Trainer:
         else:
             drawn = rng.permutation(len(self.labels))
         order = torch.from_numpy(drawn).to(self.labels.device)
+        short = self.steps_per_epoch * self.batch - len(order)
+        if self.fill_last and short > 0:  # (steps · batch,): the last batch topped up
+            order = torch.cat([order, order[:short]])
         first = self.step - epoch * self.steps_per_epoch
         self.emit("epoch_start", epoch=epoch + 1, epochs=self.planned_epochs, steps=steps,
                   done=first)
@@ -301,6 +321,7 @@ class Trainer:
                     self._save_state()
 
     def _step(self, batch: torch.Tensor) -> None:
+        clock = time.perf_counter()
         pixels = self.pixels[batch].to(self.device, non_blocking=True)  # uint8 (b, S, S, C)
         # (or, for a linear probe on cached features, float (b, D))
         labels = self.labels[batch].to(self.device, non_blocking=True)
@@ -323,6 +344,10 @@ class Trainer:
         self.mutating = False
         self.pending.append(loss.detach())
         self.epoch_images += len(batch) * self.env.world_size
+        if self.tuner is not None:  # CPU: the step is done when its ops return
+            said = self.tuner.after_step(time.perf_counter() - clock)
+            if said:
+                self.emit("message", text=said, level="info")
 
     def _flush(self, epoch: int, done: int) -> None:
         """Check and count the losses of the last steps; agree with the other ranks on stopping."""
@@ -338,10 +363,18 @@ class Trainer:
         self.loss_sum += total
         self.loss_count += len(losses)
         self.pending.clear()
-        seconds = time.perf_counter() - self.epoch_clock
-        self.emit("step", epoch=epoch + 1, step=self.step, done=done, loss=total / len(losses),
+        now = time.perf_counter()
+        seconds = now - self.epoch_clock
+        # The whole run's remaining time from this session's pace (epoch ends included).
+        session_steps = self.step - self.session_start_step
+        per_step = (now - self.clock) / max(session_steps, 1)
+        total_steps = max(self.schedule.total_steps, self.step)
+        self.emit("step", epoch=epoch + 1, epochs=self.planned_epochs, step=self.step,
+                  total_steps=total_steps, done=done, loss=total / len(losses),
                   lr=self.schedule.lr(self.step - 1),
-                  images_per_s=self.epoch_images / max(seconds, 1e-9))
+                  images_per_s=self.epoch_images / max(seconds, 1e-9),
+                  eta_s=per_step * (total_steps - self.step),
+                  budget_fitted=self.budget_fitted)
         if not self.budget_fitted:
             self._probe()
         if interrupt > 0:
@@ -363,7 +396,7 @@ class Trainer:
     def _probe(self) -> None:
         """Time PROBE_STEPS steps (after 2 warm-up steps), then fit the schedule to the budget."""
         done = self.step - self.session_start_step
-        if self.probe is None and done >= 2:
+        if self.probe is None and done >= 2 and (self.tuner is None or self.tuner.steady):
             self.probe = (self.step, time.perf_counter())
         elif self.probe is not None and self.step - self.probe[0] >= PROBE_STEPS:
             self.sec_per_step = (time.perf_counter() - self.probe[1]) / (self.step - self.probe[0])
@@ -383,6 +416,36 @@ class Trainer:
         self.budget_fitted = True
         self.emit("schedule", total_steps=total, epochs=self.planned_epochs,
                   seconds_per_step=sec_per_step)
+        few = self._few_steps_warning(total, sec_per_step)
+        if few:
+            self.emit("message", text=few, level="warning")
+
+    def _few_steps_warning(self, total: int, sec_per_step: float) -> str | None:
+        """A loud sentence when far fewer steps fit the budget than the run needs, once for the
+        first fit and once more if a refit halves it (the machine got busier)."""
+        from vitcli.training.recipe import FEW_STEPS, MIN_STEPS
+        from vitcli.training.threads import load_average, usable_cores
+
+        first = self.first_fit is None
+        if first:
+            self.first_fit = total
+            if total >= FEW_STEPS:
+                return None
+            why = f"only {total:,} optimizer steps fit"
+        elif total < self.first_fit / 2 and self.first_fit > 0:
+            why = (f"the machine got slower: {total:,} steps fit now, "
+                   f"{self.first_fit:,} at the start")
+            self.first_fit = 0  # say it once
+        else:
+            return None
+        need = MIN_STEPS * sec_per_step / 60 + (self.elapsed() / 60 if first else 0)
+        load = load_average()
+        busy = (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
+                if load is not None and load > usable_cores() * 0.75 else "")
+        return (f"{why} in --time-budget {self.options.time_budget:g} min "
+                f"({sec_per_step * 1000:,.0f} ms a step{busy}). About {MIN_STEPS} steps are "
+                f"needed to learn: give --time-budget {math.ceil(need * 1.2 * 4) / 4:g} "
+                "or more, --epochs instead of a budget, or stop other work on this machine")
 
     # ----------------------------------------------------------------------- epoch end
 
@@ -396,7 +459,9 @@ class Trainer:
                "train_loss": self.loss_sum / max(self.loss_count, 1),
                "val_loss": val[0] if val else None, "val_top1": val[1] if val else None,
                "val_top5": val[2] if val else None, "lr": self.schedule.lr(self.step - 1),
-               "images_per_s": self.epoch_images / max(seconds, 1e-9),
+               # None when this session trained no step of the epoch (a resume at its end)
+               "images_per_s": (self.epoch_images / max(seconds, 1e-9)
+                                if self.epoch_images else None),
                "seconds": self.elapsed()}
         improved = val is None or self.best_top1 is None or val[1] > self.best_top1
         # Counters, files and state change together: a second Ctrl-C in here leaves the
@@ -413,7 +478,8 @@ class Trainer:
         if self.env.is_main:
             weights = self.run_dir / "weights"
             model = self.ema.module if self.ema is not None else self.model
-            extra = {"epoch": str(epoch), "val_top1": "" if val is None else f"{val[1]:.6f}"}
+            extra = {"epoch": str(epoch), "val_top1": "" if val is None else f"{val[1]:.6f}",
+                     "validation": self._validation_source()}
             meta = {"class_names": self.data.class_names,
                     "preprocessing": self.data.preprocessing, "extra": extra}
             save_model(weights / "last.safetensors", model, **meta)
@@ -422,7 +488,8 @@ class Trainer:
             self.metrics.append(row)
             self._save_state()
         self.mutating = False
-        self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1)
+        self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1,
+                  epochs=self.planned_epochs)
         if self.step >= self.schedule.total_steps:
             return "time_budget" if self.options.time_budget else "completed"
         if self.options.time_budget:  # refit with what the epochs so far really cost
@@ -432,6 +499,22 @@ class Trainer:
         if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
             return "early_stop"
         return None
+
+    def _validation_source(self) -> str:
+        """How the validation images were chosen, as JSON for the model file: `vit eval
+        --val-split` warns when it would score other (training) images."""
+        import json
+
+        if self.data.val_labels is None:
+            how: dict[str, Any] = {"source": "none"}
+        elif self.options.val:
+            how = {"source": "val"}
+        elif self.data.val_split is not None:
+            how = {"source": "val_split", "fraction": self.data.val_split,
+                   "seed": self.options.seed}
+        else:
+            how = {"source": "split"}
+        return json.dumps(how)
 
     def _validate(self) -> tuple[float, float, float] | None:
         """(loss, top-1, top-5) on the validation set, each rank predicting its share."""
@@ -474,6 +557,7 @@ class Trainer:
             "budget_fitted": self.budget_fitted, "schedule": self.schedule.to_dict(),
             "ema_updates": self.ema.updates if self.ema is not None else 0,
             "batch_size": self.batch, "steps_per_epoch": self.steps_per_epoch,
+            "fill_last": self.fill_last,
             "optimizer": optim_info, "rng": rng_info, "world_size": self.env.world_size,
             "precision": self.precision.name,
         }
@@ -485,6 +569,10 @@ class Trainer:
     def load_state(self, state: TrainState) -> None:
         """Put the model, optimiser, EMA, counters and RNGs back where `state` left them."""
         info, tensors = state.info, state.tensors
+        n = len(self.data.train_labels)
+        if not info.get("fill_last", False) and info["steps_per_epoch"] == n // self.batch:
+            # A run saved before epochs kept every image: it continues as it began.
+            self.fill_last, self.steps_per_epoch = False, n // self.batch
         if info["batch_size"] != self.batch or info["steps_per_epoch"] != self.steps_per_epoch:
             raise UsageError(f"{self.run_dir}: the data changed since the run started "
                              f"({self.steps_per_epoch} steps per epoch now, "
@@ -510,6 +598,10 @@ class Trainer:
             self.metrics.truncate(self.step)  # rows written after the state was saved
 
     def _finish_files(self) -> None:
+        from vitcli.files import data_label
+
+        val = self.options.val or self.options.data
         write_plots(self.run_dir, self.metrics.rows if self.metrics else [], self.data,
                     device=self.device, best_epoch=self.best_epoch,
-                    precision=self.precision.name)
+                    precision=self.precision.name,
+                    data_name=f"{data_label(val)} (validation)")

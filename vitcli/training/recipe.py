@@ -21,6 +21,7 @@ from typing import Any
 
 from vitcli.errors import UsageError
 from vitcli.model.config import TINY_IMAGE_MAX, ViTConfig, get_preset
+from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
 # Model options layered over the preset for small images trained from scratch (the small-data
@@ -60,6 +61,13 @@ TINY_SCHEDULE = "linear"
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("random", "balanced")
 IMBALANCE_WARN = 10.0
+# Epochs when --epochs is not given: EPOCHS, or more when the data is small, so that the run
+# makes at least MIN_STEPS optimizer steps. An epoch of 500 images at batch 256 is 2 steps:
+# 30 epochs would be 60 steps, and the bundled shapes stopped at 30 % validation top-1; 100
+# steps reached 98 % and 300 give room for harder small folders (2026-12-01, 2 CPU cores).
+EPOCHS = 30
+MIN_STEPS = 300
+FEW_STEPS = MIN_STEPS // 2  # a --time-budget that fits fewer is warned about, with what to do
 
 
 @dataclass
@@ -70,7 +78,7 @@ class TrainOptions:
     model: str | None = None  # preset name; None = chosen by image size
     img_size: int | None = None
     patch: int | None = None
-    epochs: int = 30
+    epochs: int | None = None  # None = epochs_for(): EPOCHS, more for small data (MIN_STEPS)
     batch_size: int | None = None  # None = (TINY_)BATCH_SIZE: with_defaults_for
     lr: float | None = None  # None = (TINY_)BASE_LR · batch / BASE_BATCH: with_defaults_for
     weight_decay: float = 0.05
@@ -85,7 +93,7 @@ class TrainOptions:
     sampler: str = "random"  # random (a shuffle) | balanced: every class drawn equally often
     seed: int = 0
     device: str = "auto"
-    workers: int = 0  # CPU threads for training (0 = torch's default)
+    threads: int = 0  # CPU threads for the maths; 0 = chosen from the free cores, re-measured
     augment: str | None = None  # none | light | strong; None = by dataset size
     val: str | None = None
     val_split: float | None = None
@@ -120,6 +128,9 @@ class TrainOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainOptions:
+        data = dict(data)
+        if "workers" in data and "threads" not in data:  # run folders from before --threads
+            data["threads"] = data.pop("workers")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -135,6 +146,8 @@ class TrainOptions:
         if not 0.0 <= self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
+        if self.threads < 0:
+            raise UsageError(f"--threads must be 0 (automatic) or more, not {self.threads}")
         for flag, value in positive.items():
             if value is not None and value < 1:
                 raise UsageError(f"{flag} must be at least 1, not {value}")
@@ -215,6 +228,28 @@ class TrainOptions:
         if self.drop_path is not None:
             return self.drop_path
         return 0.0 if self.tiny_from_scratch(image_size) else DROP_PATH
+
+
+def steps_per_epoch(num_images: int, batch: int) -> int:
+    """Optimizer steps in one epoch: every image once, the last batch filled up (not dropped)."""
+    return max(1, math.ceil(num_images / batch))
+
+
+def epochs_for(options: TrainOptions, num_images: int, batch: int) -> tuple[int, str]:
+    """--epochs, or the default for this much data, and why, in words for the run summary.
+
+    The default is EPOCHS, or enough epochs for MIN_STEPS optimizer steps when an epoch is
+    only a few steps (a small folder): 500 images at batch 256 get 150 epochs of 2 steps.
+    """
+    per_epoch = steps_per_epoch(num_images, batch)
+    if options.epochs is not None:
+        return options.epochs, "--epochs"
+    needed = math.ceil(MIN_STEPS / per_epoch)
+    if needed <= EPOCHS:
+        return EPOCHS, f"the default for {num_images:,} images"
+    steps = "1 step" if per_epoch == 1 else f"{per_epoch} steps"
+    return needed, (f"{num_images:,} images at batch {batch} are {steps} an epoch: "
+                    f"{needed} epochs make the {MIN_STEPS} steps a model needs to learn")
 
 
 def check_optimizer(name: str) -> None:

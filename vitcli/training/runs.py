@@ -241,7 +241,8 @@ def set_rng_states(info: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
 
 
 def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
-                device: torch.device, best_epoch: int | None, precision: str = "auto") -> None:
+                device: torch.device, best_epoch: int | None, precision: str = "auto",
+                data_name: str | None = None) -> None:
     """curves.png from the metrics rows; confusion_matrix.png for the best model on val.
 
     The best model is read back from its file, so the figure shows exactly what
@@ -253,7 +254,9 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
 
     run_dir = Path(run_dir)
     if rows:
-        plot_curves(rows, run_dir / "curves.png", title=run_dir.name)
+        on = f" on {data_name}" if data_name else ""
+        plot_curves(rows, run_dir / "curves.png", title=f"run {run_dir.name}{on}",
+                    num_classes=len(data.class_names))
     best = run_dir / "weights" / "best.safetensors"
     if data.val_pixels is None or not best.exists():
         return
@@ -263,5 +266,6 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
                             device=device, precision=precision)
     m = compute_metrics(logits, data.val_labels, data.class_names)
     plot_confusion(m.confusion, data.class_names, run_dir / "confusion_matrix.png",
-                   title=f"{run_dir.name}: best model (epoch {best_epoch}), "
+                   title=f"run {run_dir.name}: best model (epoch {best_epoch}) on "
+                         f"{data_name or 'its validation images'}, "
                          f"val top-1 {m.top1:.1%}")

@@ -18,7 +18,7 @@ from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import VisionTransformer
 from vitcli.training.distributed import DistEnv, rank0_first
-from vitcli.training.recipe import TrainOptions, model_config
+from vitcli.training.recipe import TrainOptions, grid_warning, model_config
 
 Emit = Callable[..., None]  # emit(kind, **fields): progress events for the command to draw
 
@@ -118,7 +118,8 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         val_paths=bundle.val.paths if bundle.val else None, class_names=names,
         bad_files=list(bundle.bad_files), description=bundle.description, config=config,
         preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split,
-        warnings=[bundle.copies] if bundle.copies else [])
+        warnings=[w for w in [bundle.copies, grid_warning(config.image_size,
+                                                          config.patch_size)] if w])
 
 
 def resolve_init(init: str | None, env: DistEnv, notes: list[str]) -> str | None:

@@ -37,7 +37,7 @@ def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> Tr
     return _run(options, run_dir=None, on_event=on_event)
 
 
-def resume(run_dir: str | Path, *, device: str | None = None, workers: int | None = None,
+def resume(run_dir: str | Path, *, device: str | None = None, threads: int | None = None,
            on_event: EventCallback | None = None) -> TrainResult:
     """Continue the run in `run_dir` from its saved state, with its own options."""
     from vitcli.training.runs import read_json
@@ -57,14 +57,12 @@ def resume(run_dir: str | Path, *, device: str | None = None, workers: int | Non
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None
     options.device = device or options.device
-    options.workers = options.workers if workers is None else workers
+    options.threads = options.threads if threads is None else threads
     return _run(options, run_dir=run_dir, on_event=on_event)
 
 
 def _run(options: TrainOptions, *, run_dir: Path | None,
          on_event: EventCallback | None) -> TrainResult:
-    import torch
-
     from vitcli.training.distributed import broadcast, init_distributed, shutdown_distributed
     from vitcli.training.loop import Trainer, augment_level
     from vitcli.training.runs import (
@@ -76,8 +74,6 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
     )
     from vitcli.training.setup import imbalance_note, prepare, resolved_summary
 
-    if options.workers:
-        torch.set_num_threads(options.workers)
     env = init_distributed(options.device)
 
     def emit(kind: str, **fields: Any) -> None:
@@ -135,7 +131,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             emit("message", level="warning", text=(
                 f"{len(prepared.bad_files)} file(s) skipped (unreadable or not images); "
                 f"listed in {run_dir / 'bad_files.txt'}"))
-        with _graceful_interrupt() as stop_requested:
+        with _graceful_interrupt(lambda: emit("interrupt")) as stop_requested:
             result = trainer.fit(stop_requested)
         finished = True
         return result
@@ -185,9 +181,10 @@ def _remove_unstarted(run_dir: Path) -> None:
 
 
 @contextmanager
-def _graceful_interrupt() -> Iterator[Callable[[], bool]]:
+def _graceful_interrupt(on_first: Callable[[], None]) -> Iterator[Callable[[], bool]]:
     """The first Ctrl-C asks the loop to stop at the next step boundary (so the saved state is
-    consistent); a second one interrupts at once, leaving the last saved state to resume from.
+    consistent) and calls `on_first` at once (the command says what happens next); a second
+    one interrupts at once, leaving the last saved state to resume from.
     """
     requested = [False]
     if threading.current_thread() is not threading.main_thread():
@@ -198,6 +195,7 @@ def _graceful_interrupt() -> Iterator[Callable[[], bool]]:
         if requested[0]:
             raise KeyboardInterrupt
         requested[0] = True
+        on_first()
 
     previous = signal.signal(signal.SIGINT, handler)
     try:

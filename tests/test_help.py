@@ -1,0 +1,102 @@
+"""Every command's --help reads cleanly at 80 columns.
+
+What a newcomer met before: `<bool>` after plain flags, `{image}` and `<list[str]>` in usage
+lines, a docstring's line breaks kept and then re-wrapped (a short line, then a long one),
+the same phrase in six options, and options whose default was nowhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+import typer.main
+from typer.testing import CliRunner
+
+from vitcli.cli import app
+from vitcli.commands import COMMANDS
+
+WIDTH = 80
+NAMES = [name for name, _, _ in COMMANDS]
+# Options that take a value but have no default to show: an input or an output the user names
+# (absent = not read / not written), or one whose help says what happens without it.
+NO_DEFAULT_NEEDED = {"--data", "--val", "--init", "--resume", "--json", "--csv", "--explain",
+                     "--model", "--out", "--labels", "--from-hub", "--cache-dir", "--name",
+                     "--heads", "--preset",
+                     "--freeze", "--split", "--lr"}
+
+
+def render(name: str) -> str:
+    result = CliRunner().invoke(app, [name, "--help"], prog_name="vit",
+                                env={"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": str(WIDTH)},
+                                terminal_width=WIDTH)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def command(name: str):
+    group = typer.main.get_command(app)
+    return group.get_command(group.make_context("vit", [name], resilient_parsing=True), name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_fits_80_columns_without_type_noise(name: str) -> None:
+    text = render(name)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    usage = next(line for line in lines if "Usage:" in line)
+    assert not re.search(r"[{}<>]", usage), usage
+    for noise in ("<bool>", "<list", "<int range>", "<float range>", "[x>="):
+        assert noise not in text, f"`vit {name} --help` shows {noise}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source(name: str) -> None:
+    text = render(name)
+    description = text.split("╭")[0]
+    paragraphs = [p.splitlines() for p in re.split(r"\n\s*\n", description) if p.strip()]
+    for lines in paragraphs:
+        if any("Usage:" in line for line in lines):
+            continue
+        for line in lines[:-1]:  # every line but a paragraph's last fills most of the width
+            assert len(line.rstrip()) >= WIDTH * 0.6, f"broken wrap in `vit {name} --help`: " \
+                                                     f"{line.strip()!r}"
+    for line in text.splitlines():  # a cell wrapped before its last character: " │ .  │"
+        cell = line.strip("│ ")
+        assert cell not in (".", ",", ";", ")"), f"a lone {cell!r} in `vit {name} --help`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_phrase_repeated_across_options(name: str) -> None:
+    shingles: Counter[str] = Counter()
+    for param in command(name).params:
+        words = re.findall(r"[\w≤≥.]+", (param.help or "").lower())
+        shingles.update({" ".join(words[i:i + 5]) for i in range(len(words) - 4)})
+    repeated = [s for s, n in shingles.items() if n > 2]
+    assert not repeated, f"`vit {name} --help` repeats: {repeated}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_options_say_their_default(name: str) -> None:
+    text = " ".join(render(name).replace("│", " ").split())
+    for param in command(name).params:
+        if param.param_type_name != "option" or getattr(param, "is_flag", False):
+            continue
+        flag = max(param.opts, key=len)
+        if flag in NO_DEFAULT_NEEDED or param.hidden:
+            continue
+        help_text = " ".join((param.help or "").split())
+        shown = param.show_default and param.default is not None
+        assert shown or "[" in help_text or "default" in help_text.lower(), \
+            f"`vit {name} {flag}` does not say its default"
+    if name in ("train", "eval"):
+        assert re.search(r"--val-split .{0,200}?(\[0\.1|default)", text), text
+
+
+def test_workers_is_a_hidden_alias_of_threads() -> None:
+    text = render("train")
+    assert "--threads" in text and "--workers" not in text
+    assert "CPU threads for the maths" in " ".join(text.replace("│", " ").split())
+    params = {p.name: p for p in command("train").params}
+    assert params["workers"].hidden

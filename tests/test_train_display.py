@@ -1,0 +1,85 @@
+"""What `vit train` shows: progress from the first step, Ctrl-C at once, readable times."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from vitcli.commands._train_display import Display, format_duration
+from vitcli.model.config import ViTConfig
+
+
+def display() -> tuple[Display, io.StringIO]:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=100, force_terminal=False)
+    return Display(console=console), buffer
+
+
+def start(d: Display, **kw) -> None:
+    fields = dict(run_dir=Path("runs/train/exp"), config=ViTConfig(image_size=32, patch_size=8,
+                  embed_dim=16, depth=1, num_heads=2, num_classes=5),
+                  description="folder x: 500 train / 100 val", num_train=500, num_val=100,
+                  epochs=150, steps_per_epoch=2, batch_size=256, optimizer="muon", lr=4e-3,
+                  schedule="linear", device="cpu", world_size=1, amp="None", resumed_step=0,
+                  total_steps=300, epochs_reason="500 images at batch 256 are 2 steps an "
+                  "epoch: 150 epochs make the 300 steps a model needs to learn",
+                  time_budget=None, threads=1, threads_reason="1 of 2 core(s) free (load 3.0)")
+    fields.update(kw)
+    d("start", **fields)
+
+
+def test_durations_use_seconds_for_short_runs():
+    assert format_duration(0.4) == "0.4 s" and format_duration(42) == "42 s"
+    assert format_duration(185) == "3 min 05 s" and format_duration(7620) == "2 h 07 min"
+
+
+def test_the_start_says_the_schedule_and_why_and_the_threads():
+    d, out = display()
+    start(d)
+    text = " ".join(out.getvalue().split())
+    assert "150 epochs × 2 steps = 300 steps" in text and "make the 300 steps" in text
+    assert "1 CPU thread(s) (1 of 2 core(s) free" in text and "(4×4 grid)" in text
+
+
+def test_a_log_gets_progress_with_time_left_from_the_first_step():
+    d, out = display()
+    start(d)
+    d("step", epoch=1, epochs=150, step=1, total_steps=300, done=1, loss=1.6, lr=1e-3,
+      images_per_s=196.0, eta_s=397.0, budget_fitted=True)
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("step 1/300") and "196 img/s" in line and "6 min 37 s left" in line
+
+
+def test_first_ctrl_c_says_what_happens_next_at_once():
+    d, out = display()
+    start(d)
+    d("interrupt")
+    text = " ".join(out.getvalue().split())
+    assert "stopping after the current step" in text and "--resume" in text
+    assert "Ctrl-C again" in text
+
+
+def test_a_resumed_epoch_without_steps_shows_no_zero_images_per_second():
+    d, out = display()
+    start(d, resumed_step=2)
+    row = {"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_top1": 0.5, "val_top5": 1.0,
+           "images_per_s": None}
+    d("epoch_end", row=row, best=True, best_top1=0.5, epochs=150)
+    text = out.getvalue()
+    assert "resumed at step 2" in text and "img/s" not in text.splitlines()[-1]
+    assert "top-5" not in text.splitlines()[-1]  # 5 classes: top-5 is always 100 %
+
+
+def test_summary_time_is_in_seconds_for_a_short_run(tmp_path):
+    from vitcli.commands._train_display import print_summary
+
+    buffer = io.StringIO()
+    result = SimpleNamespace(stopped="completed", epochs=3, steps=9, seconds=2.5,
+                             best_top1=0.9, best_epoch=3, num_val=0,
+                             best_path=tmp_path / "b", last_path=tmp_path / "l",
+                             run_dir=tmp_path, options=None)
+    print_summary(Console(file=buffer, width=100), result)
+    assert "2.5 s" in buffer.getvalue() and "0.0 min" not in buffer.getvalue()
