@@ -350,7 +350,7 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
             raise KeyboardInterrupt  # stop after epoch 1, as Ctrl-C would
 
     first = train(options(tmp_path, bars, epochs=2, precision="bf16"), on_event=record_and_stop)
-    assert first.stopped == "interrupted" and first.steps == 2
+    assert first.stopped == "interrupted" and first.steps == 3  # 27 images: 3 steps an epoch
     start = next(f for kind, f in events if kind == "start")
     assert start["precision"].startswith("bf16")
     args = json.loads((first.run_dir / "args.json").read_text())
@@ -369,7 +369,7 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
     seen.clear()
     events.clear()
     again = resume(first.run_dir, on_event=lambda kind, **f: events.append((kind, f)))
-    assert again.stopped == "completed" and again.steps == 4
+    assert again.stopped == "completed" and again.steps == 6
     assert next(f for kind, f in events if kind == "start")["precision"].startswith("bf16")
     assert seen and all(on for training, on, _ in seen if training)
 
@@ -377,7 +377,7 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
     del args["options"]["precision"], args["resolved"]["precision"]
     (old / "args.json").write_text(json.dumps(args))
     seen.clear()
-    assert resume(old).steps == 4
+    assert resume(old).steps == 6
     assert seen and not any(on for training, on, _ in seen if training)
 
 
