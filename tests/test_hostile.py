@@ -259,3 +259,252 @@ def test_file_names_cannot_steer_error_lines(tmp_path, model_file):
     assert code == 1 and ESC not in err and "\x07" not in err and "\\x1b]0;owned" in err
     code, _, err = cli("info", tmp_path / "m\x1b[2J.safetensors")
     one_error(code, err, "\\x1b[2J")
+
+
+# ---------------------------------------------------------------- 2. model files checked
+
+
+def raw_safetensors(path: Path, header: dict, data: bytes) -> Path:
+    """A safetensors file written byte by byte, so that it can lie in any way."""
+    blob = json.dumps(header).encode()
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+    return path
+
+
+def parts(path: Path) -> tuple[dict, bytes]:
+    """(header with __metadata__, data section) of a safetensors file."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def with_config(model: Path, out: Path, **changes: object) -> Path:
+    header, data = parts(model)
+    config = json.loads(header["__metadata__"]["config"])
+    config.update(changes)
+    header["__metadata__"]["config"] = json.dumps(config)  # NaN/inf written as Python does
+    return raw_safetensors(out, header, data)
+
+
+def with_tensor(model: Path, out: Path, name: str, values: np.ndarray) -> Path:
+    """The model file with tensor `name` replaced by `values` (any dtype, same shape)."""
+    from safetensors.numpy import load_file, save_file
+
+    header, _ = parts(model)
+    tensors = load_file(str(model))
+    tensors[name] = values
+    save_file(tensors, str(out), metadata=header["__metadata__"])
+    return out
+
+
+@pytest.fixture()
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"depth": 1_000_000}, "depth"),
+    ({"embed_dim": 10**9}, "embed_dim"),
+    ({"image_size": 10**6}, "image_size"),
+    ({"mlp_ratio": float("nan")}, "NaN"),
+    ({"mlp_ratio": float("inf")}, "Infinity"),
+    ({"mlp_ratio": 1e-9}, "mlp_ratio"),
+    ({"layer_norm_eps": float("nan")}, "NaN"),
+    ({"layer_norm_eps": -1.0}, "layer_norm_eps"),
+    ({"num_heads": 0}, "num_heads"),
+    ({"patch_size": 64}, "patch"),
+    ({"depth": 3}, "do not match"),  # in range, but the file holds 2 blocks
+    ({"embed_dim": 64, "num_heads": 2}, "do not match"),
+    ({"num_classes": 4}, "class names"),
+])
+def test_config_values_are_refused_before_allocation(tmp_path, model_file, image, changes,
+                                                     needle):
+    bad = with_config(model_file, tmp_path / "bad.safetensors", **changes)
+    for command in (["info", bad], ["predict", image, "-m", bad],
+                    ["export", "--onnx", "-m", bad, "-o", tmp_path / "x.onnx"]):
+        code, _, err = cli(*command)
+        one_error(code, err, needle)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_huge_config_never_reaches_the_allocator(tmp_path, model_file, image):
+    bad = with_config(model_file, tmp_path / "deep.safetensors", depth=1_000_000)
+    wide = with_config(model_file, tmp_path / "wide.safetensors", embed_dim=4096 * 4,
+                       num_heads=16, depth=200)  # every number in range, 1.6 TB of weights
+    for path, needle in ((bad, "depth"), (wide, "parameters")):
+        code, _, err = child("predict", image, "-m", path, timeout=60, memory=2 * 1024**3)
+        one_error(code, err, needle)
+
+
+@pytest.mark.parametrize("where", ["header", "metadata", "config"])
+def test_deeply_nested_json_is_one_error(tmp_path, model_file, where):
+    header, data = parts(model_file)
+    deep = "[" * 50_000 + "]" * 50_000
+    if where == "header":
+        header["__deep__"] = "X"
+        blob = json.dumps(header).replace('"X"', deep).encode()
+        path = tmp_path / "deep.safetensors"
+        path.write_bytes(len(blob).to_bytes(8, "little") + blob + data)
+    else:
+        key = "class_names" if where == "metadata" else "config"
+        header["__metadata__"][key] = deep
+        path = raw_safetensors(tmp_path / "deep.safetensors", header, data)
+    code, _, err = cli("info", path)
+    one_error(code, err, "nested deeper")
+
+
+def test_deeply_nested_config_json_and_run_state(tmp_path):
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    raw_safetensors(folder / "model.safetensors", {}, b"")
+    code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors")
+    one_error(code, err, "config.json")
+    from vitcli.training.runs import load_state
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    code, _, err = cli("train", "--resume", run)
+    one_error(code, err, "args.json", "nested deeper")
+    (run / "state.json").write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(VitError, match="state.json.*nested deeper"):
+        load_state(run)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_by_name(tmp_path, model_file, image, value):
+    from safetensors.numpy import load_file
+
+    weight = load_file(str(model_file))["blocks.1.mlp.fc1.weight"].copy()
+    weight[0, 0] = value
+    bad = with_tensor(model_file, tmp_path / "nan.safetensors", "blocks.1.mlp.fc1.weight",
+                      weight)
+    data = make_image_folder(tmp_path / "d", per_class=1)
+    for command in (["info", bad], ["predict", image, "-m", bad],
+                    ["eval", "-m", bad, "--data", data, "-o", tmp_path / "ev"],
+                    ["export", "--onnx", "-m", bad, "-o", tmp_path / "x.onnx"]):
+        code, _, err = cli(*command)
+        one_error(code, err, "blocks.1.mlp.fc1.weight")
+
+
+def test_integer_weights_are_refused(tmp_path, model_file, image):
+    bad = with_tensor(model_file, tmp_path / "int.safetensors", "head.bias",
+                      np.array([1, 2, 3], np.int32))
+    for command in (["info", bad], ["predict", image, "-m", bad]):
+        code, _, err = cli(*command)
+        one_error(code, err, "head.bias", "I32")
+
+
+def test_header_lies_about_shapes_dtypes_and_size(tmp_path, model_file):
+    header, data = parts(model_file)
+    cases = {}
+    h = json.loads(json.dumps(header))
+    h["head.bias"]["shape"] = [300000]  # more values than its bytes
+    cases["shape"] = (h, data)
+    h = json.loads(json.dumps(header))
+    h["head.bias"]["dtype"] = "F64"  # twice the bytes
+    cases["dtype"] = (h, data)
+    h = json.loads(json.dumps(header))
+    h["head.bias"]["dtype"] = "Q7"
+    cases["unknown dtype"] = (h, data)
+    cases["trailing bytes"] = (header, data + b"\0" * 64)
+    cases["truncated"] = (header, data[:-4])
+    for name, (h, d) in cases.items():
+        path = raw_safetensors(tmp_path / f"{name}.safetensors", h, d)
+        code, _, err = cli("info", path)
+        one_error(code, err)
+
+
+def test_a_fifo_never_hangs(tmp_path, image):
+    import signal
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("the command blocked on the FIFO")
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    code, _, err = child("info", fifo, timeout=30)  # one in a child, as a user runs it
+    one_error(code, err, "FIFO")
+    previous = signal.signal(signal.SIGALRM, hung)  # in-process: a hang becomes a failure
+    try:
+        for command in (["predict", image, "-m", fifo], ["eval", "-m", fifo, "--data", tmp_path],
+                        ["export", "--onnx", "-m", fifo],
+                        ["convert", fifo, "-o", tmp_path / "o.safetensors"]):
+            signal.alarm(20)
+            code, _, err = cli(*command)
+            signal.alarm(0)
+            one_error(code, err, "FIFO")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_model_without_classes_is_refused_for_predict_and_eval(tmp_path, image):
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
+
+    path = save_model(tmp_path / "features.safetensors",
+                      create_model(num_classes=0, **TINY).eval(), class_names=[])
+    data = make_image_folder(tmp_path / "d", per_class=1)
+    for command in (["predict", image, "-m", path], ["eval", "-m", path, "--data", data]):
+        code, _, err = cli(*command)
+        one_error(code, err, "0 classes")
+    code, _, err = cli("info", path)
+    assert code == 0, err  # a feature extractor is a fine file; it just cannot label
+
+
+def test_onnx_metadata_must_name_every_output(tmp_path, model_file, image):
+    import onnx
+
+    from vitcli.deploy.export import export_onnx
+
+    good = export_onnx(model_file, tmp_path / "m.onnx").path
+    for names in (CLASSES[:2], CLASSES + ["extra"]):
+        proto = onnx.load(str(good))
+        for prop in proto.metadata_props:
+            if prop.key == "class_names":
+                prop.value = json.dumps(names)
+        bad = tmp_path / f"bad{len(names)}.onnx"
+        onnx.save(proto, str(bad))
+        code, _, err = cli("predict", image, "-m", bad)
+        one_error(code, err, "class names")
+    proto = onnx.load(str(good))  # names and config agree with each other, not the graph
+    for prop in proto.metadata_props:
+        if prop.key == "class_names":
+            prop.value = json.dumps(CLASSES[:2])
+        if prop.key == "config":
+            prop.value = json.dumps({**json.loads(prop.value), "num_classes": 2})
+    onnx.save(proto, str(tmp_path / "lying.onnx"))
+    code, _, err = cli("predict", image, "-m", tmp_path / "lying.onnx")
+    one_error(code, err, "names 2 classes")
+
+
+def test_an_npz_bomb_is_refused_before_inflating(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.npz"
+    header = b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': " \
+             b"(12500000,), }" + b" " * 53 + b"\n"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("Transformer/posembed_input/pos_embedding.npy",
+                   header[:128] + bytes(50_000_000))
+    assert bomb.stat().st_size < 200_000
+    code, _, err = cli("convert", bomb, "-o", tmp_path / "o.safetensors")
+    one_error(code, err, "zip bomb")
+
+
+def test_a_shard_index_cannot_name_files_outside_its_folder(tmp_path):
+    secret = tmp_path / "secret.safetensors"
+    raw_safetensors(secret, {}, b"")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "vit",
+                                                    "num_attention_heads": 2}))
+    for name in ("../secret.safetensors", str(secret), "sub/../../secret.safetensors"):
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"weight_map": {"a": name}}))
+        code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors")
+        one_error(code, err, "outside its folder")

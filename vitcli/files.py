@@ -7,6 +7,8 @@ leaves a truncated file where a good one was. Below every sub-package: it import
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +76,89 @@ def claim_numbered_dir(root: str | Path, base: str) -> Path:
         raise VitError(f"{exc.filename or root}: cannot create a folder there "
                        f"({exc.strerror or exc})") from None
     raise VitError(f"{root}: no free folder name for {base!r}")
+
+
+# ------------------------------------------------------------------------ reading safely
+
+JSON_MAX_DEPTH = 64  # nesting of any JSON vitcli reads; real files need under 10
+JSON_MAX_BYTES = 100 * 1024 * 1024  # safetensors' own cap on its header
+
+
+def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
+    """The stat of `path` if it is a regular file (links followed), else a VitError.
+
+    Checked with os.stat before anything opens the file: opening a FIFO blocks until a
+    writer appears (a hang), and a device or socket is never a model or a JSON file.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VitError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise VitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VitError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+        raise VitError(f"{path}: is {kind}, not a regular file; refused")
+    return st
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth_ok(text: str | bytes, max_depth: int = JSON_MAX_DEPTH) -> bool:
+    """Whether no array/object in the JSON `text` nests deeper than `max_depth`.
+
+    Checked before json.loads (recursive) sees a document nested thousands deep (a
+    RecursionError, or a stack overflow in other parsers): strings removed, then the
+    innermost empty pairs removed `max_depth` times, each pass at C speed; whatever is left
+    nests deeper (or does not pair up, which is not JSON either).
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    for _ in range(max_depth):
+        if not brackets:
+            return True
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    return not brackets
+
+
+def load_json(text: str | bytes, *, source: str, max_depth: int = JSON_MAX_DEPTH,
+              max_bytes: int = JSON_MAX_BYTES) -> object:
+    """Parse JSON that came from outside (a model file, a config.json, a run's state).
+
+    Bounded in size and nesting depth, and every error is one VitError naming `source`:
+    never a RecursionError, a MemoryError or a UnicodeDecodeError traceback. NaN and
+    Infinity (which Python's json accepts) are refused as not JSON.
+    """
+    import json
+
+    if len(text) > max_bytes:
+        raise VitError(f"{source}: JSON too large ({len(text):,} bytes; at most {max_bytes:,})")
+    if not json_depth_ok(text, max_depth):
+        raise VitError(f"{source}: not valid JSON, or JSON nested deeper than {max_depth} "
+                       "levels; refused")
+
+    def no_constant(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise VitError(f"{source}: not valid JSON ({exc})") from None
+
+
+def read_json_file(path: str | Path, *, max_bytes: int = JSON_MAX_BYTES) -> object:
+    """load_json of a file, after checking it is a regular file of bounded size."""
+    st = check_regular_file(path, "JSON file")
+    if st.st_size > max_bytes:
+        raise VitError(f"{path}: too large for a JSON file ({st.st_size:,} bytes)")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise VitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return load_json(data, source=str(path), max_bytes=max_bytes)

@@ -15,21 +15,21 @@ def info(
 ) -> None:
     """Show a model file's architecture, classes, preprocessing and parameter count."""
     from vitcli.commands._common import console, safe
-    from vitcli.errors import VitError
-    from vitcli.model.checkpoint import (
-        count_file_params,
-        parse_metadata,
-        read_header,
-        read_metadata,
-    )
+    from vitcli.model.checkpoint import count_file_params
     from vitcli.model.config import count_params, gflops
+    from vitcli.model.validate import check_finite_file, check_model_file
 
-    metadata = read_metadata(model)
-    header, _ = read_header(model)
-    config, names, pre = parse_metadata(model, metadata)
+    # The checks every loader makes (header, layout, config ranges, tensors against the
+    # config), so that info never calls fine a file that predict or eval refuses.
+    checked = check_model_file(model)
+    check_finite_file(model)
+    metadata, header = checked.metadata, checked.header
+    config, names, pre = checked.config, checked.class_names, checked.preprocessing
     params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
                                 or config.pos_embed == "learned"})
     if params != count_params(config):
+        from vitcli.errors import VitError
+
         raise VitError(f"{model}: the stored weights ({params:,} values) do not match the stored "
                        f"config ({count_params(config):,} parameters); the file is corrupt")
     summary = {

@@ -315,12 +315,15 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     from vitcli.data.image_set import load_eval_data
     from vitcli.devices import check_precision, choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
+    from vitcli.model.validate import check_model_file, check_usable_head
 
     if batch_size < 1:
         from vitcli.errors import UsageError
 
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     check_precision(precision)
+    checked = check_model_file(model_path)  # before the images are read or anything built
+    check_usable_head(model_path, checked.config, checked.class_names)
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))
     if model_file.config.num_classes == 0:
