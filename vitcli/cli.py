@@ -6,6 +6,7 @@ torch; each command imports what it needs when it runs, so `vit --help` stays in
 
 from __future__ import annotations
 
+import errno
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,11 @@ from vitcli.errors import USAGE, VitError
 # Reach Typer's class through its public BadParameter (a UsageError subclass).
 _UsageError: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                errno.EPERM, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG,
+                                errno.EMFILE, errno.ENFILE})
 
 
 def _usage_line(exc: Any) -> str:
@@ -48,6 +54,14 @@ class VitGroup(TyperGroup):
         except VitError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # The machine refused (disk full, read-only, quota, permissions, I/O error): the
+            # user's problem to fix, said in one line. Other OSErrors are bugs: traceback.
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            print_error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(1) from None
         except _UsageError as exc:  # a command's arguments and options
             print_error(_usage_line(exc))
             raise typer.Exit(USAGE) from None

@@ -16,11 +16,34 @@ from pathlib import Path
 from vitcli.errors import VitError
 
 
+class WriteError(VitError, OSError):
+    """A write that failed (disk full, read-only, no permission): one line naming the file.
+
+    Also an OSError, so that callers that treat a failed optional write (a cache entry) as
+    harmless keep doing so.
+    """
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        VitError.__init__(self, f"{path}: cannot write ({exc.strerror or exc}); "
+                                "nothing was replaced")
+        self.errno = exc.errno
+        self.strerror = exc.strerror
+        self.filename = str(path)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` and move tmp over `path` only if it succeeded."""
+    """Call `write(tmp)` and move tmp over `path` only if it succeeded.
+
+    A failure (disk full, interrupted, an exception in `write`) leaves the old file as it
+    was and no temporary file behind; an OSError comes back as a WriteError (one line).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                        dir=path.parent)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -29,11 +52,42 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 text; a name that is not UTF-8 keeps its exact bytes."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8",
+                                                         errors="surrogateescape"))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (links, `..` and hard links resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: compare where they would be
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwrite(output: str | Path, option: str,
+                     inputs: dict[str, str | Path | None]) -> None:
+    """A UsageError when writing `output` would replace one of the command's inputs.
+
+    `inputs` maps a label ("--model") to a path; outputs are never written over an input,
+    whatever its name or suffix (export --onnx --model weights.onnx, eval --json MODEL).
+    """
+    from vitcli.errors import UsageError
+
+    for label, source in inputs.items():
+        if source is not None and same_file(output, source):
+            raise UsageError(f"{option} {output}: is the same file as {label} {source}; "
+                             "writing it would destroy an input. Choose another name")
 
 
 def _chmod_like_open(path: Path) -> None:

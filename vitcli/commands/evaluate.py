@@ -66,6 +66,15 @@ def evaluate(
     if json_path is not None and json_path.is_dir():
         raise UsageError(f"--json {json_path}: is a folder; give a file name, e.g. "
                          f"{json_path / 'results.json'}")
+    from vitcli.evaluation.evaluate import OUTPUT_FILES
+    from vitcli.files import refuse_overwrite
+
+    inputs = {"--model": model, "--data": data if Path(data).is_file() else None}
+    if json_path is not None:
+        refuse_overwrite(json_path, "--json", inputs)
+    if out is not None:
+        for name in OUTPUT_FILES:
+            refuse_overwrite(out / name, "--out", inputs)
 
     with progress_bar("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn()) as bar:

@@ -15,9 +15,9 @@ def info(
 ) -> None:
     """Show a model file's architecture, classes, preprocessing and parameter count."""
     from vitcli.commands._common import console, safe
-    from vitcli.model.checkpoint import count_file_params
+    from vitcli.model.checkpoint import check_model_file, count_file_params
     from vitcli.model.config import count_params, gflops
-    from vitcli.model.validate import check_finite_file, check_model_file
+    from vitcli.model.validate import check_finite_file
 
     # The checks every loader makes (header, layout, config ranges, tensors against the
     # config), so that info never calls fine a file that predict or eval refuses.

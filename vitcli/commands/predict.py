@@ -77,6 +77,12 @@ def predict(
     require_classifier(backend)
     skipped: list = []
     paths, results = collect_images(inputs, skipped)
+    if csv_path is not None:  # never over the model or an image being predicted
+        from vitcli.files import refuse_overwrite
+
+        refuse_overwrite(csv_path, "--csv", {"--model": model})
+        for image in paths if csv_path.exists() else []:
+            refuse_overwrite(csv_path, "--csv", {"the input": image})
     if skipped:
         from vitcli.data.discovery import skipped_summary
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vitcli.errors import VitError
+from vitcli.files import atomic_write
 from vitcli.model.preprocess import Preprocessing
 
 Layout = Literal["vit", "big_vision"]
@@ -253,10 +254,11 @@ def to_npz(model: torch.nn.Module, path: str | Path, layout: Layout = "vit") -> 
         for j in (0, 1):
             w[f"{p}{mlp}/Dense_{j}/kernel"] = sd[f"{b}mlp.fc{j + 1}.weight"].T
             w[f"{p}{mlp}/Dense_{j}/bias"] = sd[f"{b}mlp.fc{j + 1}.bias"]
-    path = Path(path)
-    with open(path, "wb") as f:
-        np.savez(f, **w)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **w)
+
+    return atomic_write(path, write)
 
 
 def npz_preprocessing(config) -> Preprocessing:

@@ -35,7 +35,7 @@ from vitcli.deploy.onnx_checks import (
     verify_parity,
 )
 from vitcli.errors import UsageError, VitError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, refuse_overwrite
 
 if TYPE_CHECKING:
     from vitcli.model.checkpoint import ModelFile
@@ -119,6 +119,9 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     fixed = parse_batch(batch)
     precision = check_precision(precision)
     bf16_row = precision == "bf16" or (precision == "auto" and cpu_bf16_units() is not None)
+    refuse_overwrite(out_path, "--out", {"--model": model_path})
+    if int8:
+        refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
     mf = load_model(model_path, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:

@@ -230,6 +230,30 @@ def _json_of(text: str, kind: type, key: str) -> Any:
     return value
 
 
+@dataclass
+class CheckedFile:
+    """A model file that passed every check that needs no weights loaded."""
+
+    path: Path
+    header: dict[str, Any]  # tensor name → {dtype, shape, data_offsets}
+    metadata: dict[str, str]
+    config: ViTConfig
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+
+def check_model_file(path: str | Path) -> CheckedFile:
+    """Every check of a vitcli model file short of reading its weights (see the module doc)."""
+    from vitcli.model.validate import check_against_config
+
+    path = Path(path)
+    header, _ = read_header(path)  # 1, 2 and 4
+    metadata = read_metadata(path)
+    config, names, pre = parse_metadata(path, metadata)  # 3
+    check_against_config(path, header, config)  # 5
+    return CheckedFile(path, header, metadata, config, names, pre)
+
+
 def count_file_params(header: dict[str, Any]) -> int:
     """Number of weights stored in a safetensors header (no torch needed)."""
     total = 0
@@ -251,7 +275,7 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from vitcli.model.validate import check_finite, check_model_file
+    from vitcli.model.validate import check_finite
     from vitcli.model.vit import VisionTransformer
 
     path = Path(path)

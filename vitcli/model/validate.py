@@ -1,7 +1,8 @@
 """Check a model file before anything is allocated or run: one validation for every loader.
 
 `vit info`, predict, eval, export, convert and `train --resume` all read model files through
-`check_model_file` (header, metadata, config, tensor layout) and `check_finite` (the values),
+`vitcli.model.checkpoint.check_model_file`, which runs the checks here in order (header,
+metadata, config, tensor layout, tensors against the config), and `check_finite` (values),
 so a file one of them refuses is refused by all, with the same one-line reason:
 
 1. a regular file (a FIFO would block the reader forever; checked with os.stat first);
@@ -18,13 +19,11 @@ so a file one of them refuses is refused by all, with the same one-line reason:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitcli.errors import VitError
 from vitcli.model.config import ViTConfig
-from vitcli.model.preprocess import Preprocessing
 
 if TYPE_CHECKING:
     import torch
@@ -35,30 +34,6 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
                "BOOL": 1}
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 MAX_TENSORS = 100_000
-
-
-@dataclass
-class CheckedFile:
-    """A model file that passed every check that needs no weights loaded."""
-
-    path: Path
-    header: dict[str, Any]  # tensor name → {dtype, shape, data_offsets}
-    metadata: dict[str, str]
-    config: ViTConfig
-    class_names: list[str]
-    preprocessing: Preprocessing
-
-
-def check_model_file(path: str | Path) -> CheckedFile:
-    """Every check of a vitcli model file short of reading its weights (see the module doc)."""
-    from vitcli.model.checkpoint import parse_metadata, read_header, read_metadata
-
-    path = Path(path)
-    header, _ = read_header(path)  # 1, 2 and 4
-    metadata = read_metadata(path)
-    config, names, pre = parse_metadata(path, metadata)  # 3
-    check_against_config(path, header, config)  # 5
-    return CheckedFile(path, header, metadata, config, names, pre)
 
 
 def check_layout(path: Path, header: dict[str, Any], data_size: int) -> None:
