@@ -621,3 +621,130 @@ def test_a_decode_cache_too_big_for_the_disk_is_one_error(tmp_path, monkeypatch)
                        "--project", tmp_path / "runs")
     one_error(code, err, "No space left")
     assert not [p for p in (tmp_path / "c").iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- 5. every option in range
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2**40)], "--seed"),
+    (["--workers", "100000"], "--workers"),
+    (["--device", "meta"], "meta"),
+    (["--img-size", "20000"], "--img-size"),
+    (["--mlp-ratio", "1e-9"], "--mlp-ratio"),
+    (["--lr", "nan"], "--lr"),
+    (["--epochs", str(10**9)], "--epochs"),
+    (["--batch-size", str(10**9)], "--batch-size"),
+    (["--ema-decay", "0.9"], "without --ema"),
+    (["--patience", "3", "--val-split", "0"], "--patience"),
+    (["--val", "elsewhere", "--val-split", "0"], "--val-split"),
+    (["--init", "m.safetensors", "--freeze", "backbone", "--layer-decay", "0.75"],
+     "--layer-decay"),
+    (["--img-size", "600", "--patch", "6", "--model", "vit-pico"], "GiB"),  # 10,000 tokens
+])
+def test_train_options_out_of_range_or_contradictory(tmp_path, args, needle):
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    code, _, err = cli("train", "--data", data, "--project", tmp_path / "runs", *args)
+    one_error(code, err, needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_python_api_checks_the_same_ranges():
+    from vitcli.errors import UsageError
+    from vitcli.training.recipe import TrainOptions
+
+    for bad in (dict(seed=-1), dict(workers=10**6), dict(ema_decay=0.5),
+                dict(val="v", val_split=0.0), dict(freeze="backbone", init="m", layer_decay=0.5),
+                dict(device="meta"), dict(mlp_ratio=1e-9)):
+        with pytest.raises(UsageError):
+            TrainOptions(data="d", **bad).check()
+
+
+def test_patience_without_any_validation_is_an_error(tmp_path):
+    data = make_image_folder(tmp_path / "d", per_class=2)  # too few for the default split
+    code, _, err = cli("train", "--data", data, "--patience", "2", "--project",
+                       tmp_path / "runs", "--epochs", "1")
+    one_error(code, err, "--patience", "validation")
+
+
+@pytest.mark.parametrize("command, needle", [
+    (["export", "--onnx", "--batch", "1000000000"], "--batch"),
+    (["patchify", "IMAGE", "--size", "100000", "--patch", "10000"], "--size"),
+    (["patchify", "IMAGE", "--size", "8000", "--patch", "1"], "patches"),
+    (["predict", "IMAGE", "--batch-size", "1000000000"], "--batch-size"),
+    (["eval", "--data", "DATA", "--seed", "-5"], "--seed"),
+    (["predict", "IMAGE", "--device", "meta"], "meta"),
+])
+def test_other_commands_check_their_ranges(tmp_path, model_file, image, command, needle):
+    command = [str(image) if c == "IMAGE" else str(tmp_path) if c == "DATA" else c
+               for c in command]
+    if command[0] != "patchify":
+        command += ["-m", str(model_file)]
+    code, _, err = cli(*command)
+    one_error(code, err, needle)
+
+
+# ---------------------------------------------------------------- 6. say what happened
+
+
+def test_resume_after_the_data_changed_says_so(tmp_path):
+    from vitcli.training.recipe import TrainOptions
+    from vitcli.training.trainer import resume, train
+
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    first = train(TrainOptions(data=str(data), epochs=1, img_size=18, model="vit-pico",
+                               project=str(tmp_path / "runs"), batch_size=8))
+    said: list[str] = []
+
+    def listen(kind, **fields):
+        if kind == "message":
+            said.append(fields["text"])
+
+    resume(first.run_dir, on_event=listen)
+    assert not any("data changed" in s for s in said)
+    Image.new("RGB", (32, 32), "white").save(data / "circle" / "new.png")
+    resume(first.run_dir, on_event=listen)
+    assert any("data changed" in s for s in said)
+
+
+def test_convert_blames_the_file_that_holds_a_bad_value(tmp_path):
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTForImageClassification
+
+    folder = tmp_path / "hf"
+    cfg = HFConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                   intermediate_size=64, image_size=16, patch_size=8, num_labels=2)
+    ViTForImageClassification(cfg).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_attention_heads"] = 5  # does not divide the width 32
+    (folder / "config.json").write_text(json.dumps(config))
+    code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors")
+    line = one_error(code, err, "config.json")
+    assert "--heads 5" not in line
+    code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors", "--heads", "3")
+    one_error(code, err, "--heads 3")
+    config["layer_norm_eps"] = 1e999  # inf in JSON
+    config["num_attention_heads"] = 2
+    (folder / "config.json").write_text(json.dumps(config).replace("Infinity", "1e999"))
+    code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors")
+    one_error(code, err, "layer_norm_eps", "config file")
+
+
+def test_library_warnings_never_reach_stderr_raw(tmp_path, monkeypatch):
+    import warnings
+
+    from vitcli.data.image_set import typical_image_size
+    from vitcli.evaluation.plots import plot_confusion
+
+    data = make_image_folder(tmp_path / "d", per_class=2)
+    Image.new("RGB", (40, 40)).save(data / "circle" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1100)  # 40×40 warns, 32×32 does not
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert typical_image_size(data) == 32
+        plot_confusion(np.eye(3, dtype=int), ["猫", "犬", "\x1b[2J"], tmp_path / "cm.png",
+                       title="模型")
+    code, _, err = cli("eval", "-m", "missing.safetensors", "--data", data)
+    assert "Warning" not in err
+

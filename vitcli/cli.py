@@ -7,6 +7,7 @@ torch; each command imports what it needs when it runs, so `vit --help` stays in
 from __future__ import annotations
 
 import errno
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -33,6 +34,13 @@ def _usage_line(exc: Any) -> str:
     return f"{exc.format_message()} (see `vit{command} --help`)"
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    from vitcli.commands._common import plain
+
+    sys.stderr.write(f"warning: {plain(' '.join(str(message).split()))}\n")
+
+
 class VitGroup(TyperGroup):
     """Turns user mistakes into one line on stderr and an exit code, never a traceback."""
 
@@ -49,8 +57,14 @@ class VitGroup(TyperGroup):
             raise typer.Exit(USAGE) from None
 
     def invoke(self, ctx: typer.Context) -> Any:
+        import warnings
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # A library's warning (Pillow's decompression-bomb warning, a font's missing
+                # glyph) is one escaped `warning:` line, not a file:line dump with source.
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except VitError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None

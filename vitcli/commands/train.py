@@ -41,10 +41,10 @@ def train(
                                      "dataset, or a Hub dataset name.")] = None,
     model: Annotated[str | None, _opt("--model", "-m", help="Preset (see `vit models`); "
                                       "default: chosen by image size.")] = None,
-    img_size: Annotated[int | None, _opt("--img-size", min=8, help="Input size in px "
+    img_size: Annotated[int | None, _opt("--img-size", min=8, max=8192, help="Input size in px "
                                          "(default: small images keep their size, rounded "
                                          "up to the patch; large ones the preset's).")] = None,
-    patch: Annotated[int | None, _opt("--patch", min=1, help="Patch size in px "
+    patch: Annotated[int | None, _opt("--patch", min=1, max=1024, help="Patch size in px "
                                       "(default: the preset's).")] = None,
     epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=f"Epochs [{_D.epochs}].")] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
@@ -66,7 +66,7 @@ def train(
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
         f"Stochastic depth [{DROP_PATH}; 0 for {_TINY}]."))]
     = None,
-    seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
+    seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str | None, _opt("--precision", help=(
@@ -74,7 +74,7 @@ def train(
         "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
         "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it."))]
     = None,
-    workers: Annotated[int | None, _opt("--workers", min=0, help="CPU threads for training "
+    workers: Annotated[int | None, _opt("--workers", min=0, max=4096, help="CPU threads for training "
                                         "maths (0 = torch's default).")] = None,
     augment: Annotated[str | None, _opt("--augment", help="none, light or strong "
                                         "(default: by dataset size).")] = None,

@@ -81,9 +81,13 @@ def parse_batch(batch: str) -> int | None:
         n = int(batch)
     except ValueError:
         raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}") from None
-    if n < 1:
-        raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}")
+    if not 1 <= n <= MAX_FIXED_BATCH:
+        raise UsageError(f"--batch must be 'dynamic' or a number in [1, {MAX_FIXED_BATCH:,}], "
+                         f"not {batch!r}")
     return n
+
+
+MAX_FIXED_BATCH = 4096  # the export runs the graph at this batch to verify it
 
 
 # ------------------------------------------------------------------------------ export
@@ -122,6 +126,11 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     refuse_overwrite(out_path, "--out", {"--model": model_path})
     if int8:
         refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
+    from vitcli.model.checkpoint import check_model_file
+    from vitcli.model.config import check_fits
+
+    check_fits(check_model_file(model_path).config, max(fixed or 2, 2), training=False,
+               what="--batch")
     mf = load_model(model_path, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:

@@ -395,6 +395,53 @@ def get_preset(name: str) -> Preset:
     raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
 
 
+def activation_bytes(config: ViTConfig, batch: int, *, training: bool = True) -> int:
+    """Estimated float32 bytes of activations for one step at `batch` images (an upper-bound
+    style estimate, within about 2x of what torch keeps): training keeps every block's
+    inputs, attention and MLP outputs for the backward pass; inference about one block's.
+    """
+    n, d, m, h = config.num_tokens, config.embed_dim, config.mlp_dim, config.num_heads
+    per_block = n * (10 * d + 3 * m) + 2 * h * n * n  # norms, q/k/v, proj, residuals; MLP; attn
+    blocks = config.depth if training else 2
+    return 4 * batch * (blocks * per_block + 4 * n * d)
+
+
+def machine_memory(device_type: str = "cpu", index: int = 0) -> int | None:
+    """Bytes of memory on the device (physical RAM for the CPU), or None if unknown."""
+    if device_type == "cuda":
+        try:
+            import torch
+
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        except Exception:  # noqa: BLE001 - no CUDA: unknown
+            return None
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(config: ViTConfig, batch: int, *, device_type: str = "cpu", index: int = 0,
+               training: bool = True, what: str = "--batch-size") -> None:
+    """UsageError when weights (+ gradients and AdamW state) and activations at `batch`
+    clearly cannot fit in the device's memory: said before anything is allocated."""
+    weights = 4 * count_params(config) * (4 if training else 1)
+    need = weights + activation_bytes(config, batch, training=training)
+    have = machine_memory(device_type, index)
+    # Refused only when clearly impossible (over twice the memory): the estimate is rough,
+    # and a run that might just fit is the user's to try.
+    if have is not None and need > 2 * have:
+        raise UsageError(
+            f"{config.image_size}-px images in {config.patch_size}-px patches "
+            f"({config.num_tokens:,} tokens) at {what} {batch:,} need about {need / 2**30:,.1f} "
+            f"GiB for a {'training step' if training else 'forward pass'}; this "
+            f"{device_type.upper() if device_type == 'cpu' else 'GPU'} has "
+            f"{have / 2**30:,.1f} GiB. Use a smaller image size, a larger patch or a smaller "
+            "batch")
+
+
 def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
     """Multiply-accumulates for one image (matmuls only; norms/softmax are negligible)."""
     size = image_size or config.image_size
