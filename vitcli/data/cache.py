@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vitcli.errors import VitError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, read_json_file
 
 CACHE_VERSION = 1  # bump when the cached bytes would differ for the same key
 MEMORY_LIMIT = 2 * 1024**3  # bytes of pixels kept in RAM; larger sets are memory-mapped
@@ -245,13 +245,13 @@ def _read_cache(folder: Path, key: str, count: int,
     """The cached entry, or None if it is missing, stale or damaged (then it is redone)."""
     npy, index = _paths(folder, key)
     try:
-        meta = json.loads(index.read_text())
+        meta = read_json_file(index)  # bounded: a cache folder is not trusted either
         bad = [(int(i), str(reason)) for i, reason in meta["bad"]]
         if meta["version"] != CACHE_VERSION or meta["count"] != count:
             return None
         # Copy-on-write: torch.from_numpy wants a writable array; the file is never changed.
         pixels = np.load(npy, mmap_mode="c", allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, VitError):
         return None
     n_good = count - len(bad)
     if pixels.dtype != np.uint8 or pixels.shape[1:] != shape or len(pixels) < n_good:
