@@ -148,6 +148,10 @@ def test_undecodable_names_are_listed_predicted_and_written(tmp_path, model_file
     assert latin1 in [r[0] for r in rows]
     code, out, err = cli("predict", root / "circle", "-m", model_file, "--json")
     assert code == 0 and latin1 in [json.loads(line)["image"] for line in out.splitlines()]
+    from vitcli.training.runs import write_bad_files
+
+    listed = write_bad_files(tmp_path, [(latin1, "not an image")])  # train's bad_files.txt
+    assert listed is not None and b"caf\xe9.png\tnot an image" in listed.read_bytes()
 
 
 def test_a_link_loop_is_listed_once_and_named(tmp_path, model_file):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from vitcli.errors import UsageError, VitError
-from vitcli.files import atomic_write, claim_numbered_dir, read_json_file
+from vitcli.files import atomic_write, atomic_write_text, claim_numbered_dir, read_json_file
 from vitcli.model.checkpoint import read_header, save_tensors
 from vitcli.model.validate import check_finite
 
@@ -68,7 +68,7 @@ def write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path | N
     if not bad_files:
         return None
     lines = "".join(f"{path}\t{reason}\n" for path, reason in bad_files)
-    return atomic_write(run_dir / "bad_files.txt", lambda tmp: tmp.write_text(lines))
+    return atomic_write_text(run_dir / "bad_files.txt", lines)  # a name's exact bytes
 
 
 # ---------------------------------------------------------------------------- metrics.csv
