@@ -732,7 +732,7 @@ def test_convert_blames_the_file_that_holds_a_bad_value(tmp_path):
     config["num_attention_heads"] = 2
     (folder / "config.json").write_text(json.dumps(config).replace("Infinity", "1e999"))
     code, _, err = cli("convert", folder, "-o", tmp_path / "o.safetensors")
-    one_error(code, err, "layer_norm_eps", "config file")
+    one_error(code, err, "layer_norm_eps", "config.json")
 
 
 def test_library_warnings_never_reach_stderr_raw(tmp_path, monkeypatch):
