@@ -20,7 +20,6 @@ from vitcli.files import check_regular_file, load_json
 from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata, read_metadata
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
-from vitcli.model.validate import check_usable_head
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUT = "logits"
@@ -134,8 +133,7 @@ def open_backend(path: str | Path, device: str = "auto", precision: str = "auto"
 
 def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> TorchBackend:
     """Load a .safetensors model file onto `device` (imports torch) to run at `precision`."""
-    config, names, _ = parse_metadata(path, read_metadata(path))  # before importing torch
-    check_usable_head(path, config, names)
+    parse_metadata(path, read_metadata(path))  # a clear error before importing torch
 
     from vitcli.devices import choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
@@ -168,9 +166,10 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
                        f"expected vitcli's {ONNX_INPUT!r} → {ONNX_OUTPUT!r}")
     # The graph's pixel shape is fixed at export; metadata edited since would feed it
     # images it cannot take (onnxruntime's error would be a traceback, mid-prediction).
-    check_usable_head(path, config, names)
     classes = session.get_outputs()[outputs.index(ONNX_OUTPUT)].shape
-    if len(classes) != 2 or (isinstance(classes[1], int) and classes[1] != len(names)):
+    # A classifier's logits must be one per named class (a backbone's are features).
+    if config.num_classes and (len(classes) != 2 or (isinstance(classes[1], int)
+                                                     and classes[1] != len(names))):
         raise VitError(f"{path}: the graph's logits have shape {classes} but its metadata "
                        f"names {len(names)} classes; corrupt vitcli metadata")
     graph_chw = list(session.get_inputs()[0].shape[1:])

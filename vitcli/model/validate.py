@@ -120,6 +120,6 @@ def check_finite_file(path: str | Path) -> None:
 def check_usable_head(path: str | Path, config: ViTConfig, class_names: list[str]) -> None:
     """Prediction and evaluation need a classifier: refuse a model with 0 classes."""
     if config.num_classes == 0 or not class_names:
-        raise VitError(f"{path}: the model has no classification head (0 classes): it gives "
-                       "features, not labels; train a head on labelled data first "
-                       "(vit train --init MODEL --data FOLDER)")
+        raise VitError(f"{path}: a backbone without a classification head (0 classes): its "
+                       "outputs are features, not labels; fine-tune a head first: vit train "
+                       f"--data DATA --init {path} --freeze backbone")
