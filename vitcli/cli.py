@@ -6,6 +6,8 @@ torch; each command imports what it needs when it runs, so `vit --help` stays in
 
 from __future__ import annotations
 
+import errno
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -21,10 +23,22 @@ _UsageError: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                errno.EPERM, errno.EIO, errno.EFBIG, errno.ENAMETOOLONG,
+                                errno.EMFILE, errno.ENFILE})
+
+
 def _usage_line(exc: Any) -> str:
     ctx = getattr(exc, "ctx", None)
     command = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
     return f"{exc.format_message()} (see `vit{command} --help`)"
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    from vitcli.commands._common import plain
+
+    sys.stderr.write(f"warning: {plain(' '.join(str(message).split()))}\n")
 
 
 class VitGroup(TyperGroup):
@@ -43,11 +57,25 @@ class VitGroup(TyperGroup):
             raise typer.Exit(USAGE) from None
 
     def invoke(self, ctx: typer.Context) -> Any:
+        import warnings
+
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # A library's warning (Pillow's decompression-bomb warning, a font's missing
+                # glyph) is one escaped `warning:` line, not a file:line dump with source.
+                warnings.showwarning = _one_line_warning
+                return super().invoke(ctx)
         except VitError as exc:
             print_error(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            # The machine refused (disk full, read-only, quota, permissions, I/O error): the
+            # user's problem to fix, said in one line. Other OSErrors are bugs: traceback.
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            print_error(f"{where}{exc.strerror or exc}")
+            raise typer.Exit(1) from None
         except _UsageError as exc:  # a command's arguments and options
             print_error(_usage_line(exc))
             raise typer.Exit(USAGE) from None

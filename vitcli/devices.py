@@ -32,6 +32,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # meta, xla, ...: nothing runs there
+        raise UsageError(f"--device {name}: not a device vitcli runs on; use auto, cpu, "
+                         "cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():

@@ -7,6 +7,8 @@ leaves a truncated file where a good one was. Below every sub-package: it import
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +16,34 @@ from pathlib import Path
 from vitcli.errors import VitError
 
 
+class WriteError(VitError, OSError):
+    """A write that failed (disk full, read-only, no permission): one line naming the file.
+
+    Also an OSError, so that callers that treat a failed optional write (a cache entry) as
+    harmless keep doing so.
+    """
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        VitError.__init__(self, f"{path}: cannot write ({exc.strerror or exc}); "
+                                "nothing was replaced")
+        self.errno = exc.errno
+        self.strerror = exc.strerror
+        self.filename = str(path)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` and move tmp over `path` only if it succeeded."""
+    """Call `write(tmp)` and move tmp over `path` only if it succeeded.
+
+    A failure (disk full, interrupted, an exception in `write`) leaves the old file as it
+    was and no temporary file behind; an OSError comes back as a WriteError (one line).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                        dir=path.parent)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -27,11 +52,42 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from None
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 text; a name that is not UTF-8 keeps its exact bytes."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8",
+                                                         errors="surrogateescape"))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (links, `..` and hard links resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: compare where they would be
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwrite(output: str | Path, option: str,
+                     inputs: dict[str, str | Path | None]) -> None:
+    """A UsageError when writing `output` would replace one of the command's inputs.
+
+    `inputs` maps a label ("--model") to a path; outputs are never written over an input,
+    whatever its name or suffix (export --onnx --model weights.onnx, eval --json MODEL).
+    """
+    from vitcli.errors import UsageError
+
+    for label, source in inputs.items():
+        if source is not None and same_file(output, source):
+            raise UsageError(f"{option} {output}: is the same file as {label} {source}; "
+                             "writing it would destroy an input. Choose another name")
 
 
 def _chmod_like_open(path: Path) -> None:
@@ -98,3 +154,88 @@ def data_label(data: str | Path) -> str:
         return f"{path.parent.name}/{path.name}"
     return path.name or text
 
+
+# ------------------------------------------------------------------------ reading safely
+
+JSON_MAX_DEPTH = 64  # nesting of any JSON vitcli reads; real files need under 10
+JSON_MAX_BYTES = 100 * 1024 * 1024  # safetensors' own cap on its header
+
+
+def check_regular_file(path: str | Path, what: str = "file") -> os.stat_result:
+    """The stat of `path` if it is a regular file (links followed), else a VitError.
+
+    Checked with os.stat before anything opens the file: opening a FIFO blocks until a
+    writer appears (a hang), and a device or socket is never a model or a JSON file.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VitError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise VitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise VitError(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else
+                "a socket" if stat.S_ISSOCK(st.st_mode) else "a device")
+        raise VitError(f"{path}: is {kind}, not a regular file; refused")
+    return st
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth_ok(text: str | bytes, max_depth: int = JSON_MAX_DEPTH) -> bool:
+    """Whether no array/object in the JSON `text` nests deeper than `max_depth`.
+
+    Checked before json.loads (recursive) sees a document nested thousands deep (a
+    RecursionError, or a stack overflow in other parsers): strings removed, then the
+    innermost empty pairs removed `max_depth` times, each pass at C speed; whatever is left
+    nests deeper (or does not pair up, which is not JSON either).
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET)
+    for _ in range(max_depth):
+        if not brackets:
+            return True
+        brackets = brackets.replace(b"[]", b"").replace(b"{}", b"")
+    return not brackets
+
+
+def load_json(text: str | bytes, *, source: str, max_depth: int = JSON_MAX_DEPTH,
+              max_bytes: int = JSON_MAX_BYTES) -> object:
+    """Parse JSON that came from outside (a model file, a config.json, a run's state).
+
+    Bounded in size and nesting depth, and every error is one VitError naming `source`:
+    never a RecursionError, a MemoryError or a UnicodeDecodeError traceback. NaN and
+    Infinity (which Python's json accepts) are refused as not JSON.
+    """
+    import json
+
+    if len(text) > max_bytes:
+        raise VitError(f"{source}: JSON too large ({len(text):,} bytes; at most {max_bytes:,})")
+    if not json_depth_ok(text, max_depth):
+        raise VitError(f"{source}: not valid JSON, or JSON nested deeper than {max_depth} "
+                       "levels; refused")
+
+    def no_constant(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise VitError(f"{source}: not valid JSON ({exc})") from None
+
+
+def read_json_file(path: str | Path, *, max_bytes: int = JSON_MAX_BYTES) -> object:
+    """load_json of a file, after checking it is a regular file of bounded size."""
+    st = check_regular_file(path, "JSON file")
+    if st.st_size > max_bytes:
+        raise VitError(f"{path}: too large for a JSON file ({st.st_size:,} bytes)")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise VitError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return load_json(data, source=str(path), max_bytes=max_bytes)

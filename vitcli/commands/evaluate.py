@@ -26,7 +26,7 @@ def evaluate(
         show_default=False)] = None,
     json_path: JsonOpt = None,
     out: OutDirOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=4096,
                                             help="Images per forward pass.")] = 256,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -37,9 +37,9 @@ def evaluate(
         "--val-split", help="Evaluate the fraction that `vit train --val-split` (default 0.1) "
         "held out of this data, carved again with the same --seed.",
         show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="The training run's --seed, with "
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="The training run's --seed, with "
                                       "--val-split.")] = 0,
-    show: Annotated[int, typer.Option("--show", min=0,
+    show: Annotated[int, typer.Option("--show", min=0, max=100_000,
                                       help="Misclassified files listed in the terminal.")] = 20,
 ) -> None:
     """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
@@ -66,6 +66,15 @@ def evaluate(
     if json_path is not None and json_path.is_dir():
         raise UsageError(f"--json {json_path}: is a folder; give a file name, e.g. "
                          f"{json_path / 'results.json'}")
+    from vitcli.evaluation.evaluate import OUTPUT_FILES
+    from vitcli.files import refuse_overwrite
+
+    inputs = {"--model": model, "--data": data if Path(data).is_file() else None}
+    if json_path is not None:
+        refuse_overwrite(json_path, "--json", inputs)
+    if out is not None:
+        for name in OUTPUT_FILES:
+            refuse_overwrite(out / name, "--out", inputs)
 
     with progress_bar("[progress.description]{task.description}", BarColumn(),
                       MofNCompleteColumn(), TimeRemainingColumn()) as bar:

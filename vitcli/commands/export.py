@@ -20,7 +20,7 @@ def export(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output .onnx file. Default: beside the model, same name.",
         show_default=False)] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version (17 or newer).")] = 20,
+    opset: Annotated[int, typer.Option("--opset", min=1, max=1000, help="ONNX opset version (17 or newer).")] = 20,
     batch: Annotated[str, typer.Option(
         "--batch", help="'dynamic' for any batch size, or a fixed batch size N.")] = "dynamic",
     int8: Annotated[bool, typer.Option(

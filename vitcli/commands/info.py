@@ -18,13 +18,9 @@ def info(
     from vitcli.commands._common import console, safe
     from vitcli.deploy.backends import is_onnx_path
     from vitcli.errors import VitError
-    from vitcli.model.checkpoint import (
-        count_file_params,
-        parse_metadata,
-        read_header,
-        read_metadata,
-    )
+    from vitcli.model.checkpoint import check_model_file, count_file_params, parse_metadata
     from vitcli.model.config import count_params, gflops
+    from vitcli.model.validate import check_finite_file
 
     onnx_facts: dict[str, object] = {}
     if is_onnx_path(model):
@@ -37,9 +33,12 @@ def info(
         onnx_facts = {"onnx_opset": found.opset, "onnx_ir_version": found.ir_version,
                       "int8": found.quantized}
     else:
-        metadata = read_metadata(model)
-        header, _ = read_header(model)
-        config, names, pre = parse_metadata(model, metadata)
+        # The checks every loader makes (header, layout, config ranges, tensors against the
+        # config), so that info never calls fine a file that predict or eval refuses.
+        checked = check_model_file(model)
+        check_finite_file(model)
+        metadata, header = checked.metadata, checked.header
+        config, names, pre = checked.config, checked.class_names, checked.preprocessing
         params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
                                     or config.pos_embed == "learned"})
         if params != count_params(config):

@@ -24,10 +24,10 @@ def patchify(
                                           show_default=False)],
     # Defaults in (parentheses): Rich help would read "[default: ...]" as a markup tag.
     patch: Annotated[int | None, typer.Option(
-        "--patch", "-p", help="Patch size in pixels (default: the preset's, else 16; "
+        "--patch", "-p", min=1, max=1024, help="Patch size in pixels (default: the preset's, else 16; "
         "a model file's own with --model).", show_default=False)] = None,
     size: Annotated[int | None, typer.Option(
-        "--size", "-s", help="Model input size in pixels (default: the preset's, else 224; "
+        "--size", "-s", min=1, max=8192, help="Model input size in pixels (default: the preset's, else 224; "
         "a model file's own with --model).", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Architecture for the width and GFLOPs figures "

@@ -32,7 +32,7 @@ def predict(
         "--model", "-m", help="A vitcli model file: .safetensors (PyTorch) or .onnx "
         "(onnxruntime, no torch) (default: weights/best.safetensors of the newest run in "
         "runs/train).", show_default=False)] = None,  # no long path: help must not be cut
-    topk: Annotated[int, typer.Option("--topk", "-k", min=1,
+    topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=100_000,
                                       help="How many labels to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Write one JSON object per image to stdout, nothing else.")] = False,
@@ -44,7 +44,7 @@ def predict(
         "(.safetensors models only).", show_default=False)] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
@@ -77,6 +77,12 @@ def predict(
     require_classifier(backend)
     skipped: list = []
     paths, results = collect_images(inputs, skipped)
+    if csv_path is not None:  # never over the model or an image being predicted
+        from vitcli.files import refuse_overwrite
+
+        refuse_overwrite(csv_path, "--csv", {"--model": model})
+        for image in paths if csv_path.exists() else []:
+            refuse_overwrite(csv_path, "--csv", {"the input": image})
     if skipped:
         from vitcli.data.discovery import skipped_summary
 

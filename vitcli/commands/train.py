@@ -39,10 +39,10 @@ def train(
                                      "dataset, or a Hub dataset name.")] = None,
     model: Annotated[str | None, _opt("--model", "-m", help="Preset (see `vit models`); "
                                       "default: chosen by image size.")] = None,
-    img_size: Annotated[int | None, _opt("--img-size", min=8, help="Input size in px "
+    img_size: Annotated[int | None, _opt("--img-size", min=8, max=8192, help="Input size in px "
                                          "(default: small images keep their size, rounded "
                                          "up to the patch; large ones the preset's).")] = None,
-    patch: Annotated[int | None, _opt("--patch", min=1, help="Patch size in px "
+    patch: Annotated[int | None, _opt("--patch", min=1, max=1024, help="Patch size in px "
                                       "(default: the preset's).")] = None,
     epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=(
         f"Epochs [{EPOCHS}, or more for small data: at least {MIN_STEPS} steps]."))] = None,
@@ -65,7 +65,7 @@ def train(
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
         f"Stochastic depth [{DROP_PATH}; tiny: 0]."))]
     = None,
-    seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
+    seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
                                      f"augmentation [{_D.seed}].")] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str | None, _opt("--precision", help=(
@@ -73,11 +73,11 @@ def train(
         "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
         "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it [auto]."))]
     = None,
-    threads: Annotated[int | None, _opt("--threads", min=0, help=(
+    threads: Annotated[int | None, _opt("--threads", min=0, max=4096, help=(
         "CPU threads for the maths [0 = automatic: from the free cores, measured at the "
         "start and again when steps slow down]."))] = None,
     # The old name of --threads, still accepted; hidden, so that help shows one name.
-    workers: Annotated[int | None, typer.Option("--workers", min=0, hidden=True)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, max=4096, hidden=True)] = None,
     augment: Annotated[str | None, _opt("--augment", help="none, light or strong "
                                         "[by dataset size].")] = None,
     val: Annotated[str | None, _opt("--val", help="Validation images (same forms as "

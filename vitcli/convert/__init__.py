@@ -24,9 +24,11 @@ from torch import Tensor
 from vitcli.convert import hf, npz, timm
 from vitcli.convert.hub import download_from_hub as download_from_hub  # re-exported
 from vitcli.errors import UsageError, VitError
+from vitcli.files import check_regular_file, read_json_file
 from vitcli.model.checkpoint import PICKLE_SUFFIXES, read_header, refusal_message, save_model
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from vitcli.model.validate import check_finite
 
 SUPPORTED = ("a timm state dict (.safetensors), a transformers folder (config.json + "
              "model.safetensors: ViT, DeiT, ViT-MAE, DINOv2, CLIP, SigLIP), an original ViT / "
@@ -53,6 +55,7 @@ def load_source(source: str | Path, *, heads: int | None = None,
         raise VitError(f"{path}: no such file or folder")
     if path.is_dir():
         return _load_folder(path, heads=heads, allow_pickle=allow_pickle)
+    check_regular_file(path, "checkpoint")  # before anything opens it: a FIFO would hang
     suffix = path.suffix.lower()
     if suffix == ".npz":
         state, known, notes = npz.npz_to_timm(npz.read_npz(path), str(path))
@@ -86,8 +89,7 @@ def _load_folder(folder: Path, *, heads: int | None, allow_pickle: bool) -> Conv
         state = _load_safetensors([folder / "model.safetensors"])
         where = folder / "model.safetensors"
     elif index.exists():  # sharded: the index names the shard of every tensor
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        state = _load_safetensors([folder / s for s in shards])
+        state = _load_safetensors(shard_paths(folder, _read_json(index), index))
         where = index
     elif (folder / "pytorch_model.bin").exists():
         where = folder / "pytorch_model.bin"
@@ -153,13 +155,29 @@ def _to_float32(state: dict[str, Tensor]) -> list[str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VitError(f"{path}: not readable JSON ({exc})") from None
+    data = read_json_file(path, max_bytes=64 * 1024 * 1024)  # bounded size and depth
     if not isinstance(data, dict):
         raise VitError(f"{path}: expected a JSON object")
     return data
+
+
+def shard_paths(folder: Path, index: dict[str, Any], where: Path) -> list[Path]:
+    """The shard files a transformers index names, each a plain file inside `folder`.
+
+    A name with a folder part, `..`, or a link leading outside would make convert read a
+    file the user never gave it (`../../home/me/.ssh/id_rsa`): refused.
+    """
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise VitError(f"{where}: no weight_map naming the shard files")
+    root = folder.resolve()
+    paths = []
+    for name in sorted({str(v) for v in weight_map.values()}):
+        candidate = (folder / name).resolve()
+        if Path(name).name != name or candidate.parent != root:
+            raise VitError(f"{where}: names a shard outside its folder ({name!r}); refused")
+        paths.append(folder / name)
+    return paths
 
 
 def _load_safetensors(paths: list[Path]) -> dict[str, Tensor]:
@@ -170,9 +188,11 @@ def _load_safetensors(paths: list[Path]) -> dict[str, Tensor]:
     for path in paths:
         read_header(path)  # clear errors for missing, truncated or pickle files
         try:
-            state.update(load_file(str(path)))
+            loaded = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
+        check_finite(path, loaded)
+        state.update(loaded)
     return state
 
 
@@ -261,6 +281,7 @@ def convert(source: str | Path, out: str | Path, *, labels: list[str] | None = N
     """Convert `source` and write it to `out` as a vitcli model file."""
     check_out(source, out)
     converted = load_source(source, heads=heads, allow_pickle=allow_pickle)
+    check_finite(source, converted.state)  # whatever the source format
     names = labels if labels is not None else converted.class_names
     n = converted.config.num_classes
     if names is not None and len(names) != n:

@@ -24,7 +24,7 @@ import vitcli.convert.hf_clip as hf_clip
 import vitcli.convert.hf_dinov2 as hf_dinov2
 import vitcli.convert.hf_processor as hf_processor
 from vitcli.convert.hf_common import check_shapes, common_fields, num_labels, rename
-from vitcli.errors import VitError
+from vitcli.errors import UsageError, VitError
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
@@ -84,7 +84,10 @@ def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
                                                                     where)
     else:
         state, fields, default_processor, notes = _convert_vit(state, cfg, model_type, where)
-    if heads is not None:
+    if heads is not None:  # --heads wins over config.json; a bad value is blamed on it
+        width = fields.get("embed_dim")
+        if heads <= 0 or (isinstance(width, int) and width % heads):
+            raise UsageError(f"--heads {heads} does not divide the width {width}")
         fields["num_heads"] = heads
     try:
         config = ViTConfig(**fields)

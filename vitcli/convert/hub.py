@@ -10,12 +10,12 @@ failing that the user gets one line that says what to download by hand.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from vitcli.errors import VitError
+from vitcli.files import read_json_file
 
 # What a ViT folder needs: config, optional preprocessing, safetensors weights (maybe sharded).
 CONFIG, PROCESSOR = "config.json", "preprocessor_config.json"
@@ -129,7 +129,7 @@ def _from_cache(repo_id: str, cache_dir: str | Path | None) -> Path | None:
     if index is None:
         return None
     try:
-        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = set(read_json_file(index)["weight_map"].values())  # type: ignore[index]
+    except (VitError, KeyError, TypeError, AttributeError):
         return None
     return config.parent if all(cached(s) is not None for s in shards) else None

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from vitcli.errors import VitError
+from vitcli.files import atomic_write
 from vitcli.model.preprocess import Preprocessing
 
 Layout = Literal["vit", "big_vision"]
@@ -28,6 +29,33 @@ _NAMES = {  # layout → (first norm, attention, second norm, MLP)
     "vit": ("LayerNorm_0", "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3"),
     "big_vision": ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0"),
 }
+
+
+MAX_INFLATION = 16  # weights barely compress (~1.1x); a zip bomb inflates 1000x
+MAX_NPZ_BYTES = 64 * 2**30  # ViT-22B in float32 is 88 GB; ViT-G/14 7.5 GB
+
+
+def check_inflated_size(path: Path) -> int:
+    """The bytes the .npz's arrays take once read, refused when over a bound.
+
+    Read from the zip directory before any member is inflated: at most MAX_INFLATION times
+    the file's size (plus 1 MB for tiny files) and at most MAX_NPZ_BYTES.
+    """
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise VitError(f"{path}: not a readable .npz file ({exc})") from None
+    total = sum(m.file_size for m in members)
+    bound = min(MAX_NPZ_BYTES, MAX_INFLATION * size + 2**20)
+    if total > bound:
+        raise VitError(f"{path}: its {len(members)} arrays would inflate to {total:,} bytes "
+                       f"from a {size:,}-byte file (at most {bound:,}); refused as a possible "
+                       "zip bomb")
+    return total
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -39,6 +67,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise VitError(f"{path}: not readable ({exc.strerror or exc})") from None
     if magic[:2] != b"PK":  # a zip; numpy would treat anything else as a pickle
         raise VitError(f"{path}: not an .npz file (an .npz is a zip archive of arrays)")
+    check_inflated_size(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -225,10 +254,11 @@ def to_npz(model: torch.nn.Module, path: str | Path, layout: Layout = "vit") -> 
         for j in (0, 1):
             w[f"{p}{mlp}/Dense_{j}/kernel"] = sd[f"{b}mlp.fc{j + 1}.weight"].T
             w[f"{p}{mlp}/Dense_{j}/bias"] = sd[f"{b}mlp.fc{j + 1}.bias"]
-    path = Path(path)
-    with open(path, "wb") as f:
-        np.savez(f, **w)
-    return path
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **w)
+
+    return atomic_write(path, write)
 
 
 def npz_preprocessing(config) -> Preprocessing:

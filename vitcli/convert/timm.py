@@ -59,11 +59,17 @@ def check_supported(state: dict[str, Tensor], where: str) -> None:
         raise VitError(f"{where}: not supported by vitcli's ViT: {'; '.join(parts)}")
 
 
-def heads_for(width: int, heads: int | None, where: str) -> int:
-    """The head count: the override, else the paper table by width, else a clear error."""
+def heads_for(width: int, heads: int | None, where: str, source: str = "--heads") -> int:
+    """The head count: the override, else the paper table by width, else a clear error.
+
+    `source` names where `heads` came from (the option, or a config file), so that a bad
+    value is blamed on the place that holds it.
+    """
     if heads is not None:
-        if heads <= 0 or width % heads:
-            raise UsageError(f"--heads {heads} does not divide the width {width}")
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0 \
+                or width % heads:
+            message = f"{source} {heads!r} does not divide the width {width}"
+            raise (UsageError(message) if source == "--heads" else VitError(message))
         return heads
     if width in HEADS_BY_WIDTH:
         return HEADS_BY_WIDTH[width]
@@ -151,8 +157,10 @@ def config_from_state_dict(state: dict[str, Tensor], where: str, *, heads: int |
     fields, notes = fields_from_state(state, where)
     embed_dim = fields["embed_dim"]
     fields.update(known)
-    given = heads or known.get("num_heads")
-    fields["num_heads"] = heads_for(embed_dim, given, where)
+    given = heads if heads is not None else known.get("num_heads")
+    source = ("--heads" if heads is not None
+              else f"num_heads (from the config.json beside {where})")
+    fields["num_heads"] = heads_for(embed_dim, given, where, source)
     if given is None:
         notes.append(f"{fields['num_heads']} heads: weights do not store the head count; taken "
                      f"from the ViT/DeiT table for width {embed_dim} (override with --heads)")

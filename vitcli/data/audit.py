@@ -42,7 +42,8 @@ from vitcli.data.duplicates import (
 )
 from vitcli.data.perceptual import SIGNATURE_BYTES, dhash, phash, signature
 from vitcli.data.sources import SplitRows, open_source
-from vitcli.files import atomic_write
+from vitcli.errors import VitError
+from vitcli.files import atomic_write, read_json_file
 
 AUDIT_VERSION = 2  # bump when a record's fields or the signatures change
 Progress = Callable[[int, int], None]
@@ -250,10 +251,10 @@ def _read_one(source: ImageSource, name: str) -> tuple[FileRecord, np.ndarray]:
 
 def _load_records(folder: Path, key: str, n: int) -> tuple[list[FileRecord], np.ndarray] | None:
     try:
-        data = json.loads((folder / f"audit-{key}.json").read_text())
+        data = read_json_file(folder / f"audit-{key}.json")  # bounded: caches are not trusted
         thumbs = np.load(folder / f"audit-{key}.npy", allow_pickle=False)
         recs = [FileRecord(**r) for r in data["records"]]
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, VitError):
         return None
     if len(recs) != n or thumbs.shape != (n, SIGNATURE_BYTES):
         return None

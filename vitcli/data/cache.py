@@ -17,6 +17,7 @@ changes its mtime, hence the key, hence the cache entry.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from vitcli.errors import VitError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, read_json_file
 
 CACHE_VERSION = 1  # bump when the cached bytes would differ for the same key
 MEMORY_LIMIT = 2 * 1024**3  # bytes of pixels kept in RAM; larger sets are memory-mapped
@@ -100,8 +101,12 @@ def decode_cached(
             hit = _read_cache(folder, key, count, shape)
             if hit is not None:
                 return hit
-        except OSError:
-            pass  # no writable cache folder: fall back to memory
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # RAM cannot hold it either: say so, do not die
+                raise VitError(str(exc) if isinstance(exc, VitError) else
+                               f"{folder}: no room for the decoded images "
+                               f"({exc.strerror}); free space or pass --cache-dir") from None
+            # no writable cache folder: fall back to memory
     pixels = np.empty((count, *shape), np.uint8)  # (N, S, S, C)
     n_good, bad = decode(pixels)
     pixels = pixels[:n_good]  # (n_good, S, S, C)
@@ -164,9 +169,11 @@ def _decode_to_file(folder: Path, key: str,
     """Decode into a memory-mapped .npy written atomically; rows past the good ones unused."""
     npy, index = _paths(folder, key)
     bad: list[tuple[int, str]] = []
+    check_free_space(folder, math.prod(shape))
 
     def write(tmp: Path) -> None:
         mapped = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        reserve(tmp)  # blocks claimed now: a disk filling up later cannot SIGBUS the mapping
         _, found = decode(mapped)
         mapped.flush()
         del mapped
@@ -175,6 +182,40 @@ def _decode_to_file(folder: Path, key: str,
     atomic_write(npy, write)
     _write_index(index, shape[0], bad)
     return bad
+
+
+FREE_SPACE_MARGIN = 256 * 1024**2  # left free for everything else on that disk
+
+
+def check_free_space(folder: Path, size: int) -> None:
+    """Refuse, in one line, a cache file that the disk holding `folder` has no room for.
+
+    Checked before the file is created: a memory-mapped file on a full disk dies with
+    SIGBUS (no message) at the first page that cannot be written.
+    """
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size + FREE_SPACE_MARGIN > free:
+        raise VitError(f"{folder}: the decoded images need {size / 1e9:.1f} GB in the cache "
+                       f"folder, {free / 1e9:.1f} GB is free; free space there or pass "
+                       "--cache-dir on a bigger disk")
+
+
+def reserve(path: Path) -> None:
+    """Allocate every block of `path` now (posix_fallocate), so that writing through a
+    memory map cannot run out of disk; ENOSPC comes back as an OSError here instead."""
+    if not hasattr(os, "posix_fallocate"):  # macOS/Windows: the free-space check must do
+        return
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it
+                return
+            raise
 
 
 def _paths(folder: Path, key: str) -> tuple[Path, Path]:
@@ -204,13 +245,13 @@ def _read_cache(folder: Path, key: str, count: int,
     """The cached entry, or None if it is missing, stale or damaged (then it is redone)."""
     npy, index = _paths(folder, key)
     try:
-        meta = json.loads(index.read_text())
+        meta = read_json_file(index)  # bounded: a cache folder is not trusted either
         bad = [(int(i), str(reason)) for i, reason in meta["bad"]]
         if meta["version"] != CACHE_VERSION or meta["count"] != count:
             return None
         # Copy-on-write: torch.from_numpy wants a writable array; the file is never changed.
         pixels = np.load(npy, mmap_mode="c", allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, VitError):
         return None
     n_good = count - len(bad)
     if pixels.dtype != np.uint8 or pixels.shape[1:] != shape or len(pixels) < n_good:

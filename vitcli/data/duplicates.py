@@ -26,7 +26,8 @@ from vitcli.data.perceptual import (
     thumbnail_cosine,
 )
 from vitcli.data.sources import SplitRows
-from vitcli.files import atomic_write
+from vitcli.errors import VitError
+from vitcli.files import atomic_write, read_json_file
 
 # Near-duplicate thresholds, measured (benchmarks/near_duplicates.py, docs/audit.md): on 400
 # generated 96-px images, JPEG at quality 50-95, resizing ×0.5-×2, brightness ±15 % and
@@ -139,10 +140,10 @@ def _byte_hashes(rows: SplitRows, cache_dir: Path | None) -> list[str]:
     key = cache_key("sha256-v1", rows.fingerprint, hashlib.sha256(rows.rows.tobytes()).hexdigest())
     path = (cache_dir or default_cache_dir()) / f"sha256-{key}.json"
     try:
-        digests = json.loads(path.read_text())
+        digests = read_json_file(path)  # bounded: caches are not trusted
         if isinstance(digests, list) and len(digests) == len(rows):
             return digests
-    except (OSError, ValueError):
+    except (OSError, ValueError, VitError):
         pass
 
     def one(source: ImageSource) -> str:

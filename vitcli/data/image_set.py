@@ -63,6 +63,7 @@ class DataBundle:
     description: str  # one line, e.g. "folder imgs/: 1,200 train / 300 val (...)"
     val_split: float | None = None  # the fraction carved out of train as validation, if any
     copies: str | None = None  # one line about byte-identical copies across splits or labels
+    fingerprint: str = ""  # of every source file (path, size, mtime) and the class names
 
 
 # ------------------------------------------------------------------------------- public API
@@ -132,9 +133,14 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     train_set.description = f"{source.label}: {len(train_set):,} training images"
     if val_set is not None:
         val_set.description = f"{source.label}: {n_val:,} validation images ({how})"
+    parts = [train_split.fingerprint, val_part.fingerprint if val_part is not None else "",
+             *class_names]
+    fingerprint = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")
+                                 ).hexdigest()
     return DataBundle(train=train_set, val=val_set, class_names=class_names,
                       bad_files=source.ignored + bad, description=description,
-                      val_split=carved if val_set is not None else None, copies=copies)
+                      val_split=carved if val_set is not None else None, copies=copies,
+                      fingerprint=fingerprint)
 
 
 def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str | None = None,
@@ -194,12 +200,17 @@ def typical_image_size(data: str | Path, sample: int = 64, *,
 def _shorter_side(source: ImageSource) -> int | None:
     """The shorter side from the image header, or None if it cannot be read."""
     import io
+    import warnings
 
     from PIL import Image
 
     try:
-        with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as im:
-            return min(im.size)
+        with warnings.catch_warnings():
+            # A decompression-bomb warning here would reach stderr raw; the file is named
+            # (refused) when it is decoded, so here it is only not sampled.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as im:
+                return min(im.size)
     except Exception:  # noqa: BLE001 - unreadable files are reported when decoding
         return None
 

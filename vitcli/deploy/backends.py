@@ -8,7 +8,6 @@ needs only onnxruntime, numpy and Pillow, and `vit predict` starts in a fraction
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vitcli.errors import VitError
+from vitcli.files import check_regular_file, load_json
 from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata, read_metadata
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
@@ -105,7 +105,7 @@ def is_onnx_path(path: Path) -> bool:
     """True for .onnx files, and for suffix-less files that start like an ONNX protobuf."""
     if path.suffix.lower() == ".onnx":
         return True
-    if path.suffix.lower() == ".safetensors" or not path.is_file():
+    if path.suffix.lower() == ".safetensors" or not path.is_file():  # is_file: never a FIFO
         return False
     with open(path, "rb") as f:
         head = f.read(9)
@@ -165,6 +165,7 @@ def open_backend(path: str | Path, device: str = "auto", precision: str = "auto"
     path = Path(path)
     if not path.exists():
         raise VitError(f"{path}: no such model file")
+    check_regular_file(path, "model file")  # before anything opens it: a FIFO would hang
     if is_onnx_path(path):
         return open_onnx(path)
     return open_torch(path, device, precision)
@@ -172,7 +173,7 @@ def open_backend(path: str | Path, device: str = "auto", precision: str = "auto"
 
 def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> TorchBackend:
     """Load a .safetensors model file onto `device` (imports torch) to run at `precision`."""
-    read_metadata(path)  # a clear error for a non-vitcli file before importing torch
+    parse_metadata(path, read_metadata(path))  # a clear error before importing torch
 
     from vitcli.devices import choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
@@ -205,6 +206,12 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
                        f"expected vitcli's {ONNX_INPUT!r} → {ONNX_OUTPUT!r}")
     # The graph's pixel shape is fixed at export; metadata edited since would feed it
     # images it cannot take (onnxruntime's error would be a traceback, mid-prediction).
+    classes = session.get_outputs()[outputs.index(ONNX_OUTPUT)].shape
+    # A classifier's logits must be one per named class (a backbone's are features).
+    if config.num_classes and (len(classes) != 2 or (isinstance(classes[1], int)
+                                                     and classes[1] != len(names))):
+        raise VitError(f"{path}: the graph's logits have shape {classes} but its metadata "
+                       f"names {len(names)} classes; corrupt vitcli metadata")
     graph_chw = list(session.get_inputs()[0].shape[1:])
     expected = [pre.channels, pre.image_size, pre.image_size]
     if all(isinstance(d, int) for d in graph_chw) and graph_chw != expected:
@@ -235,7 +242,4 @@ def check_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
     if version > FORMAT_VERSION:
         raise VitError(f"{path}: model file format {version} is newer than this vitcli "
                        f"understands ({FORMAT_VERSION}); upgrade vitcli")
-    try:
-        json.loads(metadata.get("class_names", "[]"))
-    except ValueError:
-        raise VitError(f"{path}: corrupt vitcli metadata (class_names)") from None
+    load_json(metadata.get("class_names", "[]"), source=f"{path}: class_names")

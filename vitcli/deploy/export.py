@@ -35,7 +35,7 @@ from vitcli.deploy.onnx_checks import (
     verify_parity,
 )
 from vitcli.errors import UsageError, VitError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, refuse_overwrite
 
 if TYPE_CHECKING:
     from vitcli.model.checkpoint import ModelFile
@@ -81,9 +81,13 @@ def parse_batch(batch: str) -> int | None:
         n = int(batch)
     except ValueError:
         raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}") from None
-    if n < 1:
-        raise UsageError(f"--batch must be 'dynamic' or a positive number, not {batch!r}")
+    if not 1 <= n <= MAX_FIXED_BATCH:
+        raise UsageError(f"--batch must be 'dynamic' or a number in [1, {MAX_FIXED_BATCH:,}], "
+                         f"not {batch!r}")
     return n
+
+
+MAX_FIXED_BATCH = 4096  # the export runs the graph at this batch to verify it
 
 
 # ------------------------------------------------------------------------------ export
@@ -119,6 +123,14 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     fixed = parse_batch(batch)
     precision = check_precision(precision)
     bf16_row = precision == "bf16" or (precision == "auto" and cpu_bf16_units() is not None)
+    refuse_overwrite(out_path, "--out", {"--model": model_path})
+    if int8:
+        refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
+    from vitcli.model.checkpoint import check_model_file
+    from vitcli.model.config import check_fits
+
+    check_fits(check_model_file(model_path).config, max(fixed or 2, 2), training=False,
+               what="--batch")
     mf = load_model(model_path, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:

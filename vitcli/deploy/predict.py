@@ -26,7 +26,7 @@ from vitcli.data.discovery import (
 )
 from vitcli.deploy.backends import Backend
 from vitcli.errors import VitError
-from vitcli.evaluation.evaluate import softmax
+from vitcli.evaluation.evaluate import check_finite_outputs, softmax
 from vitcli.images import is_image_path
 
 TRAIN_RUNS = Path("runs/train")
@@ -181,7 +181,9 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
         batch, good, failed = load_batch(backend, chunk)
         results: dict[Path, Prediction] = {p.path: p for p in failed}
         if len(good):
-            probs = softmax(backend.logits(batch))  # (B, classes)
+            logits = backend.logits(batch)  # (B, classes)
+            check_finite_outputs(backend.path, logits)
+            probs = softmax(logits)  # (B, classes)
             for path, (idx, p) in zip(good, top_k(probs, names, topk)):
                 labels = [names[i] if i < len(names) else str(i) for i in idx]
                 results[path] = Prediction(path, labels=labels, probabilities=p, indices=idx)

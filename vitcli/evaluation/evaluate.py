@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitcli.errors import VitError
+from vitcli.files import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- logits
+
+
+def check_finite_outputs(model_path: str | Path, logits: np.ndarray) -> None:
+    """Refuse NaN/inf logits: finite weights can still overflow (values near 1e38), and
+    argmax over NaN would report a made-up accuracy or label."""
+    if not np.isfinite(logits).all():
+        raise VitError(f"{model_path}: the model gives NaN or infinite outputs on these images "
+                       "(its weights overflow); the file is broken")
 
 
 def predict_logits(model: torch.nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
@@ -317,13 +326,16 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
 
     from vitcli.data.image_set import load_eval_data
     from vitcli.devices import check_precision, choose_precision, resolve_device
-    from vitcli.model.checkpoint import load_model
+    from vitcli.model.checkpoint import check_model_file, load_model
+    from vitcli.model.validate import check_usable_head
 
     if batch_size < 1:
         from vitcli.errors import UsageError
 
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     check_precision(precision)
+    checked = check_model_file(model_path)  # before the images are read or anything built
+    check_usable_head(model_path, checked.config, checked.class_names)
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))
     if model_file.config.num_classes == 0:
@@ -344,6 +356,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
                             batch_size=batch_size, device=target, precision=chosen.name,
                             progress=stage("evaluating"))
     seconds = time.perf_counter() - start
+    check_finite_outputs(model_path, logits)
     metrics = compute_metrics(logits, labels, model_file.class_names,
                               [str(p) for p in images.paths])
     present = set(images.class_names)
@@ -445,20 +458,13 @@ def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
     m = report.metrics
     written = {"metrics": write_json(report, out / "metrics.json")}
 
-    written["per_class"] = out / "per_class.csv"
-    with open(written["per_class"], "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for c in [*m.per_class, m.macro, m.weighted]:
-            writer.writerow([c.name, f"{c.precision:.6f}", f"{c.recall:.6f}", f"{c.f1:.6f}",
-                             c.support])
-
-    written["misclassified"] = out / "misclassified.csv"
-    with open(written["misclassified"], "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "confidence"])
-        for path, true, pred, conf in m.misclassified:
-            writer.writerow([path, true, pred, f"{conf:.6f}"])
+    written["per_class"] = _write_csv(
+        out / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+        [[c.name, f"{c.precision:.6f}", f"{c.recall:.6f}", f"{c.f1:.6f}", c.support]
+         for c in [*m.per_class, m.macro, m.weighted]])
+    written["misclassified"] = _write_csv(
+        out / "misclassified.csv", ["path", "true", "predicted", "confidence"],
+        [[path, true, pred, f"{conf:.6f}"] for path, true, pred, conf in m.misclassified])
 
     from vitcli.files import data_label, model_label
 
@@ -468,15 +474,26 @@ def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
               f"{'' if report.split is None else f' ({report.split})'}: top-1 {m.top1:.1%} "
               f"of {m.num_images:,} images")
     if report.bad_files:
-        written["bad_files"] = out / "bad_files.txt"
-        written["bad_files"].write_text(
-            "".join(f"{p}\t{r}\n" for p, r in report.bad_files), encoding="utf-8")
+        written["bad_files"] = atomic_write_text(
+            out / "bad_files.txt", "".join(f"{p}\t{r}\n" for p, r in report.bad_files))
     return written
+
+
+OUTPUT_FILES = ("metrics.json", "per_class.csv", "misclassified.csv", "confusion_matrix.png",
+                "bad_files.txt")
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    """A CSV table written atomically; names keep their exact bytes (surrogateescape)."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def write_json(report: EvalReport, path: str | Path) -> Path:
     """Write the whole report as indented JSON; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(report.to_dict(), indent=2) + "\n")

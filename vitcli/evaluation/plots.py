@@ -32,6 +32,70 @@ def _pyplot():
     return plt
 
 
+# Fonts with wide coverage, tried after matplotlib's default for characters it lacks (CJK
+# class names); only those installed are used.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK KR", "Noto Sans CJK TC",
+                  "Source Han Sans", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+                  "Droid Sans Fallback", "AR PL UMing CN", "Arial Unicode MS", "Noto Sans")
+
+
+def _font_families() -> list[str]:
+    """matplotlib's default sans-serif font, then the installed fallback fonts."""
+    from matplotlib import font_manager, rcParams
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    default = rcParams["font.sans-serif"][0] if rcParams["font.sans-serif"] else "DejaVu Sans"
+    return [default, *(name for name in FALLBACK_FONTS if name in installed)]
+
+
+def _covered(families: list[str]) -> set[int]:
+    """Code points some font in `families` can draw."""
+    from matplotlib import font_manager, ft2font
+
+    points: set[int] = set()
+    for family in families:
+        try:
+            path = font_manager.findfont(font_manager.FontProperties(family=family),
+                                         fallback_to_default=False)
+            points |= set(ft2font.FT2Font(path).get_charmap())
+        except (ValueError, RuntimeError, OSError):
+            continue
+    return points
+
+
+def drawable_labels(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(labels, families): names with each character no installed font can draw (and control
+    characters, undecodable bytes) written as \\uXXXX / \\xNN escapes, and the font
+    families to draw them with. No "Glyph missing" warning then reaches stderr, and a CJK
+    name is drawn in a CJK font when one is installed."""
+    families = _font_families()
+    points = _covered(families)
+
+    def char(c: str) -> str:
+        code = ord(c)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name
+            return f"\\x{code - 0xDC00:02x}"
+        if code < 0x20 or 0x7F <= code < 0xA0 or 0xD800 <= code <= 0xDFFF or (
+                points and code not in points and not c.isspace()):
+            return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+        return c
+
+    # "$" starts matplotlib's mathtext: a class named "$x$" is shown as written.
+    return ["".join(map(char, name)).replace("$", r"\$") for name in names], families
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write `fig` as a PNG atomically (a failed write keeps the old file) and close it."""
+    import matplotlib.pyplot as plt
+
+    from vitcli.files import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
+
+
 def _number(value: Any) -> float | None:
     """A finite float from a metrics.csv cell, or None for blanks and junk."""
     if value is None or value == "":
@@ -90,10 +154,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
         ax.grid(alpha=0.3)
     ax_acc.set_ylim(bottom=0)
     if title:
-        fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        text, families = drawable_labels([title])
+        fig.suptitle(text[0], fontfamily=families)
+    save_figure(fig, path)
     return path
 
 
@@ -130,12 +193,14 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     step = 1 if k <= TICK_LABEL_MAX_CLASSES else math.ceil(k / TICK_LABEL_MAX_CLASSES)
     ticks = np.arange(0, k, step)
     fontsize = 10 if k <= 10 else 8 if k <= 30 else 6
-    ax.set_xticks(ticks, [class_names[i] for i in ticks], rotation=90, fontsize=fontsize)
-    ax.set_yticks(ticks, [class_names[i] for i in ticks], fontsize=fontsize)
+    labels, families = drawable_labels([class_names[i] for i in ticks])
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=fontsize, fontfamily=families)
+    ax.set_yticks(ticks, labels, fontsize=fontsize, fontfamily=families)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or ("confusion matrix (rows normalised)" if normalize
-                           else "confusion matrix"))
+    ax.set_title(drawable_labels([title])[0][0] if title else (
+        "confusion matrix (rows normalised)" if normalize else "confusion matrix"),
+        fontfamily=families)
 
     if k <= CELL_TEXT_MAX_CLASSES:
         for i in range(k):
@@ -145,7 +210,5 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
                 dark = shown[i, j] > 0.5 * (1 if normalize else shown.max())
                 ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center",
                         fontsize=fontsize, color="white" if dark else "black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitcli.errors import VitError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, check_regular_file, load_json
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
@@ -115,11 +115,9 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     VitError that names the file.
     """
     path = Path(path)
-    if not path.exists():
-        raise VitError(f"{path}: no such file")
     if path.is_dir():
         raise VitError(f"{path}: is a folder; give the .safetensors model file inside it")
-    size = path.stat().st_size
+    size = check_regular_file(path, "model file").st_size  # before open: a FIFO would hang
     with open(path, "rb") as f:
         head = f.read(9)
         # safetensors: u64 little-endian header length, then a JSON object.
@@ -130,10 +128,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         if n > _HEADER_LIMIT or 8 + n > size:
             raise VitError(f"{path}: truncated or corrupt safetensors file (bad header length)")
         f.seek(8)
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise VitError(f"{path}: truncated or corrupt safetensors header") from None
+        header = load_json(f.read(n), source=f"{path}: corrupt safetensors header")
     if not isinstance(header, dict):
         raise VitError(f"{path}: corrupt safetensors header")
     metadata = header.pop("__metadata__", None) or {}
@@ -147,6 +142,9 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     if 8 + n + data_end > size:
         raise VitError(
             f"{path}: truncated safetensors file ({size:,} bytes, needs {8 + n + data_end:,})")
+    from vitcli.model.validate import check_layout
+
+    check_layout(path, header, size - 8 - n)
     return header, metadata
 
 
@@ -226,10 +224,34 @@ def parse_metadata(path: str | Path,
 
 def _json_of(text: str, kind: type, key: str) -> Any:
     """Parse one metadata value, which must be JSON of the given kind (object or list)."""
-    value = json.loads(text)
+    value = load_json(text, source=key)
     if not isinstance(value, kind):
         raise ValueError(f"{key} should be a JSON {'object' if kind is dict else 'list'}")
     return value
+
+
+@dataclass
+class CheckedFile:
+    """A model file that passed every check that needs no weights loaded."""
+
+    path: Path
+    header: dict[str, Any]  # tensor name → {dtype, shape, data_offsets}
+    metadata: dict[str, str]
+    config: ViTConfig
+    class_names: list[str]
+    preprocessing: Preprocessing
+
+
+def check_model_file(path: str | Path) -> CheckedFile:
+    """Every check of a vitcli model file short of reading its weights (see the module doc)."""
+    from vitcli.model.validate import check_against_config
+
+    path = Path(path)
+    header, _ = read_header(path)  # 1, 2 and 4
+    metadata = read_metadata(path)
+    config, names, pre = parse_metadata(path, metadata)  # 3
+    check_against_config(path, header, config)  # 5
+    return CheckedFile(path, header, metadata, config, names, pre)
 
 
 def count_file_params(header: dict[str, Any]) -> int:
@@ -253,15 +275,18 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from vitcli.model.validate import check_finite
     from vitcli.model.vit import VisionTransformer
 
     path = Path(path)
-    metadata = read_metadata(path)
-    config, names, pre = parse_metadata(path, metadata)
+    checked = check_model_file(path)  # before anything is allocated
+    metadata, config = checked.metadata, checked.config
+    names, pre = checked.class_names, checked.preprocessing
     try:
-        state = load_file(str(path), device=str(device))
+        state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
+    check_finite(path, state)
     model = VisionTransformer(config)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

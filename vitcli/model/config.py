@@ -70,7 +70,14 @@ class ViTConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise UsageError for an impossible architecture, naming the valid choices."""
+        """Raise UsageError for an impossible architecture, naming the valid choices.
+
+        Every number is checked to be finite and in FIELD_RANGES first (model files come
+        from strangers: 1,000,000 blocks or a NaN MLP ratio must not reach the allocator),
+        then the parameter memory is estimated from the config alone and refused above
+        MAX_PARAM_BYTES.
+        """
+        self._check_finite()
         if self.patch_size <= 0 or self.image_size <= 0:
             raise UsageError("image size and patch size must be positive")
         for name in ("in_channels", "embed_dim", "depth", "num_heads"):
@@ -116,6 +123,47 @@ class ViTConfig:
             raise UsageError(
                 f"patch_embed must be 'linear', 'overlap' or 'shifted', not {self.patch_embed!r}"
             )
+        self._check_ranges()
+
+    def _numbers(self) -> list[tuple[str, type, Any]]:
+        return [(f.name, type(f.default), getattr(self, f.name))
+                for f in dataclasses.fields(self) if type(f.default) in (int, float)]
+
+    def _check_finite(self) -> None:
+        """Every number field holds a finite number of its type (checked first)."""
+        for name, kind, value in self._numbers():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{name} must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, not {value}")
+            if kind is int and not float(value).is_integer():
+                raise UsageError(f"{name} must be a whole number, not {value!r}")
+
+    def _check_ranges(self) -> None:
+        """Every number within FIELD_RANGES, the token count and parameter memory bounded."""
+        for name, kind, value in self._numbers():
+            low, high = FIELD_RANGES.get(name, (-math.inf, math.inf))
+            if not low <= value <= high:
+                shown = f"{value:,}" if kind is int else f"{value:g}"
+                raise UsageError(f"{name} must be in [{low:,g}, {high:,g}], not {shown}")
+        if self.patch_size > self.image_size:
+            raise UsageError(f"patch size {self.patch_size} is larger than the image size "
+                             f"{self.image_size}")
+        if self.num_heads > self.embed_dim:
+            raise UsageError(f"num_heads {self.num_heads} is more than embed_dim {self.embed_dim}")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise UsageError(f"mlp_ratio {self.mlp_ratio:g} leaves no MLP units at embed_dim "
+                             f"{self.embed_dim}")
+        tokens = (self.image_size // self.patch_size) ** 2
+        if tokens > MAX_TOKENS:
+            raise UsageError(f"image size {self.image_size} with {self.patch_size}-px patches "
+                             f"is {tokens:,} tokens; at most {MAX_TOKENS:,} (attention cost "
+                             "grows with the square of the tokens)")
+        size = 4 * count_params(self)
+        if size > MAX_PARAM_BYTES:
+            raise UsageError(f"this architecture has {size // 4:,} parameters "
+                             f"({size / 2**30:.1f} GiB in float32); at most "
+                             f"{MAX_PARAM_BYTES / 2**30:.0f} GiB")
 
     @property
     def grid_size(self) -> int:
@@ -195,6 +243,28 @@ class ViTConfig:
         return cls.from_dict(json.loads(text))
 
 
+# The range of every number in a config (ViT-H/14 and ViT-22B sit well inside). Fields not
+# named here are still checked to be finite.
+FIELD_RANGES: dict[str, tuple[float, float]] = {
+    "image_size": (1, 8192),
+    "patch_size": (1, 1024),
+    "in_channels": (1, 64),
+    "num_classes": (0, 1_000_000),
+    "embed_dim": (1, 32_768),
+    "depth": (1, 256),
+    "num_heads": (1, 1024),
+    "mlp_ratio": (1e-3, 64.0),
+    "dropout": (0.0, 1.0),
+    "attn_dropout": (0.0, 1.0),
+    "drop_path": (0.0, 1.0),
+    "layer_norm_eps": (1e-12, 1.0),
+    "reg_tokens": (0, 64),
+    "init_values": (0.0, 1e3),
+}
+MAX_TOKENS = 16_384  # patches per image (a 128×128 grid: 1024 px in 8-px patches)
+MAX_PARAM_BYTES = 64 * 2**30  # float32 parameters: ViT-22B is 88 GB, ViT-G/14 7.5 GB
+
+
 def fits_json_type(value: Any, expected: type) -> bool:
     """JSON-typed check: bools are not ints, and an int is a fine float."""
     if expected is bool or isinstance(value, bool):
@@ -208,6 +278,36 @@ def nearest_sizes(size: int, patch: int) -> list[int]:
     """The multiples of `patch` just below and above `size` (positive ones only)."""
     below = (size // patch) * patch
     return [s for s in (below, below + patch) if s > 0]
+
+
+def count_params(config: ViTConfig) -> int:
+    """Trainable parameter count, computed from the config alone (no torch needed)."""
+    d, p, c = config.embed_dim, config.patch_size, config.in_channels
+    kernel = p + 2 if config.patch_embed == "overlap" else p
+    in_ch = c * 5 if config.patch_embed == "shifted" else c
+    n = in_ch * kernel * kernel * d + (d if config.patch_bias else 0)  # patch projection
+    if config.patch_embed == "shifted":
+        n += 2 * in_ch * p * p  # LayerNorm over the shifted patch vector
+    n += d * (config.num_prefix_tokens)  # class, distillation and register tokens
+    if config.pos_embed == "learned":
+        n += (config.num_patches + config.pos_prefix_tokens) * d
+    n += 2 * d if config.pre_norm else 0
+    m = config.mlp_dim
+    block = (d * 3 * d + (3 * d if config.qkv_bias else 0)) + (d * d + d)  # qkv, proj
+    block += (d * m + m) + (m * d + d) + 4 * d  # fc1, fc2, two norms
+    block += 1 if config.locality_attention else 0  # learned temperature
+    block += 2 * d if config.init_values else 0  # layer scale γ on both branches
+    block += 4 * (d // config.num_heads) if config.qk_norm else 0  # q and k norms
+    n += config.depth * block
+    n += 2 * d if config.final_norm or config.fc_norm else 0  # final norm or fc_norm
+    if config.pooling == "map":  # latent, q, kv, proj, norm, MLP
+        bias = d if config.qkv_bias else 0
+        n += d + (d * d + bias) + (2 * d * d + 2 * bias) + (d * d + d) + 2 * d
+        n += (d * m + m) + (m * d + d)
+    heads = 2 if config.distilled else 1
+    c = config.num_classes
+    n += heads * (config.head_in_dim * c + c) if c else 0
+    return n
 
 
 @dataclass(frozen=True)
@@ -295,34 +395,51 @@ def get_preset(name: str) -> Preset:
     raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(PRESETS)}")
 
 
-def count_params(config: ViTConfig) -> int:
-    """Trainable parameter count, computed from the config alone (no torch needed)."""
-    d, p, c = config.embed_dim, config.patch_size, config.in_channels
-    kernel = p + 2 if config.patch_embed == "overlap" else p
-    in_ch = c * 5 if config.patch_embed == "shifted" else c
-    n = in_ch * kernel * kernel * d + (d if config.patch_bias else 0)  # patch projection
-    if config.patch_embed == "shifted":
-        n += 2 * in_ch * p * p  # LayerNorm over the shifted patch vector
-    n += d * (config.num_prefix_tokens)  # class, distillation and register tokens
-    if config.pos_embed == "learned":
-        n += (config.num_patches + config.pos_prefix_tokens) * d
-    n += 2 * d if config.pre_norm else 0
-    m = config.mlp_dim
-    block = (d * 3 * d + (3 * d if config.qkv_bias else 0)) + (d * d + d)  # qkv, proj
-    block += (d * m + m) + (m * d + d) + 4 * d  # fc1, fc2, two norms
-    block += 1 if config.locality_attention else 0  # learned temperature
-    block += 2 * d if config.init_values else 0  # layer scale γ on both branches
-    block += 4 * (d // config.num_heads) if config.qk_norm else 0  # q and k norms
-    n += config.depth * block
-    n += 2 * d if config.final_norm or config.fc_norm else 0  # final norm or fc_norm
-    if config.pooling == "map":  # latent, q, kv, proj, norm, MLP
-        bias = d if config.qkv_bias else 0
-        n += d + (d * d + bias) + (2 * d * d + 2 * bias) + (d * d + d) + 2 * d
-        n += (d * m + m) + (m * d + d)
-    heads = 2 if config.distilled else 1
-    c = config.num_classes
-    n += heads * (config.head_in_dim * c + c) if c else 0
-    return n
+def activation_bytes(config: ViTConfig, batch: int, *, training: bool = True) -> int:
+    """Estimated float32 bytes of activations for one step at `batch` images (an upper-bound
+    style estimate, within about 2x of what torch keeps): training keeps every block's
+    inputs, attention and MLP outputs for the backward pass; inference about one block's.
+    """
+    n, d, m, h = config.num_tokens, config.embed_dim, config.mlp_dim, config.num_heads
+    per_block = n * (10 * d + 3 * m) + 2 * h * n * n  # norms, q/k/v, proj, residuals; MLP; attn
+    blocks = config.depth if training else 2
+    return 4 * batch * (blocks * per_block + 4 * n * d)
+
+
+def machine_memory(device_type: str = "cpu", index: int = 0) -> int | None:
+    """Bytes of memory on the device (physical RAM for the CPU), or None if unknown."""
+    if device_type == "cuda":
+        try:
+            import torch
+
+            return int(torch.cuda.get_device_properties(index).total_memory)
+        except Exception:  # noqa: BLE001 - no CUDA: unknown
+            return None
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(config: ViTConfig, batch: int, *, device_type: str = "cpu", index: int = 0,
+               training: bool = True, what: str = "--batch-size") -> None:
+    """UsageError when weights (+ gradients and AdamW state) and activations at `batch`
+    clearly cannot fit in the device's memory: said before anything is allocated."""
+    weights = 4 * count_params(config) * (4 if training else 1)
+    need = weights + activation_bytes(config, batch, training=training)
+    have = machine_memory(device_type, index)
+    # Refused only when clearly impossible (over twice the memory): the estimate is rough,
+    # and a run that might just fit is the user's to try.
+    if have is not None and need > 2 * have:
+        raise UsageError(
+            f"{config.image_size}-px images in {config.patch_size}-px patches "
+            f"({config.num_tokens:,} tokens) at {what} {batch:,} need about {need / 2**30:,.1f} "
+            f"GiB for a {'training step' if training else 'forward pass'}; this "
+            f"{device_type.upper() if device_type == 'cpu' else 'GPU'} has "
+            f"{have / 2**30:,.1f} GiB. Use a smaller image size, a larger patch or a smaller "
+            "batch")
 
 
 def count_macs(config: ViTConfig, image_size: int | None = None) -> int:

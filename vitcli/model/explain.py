@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from vitcli.errors import UsageError
+from vitcli.files import atomic_write
 from vitcli.images import open_image
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import INTERPOLATIONS, Preprocessing
@@ -249,6 +251,12 @@ def explain_images(model_file: ModelFile, paths: list[Path], out_dir: str | Path
     pre = model_file.preprocessing
     results = []
     stems = output_names(paths)
+    inputs = {Path(p).resolve() for p in paths}
+    for stem in stems:
+        for file in (out / f"{stem}.rollout.png", out / f"{stem}.last_layer.png"):
+            if file.resolve() in inputs:
+                raise UsageError(f"--explain {out_dir}: would write {file} over an input "
+                                 "image; choose another folder")
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         images = [open_image(p, pre.color_mode) for p in chunk]

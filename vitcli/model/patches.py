@@ -325,6 +325,10 @@ def patchify_image(image_path: str | Path, out_dir: str | Path, *,
         raise UsageError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
     grid_path = out_dir / f"{image_path.stem}_grid.png"
     sequence_path = out_dir / f"{image_path.stem}_sequence.png"
+    from vitcli.files import refuse_overwrite
+
+    for output in (grid_path, sequence_path):
+        refuse_overwrite(output, "--out", {"IMAGE": image_path, "--model": model_path})
     _save_png(draw_grid(pixels, P, first_token=first), grid_path)
     _save_png(draw_sequence(pixels, P, class_token=setup.config.class_token), sequence_path)
     return PatchifyResult(

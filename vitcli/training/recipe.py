@@ -70,6 +70,9 @@ MIN_STEPS = 300
 FEW_STEPS = MIN_STEPS // 2  # a --time-budget that fits fewer is warned about, with what to do
 
 
+EMA_DECAY = 0.999  # TrainOptions.ema_decay: a different value without --ema is refused
+
+
 @dataclass
 class TrainOptions:
     """Everything `vit train` accepts; the field defaults ARE the recipe's defaults."""
@@ -98,7 +101,7 @@ class TrainOptions:
     val: str | None = None
     val_split: float | None = None
     ema: bool = False
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # = EMA_DECAY
     compile: bool = False
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; fp32 weights): devices.choose_precision
     time_budget: float | None = None  # minutes for the whole run, validation included
@@ -145,6 +148,8 @@ class TrainOptions:
                                  f"not {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UsageError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
+        self._check_ranges()
+        self._check_contradictions()
         positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
         if self.threads < 0:
             raise UsageError(f"--threads must be 0 (automatic) or more, not {self.threads}")
@@ -183,8 +188,9 @@ class TrainOptions:
         from vitcli.devices import check_precision
 
         check_precision(self.precision)
-        if self.val and self.val_split:
-            raise UsageError("give either --val or --val-split, not both")
+        if self.val and self.val_split is not None:
+            raise UsageError("give either --val or --val-split, not both (--val-split 0 "
+                             "with --val says both 'no validation' and 'validate on --val')")
         if self.class_weights not in CLASS_WEIGHTS:
             raise UsageError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, "
                              f"not {self.class_weights!r}")
@@ -194,6 +200,55 @@ class TrainOptions:
         if self.class_weights == "auto" and self.sampler == "balanced":
             raise UsageError("give --class-weights auto or --sampler balanced, not both: "
                              "together they correct the imbalance twice")
+
+    def _check_ranges(self) -> None:
+        """Every number within a range a run can use (the architecture's own in ViTConfig)."""
+        import os
+
+        cpus = os.cpu_count() or 1
+        ranges: dict[str, tuple[float, float, Any]] = {
+            "--seed": (0, 2**32 - 1, self.seed),  # numpy's seeds are 32-bit
+            "--workers": (0, max(cpus * 4, 4), self.workers),
+            "--epochs": (1, 100_000, self.epochs),
+            "--batch-size": (1, 65_536, self.batch_size),
+            "--lr": (1e-12, 10.0, self.lr),
+            "--weight-decay": (0.0, 10.0, self.weight_decay),
+            "--warmup": (0.0, 100_000, self.warmup),
+            "--clip-grad": (0.0, 1e6, self.clip_grad),
+            "--time-budget": (1e-3, 60 * 24 * 365, self.time_budget),
+            "--patience": (1, 100_000, self.patience),
+            "--save-every": (0, 10**9, self.save_every),
+            "--img-size": (8, 8192, self.img_size),
+            "--patch": (1, 1024, self.patch),
+            "--depth": (1, 256, self.depth),
+            "--embed-dim": (1, 32_768, self.embed_dim),
+            "--heads": (1, 1024, self.heads),
+            "--mlp-ratio": (1e-3, 64.0, self.mlp_ratio),
+            "--min-lr-ratio": (0.0, 1.0, self.min_lr_ratio),
+            "--val-split": (0.0, 0.99, self.val_split),
+        }
+        for flag, (low, high, value) in ranges.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UsageError(f"{flag} must be a number, not {value!r}")
+            if not low <= value <= high:
+                why = f" (this machine has {cpus} CPUs)" if flag == "--workers" else ""
+                raise UsageError(f"{flag} must be in [{low:,g}, {high:,g}]{why}, not {value:,g}")
+        if self.patch and self.img_size and self.patch > self.img_size:
+            raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")
+        if self.device.split(":")[0].lower() not in ("auto", "cpu", "cuda", "mps"):
+            raise UsageError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+    def _check_contradictions(self) -> None:
+        """Options that make no sense together: an error, never one silently ignored."""
+        if self.ema_decay != EMA_DECAY and not self.ema:
+            raise UsageError(f"--ema-decay {self.ema_decay:g} has no effect without --ema")
+        if self.patience is not None and self.val_split == 0 and not self.val:
+            raise UsageError("--patience needs validation, and --val-split 0 turns it off")
+        if self.freeze and self.layer_decay is not None:
+            raise UsageError("--layer-decay scales the learning rate of the blocks, which "
+                             "--freeze backbone does not train; give one of them")
 
     @property
     def peak_lr(self) -> float:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from vitcli.errors import UsageError, VitError
-from vitcli.files import atomic_write, claim_numbered_dir
-from vitcli.model.checkpoint import save_tensors
+from vitcli.files import atomic_write, atomic_write_text, claim_numbered_dir, read_json_file
+from vitcli.model.checkpoint import read_header, save_tensors
+from vitcli.model.validate import check_finite
 
 if TYPE_CHECKING:
     from vitcli.training.setup import Prepared
@@ -56,12 +57,10 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise VitError(f"{path}: not found") from None
-    except json.JSONDecodeError as exc:
-        raise VitError(f"{path}: corrupt JSON ({exc})") from None
+    """A run file's JSON: a regular file, bounded in size and depth, else one VitError."""
+    if not Path(path).exists():
+        raise VitError(f"{path}: not found")
+    return read_json_file(path)
 
 
 def write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path | None:
@@ -69,7 +68,7 @@ def write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path | N
     if not bad_files:
         return None
     lines = "".join(f"{path}\t{reason}\n" for path, reason in bad_files)
-    return atomic_write(run_dir / "bad_files.txt", lambda tmp: tmp.write_text(lines))
+    return atomic_write_text(run_dir / "bad_files.txt", lines)  # a name's exact bytes
 
 
 # ---------------------------------------------------------------------------- metrics.csv
@@ -168,11 +167,16 @@ def load_state(run_dir: Path) -> TrainState:
     info = read_json(path)
     if int(info.get("version", 0)) > STATE_VERSION:
         raise VitError(f"{path}: written by a newer vitcli; upgrade to resume it")
+    if not isinstance(info, dict) or not isinstance(info.get("tensors"), str) \
+            or Path(info["tensors"]).name != info["tensors"]:
+        raise VitError(f"{path}: corrupt training state (no tensors file named in it)")
     tensor_path = run_dir / info["tensors"]
+    read_header(tensor_path)  # a regular file, bounded header, consistent layout
     try:
         tensors = load_file(str(tensor_path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types when damaged
         raise VitError(f"{tensor_path}: unreadable training state ({exc})") from None
+    check_finite(tensor_path, {k: v for k, v in tensors.items() if k.startswith("model.")})
     return TrainState(info=info, tensors=tensors)
 
 

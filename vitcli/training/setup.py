@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitcli.errors import UsageError
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import VisionTransformer
@@ -41,6 +42,7 @@ class Prepared:
     notes: list[str] = field(default_factory=list)  # lines worth telling the user
     warnings: list[str] = field(default_factory=list)  # lines the user should act on
     val_split: float | None = None  # validation carved from --data with this fraction
+    data_fingerprint: str = ""  # DataBundle.fingerprint: --resume says when the data changed
 
 
 def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
@@ -72,6 +74,12 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         load_pre = Preprocessing(image_size=config.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
                                  color_mode="RGB")
 
+    from vitcli.model.config import check_fits
+
+    # Before a single image is decoded: would a step at this size and batch fit at all?
+    per_process = -(-options.with_defaults_for(config.image_size).batch_size // env.world_size)
+    check_fits(config, per_process, device_type=env.device.type, index=env.device.index or 0)
+
     def progress(done: int, total: int) -> None:
         emit("load", done=done, total=total)
 
@@ -81,6 +89,10 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         seed=options.seed, cache_dir=Path(options.cache_dir) if options.cache_dir else None,
         progress=progress if env.is_main else None, check_copies=env.is_main), env)
     train_px, val_px = bundle.train.pixels, bundle.val.pixels if bundle.val else None
+    if options.patience and bundle.val is None:
+        raise UsageError(f"--patience {options.patience} needs validation images, and "
+                         f"{bundle.description.split(':')[0]} gives none; pass --val or "
+                         "--val-split, or drop --patience")
     names = list(bundle.class_names)
 
     if resumed is not None:
@@ -119,7 +131,8 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         bad_files=list(bundle.bad_files), description=bundle.description, config=config,
         preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split,
         warnings=[w for w in [bundle.copies, grid_warning(config.image_size,
-                                                          config.patch_size)] if w])
+                                                          config.patch_size)] if w],
+        data_fingerprint=bundle.fingerprint)
 
 
 def resolve_init(init: str | None, env: DistEnv, notes: list[str]) -> str | None:
@@ -169,6 +182,7 @@ def resolved_summary(prepared: Prepared, options: TrainOptions, env: DistEnv,
         "class_counts": counts.tolist(),  # training images per class, in class_names order
         "class_weights": (class_weights(counts).round(6).tolist()
                           if options.class_weights == "auto" else None),
+        "data_fingerprint": prepared.data_fingerprint,
     }
 
 

@@ -54,7 +54,8 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
         saved.setdefault("precision", "auto")  # written before --precision: see _run
         options = TrainOptions.from_dict(saved)
         options.check()  # a hand-edited value of the wrong type fails here, as one line
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
+        # A stored value out of range is a damaged file here, not a command-line mistake.
         raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None
     options.device = device or options.device
     options.threads = options.threads if threads is None else threads
@@ -120,6 +121,12 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             raise
         if state is not None:
             trainer.load_state(state)
+            then = args["resolved"].get("data_fingerprint")
+            if then and then != prepared.data_fingerprint:
+                emit("message", level="warning", text=(
+                    f"the data changed since this run started (was: {args['resolved'].get('data', '?')}; "
+                    f"now: {prepared.description}): files were added, removed or modified; "
+                    "training continues on the data as it is now"))
         for line in prepared.notes:
             emit("message", text=line, level="info")
         for line in prepared.warnings:

@@ -1,0 +1,125 @@
+"""Check a model file before anything is allocated or run: one validation for every loader.
+
+`vit info`, predict, eval, export, convert and `train --resume` all read model files through
+`vitcli.model.checkpoint.check_model_file`, which runs the checks here in order (header,
+metadata, config, tensor layout, tensors against the config), and `check_finite` (values),
+so a file one of them refuses is refused by all, with the same one-line reason:
+
+1. a regular file (a FIFO would block the reader forever; checked with os.stat first);
+2. a bounded header: length within the file and under 100 MB, JSON nested at most 64 deep;
+3. the metadata: JSON bounded the same way, every config number finite and in range
+   (ViTConfig.validate), the parameter memory estimated from the config and bounded;
+4. the layout: known dtypes, each tensor's byte range exactly its shape × dtype size, the
+   ranges tiling the data section, which ends where the file ends;
+5. the tensors agree with the config (names, shapes, floating-point dtypes), compared
+   against the model built on the 'meta' device, which allocates nothing;
+6. after loading, every weight finite (the first NaN/inf is named).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vitcli.errors import VitError
+from vitcli.model.config import ViTConfig
+
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype names and their sizes in bytes.
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+               "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1,
+               "BOOL": 1}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+MAX_TENSORS = 100_000
+
+
+def check_layout(path: Path, header: dict[str, Any], data_size: int) -> None:
+    """Each tensor's byte range is its shape × dtype size; together they tile the data."""
+    if len(header) > MAX_TENSORS:
+        raise VitError(f"{path}: {len(header):,} tensors in the header; refused")
+    spans = []
+    for name, entry in header.items():
+        dtype = entry["dtype"]
+        if dtype not in DTYPE_SIZES:
+            raise VitError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        begin, end = entry["data_offsets"]
+        expected = math.prod(entry["shape"]) * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise VitError(f"{path}: tensor {name!r} of shape {tuple(entry['shape'])} "
+                           f"{dtype} needs {expected:,} bytes, its data has {end - begin:,}; "
+                           "corrupt safetensors header")
+        spans.append((begin, end, name))
+    position = 0
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            raise VitError(f"{path}: tensor {name!r} overlaps another or leaves a gap in the "
+                           "data; corrupt safetensors header")
+        position = end
+    if position != data_size:
+        raise VitError(f"{path}: the tensors cover {position:,} bytes of a {data_size:,}-byte "
+                       "data section; truncated or corrupt safetensors file")
+
+
+def expected_tensors(config: ViTConfig) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the state dict of the model `config` describes (nothing allocated)."""
+    import torch
+
+    from vitcli.model.vit import VisionTransformer
+
+    with torch.device("meta"):
+        model = VisionTransformer(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_against_config(path: Path, header: dict[str, Any], config: ViTConfig) -> None:
+    """The stored tensors are exactly those of the stored config: names, shapes, float dtypes."""
+    expected = expected_tensors(config)
+    missing = [k for k in expected if k not in header]
+    unexpected = [k for k in header if k not in expected]
+    if missing or unexpected:
+        detail = ", ".join([f"missing {k}" for k in missing[:3]] +
+                           [f"unexpected {k}" for k in unexpected[:3]])
+        raise VitError(f"{path}: weights do not match the stored config ({detail})")
+    for name, shape in expected.items():
+        entry = header[name]
+        if tuple(entry["shape"]) != shape:
+            raise VitError(f"{path}: weights do not match the stored config ({name} has shape "
+                           f"{tuple(entry['shape'])}, the config needs {shape})")
+        if entry["dtype"] not in FLOAT_DTYPES:
+            raise VitError(f"{path}: {name} is stored as {entry['dtype']}; weights must be "
+                           "floating point (F32, F16, BF16 or F64)")
+
+
+def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor."""
+    import torch
+
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise VitError(f"{path}: weight {name} holds {bad:,} NaN or infinite value(s); "
+                           "the file is corrupt (or a diverged training run)")
+
+
+def check_finite_file(path: str | Path) -> None:
+    """check_finite over a safetensors file, one tensor in memory at a time (for `vit info`,
+    which builds no model but must refuse what every loader refuses)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                check_finite(path, {name: f.get_tensor(name)})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
+
+
+def check_usable_head(path: str | Path, config: ViTConfig, class_names: list[str]) -> None:
+    """Prediction and evaluation need a classifier: refuse a model with 0 classes."""
+    if config.num_classes == 0 or not class_names:
+        raise VitError(f"{path}: a backbone without a classification head (0 classes): its "
+                       "outputs are features, not labels; fine-tune a head first: vit train "
+                       f"--data DATA --init {path} --freeze backbone")
