@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from vitcli.evaluation.calibration import Calibration, fit_temperature, measure
 from vitcli.evaluation.evaluate import predict_logits
 from vitcli.model.ood import DEFAULT_QUANTILE, OodStats, fit_gaussians, threshold_for
-from vitcli.model.outputs import MahalanobisScore, pre_logits
+from vitcli.model.outputs import MahalanobisScore, logits_and_features
 
 MAX_FIT_IMAGES = 10_000  # training images the class means are fitted on (a seeded sample)
 
@@ -32,8 +32,8 @@ class _FeaturesAndLogits(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        f = pre_logits(self.model, x)  # (B, D)
-        return torch.cat([f, self.model.head(f)], dim=1)
+        logits, f = logits_and_features(self.model, x)  # (B, K), (B, D)
+        return torch.cat([f, logits], dim=1)
 
 
 class _LogitsAndScore(nn.Module):
@@ -44,8 +44,8 @@ class _LogitsAndScore(nn.Module):
         self.model, self.score = model, MahalanobisScore(stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        f = pre_logits(self.model, x)  # (B, D)
-        return torch.cat([self.model.head(f), self.score(f)[:, None]], dim=1)
+        logits, f = logits_and_features(self.model, x)  # (B, K), (B, D)
+        return torch.cat([logits, self.score(f)[:, None]], dim=1)
 
 
 @dataclass
@@ -62,7 +62,7 @@ def features_and_logits(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[
                         std: Sequence[float], device: str | torch.device = "cpu",
                         batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logits features (N, D) and raw logits (N, K) for uint8 pixels (N, S, S, C)."""
-    d = model.head.in_features
+    d = model.config.head_in_dim
     both = predict_logits(_FeaturesAndLogits(model), pixels, mean=mean, std=std,
                           batch_size=batch_size, device=device)
     return both[:, :d], both[:, d:]

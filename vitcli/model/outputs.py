@@ -36,9 +36,14 @@ def parse_temperature(metadata: dict[str, str]) -> float:
     return value
 
 
-def pre_logits(model: nn.Module, x: Tensor) -> Tensor:
-    """The features the head sees (B, D): the normalised class token or the pooled tokens."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
+def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Raw logits (B, K) and the features the head sees (B, D), from one encoder pass.
+
+    The features are the pooled (normalised) tokens, e.g. the class token; with a
+    distillation token, the mean of the two the heads see (as the model's forward_head).
+    """
+    tokens = model.forward_features(x)  # (B, T, D)
+    return model.forward_head(tokens), model.forward_head(tokens, pre_logits=True)
 
 
 class MahalanobisScore(nn.Module):
@@ -73,8 +78,7 @@ class ModelOutputs(nn.Module):
         if self.score is None:
             logits = self.model(x)  # (B, K)
             return logits if self.temperature == 1.0 else logits / self.temperature
-        features = pre_logits(self.model, x)  # (B, D)
-        logits = self.model.head(features)  # (B, K): the head's own input, once
+        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
         if self.temperature != 1.0:
             logits = logits / self.temperature
         return logits, self.score(features)
