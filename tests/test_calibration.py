@@ -86,3 +86,32 @@ def test_a_bad_stored_temperature_is_a_one_line_error(tmp_path: Path, tiny_model
                       extra={"temperature": value})
     with pytest.raises(VitError, match="temperature"):
         load_model(path)
+
+
+@pytest.mark.slow
+def test_temperature_travels_into_the_onnx_graph(tmp_path: Path, tiny_model):
+    """Same probabilities (1e-5) from the model file on PyTorch and from the ONNX file, and
+    they are softmax(logits / T) of the bare model: every consumer sees one set."""
+    import torch
+
+    from vitcli.deploy.backends import open_backend
+    from vitcli.deploy.export import export_onnx
+    from vitcli.deploy.onnx_checks import random_inputs
+    from vitcli.evaluation.evaluate import softmax
+    from vitcli.model.checkpoint import load_model, save_model
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      temperature=0.25)  # sharpens: differences would show
+    onnx_path = export_onnx(path, tmp_path / "m.onnx").path
+    mf = load_model(path)
+    x = random_inputs(mf, 8, seed=0)
+    with torch.no_grad():
+        expected = softmax(tiny_model(torch.from_numpy(x)).numpy() / 0.25)
+    torch_probs = softmax(open_backend(path, device="cpu").logits(x))
+    onnx_backend = open_backend(onnx_path)
+    onnx_probs = softmax(onnx_backend.logits(x))
+    np.testing.assert_allclose(torch_probs, expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
+    assert onnx_backend.metadata["temperature"] == "0.25"
+    assert not np.allclose(expected, softmax(tiny_model(torch.from_numpy(x)).detach().numpy()),
+                           atol=1e-3)  # T really changed them

@@ -19,13 +19,13 @@ from torch import Tensor, nn
 from vitcli.evaluation.calibration import Calibration, fit_temperature, measure
 from vitcli.evaluation.evaluate import predict_logits
 from vitcli.model.ood import DEFAULT_QUANTILE, OodStats, fit_gaussians, threshold_for
-from vitcli.model.outputs import MahalanobisScore, logits_and_features
+from vitcli.model.outputs import LogitsAndScore, logits_and_features
 
 MAX_FIT_IMAGES = 10_000  # training images the class means are fitted on (a seeded sample)
 
 
 class _FeaturesAndLogits(nn.Module):
-    """(B, D + K): the pre-logits features, then the raw logits, as one tensor."""
+    """(B, D + K): the unknown score's features, then the raw logits, as one tensor."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -34,18 +34,6 @@ class _FeaturesAndLogits(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         logits, f = logits_and_features(self.model, x)  # (B, K), (B, D)
         return torch.cat([f, logits], dim=1)
-
-
-class _LogitsAndScore(nn.Module):
-    """(B, K + 1): the raw logits, then the unknown score."""
-
-    def __init__(self, model: nn.Module, stats: OodStats) -> None:
-        super().__init__()
-        self.model, self.score = model, MahalanobisScore(stats)
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits, f = logits_and_features(self.model, x)  # (B, K), (B, D)
-        return torch.cat([logits, self.score(f)[:, None]], dim=1)
 
 
 @dataclass
@@ -61,7 +49,7 @@ class Trust:
 def features_and_logits(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
                         std: Sequence[float], device: str | torch.device = "cpu",
                         batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logits features (N, D) and raw logits (N, K) for uint8 pixels (N, S, S, C)."""
+    """The unknown score's features (N, D) and raw logits (N, K) for uint8 pixels (N, S, S, C)."""
     d = model.config.head_in_dim
     both = predict_logits(_FeaturesAndLogits(model), pixels, mean=mean, std=std,
                           batch_size=batch_size, device=device)
@@ -70,14 +58,13 @@ def features_and_logits(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[
 
 def outputs_on(model: nn.Module, stats: OodStats | None, pixels: np.ndarray, *,
                mean: Sequence[float], std: Sequence[float], device: str | torch.device = "cpu",
-               batch_size: int = 256, amp: bool = False,
-               progress=None) -> tuple[np.ndarray, np.ndarray | None]:  # noqa: ANN001
+               batch_size: int = 256, progress=None) -> tuple[np.ndarray, np.ndarray | None]:  # noqa: ANN001
     """Raw logits (N, K) and unknown scores (N,) (None without statistics)."""
     if stats is None:
         return predict_logits(model, pixels, mean=mean, std=std, batch_size=batch_size,
-                              device=device, amp=amp, progress=progress), None
+                              device=device, progress=progress), None
     # The score is float32 on the features; autocast would round them to bf16 first.
-    both = predict_logits(_LogitsAndScore(model, stats).to(device), pixels, mean=mean,
+    both = predict_logits(LogitsAndScore(model, stats).to(device), pixels, mean=mean,
                           std=std, batch_size=batch_size, device=device, progress=progress)
     return both[:, :-1], both[:, -1]
 

@@ -2,8 +2,9 @@
 
 Out-of-distribution score (Lee et al. 2018, "A Simple Unified Framework for Detecting
 Out-of-Distribution Samples and Adversarial Attacks"): the Mahalanobis distance of an image's
-pre-logits features f (the normalised class token, or the pooled tokens, exactly as the head
-sees them) to the nearest class mean, under one covariance shared by all classes:
+features f (the last block's class token, or its tokens pooled as the head pools them,
+before the final LayerNorm: vitcli.model.outputs.logits_and_features says why) to the
+nearest class mean, under one covariance shared by all classes:
 
     score(f) = min_k sqrt((f - mu_k)^T P (f - mu_k)),   P = Sigma^-1 = L L^T
 
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 METHOD = "mahalanobis"
-FEATURE = "pre_logits"
+FEATURE = "pooled_tokens_before_final_norm"  # model.outputs.logits_and_features
 MEANS_KEY = "ood.class_means"
 CHOLESKY_KEY = "ood.precision_cholesky"
 TENSOR_PREFIX = "ood."
@@ -118,7 +119,24 @@ def parse_ood(metadata: dict[str, str], shapes: dict[str, list[int]], *, num_cla
         if has_tensors:
             raise ValueError("unknown-statistics tensors without their 'ood' metadata")
         return None
-    info = json.loads(text)
+    info = parse_rule(text)
+    want = {MEANS_KEY: [num_classes, feature_dim], CHOLESKY_KEY: [feature_dim, feature_dim]}
+    for name, shape in want.items():
+        if shapes.get(name) != shape:
+            raise ValueError(f"tensor {name} should have shape {tuple(shape)}, "
+                             f"not {tuple(shapes[name]) if name in shapes else 'missing'}")
+    extra = sorted(n for n in shapes if n.startswith(TENSOR_PREFIX) and n not in want)
+    if extra:
+        raise ValueError(f"unexpected tensor {extra[0]}")
+    return info
+
+
+def parse_rule(text: str) -> dict[str, Any]:
+    """Method, threshold and quantile from the `ood` metadata JSON (the ONNX file's too)."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise ValueError("'ood' is not JSON") from None
     if not isinstance(info, dict):
         raise ValueError("'ood' should be a JSON object")
     if info.get("method") != METHOD:
@@ -132,14 +150,6 @@ def parse_ood(metadata: dict[str, str], shapes: dict[str, list[int]], *, num_cla
     if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) \
             or not 0 < quantile <= 1:
         raise ValueError(f"'ood' quantile must be in (0, 1], not {quantile!r}")
-    want = {MEANS_KEY: [num_classes, feature_dim], CHOLESKY_KEY: [feature_dim, feature_dim]}
-    for name, shape in want.items():
-        if shapes.get(name) != shape:
-            raise ValueError(f"tensor {name} should have shape {tuple(shape)}, "
-                             f"not {tuple(shapes[name]) if name in shapes else 'missing'}")
-    extra = sorted(n for n in shapes if n.startswith(TENSOR_PREFIX) and n not in want)
-    if extra:
-        raise ValueError(f"unexpected tensor {extra[0]}")
     return {"method": METHOD, "threshold": float(threshold), "quantile": float(quantile)}
 
 

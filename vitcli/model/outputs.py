@@ -37,13 +37,24 @@ def parse_temperature(metadata: dict[str, str]) -> float:
 
 
 def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Raw logits (B, K) and the features the head sees (B, D), from one encoder pass.
+    """Raw logits (B, K) and the features the unknown score reads (B, D), in one pass.
 
-    The features are the pooled (normalised) tokens, e.g. the class token; with a
-    distillation token, the mean of the two the heads see (as the model's forward_head).
+    The features are the tokens of the last block BEFORE the final LayerNorm, pooled as the
+    head pools them (the class token, the patch mean, or both). The normalised ones the head
+    sees lose the tokens' scale, and with it much of what sets noise and unrelated images
+    apart: on generated shapes they rejected 95 % of noise and 75 % of stripes, the
+    un-normalised 100 % and 87 % (benchmarks/ood_scores.py, docs/evaluation.md). Models whose
+    pooling is learned on normalised tokens (attention pool, distillation token) use the
+    head's own input.
     """
-    tokens = model.forward_features(x)  # (B, T, D)
-    return model.forward_head(tokens), model.forward_head(tokens, pre_logits=True)
+    tokens = model.embed(x)  # (B, T, D), as model.forward_features
+    for block in model.blocks:
+        tokens, _ = block(tokens)
+    normed = model.norm(tokens)  # (B, T, D)
+    logits = model.forward_head(normed)  # (B, K)
+    if model.config.pooling == "map" or getattr(model, "dist_token", None) is not None:
+        return logits, model.forward_head(normed, pre_logits=True)
+    return logits, model.pool(tokens)  # (B, D) or (B, 2D) for cls_mean
 
 
 class MahalanobisScore(nn.Module):
@@ -58,10 +69,13 @@ class MahalanobisScore(nn.Module):
         self.register_buffer("means_sq", means.pow(2).sum(-1))  # (K,)
 
     def forward(self, features: Tensor) -> Tensor:
-        z = features.float() @ self.chol  # (B, D), whitened
-        # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, not a (B, K, D) tensor
-        d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq  # (B, K)
-        return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,)
+        # float32 even under bf16 autocast: a distance compared with a threshold, and the
+        # ONNX graph computes it in float32 too
+        with torch.autocast(features.device.type, enabled=False):
+            z = features.float() @ self.chol  # (B, D), whitened
+            # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, no (B, K, D)
+            d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq
+            return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,) from (B, K)
 
 
 class ModelOutputs(nn.Module):
@@ -82,6 +96,18 @@ class ModelOutputs(nn.Module):
         if self.temperature != 1.0:
             logits = logits / self.temperature
         return logits, self.score(features)
+
+
+class LogitsAndScore(nn.Module):
+    """(B, K + 1): the raw logits, then the unknown score, as one tensor (for `vit eval`)."""
+
+    def __init__(self, model: nn.Module, stats: OodStats) -> None:
+        super().__init__()
+        self.model, self.score = model, MahalanobisScore(stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
+        return torch.cat([logits, self.score(features)[:, None]], dim=1)
 
 
 def model_outputs(mf: Any, model: nn.Module | None = None,
