@@ -69,13 +69,18 @@ class MahalanobisScore(nn.Module):
         self.register_buffer("means_sq", means.pow(2).sum(-1))  # (K,)
 
     def forward(self, features: Tensor) -> Tensor:
-        # float32 even under bf16 autocast: a distance compared with a threshold, and the
-        # ONNX graph computes it in float32 too
-        with torch.autocast(features.device.type, enabled=False):
-            z = features.float() @ self.chol  # (B, D), whitened
-            # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, no (B, K, D)
-            d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq
-            return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,) from (B, K)
+        # float32 even under bf16 autocast: a distance compared with a threshold, as the
+        # ONNX graph computes it (the check runs at trace time: an export sees no autocast)
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(features.device.type, enabled=False):
+                return self._distance(features.float())
+        return self._distance(features.float())
+
+    def _distance(self, features: Tensor) -> Tensor:
+        z = features @ self.chol  # (B, D), whitened
+        # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, no (B, K, D) tensor
+        d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq  # (B, K)
+        return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,)
 
 
 class ModelOutputs(nn.Module):
@@ -91,10 +96,10 @@ class ModelOutputs(nn.Module):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if self.score is None:
             logits = self.model(x)  # (B, K)
-            return logits if self.temperature == 1.0 else logits / self.temperature
+            return logits if self.temperature == 1.0 else logits.float() / self.temperature
         logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
         if self.temperature != 1.0:
-            logits = logits / self.temperature
+            logits = logits.float() / self.temperature
         return logits, self.score(features)
 
 
