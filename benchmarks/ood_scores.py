@@ -158,7 +158,7 @@ def main() -> None:
         result = run(seed, args.steps, args.per_class)
         acc, temp = result.pop("_")["top-1"]
         print(f"\nseed {seed}: test top-1 {acc:.1%}, temperature {temp:.3g}")
-        print(f"{'score':<13}" + "".join(f"{k:>22}" for k in kinds))
+        print(f"{'score':<13}" + "".join(f"{k:>28}" for k in kinds))
         for name, row in result.items():
             cells = []
             for k in kinds:
@@ -166,7 +166,7 @@ def main() -> None:
                 what = "kept" if k.startswith("kept") else "rejected"
                 cells.append(f"{what} {share:6.1%}" + ("" if np.isnan(area)
                                                         else f" AUC {area:.3f}"))
-            print(f"{name:<13}" + "".join(f"{c:>22}" for c in cells))
+            print(f"{name:<13}" + "".join(f"{c:>28}" for c in cells))
 
 
 if __name__ == "__main__":

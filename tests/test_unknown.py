@@ -245,7 +245,7 @@ def test_eval_reports_calibration_the_unknown_share_and_writes_the_figures(train
     result = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(data),
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "ECE, 15 equal-width bins" in result.stdout and "called unknown" in result.stdout
+    assert "ECE (15 equal-width bins)" in result.stdout and "called unknown" in result.stdout
     report = json.loads((out / "metrics.json").read_text())
     assert report["calibration"]["temperature"] == pytest.approx(trust.temperature)
     assert report["calibration"]["ece_bins"] == 15

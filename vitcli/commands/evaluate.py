@@ -141,12 +141,11 @@ def _summary_table(report: EvalReport) -> Table:
                       f"{avg.precision:.3f} / {avg.recall:.3f} / {avg.f1:.3f}")
     c = report.calibration
     if c is not None:
-        t = "no temperature stored" if c.temperature == 1.0 else f"T = {c.temperature:.3g}"
-        table.add_row(f"ECE, {c.bins} equal-width bins (T = 1 → {t})",
-                      f"{c.ece_before:.2%} → {c.ece_after:.2%}")
-        table.add_row("NLL / Brier (T = 1 → stored T)",
-                      f"{c.nll_before:.4f} → {c.nll_after:.4f} / "
-                      f"{c.brier_before:.4f} → {c.brier_after:.4f}")
+        table.add_row("temperature (the rows below: T = 1 → T)",
+                      "1 (none stored)" if c.temperature == 1.0 else f"{c.temperature:.3g}")
+        table.add_row(f"ECE ({c.bins} equal-width bins)", f"{c.ece_before:.2%} → {c.ece_after:.2%}")
+        table.add_row("NLL", f"{c.nll_before:.4f} → {c.nll_after:.4f}")
+        table.add_row("Brier score", f"{c.brier_before:.4f} → {c.brier_after:.4f}")
     if report.unknown_share is not None:
         table.add_row(f"called unknown (score > {report.unknown_threshold:.3g})",
                       f"{report.unknown_share:.2%}")

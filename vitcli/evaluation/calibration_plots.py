@@ -42,9 +42,12 @@ def plot_reliability(before: np.ndarray, after: np.ndarray | None, labels: np.nd
         seen = r.counts > 0
         ax.bar(centres[seen], r.accuracy[seen], width=width * 0.9, color="tab:blue",
                edgecolor="navy", label="accuracy in bin")
-        ax.bar(centres[seen], r.confidence[seen] - r.accuracy[seen],
-               bottom=r.accuracy[seen], width=width * 0.9, color="tab:red", alpha=0.25,
-               edgecolor="tab:red", label="gap to mean confidence")
+        # The gap from accuracy to the bin's mean confidence, whichever is higher: hatched,
+        # unfilled, so that it reads the same above (over-) and below (under-confident).
+        low = np.minimum(r.accuracy[seen], r.confidence[seen])
+        ax.bar(centres[seen], np.abs(r.confidence[seen] - r.accuracy[seen]), bottom=low,
+               width=width * 0.9, fill=False, hatch="///", edgecolor="tab:red", lw=0.8,
+               label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.05)
@@ -64,18 +67,15 @@ def plot_reliability(before: np.ndarray, after: np.ndarray | None, labels: np.nd
     return _save(fig, plt, path)
 
 
-def plot_coverage(before: np.ndarray, after: np.ndarray | None, labels: np.ndarray,
-                  path: str | Path, *, title: str, temperature: float = 1.0) -> Path:
+def plot_coverage(before: np.ndarray, labels: np.ndarray, path: str | Path, *, title: str,
+                  temperature: float = 1.0) -> Path:
     """Accuracy of the most confident fraction of images, against that fraction."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.4), constrained_layout=True)
     cov, acc = coverage_curve(before, labels)
-    ax.plot(cov, acc, color="tab:blue", lw=2, label="T = 1")
-    if after is not None and temperature != 1.0:
-        # T changes no ranking, so the curve is the same; drawn to show that it is
-        cov_t, acc_t = coverage_curve(after, labels)
-        ax.plot(cov_t, acc_t, color="tab:orange", lw=1, ls="--",
-                label=f"T = {temperature:.3g} (same order)")
+    # A temperature changes no ranking, so one curve holds for the calibrated model too.
+    same = f" (the same at T = {temperature:.3g})" if temperature != 1.0 else ""
+    ax.plot(cov, acc, color="tab:blue", lw=2, label=f"most confident first{same}")
     ax.axhline(acc[-1], color="gray", lw=1, ls=":", label=f"all images: {acc[-1]:.1%}")
     ax.set_xlim(0, 1)
     ax.set_ylim(max(0.0, min(acc.min(), acc[-1]) - 0.05), 1.01)
@@ -94,14 +94,14 @@ def write_calibration_plots(report: Any, out: Path) -> dict[str, Path]:
     t = report.calibration.temperature if report.calibration else 1.0
     before = probabilities(report.raw_logits)
     after = probabilities(report.raw_logits, t) if t != 1.0 else None
-    where = report.description or report.data
+    where = report.description or f"{report.data}: {len(report.labels):,} images"
     name = Path(report.model_path).name
     return {
         "reliability": plot_reliability(
             before, after, report.labels, out / "reliability.png", temperature=t,
-            title=f"reliability of {name}\non {where} ({len(report.labels):,} images)"),
+            title=f"reliability of {name}\non {where}"),
         "coverage": plot_coverage(
-            before, after, report.labels, out / "coverage.png", temperature=t,
+            before, report.labels, out / "coverage.png", temperature=t,
             title=f"accuracy against coverage: {name}\non {where}"),
     }
 

@@ -356,9 +356,11 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
                          device=target, precision=chosen.name, progress=stage("evaluating"))
     raw, scores = (raw, None) if ood is None else (raw[:, :-1], raw[:, -1])
     seconds = time.perf_counter() - start
-    # Everything the user sees uses the probabilities `vit predict` gives: logits / T.
+    # Confidences are the probabilities `vit predict` gives (logits / T); the loss stays at
+    # T = 1, the figure training's validation reported (the calibration rows show it after T).
     metrics = compute_metrics(raw / np.float32(model_file.temperature), labels,
                               model_file.class_names, [str(p) for p in images.paths])
+    metrics.loss = cross_entropy(raw, labels)
     present = set(images.class_names)
     return EvalReport(
         metrics=metrics, model_path=str(model_path), data=str(data), split=split,
