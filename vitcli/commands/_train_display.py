@@ -101,6 +101,17 @@ class Display:
             self.budget_shown = True
             print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "
                    f"{f['seconds_per_step'] * 1000:.0f} ms/step", highlight=False)
+        elif kind == "calibrated":
+            t = f["trust"]
+            if t is None:
+                print_("no validation images: probabilities left uncalibrated (T = 1) and no "
+                       "unknown rule", highlight=False, soft_wrap=True)
+            else:
+                c = t.calibration
+                print_(f"calibrated on {t.val_images:,} validation images: temperature "
+                       f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
+                       f"unknown beyond score {t.ood.threshold:.3g} "
+                       f"({t.ood.quantile:.1%} of them pass)", highlight=False, soft_wrap=True)
         elif kind == "step":
             self._step(f)
         elif kind == "interrupt":

@@ -45,8 +45,10 @@ def evaluate(
     """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
 
     Preprocessing and class names come from the model file. Results go to --out (default: a
-    new runs/eval/<model>-on-<data> folder): metrics.json, per_class.csv, misclassified.csv and
-    confusion_matrix.png.
+    new runs/eval/<model>-on-<data> folder): metrics.json, per_class.csv, misclassified.csv,
+    confusion_matrix.png, reliability.png and coverage.png. Probabilities use the model
+    file's temperature; ECE, NLL and Brier are shown before and after it, and the share of
+    images called unknown when the file has that rule.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
@@ -149,6 +151,16 @@ def _summary_table(report: EvalReport) -> Table:
     for avg, label in ((m.macro, "macro"), (m.weighted, "weighted")):
         table.add_row(f"{label} precision / recall / F1",
                       f"{avg.precision:.3f} / {avg.recall:.3f} / {avg.f1:.3f}")
+    c = report.calibration
+    if c is not None:
+        table.add_row("temperature (the rows below: T = 1 → T)",
+                      "1 (none stored)" if c.temperature == 1.0 else f"{c.temperature:.3g}")
+        table.add_row(f"ECE ({c.bins} equal-width bins)", f"{c.ece_before:.2%} → {c.ece_after:.2%}")
+        table.add_row("NLL", f"{c.nll_before:.4f} → {c.nll_after:.4f}")
+        table.add_row("Brier score", f"{c.brier_before:.4f} → {c.brier_after:.4f}")
+    if report.unknown_share is not None:
+        table.add_row(f"called unknown (score > {report.unknown_threshold:.3g})",
+                      f"{report.unknown_share:.2%}")
     if report.absent_classes:
         shown = ", ".join(report.absent_classes[:5])
         more = f" +{len(report.absent_classes) - 5}" if len(report.absent_classes) > 5 else ""

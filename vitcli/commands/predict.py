@@ -46,11 +46,20 @@ def predict(
     precision: PrecisionOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
+    unknown: Annotated[str | None, typer.Option(
+        "--unknown", help="on|off: call images beyond the model file's out-of-distribution "
+        "threshold 'unknown' (default: on when the file has the rule).",
+        show_default=False)] = None,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
     from vitcli.commands._common import err_console, model_label, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
-    from vitcli.deploy.predict import collect_images, find_latest_model, require_classifier
+    from vitcli.deploy.predict import (
+        collect_images,
+        find_latest_model,
+        require_classifier,
+        unknown_rule,
+    )
     from vitcli.devices import check_precision
     from vitcli.errors import UsageError, VitError
 
@@ -73,8 +82,10 @@ def predict(
         raise UsageError(f"--explain {explain}: exists and is not a folder")
     if csv_path is not None and csv_path.is_dir():
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
+    rule = _on_off(unknown)
     backend = open_backend(model, device=device, precision=precision)
     require_classifier(backend)
+    unknown_rule(backend, rule)  # --unknown on without a rule: said before any image is read
     skipped: list = []
     paths, results = collect_images(inputs, skipped)
     if csv_path is not None:  # never over the model or an image being predicted
@@ -101,7 +112,8 @@ def predict(
         on_result(missing)
 
     many = len(paths) > MANY and not as_json
-    predicted = _run(backend, paths, topk, batch_size, on_result, show_progress=many)
+    predicted = _run(backend, paths, topk, batch_size, on_result, show_progress=many,
+                     unknown=rule)
     results += predicted
     if not as_json:
         _show(results, many)
@@ -130,14 +142,27 @@ def predict(
         raise VitError("no images to predict")
 
 
+def _on_off(value: str | None) -> bool | None:
+    """--unknown on|off as True/False; None when not given."""
+    from vitcli.errors import UsageError
+
+    if value is None:
+        return None
+    if value.lower() not in ("on", "off"):
+        raise UsageError(f"--unknown must be on or off, not {value!r}")
+    return value.lower() == "on"
+
+
 def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
-         on_result: Callable[[Prediction], None], show_progress: bool) -> list[Prediction]:
+         on_result: Callable[[Prediction], None], show_progress: bool,
+         unknown: bool | None = None) -> list[Prediction]:
     """Run prediction in batches, streaming each result to `on_result`."""
     from vitcli.deploy.predict import predict_paths
 
     if not show_progress:
         results = []
-        for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size):
+        for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size,
+                                    unknown=unknown):
             on_result(result)
             results.append(result)
         return results
@@ -149,7 +174,8 @@ def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,
     with progress_bar(*Progress.get_default_columns()) as progress:
         task = progress.add_task("predicting", total=len(paths))
         for result in predict_paths(backend, paths, topk=topk, batch_size=batch_size,
-                                    on_batch=lambda n: progress.advance(task, n)):
+                                    on_batch=lambda n: progress.advance(task, n),
+                                    unknown=unknown):
             on_result(result)
             results.append(result)
     return results
@@ -176,6 +202,10 @@ def _show(results: list[Prediction], many: bool) -> None:
             # The file name on its own line, never wrapped: a table title is wrapped to the
             # table's width, which broke long paths mid-word on narrow or piped output.
             console.print(Text(plain(r.path), style="bold"), soft_wrap=True)
+            if r.unknown:  # the answer first; the classes below are what it resembles most
+                console.print(Text(plain(f"unknown (nearest: {r.labels[0]}, score {r.score:.3g} "
+                                         f"> threshold {r.threshold:.3g})"), style="yellow"),
+                              soft_wrap=True)
             table = Table(box=box.SIMPLE_HEAD)
             table.add_column("#", justify="right")
             table.add_column("label")
@@ -196,12 +226,19 @@ def _show(results: list[Prediction], many: bool) -> None:
     runners_up = any(len(r.labels) > 1 for r in ok)  # --topk 1: no always-empty column
     if runners_up:
         table.add_column("next best")
+    scored = any(r.score is not None for r in ok)
+    if scored:
+        table.add_column("unknown score", justify="right")
     for r in ok:
         name = r.path.relative_to(root) if root is not None else r.path
-        row = [safe(name), safe(r.labels[0]), f"{r.probabilities[0]:.4f}"]
+        # unknown: the nearest class and its probability stand beside the label
+        label = f"unknown (nearest {r.labels[0]})" if r.unknown else r.labels[0]
+        row = [safe(name), safe(label), f"{r.probabilities[0]:.4f}"]
         if runners_up:
             row.append(", ".join(f"{safe(label)} {p:.2f}" for label, p in
                                  zip(r.labels[1:], r.probabilities[1:])))
+        if scored:
+            row.append(f"{r.score:.3g}" if r.score is not None else "")
         table.add_row(*row)
     console.print(table)
 
@@ -226,14 +263,21 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
     header = ["image", "label", "probability"]
     for i in range(2, k + 1):
         header += [f"label_{i}", f"probability_{i}"]
+    scored = any(r.score is not None for r in results)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(header + ["error"])
+    # label is the answer (`unknown` beyond the threshold); nearest is then the top class
+    writer.writerow(header + (["nearest", "unknown_score", "threshold"] if scored else [])
+                    + ["error"])
     for r in results:
         row: list[str] = [str(r.path)]
         for i in range(k):
             has = i < len(r.labels)
-            row += [r.labels[i] if has else "", f"{r.probabilities[i]:.6f}" if has else ""]
+            label = r.label if i == 0 and has else r.labels[i] if has else ""
+            row += [label, f"{r.probabilities[i]:.6f}" if has else ""]
+        if scored:
+            row += ([r.labels[0], f"{r.score:.6g}", f"{r.threshold:.6g}"]
+                    if r.score is not None and r.labels else ["", "", ""])
         writer.writerow(row + [r.error or ""])
     # surrogateescape: a name that is not UTF-8 keeps its exact bytes in the table.
     atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",

@@ -22,7 +22,8 @@ from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
 ONNX_INPUT = "pixels"
-ONNX_OUTPUT = "logits"
+ONNX_OUTPUT = "logits"  # already divided by the model file's temperature
+ONNX_SCORE = "ood_score"  # the unknown score (vitcli.model.ood), when the file has the rule
 
 
 class Backend(Protocol):
@@ -35,7 +36,16 @@ class Backend(Protocol):
     preprocessing: Preprocessing
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) float32 → (B, classes) float32."""
+        """(B, C, H, W) float32 → (B, classes) float32, divided by the temperature."""
+        ...
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Those logits and the unknown scores (B,) (None when the file has no rule)."""
+        ...
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """Scores above this are `unknown`; None when the file has no unknown rule."""
         ...
 
 
@@ -50,21 +60,29 @@ class OnnxBackend:
     metadata: dict[str, str]
     session: Any = field(repr=False)
     name: str = "onnxruntime"
+    ood_threshold: float | None = None  # from the metadata; the graph gives the score
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        names = [ONNX_OUTPUT] + ([ONNX_SCORE] if self.ood_threshold is not None else [])
         fixed = self.session.get_inputs()[0].shape[0]
         if isinstance(fixed, int) and fixed != len(batch):
-            return np.concatenate([self._run_fixed(batch[i:i + fixed], fixed)
-                                   for i in range(0, len(batch), fixed)])
-        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})[0]
+            parts = [self._run_fixed(names, batch[i:i + fixed], fixed)
+                     for i in range(0, len(batch), fixed)]
+            out = [np.concatenate(p) for p in zip(*parts)]
+        else:
+            out = self.session.run(names, {ONNX_INPUT: batch})
+        return out[0], (out[1] if len(out) > 1 else None)
 
-    def _run_fixed(self, chunk: np.ndarray, size: int) -> np.ndarray:
+    def _run_fixed(self, names: list[str], chunk: np.ndarray, size: int) -> list[np.ndarray]:
         """Run a model exported with a fixed batch: pad the last chunk, drop the padding."""
         n = len(chunk)
         if n < size:
             pad = np.zeros((size - n, *chunk.shape[1:]), np.float32)  # (size-n, C, H, W)
             chunk = np.concatenate([chunk, pad])
-        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: chunk})[0][:n]
+        return [o[:n] for o in self.session.run(names, {ONNX_INPUT: chunk})]
 
 
 @dataclass
@@ -76,6 +94,7 @@ class TorchBackend:
     device: Any = None  # torch.device
     name: str = "pytorch"
     precision: Any = None  # devices.Precision; None = fp32
+    _outputs: Any = field(default=None, repr=False)
 
 
     @property
@@ -90,15 +109,29 @@ class TorchBackend:
     def preprocessing(self) -> Preprocessing:
         return self.model_file.preprocessing
 
+    @property
+    def ood_threshold(self) -> float | None:
+        ood = self.model_file.ood
+        return None if ood is None else ood.threshold
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.outputs(batch)[0]
+
+    def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
+        from vitcli.model.outputs import model_outputs
+
+        if self._outputs is None:  # the model plus temperature and score (model/outputs.py)
+            self._outputs = model_outputs(self.model_file).to(self.device)
         dtype = self.precision.dtype if self.precision is not None else None
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = self.model_file.model(x)  # (B, classes)
-            return logits.float().cpu().numpy()
+                out = self._outputs(x)  # (B, classes) logits / T [, (B,) scores in fp32]
+        logits, score = out if isinstance(out, tuple) else (out, None)
+        return (logits.float().cpu().numpy(),
+                None if score is None else score.float().cpu().numpy())
 
 
 def is_onnx_path(path: Path) -> bool:
@@ -204,6 +237,7 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
     if inputs != [ONNX_INPUT] or ONNX_OUTPUT not in outputs:
         raise VitError(f"{path}: ONNX graph has inputs {inputs} and outputs {outputs}; "
                        f"expected vitcli's {ONNX_INPUT!r} → {ONNX_OUTPUT!r}")
+    threshold = _onnx_threshold(path, metadata, has_score=ONNX_SCORE in outputs)
     # The graph's pixel shape is fixed at export; metadata edited since would feed it
     # images it cannot take (onnxruntime's error would be a traceback, mid-prediction).
     classes = session.get_outputs()[outputs.index(ONNX_OUTPUT)].shape
@@ -218,7 +252,23 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
         raise VitError(f"{path}: the graph takes (C, H, W) = {tuple(graph_chw)} but its "
                        f"preprocessing metadata makes {tuple(expected)}; corrupt vitcli metadata")
     return OnnxBackend(path=path, config=config, class_names=names, preprocessing=pre,
-                       metadata=metadata, session=session)
+                       metadata=metadata, session=session, ood_threshold=threshold)
+
+
+def _onnx_threshold(path: Path, metadata: dict[str, str], *, has_score: bool) -> float | None:
+    """The unknown threshold from the metadata, checked against the graph's outputs."""
+    from vitcli.model.ood import METADATA_KEY, parse_rule
+
+    text = metadata.get(METADATA_KEY)
+    if (text is None) != (not has_score):
+        what = "an unknown threshold but no" if text is not None else "no unknown threshold for"
+        raise VitError(f"{path}: corrupt vitcli ONNX file ({what} {ONNX_SCORE!r} output)")
+    if text is None:
+        return None
+    try:
+        return parse_rule(text)["threshold"]
+    except ValueError as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
 
 
 def _ort_reason(exc: Exception, path: Path) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitcli.deploy.backends import ONNX_INPUT, ONNX_OUTPUT, open_onnx
+from vitcli.deploy.backends import ONNX_INPUT, ONNX_OUTPUT, ONNX_SCORE, open_onnx
 from vitcli.deploy.onnx_checks import (
     DataCheck,
     Labelled,
@@ -172,9 +172,11 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
     import torch
 
     from vitcli.deploy.onnx_graph import export_copy
+    from vitcli.model.outputs import model_outputs
 
     example, shapes, names = _export_inputs(mf, fixed)
     model, _ = export_copy(mf.model)  # linears as Gemm (vitcli.deploy.onnx_graph says why)
+    model = model_outputs(mf, model)  # logits / T, and the unknown score as a second output
     errors = []
     with _quiet_exporter():
         try:
@@ -185,7 +187,8 @@ def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> s
         except Exception as exc:  # the dynamo path still has gaps; fall back, then explain
             errors.append(f"dynamo: {' '.join(str(exc).split())[:200]}")
         try:
-            axes = None if fixed else {ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}
+            axes = None if fixed else {name: {0: "batch"} for name in
+                                       [ONNX_INPUT, *names["output_names"]]}
             torch.onnx.export(model, (example,), str(path), dynamo=False,
                               opset_version=opset, dynamic_axes=axes, **names)
             return "torchscript"
@@ -201,7 +204,8 @@ def _export_inputs(mf: ModelFile, fixed: int | None) -> tuple[Any, tuple | None,
     c, s = mf.config.in_channels, mf.config.image_size
     example = torch.zeros(fixed or 2, c, s, s)  # (B, C, H, W)
     shapes = None if fixed else ({0: torch.export.Dim("batch", min=1, max=4096)},)
-    return example, shapes, dict(input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT])
+    outputs = [ONNX_OUTPUT] + ([ONNX_SCORE] if mf.ood is not None else [])
+    return example, shapes, dict(input_names=[ONNX_INPUT], output_names=outputs)
 
 
 class _quiet_exporter:
@@ -289,6 +293,36 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> Non
 FUSED_GRAPH = "fused attention (onnxruntime QAttention)"
 
 
+def score_nodes(path: Path) -> list[str]:
+    """The nodes that compute the unknown score: kept in float32 by int8 quantization.
+
+    The score is a distance in whitened feature space; int8 weights there would move it
+    across the threshold for images near it, and they cost next to nothing in float32.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if ONNX_SCORE not in [o.name for o in graph.output]:
+        return []
+    # Walk back from the score output to the features it shares with the logits.
+    producers = {out: node for node in graph.node for out in node.output}
+    logits_side: set[str] = set()
+    stack = [ONNX_OUTPUT]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in logits_side:
+            logits_side.add(node.name)
+            stack.extend(node.input)
+    found: list[str] = []
+    stack = [ONNX_SCORE]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in logits_side and node.name not in found:
+            found.append(node.name)
+            stack.extend(node.input)
+    return found
+
+
 def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> str | None:
     """Write and verify the fused-attention graph that int8 is quantized from.
 
@@ -297,10 +331,12 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> st
     slower only, and reports why.
     """
     from vitcli.deploy.onnx_graph import export_packed
+    from vitcli.model.outputs import model_outputs
 
     try:
         with _quiet_exporter():
-            export_packed(mf.model, path, opset, *_export_inputs(mf, fixed))
+            export_packed(mf.model, path, opset, *_export_inputs(mf, fixed),
+                          wrap=lambda m: model_outputs(mf, m))
         add_metadata(path, mf)  # the onnxruntime back end reads its preprocessing
         verify_parity(mf, path, fixed)
     except Exception as exc:  # an older torch/onnxscript, or a graph onnxruntime rejects
@@ -323,7 +359,8 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
             fused = why_not is None
             if not fused:
                 say(f"fused attention unavailable ({why_not}); quantizing the standard graph")
-            quantize_int8(packed if fused else report.path, tmp)
+            src = packed if fused else report.path
+            quantize_int8(src, tmp, exclude=score_nodes(src))
         report.int8_graph = (FUSED_GRAPH if fused
                              else f"standard graph (fused attention unavailable: {why_not})")
         what = "linear and fused attention" if fused else "linear"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from vitcli.model.checkpoint import ModelFile
 
 RTOL, ATOL = 1e-3, 1e-4  # fp32 parity, on logits
+SCORE_RTOL, SCORE_ATOL = 1e-4, 1e-3  # on the unknown score (a distance, typically 5-500)
 PARITY_BATCHES = (1, 8)
 TIE_MARGIN = 1e-3  # top-2 logits closer than this are a tie; either answer is right
 
@@ -61,17 +62,31 @@ def random_inputs(mf: ModelFile, batch: int, seed: int) -> np.ndarray:
 
 def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
                  bf16: bool = False) -> np.ndarray:
-    """PyTorch logits for a float32 batch (B, C, H, W), in chunks to bound memory.
+    """PyTorch logits / T for a float32 batch (B, C, H, W), as the ONNX graph gives them.
 
     `bf16` runs the model under CPU bf16 autocast (the latency table's bf16 row); parity
     checks always compare against fp32.
     """
+    return torch_outputs(mf, batch, chunk, bf16)[0]
+
+
+def torch_outputs(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
+                  bf16: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """PyTorch logits / T (B, K) and unknown scores (B,) or None, in chunks to bound memory."""
     import torch
 
+    from vitcli.model.outputs import model_outputs
+
+    net = model_outputs(mf)
+    logits, scores = [], []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        parts = [mf.model(torch.from_numpy(batch[i:i + chunk])).float().numpy()
-                 for i in range(0, len(batch), chunk)]
-    return np.concatenate(parts)
+        for i in range(0, len(batch), chunk):
+            out = net(torch.from_numpy(batch[i:i + chunk]))
+            logit, score = out if isinstance(out, tuple) else (out, None)
+            logits.append(logit.float().numpy())
+            if score is not None:
+                scores.append(score.float().numpy())
+    return np.concatenate(logits), (np.concatenate(scores) if scores else None)
 
 
 def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
@@ -88,6 +103,16 @@ def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
         ref, got = torch_logits(mf, x), backend.logits(x)
         diff = float(np.abs(ref - got).max())
         ok = got.shape == ref.shape and bool(np.allclose(got, ref, rtol=RTOL, atol=ATOL))
+        ref_score, got_score = (torch_outputs(mf, x)[1], backend.outputs(x)[1]) \
+            if mf.ood is not None else (None, None)
+        if (ref_score is None) != (got_score is None):
+            raise VitError("the ONNX graph's unknown-score output does not match the model "
+                           "file's; nothing was written")
+        if ref_score is not None and not np.allclose(got_score, ref_score, rtol=SCORE_RTOL,
+                                                     atol=SCORE_ATOL):
+            delta = float(np.abs(got_score - ref_score).max())
+            raise VitError(f"ONNX unknown score differs from PyTorch at batch {n} (max |Δ| "
+                           f"{delta:.2e}); nothing was written")
         checks.append(Parity(batch=n, max_abs_diff=diff, ok=ok))
         if not ok:
             raise VitError(f"ONNX output differs from PyTorch at batch {n} (max |Δlogit| "

@@ -131,9 +131,15 @@ def _translation() -> dict[Callable[..., Tensor], Callable[..., Any]]:
 
 
 def export_packed(model: nn.Module, path: Path, opset: int, example: Tensor,
-                  dynamic_shapes: tuple | None, names: dict) -> None:
-    """Write the onnxruntime-only graph (dynamo exporter; it alone takes translations)."""
+                  dynamic_shapes: tuple | None, names: dict,
+                  wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+    """Write the onnxruntime-only graph (dynamo exporter; it alone takes translations).
+
+    `wrap` puts the rearranged copy inside the module that is exported (the temperature
+    and unknown score of vitcli.model.outputs).
+    """
     packed, _ = export_copy(model, fused_attention=True)
+    packed = wrap(packed) if wrap is not None else packed
     with _attention_schema():
         program = torch.onnx.export(packed, (example,), dynamo=True, opset_version=opset,
                                     dynamic_shapes=dynamic_shapes, verbose=False,

@@ -25,9 +25,10 @@ from vitcli.data.discovery import (
     walk_images,
 )
 from vitcli.deploy.backends import Backend
-from vitcli.errors import VitError
+from vitcli.errors import UsageError, VitError
 from vitcli.evaluation.evaluate import check_finite_outputs, softmax
 from vitcli.images import is_image_path
+from vitcli.model.ood import UNKNOWN
 
 TRAIN_RUNS = Path("runs/train")
 BEST_WEIGHTS = "weights/best.safetensors"
@@ -43,6 +44,14 @@ class Prediction:
     probabilities: list[float] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     error: str | None = None
+    score: float | None = None  # the unknown score, when the rule is on (vitcli.model.ood)
+    threshold: float | None = None  # scores above it are unknown
+    unknown: bool = False  # beyond the threshold: the label is "unknown", labels[0] the nearest
+
+    @property
+    def label(self) -> str:
+        """What the model answers: the top class, or `unknown`."""
+        return UNKNOWN if self.unknown else self.labels[0]
 
     @property
     def ok(self) -> bool:
@@ -52,13 +61,18 @@ class Prediction:
         """The JSON-ready record: image, top-1 label and probability, then the top-k list."""
         if self.error is not None:
             return {"image": str(self.path), "error": self.error}
-        return {
+        record: dict[str, Any] = {
             "image": str(self.path),
-            "label": self.labels[0],
-            "probability": self.probabilities[0],
-            "topk": [{"label": label, "index": index, "probability": p}
-                     for label, index, p in zip(self.labels, self.indices, self.probabilities)],
+            "label": self.label,
+            "probability": self.probabilities[0],  # of the top class (the nearest if unknown)
         }
+        if self.score is not None:
+            record.update(unknown=self.unknown, nearest=self.labels[0], score=self.score,
+                          threshold=self.threshold)
+        record["topk"] = [{"label": label, "index": index, "probability": p}
+                          for label, index, p in zip(self.labels, self.indices,
+                                                     self.probabilities)]
+        return record
 
 
 # ------------------------------------------------------------------------------- inputs
@@ -167,26 +181,42 @@ def load_batch(backend: Backend, paths: list[Path]) -> tuple[np.ndarray, list[Pa
     return batch, good, failed
 
 
+def unknown_rule(backend: Backend, unknown: bool | None) -> float | None:
+    """The threshold to apply: the file's when `unknown` is None or True, none when False."""
+    threshold = backend.ood_threshold
+    if unknown and threshold is None:
+        raise UsageError(f"--unknown on: {backend.path} has no unknown rule (it is fitted at "
+                         "the end of `vit train` when there are validation images)")
+    return threshold if unknown is not False else None
+
+
 def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
                   batch_size: int = 32,
-                  on_batch: Callable[[int], None] | None = None) -> Iterator[Prediction]:
+                  on_batch: Callable[[int], None] | None = None,
+                  unknown: bool | None = None) -> Iterator[Prediction]:
     """Predictions for `paths` in batches, in order; failed images are yielded as errors.
 
     `on_batch(n)` is called after each batch with the number of images it covered, so a
-    caller can drive a progress bar.
+    caller can drive a progress bar. `unknown`: None applies the file's unknown rule when it
+    has one, False never, True requires it.
     """
     names = backend.class_names
+    threshold = unknown_rule(backend, unknown)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         batch, good, failed = load_batch(backend, chunk)
         results: dict[Path, Prediction] = {p.path: p for p in failed}
         if len(good):
-            logits = backend.logits(batch)  # (B, classes)
+            logits, scores = backend.outputs(batch)  # (B, classes), (B,) or None
             check_finite_outputs(backend.path, logits)
             probs = softmax(logits)  # (B, classes)
-            for path, (idx, p) in zip(good, top_k(probs, names, topk)):
+            for row, (path, (idx, p)) in enumerate(zip(good, top_k(probs, names, topk))):
                 labels = [names[i] if i < len(names) else str(i) for i in idx]
-                results[path] = Prediction(path, labels=labels, probabilities=p, indices=idx)
+                result = Prediction(path, labels=labels, probabilities=p, indices=idx)
+                if threshold is not None and scores is not None:
+                    result.score, result.threshold = float(scores[row]), threshold
+                    result.unknown = result.score > threshold
+                results[path] = result
         yield from (results[p] for p in chunk)
         if on_batch:
             on_batch(len(chunk))
@@ -194,13 +224,17 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
 
 def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
             device: str = "auto", batch_size: int = 32,
-            precision: str = "auto") -> list[Prediction]:
+            precision: str = "auto", unknown: bool | None = None) -> list[Prediction]:
     """Classify images (files, folders, globs) with a .safetensors or .onnx model file.
 
-    `precision` auto | fp32 | bf16 for PyTorch (vitcli.devices.choose_precision)."""
+    `precision` auto | fp32 | bf16 for PyTorch (vitcli.devices.choose_precision). Images
+    beyond the file's unknown threshold get the label `unknown` (see Prediction);
+    `unknown=False` turns that off.
+    """
     from vitcli.deploy.backends import open_backend
 
     backend = open_backend(model, device=device, precision=precision)
     require_classifier(backend)
     paths, missing = collect_images(inputs)
-    return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size))
+    return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size,
+                                        unknown=unknown))

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitcli.errors import VitError
+from vitcli.evaluation.calibration import Calibration
 from vitcli.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -271,6 +272,11 @@ class EvalReport:
     precision_reason: str = ""
     absent_classes: list[str] = field(default_factory=list)  # model classes not in the data
     warnings: list[str] = field(default_factory=list)  # e.g. scoring the model's training images
+    calibration: Calibration | None = None  # ECE/NLL/Brier at T = 1 and the file's T
+    unknown_share: float | None = None  # images beyond the unknown threshold (None: no rule)
+    unknown_threshold: float | None = None
+    raw_logits: np.ndarray | None = field(default=None, repr=False)  # (N, K), before T
+    labels: np.ndarray | None = field(default=None, repr=False)  # (N,) in the model's order
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as a JSON-able dict (the --json file)."""
@@ -288,6 +294,9 @@ class EvalReport:
             "absent_classes": list(self.absent_classes),
             "warnings": list(self.warnings),
             **self.metrics.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "unknown": None if self.unknown_share is None else {
+                "share": self.unknown_share, "threshold": self.unknown_threshold},
         }
 
 
@@ -351,14 +360,23 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         raise VitError(f"{data}: no readable images to evaluate")
     labels = map_labels(images.class_names, model_file.class_names, images.labels,
                         data=str(data))
+    from vitcli.evaluation.calibration import measure
+    from vitcli.model.outputs import LogitsAndScore
+
     start = time.perf_counter()
-    logits = predict_logits(model_file.model, images.pixels, mean=pre.mean, std=pre.std,
-                            batch_size=batch_size, device=target, precision=chosen.name,
-                            progress=stage("evaluating"))
+    ood = model_file.ood
+    # With the unknown rule: one pass for logits and scores (the score itself in float32)
+    net = model_file.model if ood is None else LogitsAndScore(model_file.model, ood).to(target)
+    raw = predict_logits(net, images.pixels, mean=pre.mean, std=pre.std, batch_size=batch_size,
+                         device=target, precision=chosen.name, progress=stage("evaluating"))
+    raw, scores = (raw, None) if ood is None else (raw[:, :-1], raw[:, -1])
     seconds = time.perf_counter() - start
-    check_finite_outputs(model_path, logits)
-    metrics = compute_metrics(logits, labels, model_file.class_names,
-                              [str(p) for p in images.paths])
+    check_finite_outputs(model_path, raw)
+    # Confidences are the probabilities `vit predict` gives (logits / T); the loss stays at
+    # T = 1, the figure training's validation reported (the calibration rows show it after T).
+    metrics = compute_metrics(raw / np.float32(model_file.temperature), labels,
+                              model_file.class_names, [str(p) for p in images.paths])
+    metrics.loss = cross_entropy(raw, labels)
     present = set(images.class_names)
     warnings = []
     if val_split is not None:
@@ -371,7 +389,11 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         seconds=seconds, precision=chosen.name, precision_reason=chosen.reason,
         bad_files=[(str(p), str(r)) for p, r in bad_files],
         absent_classes=[n for n in model_file.class_names if n not in present],
-        warnings=warnings)
+        warnings=warnings,
+        calibration=measure(raw, labels, model_file.temperature),
+        unknown_share=None if scores is None else float(np.mean(scores > ood.threshold)),
+        unknown_threshold=None if ood is None else ood.threshold, raw_logits=raw,
+        labels=labels)
 
 
 def training_validation(model_file: Any, model_path: str | Path) -> dict[str, Any] | None:
@@ -473,6 +495,10 @@ def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
         title=f"{model_label(report.model_path)} on {data_label(report.data)}"
               f"{'' if report.split is None else f' ({report.split})'}: top-1 {m.top1:.1%} "
               f"of {m.num_images:,} images")
+    if report.raw_logits is not None and report.labels is not None:
+        from vitcli.evaluation.calibration_plots import write_calibration_plots
+
+        written.update(write_calibration_plots(report, out))
     if report.bad_files:
         written["bad_files"] = atomic_write_text(
             out / "bad_files.txt", "".join(f"{p}\t{r}\n" for p, r in report.bad_files))

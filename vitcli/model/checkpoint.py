@@ -6,6 +6,8 @@ Metadata keys (all strings, as safetensors requires):
   config          ViTConfig as JSON
   class_names     JSON list of the labels, in output order
   preprocessing   Preprocessing as JSON (size, mean, std, interpolation, crop, colour mode)
+  temperature     softmax temperature fitted on validation data (absent = 1; model/outputs.py)
+  ood             the unknown rule's method and threshold, with tensors ood.* (model/ood.py)
   + any extra string keys a caller adds (e.g. "vitcli_version", "source").
 
 Writes are atomic: a temporary file in the same folder, fsync, then os.replace, so a crash
@@ -28,6 +30,7 @@ from vitcli.model.preprocess import Preprocessing
 if TYPE_CHECKING:
     import torch
 
+    from vitcli.model.ood import OodStats
     from vitcli.model.vit import VisionTransformer
 
 FORMAT = "vitcli"
@@ -46,6 +49,8 @@ class ModelFile:
     preprocessing: Preprocessing
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature)
+    ood: OodStats | None = None  # the unknown rule's statistics, if the file has them
 
 
 # ------------------------------------------------------------------------------- writing
@@ -72,8 +77,13 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 def save_model(path: str | Path, model: torch.nn.Module, *,
                class_names: list[str] | None = None,
                preprocessing: Preprocessing | None = None,
-               extra: dict[str, str] | None = None) -> Path:
-    """Write the model file: weights plus config, class names and preprocessing."""
+               extra: dict[str, str] | None = None,
+               temperature: float | None = None, ood: OodStats | None = None) -> Path:
+    """Write the model file: weights plus config, class names and preprocessing.
+
+    With `temperature` and `ood` (calibration and the unknown rule, fitted at the end of
+    training), those travel in the same file.
+    """
     from vitcli import __version__
 
     model = unwrap_model(model)
@@ -95,7 +105,15 @@ def save_model(path: str | Path, model: torch.nn.Module, *,
         "preprocessing": pre.to_json(),
         **(extra or {}),
     }
-    return save_tensors(path, model.state_dict(), metadata)
+    tensors = dict(model.state_dict())
+    if temperature is not None:
+        metadata["temperature"] = repr(float(temperature))
+    if ood is not None:
+        import torch
+
+        metadata["ood"] = ood.metadata()
+        tensors.update({k: torch.from_numpy(v) for k, v in ood.tensors().items()})
+    return save_tensors(path, tensors, metadata)
 
 
 def default_preprocessing(config: ViTConfig) -> Preprocessing:
@@ -275,6 +293,8 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from vitcli.model import ood as ood_rule
+    from vitcli.model.outputs import parse_temperature
     from vitcli.model.validate import check_finite
     from vitcli.model.vit import VisionTransformer
 
@@ -282,11 +302,25 @@ def load_model(path: str | Path, *, device: str = "cpu",
     checked = check_model_file(path)  # before anything is allocated
     metadata, config = checked.metadata, checked.config
     names, pre = checked.class_names, checked.preprocessing
+    header = checked.header
+    try:
+        temperature = parse_temperature(metadata)
+        ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
+                                      num_classes=config.num_classes,
+                                      feature_dim=config.head_in_dim)
+    except (TypeError, ValueError) as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise VitError(f"{path}: corrupt safetensors file ({exc})") from None
     check_finite(path, state)
+    stats_tensors = {k: state.pop(k).cpu().numpy() for k in list(state)
+                     if k.startswith(ood_rule.TENSOR_PREFIX)}
+    try:
+        ood = ood_rule.stats_from(ood_info, stats_tensors) if ood_info else None
+    except ValueError as exc:
+        raise VitError(f"{path}: corrupt unknown statistics ({exc})") from None
     model = VisionTransformer(config)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -304,4 +338,4 @@ def load_model(path: str | Path, *, device: str = "cpu",
         config = model.config
         pre = pre.at_size(image_size)
     return ModelFile(model=model, config=config, class_names=names, preprocessing=pre,
-                     metadata=metadata, path=path)
+                     metadata=metadata, path=path, temperature=temperature, ood=ood)

@@ -174,7 +174,6 @@ def write_figure(path: Path, image: Image.Image, rollout: np.ndarray, last_layer
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from vitcli.files import atomic_write
 
     image = image.convert("RGB")
     left, top, right, bottom = crop_box(image.size, pre)

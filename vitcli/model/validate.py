@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vitcli.errors import VitError
 from vitcli.model.config import ViTConfig
+from vitcli.model.ood import TENSOR_PREFIX as OOD_PREFIX
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +79,8 @@ def check_against_config(path: Path, header: dict[str, Any], config: ViTConfig) 
     """The stored tensors are exactly those of the stored config: names, shapes, float dtypes."""
     expected = expected_tensors(config)
     missing = [k for k in expected if k not in header]
-    unexpected = [k for k in header if k not in expected]
+    # The unknown rule's statistics ride beside the weights; model/ood.py checks their shapes.
+    unexpected = [k for k in header if k not in expected and not k.startswith(OOD_PREFIX)]
     if missing or unexpected:
         detail = ", ".join([f"missing {k}" for k in missing[:3]] +
                            [f"unexpected {k}" for k in unexpected[:3]])

@@ -264,6 +264,8 @@ class Trainer:
             stopped = "interrupted"
         if self.env.is_main:
             self._finish_files()
+            if stopped != "interrupted":  # a resumed run calibrates when it ends
+                self._calibrate()
         result = TrainResult(
             run_dir=self.run_dir, stopped=stopped, epochs=self.epochs_done, steps=self.step,
             seconds=self.elapsed(), best_top1=self.best_top1, best_epoch=self.best_epoch,
@@ -596,6 +598,14 @@ class Trainer:
             torch.manual_seed(self.options.seed + 1000 * self.env.rank + self.step)
         if self.metrics is not None:
             self.metrics.truncate(self.step)  # rows written after the state was saved
+
+    def _calibrate(self) -> None:
+        """Store the temperature and the unknown rule in best.safetensors (training/calibrate.py)."""
+        from vitcli.training.calibrate import calibrate_model_file
+
+        trust = calibrate_model_file(self.run_dir / "weights" / "best.safetensors", self.data,
+                                     self.device, seed=self.options.seed)
+        self.emit("calibrated", trust=trust)
 
     def _finish_files(self) -> None:
         from vitcli.files import data_label

@@ -208,7 +208,7 @@ class TrainOptions:
         cpus = os.cpu_count() or 1
         ranges: dict[str, tuple[float, float, Any]] = {
             "--seed": (0, 2**32 - 1, self.seed),  # numpy's seeds are 32-bit
-            "--workers": (0, max(cpus * 4, 4), self.workers),
+            "--threads": (0, max(cpus * 4, 4), self.threads),
             "--epochs": (1, 100_000, self.epochs),
             "--batch-size": (1, 65_536, self.batch_size),
             "--lr": (1e-12, 10.0, self.lr),
@@ -233,7 +233,7 @@ class TrainOptions:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UsageError(f"{flag} must be a number, not {value!r}")
             if not low <= value <= high:
-                why = f" (this machine has {cpus} CPUs)" if flag == "--workers" else ""
+                why = f" (this machine has {cpus} CPUs)" if flag == "--threads" else ""
                 raise UsageError(f"{flag} must be in [{low:,g}, {high:,g}]{why}, not {value:,g}")
         if self.patch and self.img_size and self.patch > self.img_size:
             raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")

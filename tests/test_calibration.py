@@ -1,0 +1,117 @@
+"""Temperature scaling: the fit, the metrics, the model file, every consumer (issue 18)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES
+
+from vitcli.errors import VitError
+from vitcli.evaluation import calibration as cal
+
+
+def overconfident(n: int = 3000, k: int = 5, scale: float = 5.0, seed: int = 0):
+    """Logits drawn so that softmax(z) is the true posterior, then scaled ×`scale`.
+
+    Labels are sampled from softmax(z) itself, so T = 1 is calibrated by construction and
+    the ×5 model is over-confident by exactly a factor 5.
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.0, (n, k))
+    p = cal.probabilities(z)
+    labels = np.array([rng.choice(k, p=row) for row in p])
+    return z * scale, labels
+
+
+def test_calibration_lowers_ece_on_an_overconfident_model():
+    logits, labels = overconfident()
+    t = cal.fit_temperature(logits, labels)
+    assert t == pytest.approx(5.0, rel=0.1)  # it finds the factor the logits were scaled by
+    m = cal.measure(logits, labels, t)
+    assert m.ece_before > 0.1 and m.ece_after < 0.03
+    assert m.ece_after < m.ece_before / 4
+    assert m.nll_after < m.nll_before and m.brier_after < m.brier_before
+    # top-1 cannot change
+    assert (cal.probabilities(logits, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_ece_brier_nll_by_hand():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.55, 0.45]])
+    labels = np.array([0, 1, 1, 0])
+    # bins of width 1/15: 0.9 → bin 13 (correct), 0.8 → bin 11 (correct),
+    # 0.6 and 0.55 → bin 8 ((0.5333, 0.6]): one right, one wrong, confidence 0.575
+    expected = (abs(1 - 0.9) + abs(1 - 0.8) + 2 * abs(0.5 - 0.575)) / 4
+    assert cal.ece(probs, labels) == pytest.approx(expected)
+    brier = np.mean([0.01 + 0.01, 0.36 + 0.36, 0.04 + 0.04, 0.2025 + 0.2025])
+    assert cal.brier(probs, labels) == pytest.approx(brier)
+    logits = np.log(probs)
+    assert cal.nll(logits, labels) == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.55])))
+    cov, acc = cal.coverage_curve(probs, labels)
+    assert cov.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert acc.tolist() == pytest.approx([1.0, 1.0, 2 / 3, 0.75])
+
+
+def test_no_or_too_little_validation_data_leaves_temperature_one():
+    assert cal.fit_temperature(np.zeros((0, 3)), np.zeros(0, int)) == 1.0
+    logits, labels = overconfident(n=5)
+    assert cal.fit_temperature(logits, labels) == 1.0
+    # a flat NLL (all logits equal) gives no reason to move T
+    assert cal.fit_temperature(np.zeros((50, 3)), np.arange(50) % 3) == 1.0
+
+
+def test_temperature_round_trips_through_the_model_file(tmp_path: Path, tiny_model):
+    from vitcli.model.checkpoint import load_model, save_model
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      temperature=2.5)
+    mf = load_model(path)
+    assert mf.temperature == 2.5
+
+
+def test_older_files_have_temperature_one_and_no_unknown_rule(tiny_model_file: Path):
+    from vitcli.model.checkpoint import load_model, read_metadata
+
+    assert "temperature" not in read_metadata(tiny_model_file)
+    mf = load_model(tiny_model_file)
+    assert mf.temperature == 1.0 and mf.ood is None
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "abc", "1e9"])
+def test_a_bad_stored_temperature_is_a_one_line_error(tmp_path: Path, tiny_model, value):
+    from vitcli.model.checkpoint import load_model, save_model
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      extra={"temperature": value})
+    with pytest.raises(VitError, match="temperature"):
+        load_model(path)
+
+
+@pytest.mark.slow
+def test_temperature_travels_into_the_onnx_graph(tmp_path: Path, tiny_model):
+    """Same probabilities (1e-5) from the model file on PyTorch and from the ONNX file, and
+    they are softmax(logits / T) of the bare model: every consumer sees one set."""
+    import torch
+
+    from vitcli.deploy.backends import open_backend
+    from vitcli.deploy.export import export_onnx
+    from vitcli.deploy.onnx_checks import random_inputs
+    from vitcli.evaluation.evaluate import softmax
+    from vitcli.model.checkpoint import load_model, save_model
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      temperature=0.25)  # sharpens: differences would show
+    onnx_path = export_onnx(path, tmp_path / "m.onnx").path
+    mf = load_model(path)
+    x = random_inputs(mf, 8, seed=0)
+    with torch.no_grad():
+        expected = softmax(tiny_model(torch.from_numpy(x)).numpy() / 0.25)
+    torch_probs = softmax(open_backend(path, device="cpu").logits(x))
+    onnx_backend = open_backend(onnx_path)
+    onnx_probs = softmax(onnx_backend.logits(x))
+    np.testing.assert_allclose(torch_probs, expected, atol=1e-5)
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
+    assert onnx_backend.metadata["temperature"] == "0.25"
+    assert not np.allclose(expected, softmax(tiny_model(torch.from_numpy(x)).detach().numpy()),
+                           atol=1e-3)  # T really changed them

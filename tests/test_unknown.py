@@ -1,0 +1,283 @@
+"""The `unknown` answer (issue 18): statistics in the model file, the same rule on PyTorch and
+ONNX, `vit predict --unknown on|off`, `vit eval`'s share, and the end of `vit train`.
+
+The end-to-end check has the spirit of "a model trained on digits, shown a photograph of a
+building, says unknown and keeps calling digits digits": a small ViT trained on generated
+shapes must call uniform noise and an unrelated kind of image it never saw (stripes and
+checkerboards) unknown, and keep >= 95 % of new images of its own classes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES
+from PIL import Image
+from typer.testing import CliRunner
+
+from benchmarks.ood_scores import KNOWN, noise, shapes, train_tiny, unrelated
+from vitcli.cli import app
+from vitcli.errors import VitError
+
+MEAN_STD = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny ViT trained on shapes, with its temperature and unknown rule fitted and stored,
+    and exported to ONNX (the expensive part, once)."""
+    import torch
+
+    from vitcli.deploy.export import export_onnx
+    from vitcli.evaluation.ood import fit_trust
+    from vitcli.model.checkpoint import default_preprocessing, save_model
+
+    root = tmp_path_factory.mktemp("unknown")
+    train_x, train_y = shapes(KNOWN, 40, seed=0)  # examples/make_shapes.py, cross held out
+    val_x, val_y = shapes(KNOWN, 25, seed=1000)
+    torch.set_num_threads(1)
+    model = train_tiny(train_x, train_y, len(KNOWN), steps=60, seed=0)
+    trust = fit_trust(model, train_pixels=train_x, train_labels=train_y, val_pixels=val_x,
+                      val_labels=val_y, num_classes=len(KNOWN), **MEAN_STD)
+    path = save_model(root / "model.safetensors", model, class_names=list(KNOWN),
+                      preprocessing=default_preprocessing(model.config),
+                      temperature=trust.temperature, ood=trust.ood)
+    onnx_path = export_onnx(path, root / "model.onnx").path
+    torch.set_num_threads(2)
+    test_x, test_y = shapes(KNOWN, 30, seed=2000)
+    sets = {"in": test_x, "noise": noise(60, seed=0), "unrelated": unrelated(60, seed=0)}
+    return path, onnx_path, trust, sets, test_y, root
+
+
+def _outputs(backend, pixels: np.ndarray):
+    batch = backend.preprocessing.normalize(pixels)  # (N, C, S, S)
+    return backend.outputs(batch)
+
+
+@pytest.mark.slow
+def test_noise_and_an_unrelated_class_are_unknown_in_distribution_kept(trained):
+    from vitcli.deploy.backends import open_backend
+
+    path, _, trust, sets, labels, _ = trained
+    backend = open_backend(path, device="cpu")
+    assert trust.ood.quantile == 0.975
+    logits, scores = _outputs(backend, sets["in"])
+    assert (logits.argmax(1) == labels).mean() >= 0.6  # it learned the shapes (4 classes)
+    threshold = trust.ood.threshold
+    assert np.mean(scores <= threshold) >= 0.95  # keeps calling shapes shapes
+    for kind in ("noise", "unrelated"):
+        _, s = _outputs(backend, sets[kind])
+        assert np.mean(s > threshold) >= REJECT[kind], kind
+
+
+REJECT = {"noise": 0.95, "unrelated": 0.8}
+
+
+@pytest.mark.slow
+def test_onnx_gives_the_same_answers_as_pytorch(trained):
+    """Same calibrated probabilities (1e-5), same unknown decisions, scores within 1e-4."""
+    import onnx
+
+    from vitcli.deploy.backends import ONNX_SCORE, open_backend
+    from vitcli.evaluation.evaluate import softmax
+
+    path, onnx_path, trust, sets, _, _ = trained
+    graph = onnx.load(str(onnx_path)).graph
+    assert [o.name for o in graph.output] == ["logits", ONNX_SCORE]
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert json.loads(meta["ood"])["threshold"] == pytest.approx(trust.ood.threshold)
+    torch_b, onnx_b = open_backend(path, device="cpu"), open_backend(onnx_path)
+    assert onnx_b.ood_threshold == torch_b.ood_threshold == trust.ood.threshold
+    for kind, pixels in sets.items():
+        (tl, ts), (ol, os_) = _outputs(torch_b, pixels), _outputs(onnx_b, pixels)
+        np.testing.assert_allclose(softmax(ol), softmax(tl), atol=1e-5, err_msg=kind)
+        np.testing.assert_allclose(os_, ts, rtol=1e-4, atol=1e-4, err_msg=kind)
+        assert ((os_ > trust.ood.threshold) == (ts > trust.ood.threshold)).all(), kind
+
+
+def test_mahalanobis_score_by_hand():
+    """The graph's expanded form equals the direct distance to the nearest class mean."""
+    import torch
+
+    from vitcli.model.ood import OodStats, fit_gaussians, mahalanobis_numpy
+    from vitcli.model.outputs import MahalanobisScore
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(200, 6)) + np.repeat(np.eye(6)[:4] * 4, 50, axis=0)
+    labels = np.repeat(np.arange(4), 50)
+    means, chol = fit_gaussians(f, labels, 4, shrinkage=0.0)
+    np.testing.assert_allclose(means, [f[labels == k].mean(0) for k in range(4)], rtol=1e-5)
+    centred = f - means[labels]
+    precision = np.linalg.inv(centred.T @ centred / len(f))
+    np.testing.assert_allclose(chol @ chol.T, precision, rtol=1e-4, atol=1e-4)
+    stats = OodStats(class_means=means, precision_cholesky=chol, threshold=1.0)
+    x = rng.normal(size=(7, 6)) * 3
+    direct = np.sqrt(np.min([np.einsum("nd,de,ne->n", x - m, precision, x - m)
+                             for m in means], axis=0))  # (7,)
+    np.testing.assert_allclose(mahalanobis_numpy(x, stats), direct, rtol=1e-4)
+    got = MahalanobisScore(stats)(torch.from_numpy(x).float()).numpy()
+    np.testing.assert_allclose(got, direct, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------ vit predict
+
+
+def _folder(root: Path, sets: dict[str, np.ndarray], n: int = 3) -> Path:
+    """root/<kind>_<i>.png for the first n images of each set."""
+    root.mkdir(parents=True, exist_ok=True)
+    for kind, pixels in sets.items():
+        for i in range(n):
+            Image.fromarray(pixels[i]).save(root / f"{kind}_{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["safetensors", "onnx"])
+def test_predict_says_unknown_in_tables_json_and_csv(trained, which, tmp_path: Path):
+    path, onnx_path, _, sets, _, _ = trained
+    model = path if which == "safetensors" else onnx_path
+    images = _folder(tmp_path / "images", {"in": sets["in"], "noise": sets["noise"]})
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(images), "--model", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["image"]).stem: r for r in map(json.loads, result.stdout.splitlines())}
+    for i in range(3):
+        noisy = rows[f"noise_{i}"]
+        assert noisy["label"] == "unknown" and noisy["unknown"] is True
+        assert noisy["nearest"] in KNOWN and noisy["score"] > noisy["threshold"]
+        assert noisy["topk"][0]["label"] == noisy["nearest"]
+    assert sum(rows[f"in_{i}"]["label"] in KNOWN for i in range(3)) >= 2
+
+    table = runner.invoke(app, ["predict", str(images / "noise_0.png"), "--model", str(model)])
+    assert table.exit_code == 0 and "unknown (nearest: " in table.stdout
+    csv_path = tmp_path / "out.csv"
+    runner.invoke(app, ["predict", str(images), "--model", str(model), "--csv", str(csv_path)])
+    with open(csv_path, newline="") as f:
+        records = {Path(r["image"]).stem: r for r in csv.DictReader(f)}
+    assert records["noise_0"]["label"] == "unknown"
+    assert records["noise_0"]["nearest"] in KNOWN and float(records["noise_0"]["unknown_score"])
+
+    off = runner.invoke(app, ["predict", str(images), "--model", str(model), "--json",
+                              "--unknown", "off"])
+    assert off.exit_code == 0
+    labels = [json.loads(line)["label"] for line in off.stdout.splitlines()]
+    assert labels and all(label in KNOWN for label in labels)  # class names, as before
+
+
+def test_older_files_predict_as_before_and_refuse_unknown_on(tiny_model_file: Path,
+                                                             image_file: Path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["predict", str(image_file), "--model", str(tiny_model_file),
+                                 "--json"])
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)
+    assert record["label"] in CLASSES and "unknown" not in record and "score" not in record
+    refused = runner.invoke(app, ["predict", str(image_file), "--model", str(tiny_model_file),
+                                  "--unknown", "on"])
+    assert refused.exit_code != 0 and "no unknown rule" in refused.output
+    assert "Traceback" not in refused.output
+    bad = runner.invoke(app, ["predict", str(image_file), "--model", str(tiny_model_file),
+                              "--unknown", "maybe"])
+    assert bad.exit_code != 0 and "on or off" in bad.output
+
+
+# ------------------------------------------------------------------- the model file
+
+
+def _stats(k: int = 3, d: int = 32):
+    from vitcli.model.ood import OodStats
+
+    return OodStats(class_means=np.zeros((k, d), np.float32),
+                    precision_cholesky=np.eye(d, dtype=np.float32), threshold=5.0)
+
+
+def test_statistics_round_trip_and_broken_ones_are_refused(tmp_path: Path, tiny_model):
+    from vitcli.model.checkpoint import load_model, save_model, save_tensors
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      ood=_stats())
+    mf = load_model(path)
+    assert mf.ood.threshold == 5.0 and mf.ood.class_means.shape == (3, 32)
+    assert not any(k.startswith("ood.") for k in mf.model.state_dict())
+
+    wrong = save_model(tmp_path / "wrong.safetensors", tiny_model, class_names=CLASSES,
+                       ood=_stats(d=8))
+    with pytest.raises(VitError, match="ood.class_means should have shape"):
+        load_model(wrong)
+
+    from safetensors.torch import load_file
+
+    from vitcli.model.checkpoint import read_metadata
+
+    tensors, meta = load_file(str(path)), read_metadata(path)
+    orphan = save_tensors(tmp_path / "orphan.safetensors", tensors,
+                          {k: v for k, v in meta.items() if k != "ood"})
+    with pytest.raises(VitError, match="without their 'ood' metadata"):
+        load_model(orphan)
+    bad = save_tensors(tmp_path / "bad.safetensors", tensors,
+                       {**meta, "ood": json.dumps({"method": "mahalanobis",
+                                                   "threshold": float("nan")})})
+    with pytest.raises(VitError, match="threshold"):
+        load_model(bad)
+    tensors["ood.class_means"][0, 0] = float("inf")
+    inf = save_tensors(tmp_path / "inf.safetensors", tensors, meta)
+    with pytest.raises(VitError, match="NaN or infinite"):
+        load_model(inf)
+
+
+# ------------------------------------------------------------------------ vit eval
+
+
+@pytest.mark.slow
+def test_eval_reports_calibration_the_unknown_share_and_writes_the_figures(trained,
+                                                                            tmp_path: Path):
+    path, _, trust, sets, labels, _ = trained
+    data = tmp_path / "data"
+    for k, name in enumerate(KNOWN):
+        (data / name).mkdir(parents=True)
+        for i, pixels in enumerate(sets["in"][labels == k][:10]):
+            Image.fromarray(pixels).save(data / name / f"{i}.png")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "--model", str(path), "--data", str(data),
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ECE (15 equal-width bins)" in result.stdout and "called unknown" in result.stdout
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["calibration"]["temperature"] == pytest.approx(trust.temperature)
+    assert report["calibration"]["ece_bins"] == 15
+    assert 0 <= report["unknown"]["share"] <= 0.1
+    for name in ("reliability.png", "coverage.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 300 and im.size[1] > 300
+
+
+# ------------------------------------------------------------------------ vit train
+
+
+@pytest.mark.slow
+def test_training_stores_the_temperature_and_the_rule_in_the_best_model(tmp_path: Path):
+    from test_train import bar_folder, options
+
+    from vitcli.model.checkpoint import load_model, read_metadata
+    from vitcli.training.trainer import train
+
+    data = bar_folder(tmp_path / "bars", per_class=12)
+    events: list[tuple[str, dict]] = []
+    result = train(options(tmp_path, data, epochs=2, val_split=0.25),
+                   on_event=lambda kind, **f: events.append((kind, f)))
+    mf = load_model(result.best_path)
+    assert mf.ood is not None and mf.ood.class_means.shape == (3, 32)
+    assert "temperature" in read_metadata(result.best_path)
+    assert "epoch" in mf.metadata  # the other keys survive the rewrite
+    fitted = [f["trust"] for kind, f in events if kind == "calibrated"]
+    assert fitted and fitted[0].temperature == pytest.approx(mf.temperature)
+    assert fitted[0].calibration.num_images == result.num_val
+
+    no_val = train(options(tmp_path, data, epochs=1, val_split=0.0, name="noval"),
+                   on_event=lambda kind, **f: events.append((kind, f)))
+    mf = load_model(no_val.best_path)
+    assert mf.ood is None and mf.temperature == 1.0

@@ -1,0 +1,125 @@
+"""What every consumer of a model file computes: calibrated logits and the unknown score.
+
+`ModelOutputs` wraps the ViT with the two things the model file adds to its weights:
+the softmax temperature T (Guo et al. 2017, "On Calibration of Modern Neural Networks":
+probabilities = softmax(logits / T)) and the out-of-distribution score (vitcli.model.ood).
+`vit predict` and `vit eval` run it on PyTorch, and `vit export` exports it, so the ONNX
+graph divides by T and gives the score as its second output: one set of probabilities and
+one `unknown` rule, whichever runtime answers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from vitcli.model.ood import OodStats
+
+TEMPERATURE_KEY = "temperature"
+
+
+def parse_temperature(metadata: dict[str, str]) -> float:
+    """The stored softmax temperature; 1 for files written before calibration existed."""
+    text = metadata.get(TEMPERATURE_KEY)
+    if text is None:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"temperature {text!r} is not a number") from None
+    if not (math.isfinite(value) and 1e-3 <= value <= 1e3):
+        raise ValueError(f"temperature {text} is outside 0.001-1000")
+    return value
+
+
+def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Raw logits (B, K) and the features the unknown score reads (B, D), in one pass.
+
+    The features are the tokens of the last block BEFORE the final LayerNorm, pooled as the
+    head pools them (the class token, the patch mean, or both). The normalised ones the head
+    sees lose the tokens' scale, and with it much of what sets noise and unrelated images
+    apart: on generated shapes they rejected 95 % of noise and 75 % of stripes, the
+    un-normalised 100 % and 87 % (benchmarks/ood_scores.py, docs/evaluation.md). Models whose
+    pooling is learned on normalised tokens (attention pool, distillation token) use the
+    head's own input.
+    """
+    tokens = model.embed(x)  # (B, T, D), as model.forward_features
+    for block in model.blocks:
+        tokens, _ = block(tokens)
+    normed = model.norm(tokens)  # (B, T, D)
+    logits = model.forward_head(normed)  # (B, K)
+    if model.config.pooling == "map" or getattr(model, "dist_token", None) is not None:
+        return logits, model.forward_head(normed, pre_logits=True)
+    return logits, model.pool(tokens)  # (B, D) or (B, 2D) for cls_mean
+
+
+class MahalanobisScore(nn.Module):
+    """min_k |(f - mu_k) L| for features f (B, D): the distance to the nearest class mean."""
+
+    def __init__(self, stats: OodStats) -> None:
+        super().__init__()
+        chol = torch.from_numpy(stats.precision_cholesky).float()  # (D, D)
+        means = torch.from_numpy(stats.class_means).float() @ chol  # (K, D), whitened
+        self.register_buffer("chol", chol)
+        self.register_buffer("means", means)
+        self.register_buffer("means_sq", means.pow(2).sum(-1))  # (K,)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # float32 even under bf16 autocast: a distance compared with a threshold, as the
+        # ONNX graph computes it (the check runs at trace time: an export sees no autocast)
+        if torch.is_autocast_enabled(features.device.type):
+            with torch.autocast(features.device.type, enabled=False):
+                return self._distance(features.float())
+        return self._distance(features.float())
+
+    def _distance(self, features: Tensor) -> Tensor:
+        z = features @ self.chol  # (B, D), whitened
+        # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, no (B, K, D) tensor
+        d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq  # (B, K)
+        return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,)
+
+
+class ModelOutputs(nn.Module):
+    """ViT → (logits / T, unknown score) — or logits / T alone when there are no statistics."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0,
+                 ood: OodStats | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+        self.score = MahalanobisScore(ood) if ood is not None else None
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if self.score is None:
+            logits = self.model(x)  # (B, K)
+            return logits if self.temperature == 1.0 else logits.float() / self.temperature
+        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature
+        return logits, self.score(features)
+
+
+class LogitsAndScore(nn.Module):
+    """(B, K + 1): the raw logits, then the unknown score, as one tensor (for `vit eval`)."""
+
+    def __init__(self, model: nn.Module, stats: OodStats) -> None:
+        super().__init__()
+        self.model, self.score = model, MahalanobisScore(stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
+        return torch.cat([logits, self.score(features)[:, None]], dim=1)
+
+
+def model_outputs(mf: Any, model: nn.Module | None = None,
+                  unknown: bool = True) -> ModelOutputs:
+    """The wrapper for a loaded checkpoint.ModelFile (optionally around a copy of its model).
+
+    (`mf` is untyped here: checkpoint imports this module, and imports point one way.)
+    """
+    return ModelOutputs(mf.model if model is None else model, mf.temperature,
+                        mf.ood if unknown else None).eval()
