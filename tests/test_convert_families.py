@@ -315,6 +315,31 @@ def test_info_and_patchify_show_the_source_layout_and_resize(families, tmp_path)
         assert words in " ".join(result.stdout.replace("│", " ").split())
 
 
+@pytest.mark.parametrize("kind", ["CLIPModel", "SiglipModel"])
+def test_the_vision_tower_of_a_full_model_converts_without_a_processor_file(tmp_path, kind):
+    """CLIPModel/SiglipModel: the text tower and projections are dropped; without a
+    preprocessor_config.json the family's own rule applies at the model's size."""
+    import transformers as T
+
+    text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    config_cls = T.CLIPConfig if kind == "CLIPModel" else T.SiglipConfig
+    torch.manual_seed(0)
+    model = getattr(T, kind)(config_cls(vision_config=SMALL, text_config=text)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(tmp_path / kind)
+    out = tmp_path / f"{kind}.safetensors"
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / kind), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    mf = load_model(out)
+    assert mf.config.image_size == 32 and mf.preprocessing.image_size == 32
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=x).pooler_output
+        assert max_diff(mf.model(x), expected) < TOL
+
+
 def _edit_config(fam: Family, tmp_path: Path, **changes) -> Path:
     import shutil
 

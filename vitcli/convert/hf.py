@@ -97,7 +97,8 @@ def import_folder(state: dict[str, Tensor], cfg: dict[str, Any],
     check_shapes(state, config, f"{where}: claims to be {family} ({model_type}) but")
     # The size the processor hands over: where the source interpolates its position
     # embedding (DINOv2 always does), resample it once here, as the source would each time.
-    size = hf_processor.output_size(processor, default_processor) or config.image_size
+    size = (hf_processor.output_size(processor, default_processor) if processor is not None
+            else None) or config.image_size
     if size != config.image_size and size % config.patch_size == 0:
         state, config = _resize(state, config, size)
         notes.append(f"position embedding resampled to the processor's {size} px "

@@ -90,6 +90,16 @@ def _with_defaults(processor: dict[str, Any] | None, default_class: str) -> dict
     return {**_DEFAULTS.get(kind, _DEFAULTS[default_class]), **p, "_class": kind}
 
 
+def _at_size(p: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The processor's rule scaled so that it hands over `image_size` (DeiT 256/224 kept)."""
+    mode, side = _resize(p)
+    crop = _square(p.get("crop_size"), "crop_size") if p.get("do_center_crop") else None
+    new_side = round(side * image_size / (crop or side))
+    size = {"shortest_edge": new_side} if mode == "shorter" else {"height": new_side,
+                                                                  "width": new_side}
+    return {**p, "size": size, "crop_size": {"height": image_size, "width": image_size}}
+
+
 def _square(value: Any, key: str) -> int | None:
     """A square size field (int or {height, width}); a non-square one is refused."""
     if value is None:
@@ -126,8 +136,10 @@ def _channels(values: Any, channels: int) -> list[float]:
 def _preprocessing(processor: dict[str, Any] | None, image_size: int, channels: int,
                    notes: list[str], default_class: str) -> Preprocessing:
     p = _with_defaults(processor, default_class)
-    if processor is None:
-        notes.append(f"no preprocessor_config.json: {default_class} defaults")
+    if processor is None:  # the class's rule at the model's own size
+        p = _at_size(p, image_size)
+        notes.append(f"no preprocessor_config.json: {default_class}'s rule at "
+                     f"{image_size} px")
     for key, what in (("do_pad", "padding"), ("crop_pct", "crop_pct resizing (ConvNeXt style)"),
                       ("do_reduce_labels", "label reduction")):
         if p.get(key):
