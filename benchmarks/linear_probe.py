@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
             options = TrainOptions(
                 data=str(data), val_split=args.val_split, init=str(source), freeze="backbone",
                 augment="none", epochs=epochs, batch_size=args.batch, warmup=0, device="cpu",
-                workers=args.threads, seed=0, project=str(tmp_path / "runs"), name=name,
+                threads=args.threads, seed=0, project=str(tmp_path / "runs"), name=name,
                 cache_dir=str(cache), cache_features=cached)
             start = time.perf_counter()
             result = train(options)

@@ -219,7 +219,7 @@ def user_train(args: argparse.Namespace, preset: str, batch: int) -> None:
             seen["images_per_s"] = f["images_per_s"]
 
     options = TrainOptions(data=str(root / "train"), val=str(root / "val"), model=preset,
-                           batch_size=batch, epochs=2, workers=args.threads,
+                           batch_size=batch, epochs=2, threads=args.threads,
                            device=args.device, project=str(root / "runs"),
                            cache_dir=str(root / "cache"))
     train(options, on_event=on_event)

@@ -658,7 +658,7 @@ def test_the_python_api_checks_the_same_ranges():
     from vitcli.errors import UsageError
     from vitcli.training.recipe import TrainOptions
 
-    for bad in (dict(seed=-1), dict(workers=10**6), dict(ema_decay=0.5),
+    for bad in (dict(seed=-1), dict(threads=10**6), dict(ema_decay=0.5),
                 dict(val="v", val_split=0.0), dict(freeze="backbone", init="m", layer_decay=0.5),
                 dict(device="meta"), dict(mlp_ratio=1e-9)):
         with pytest.raises(UsageError):

@@ -19,7 +19,7 @@ def _probe(tmp_path: Path, source: Path, data: Path, val: Path, name: str, **ext
 
     events: list[tuple[str, dict]] = []
     options = dict(data=str(data), val=str(val), init=str(source), freeze="backbone",
-                   epochs=3, batch_size=8, lr=0.05, warmup=0, device="cpu", workers=1, seed=3,
+                   epochs=3, batch_size=8, lr=0.05, warmup=0, device="cpu", threads=1, seed=3,
                    project=str(tmp_path / "runs"), name=name,
                    cache_dir=str(tmp_path / "cache"))
     result = train(TrainOptions(**{**options, **extra}),
