@@ -224,10 +224,11 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
 
 def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
             device: str = "auto", batch_size: int = 32,
-            precision: str = "auto", unknown: bool | None = None) -> list[Prediction]:
+            precision: str = "fp32", unknown: bool | None = None) -> list[Prediction]:
     """Classify images (files, folders, globs) with a .safetensors or .onnx model file.
 
-    `precision` auto | fp32 | bf16 for PyTorch (vitcli.devices.choose_precision). Images
+    `precision` fp32 (the default: the probabilities of the exported ONNX file), auto or bf16
+    for PyTorch (vitcli.devices.choose_precision). Images
     beyond the file's unknown threshold get the label `unknown` (see Prediction);
     `unknown=False` turns that off.
     """
