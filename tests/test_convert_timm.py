@@ -224,10 +224,22 @@ CFG = {"input_size": [3, 28, 28], "crop_pct": 0.875, "crop_mode": "center",
        "interpolation": "bicubic", "mean": list(MEAN), "std": list(STD)}
 
 
+def _onnx_output(model_path: Path, x: torch.Tensor) -> torch.Tensor:
+    """The exported .onnx file's output (logits, or features without a head) for `x`."""
+    from vitcli.deploy.backends import open_backend
+    from vitcli.deploy.export import export_onnx
+
+    onnx_path = model_path.with_suffix(".onnx")
+    if not onnx_path.exists():
+        export_onnx(model_path, onnx_path)
+    return torch.from_numpy(open_backend(onnx_path).logits(x.numpy()))
+
+
 def _features_match(loaded, hf_pooled, hf_tokens, cfg: dict, paths: list[Path],
-                    tokens_of=None) -> None:
+                    tokens_of=None, model_path: Path | None = None) -> None:
     """vitcli's preprocessing equals timm's rule; its tokens and pooled features equal the
-    transformers model's on every photo (1e-4)."""
+    transformers model's on every photo (1e-4), and so does the exported ONNX file's output
+    (`model_path`): the source's features without a head, the PyTorch logits with one."""
     model = loaded.model.eval()
     for path in paths:
         image = Image.open(path).convert("RGB")
@@ -241,6 +253,10 @@ def _features_match(loaded, hf_pooled, hf_tokens, cfg: dict, paths: list[Path],
             torch.testing.assert_close(pooled, hf_pooled(x), atol=1e-4, rtol=1e-4)
             if hf_tokens is not None:
                 torch.testing.assert_close(tokens, hf_tokens(x), atol=1e-4, rtol=1e-4)
+            if model_path is not None:
+                want = hf_pooled(x) if loaded.config.num_classes == 0 else model(x)
+                torch.testing.assert_close(_onnx_output(model_path, x), want, atol=1e-4,
+                                           rtol=1e-4)
 
 
 @pytest.mark.parametrize("registers", [False, True])
@@ -258,13 +274,13 @@ def test_timm_dinov2_features_equal_transformers(tmp_path, registers):
     state = dinov2_to_timm(hf.state_dict(), 2, registers)
     arch = "vit_small_patch14_reg4_dinov2" if registers else "vit_small_patch14_dinov2"
     folder = timm_folder(tmp_path / "dinov2", state, arch, CFG, global_pool="token")
-    loaded, _ = convert(folder, tmp_path)
+    loaded, out = convert(folder, tmp_path)
     c = loaded.config
     assert (c.init_values > 0, c.reg_tokens, c.no_embed_class) == (True, 4 * registers,
                                                                    registers)
     _features_match(loaded, lambda x: hf(pixel_values=x).pooler_output,
                     lambda x: hf(pixel_values=x).last_hidden_state, CFG,
-                    photos(tmp_path / "photos"))
+                    photos(tmp_path / "photos"), model_path=out)
 
 
 def test_timm_clip_quickgelu_probabilities_equal_transformers(tmp_path):
@@ -283,7 +299,8 @@ def test_timm_clip_quickgelu_probabilities_equal_transformers(tmp_path):
     assert (c.pre_norm, c.patch_bias, c.mlp_act, c.layer_norm_eps) == (True, False,
                                                                        "quick_gelu", 1e-5)
     paths = photos(tmp_path / "photos")
-    _features_match(loaded, lambda x: hf(pixel_values=x).pooler_output, None, cfg, paths)
+    _features_match(loaded, lambda x: hf(pixel_values=x).pooler_output, None, cfg, paths,
+                    model_path=out)
     # vit predict's probabilities: the softmax of the head on CLIP's pooled output.
     result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(out), "--topk", "3",
                                  "--json"])
@@ -311,12 +328,12 @@ def test_timm_siglip_map_head_features_equal_transformers(tmp_path):
     # A SigLIP 2 tower name: timm builds those with act_layer='gelu_tanh', as transformers does.
     folder = timm_folder(tmp_path / "siglip", state, "vit_so400m_patch16_siglip_256", cfg,
                          global_pool="map")
-    loaded, _ = convert(folder, tmp_path)
+    loaded, out = convert(folder, tmp_path)
     c = loaded.config
     assert (c.pooling, c.class_token, c.mlp_act) == ("map", False, "gelu_tanh")
     _features_match(loaded, lambda x: hf(pixel_values=x).pooler_output,
                     lambda x: hf(pixel_values=x).last_hidden_state, cfg,
-                    photos(tmp_path / "photos"))
+                    photos(tmp_path / "photos"), model_path=out)
 
 
 def test_timm_deit_distilled_logits_equal_transformers(tmp_path):
@@ -327,7 +344,7 @@ def test_timm_deit_distilled_logits_equal_transformers(tmp_path):
     state = deit_to_timm(hf.state_dict(), 2)
     cfg = {**CFG, "crop_pct": 0.875, "interpolation": "bicubic"}
     folder = timm_folder(tmp_path / "deit", state, "deit_small_distilled_patch16_224", cfg)
-    loaded, _ = convert(folder, tmp_path)
+    loaded, out = convert(folder, tmp_path)
     assert loaded.config.distilled
     for path in photos(tmp_path / "photos"):
         image = Image.open(path).convert("RGB")
@@ -335,6 +352,8 @@ def test_timm_deit_distilled_logits_equal_transformers(tmp_path):
         x = torch.from_numpy(timm_eval(image, cfg))[None]
         with torch.no_grad():  # DeiT at inference: the mean of the class and distillation heads
             torch.testing.assert_close(loaded.model(x), hf(pixel_values=x).logits,
+                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(_onnx_output(out, x), hf(pixel_values=x).logits,
                                        atol=1e-4, rtol=1e-4)
 
 
@@ -352,7 +371,7 @@ def test_timm_deit3_layer_scale_no_embed_class(tmp_path):
     state["head.weight"], state["head.bias"] = torch.randn(5, 32), torch.randn(5)
     cfg = {**CFG, "crop_pct": 1.0}
     folder = timm_folder(tmp_path / "deit3", state, "deit3_small_patch16_224", cfg)
-    loaded, _ = convert(folder, tmp_path)
+    loaded, out = convert(folder, tmp_path)
     assert loaded.config.no_embed_class and loaded.config.init_values > 0
     for path in photos(tmp_path / "photos"):
         x = torch.from_numpy(timm_eval(Image.open(path).convert("RGB"), cfg))[None]
@@ -360,6 +379,7 @@ def test_timm_deit3_layer_scale_no_embed_class(tmp_path):
             expected = hf(pixel_values=x).pooler_output @ state["head.weight"].T \
                 + state["head.bias"]
             torch.testing.assert_close(loaded.model(x), expected, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(_onnx_output(out, x), expected, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------- big_vision .npz (SigLIP MAP)
@@ -442,6 +462,10 @@ def test_big_vision_siglip_npz_map_head_features_equal_transformers(tmp_path):
                                    rtol=1e-4)
         torch.testing.assert_close(loaded.model.forward_head(tokens, pre_logits=True),
                                    hf(pixel_values=x).pooler_output, atol=1e-4, rtol=1e-4)
+        # The ONNX file: the pooled features without a head, the PyTorch logits with one.
+        want = (hf(pixel_values=x).pooler_output if loaded.config.num_classes == 0
+                else loaded.model(x))
+        torch.testing.assert_close(_onnx_output(out, x), want, atol=1e-4, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------- refusals
