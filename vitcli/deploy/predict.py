@@ -151,11 +151,9 @@ def collect_images(inputs: Iterable[str | Path], skipped: list[Skipped] | None =
 
 def require_classifier(backend: Backend) -> None:
     """Refuse a model without a classification head: its outputs are features, not classes."""
-    if backend.config.num_classes == 0:
-        raise VitError(f"{backend.path}: a backbone without a classification head (its "
-                       f"outputs are {backend.config.head_in_dim} features, not classes); "
-                       "fine-tune a head first: vit train DATA --init "
-                       f"{backend.path} --freeze backbone")
+    from vitcli.model.validate import check_usable_head
+
+    check_usable_head(backend.path, backend.config, backend.class_names)
 
 
 def top_k(probs: np.ndarray, names: list[str], k: int) -> list[tuple[list[int], list[float]]]:

@@ -335,7 +335,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
 
     from vitcli.data.image_set import load_eval_data
     from vitcli.devices import check_precision, choose_precision, resolve_device
-    from vitcli.model.checkpoint import check_model_file, load_model
+    from vitcli.model.checkpoint import load_model
     from vitcli.model.validate import check_usable_head
 
     if batch_size < 1:
@@ -343,13 +343,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
 
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     check_precision(precision)
-    checked = check_model_file(model_path)  # before the images are read or anything built
-    check_usable_head(model_path, checked.config, checked.class_names)
     target = resolve_device(device)
-    model_file = load_model(model_path, device=str(target))
-    if model_file.config.num_classes == 0:
-        raise VitError(f"{model_path}: a backbone without a classification head has no "
-                       "classes to evaluate; fine-tune a head first (vit train --init)")
+    model_file = load_model(model_path, device=str(target))  # checks the file before building
+    check_usable_head(model_path, model_file.config, model_file.class_names)
     chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
