@@ -241,3 +241,35 @@ def test_short_sequences_on_cpu_use_explicit_attention_with_the_same_result(monk
     torch.testing.assert_close(explicit[0], fused[0], atol=1e-5, rtol=1e-5)
     for a, b in zip(explicit[1], fused[1]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_training_on_cpu_uses_explicit_attention_with_the_same_gradients(monkeypatch):
+    """Training under bf16 autocast on the CPU forms the weights at any length (the fused
+    kernel's bf16 backward is ~3x slower there); fp32 training and bf16 inference keep the
+    fused kernel, and so does a batch whose weights would exceed the memory cap."""
+    import vitcli.model.vit as model_module
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **{**TINY, "patch_size": 4})  # 65 tokens
+    assert model.config.num_tokens > model_module.EXPLICIT_ATTENTION_MAX_TOKENS
+    x = torch.randn(2, 3, 32, 32)
+    calls = count_attention_calls(monkeypatch)
+
+    def bf16_step() -> list[torch.Tensor]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    explicit = bf16_step()
+    assert calls == {"sdpa": 0, "softmax": TINY["depth"]}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)  # inference: fused
+    model(x).sum().backward()  # fp32 training: fused (batch 2, 2 heads, 65 tokens)
+    assert calls == {"sdpa": 2 * TINY["depth"], "softmax": TINY["depth"]}
+    monkeypatch.setattr(model_module, "EXPLICIT_ATTENTION_MAX_WEIGHTS", 2 * 2 * 65 * 65 - 1)
+    fused = bf16_step()  # over the cap
+    assert calls == {"sdpa": 3 * TINY["depth"], "softmax": TINY["depth"]}
+    for a, b in zip(explicit, fused):  # both in bf16: equal to bf16's precision
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=5e-2)

@@ -101,6 +101,25 @@ def patchify(images: Tensor, patch_size: int) -> Tensor:
 # 50 tokens on, the two are level or the fused kernel is ahead (65 tokens, width 192: 24
 # against 30 ms), and it never forms the (N × N) weights.
 EXPLICIT_ATTENTION_MAX_TOKENS = 32
+# Training in bf16 on the CPU, the fused kernel's backward is slow at any length: ViT-Ti/16's
+# 197 tokens (batch 32, 3 heads, 2 threads of a Xeon with AMX) took 36 ms a block forward and
+# backward against 13 ms for the explicit form, whose matrix products run on the bf16 units
+# (fp32: 25 against 27 ms, and inference in bf16 3.4 against 4.4 ms, so those keep the fused
+# kernel). The explicit form keeps the (B, nh, N, N) weights for the backward pass: up to
+# this many elements a block (ViT-B/16 at batch 64: 30 M, 60 MB in bf16).
+EXPLICIT_ATTENTION_MAX_WEIGHTS = 64 * 2**20
+
+
+def explicit_attention_pays(x: Tensor, batch: int, heads: int, tokens: int) -> bool:
+    """Whether two matrix products and a softmax beat the fused attention kernel here."""
+    if x.device.type != "cpu":
+        return False
+    if tokens <= EXPLICIT_ATTENTION_MAX_TOKENS:
+        return True
+    bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return (bf16 and torch.is_grad_enabled()
+            and batch * heads * tokens * tokens <= EXPLICIT_ATTENTION_MAX_WEIGHTS)
 
 
 class Attention(nn.Module):
@@ -142,7 +161,7 @@ class Attention(nn.Module):
             q = q * (self.logit_scale.exp() / self.head_dim**-0.5)
             mask = ~torch.eye(N, dtype=torch.bool, device=x.device)  # True = may attend
         dropout = self.attn_dropout if self.training else 0.0
-        if return_attention or (x.device.type == "cpu" and N <= EXPLICIT_ATTENTION_MAX_TOKENS):
+        if return_attention or explicit_attention_pays(x, B, self.num_heads, N):
             # einsum, not `@`: the backward of a 4-D `@` copies every (B·nh) slice on the CPU.
             logits = torch.einsum("bhnd,bhmd->bhnm", q * self.head_dim**-0.5, k)  # (B, nh, N, N)
             if mask is not None:
