@@ -70,3 +70,31 @@ def test_curves_draw_top5_only_with_more_than_5_classes(tmp_path: Path, monkeypa
     labels = [t.get_text() for ax in closed[0].axes if ax.get_legend()
               for t in ax.get_legend().get_texts()]
     assert ("val top5" in labels) == drawn and "val top1" in labels
+
+
+@pytest.mark.parametrize("classes", [2, 5, 40])
+def test_long_titles_are_wrapped_inside_the_figure(tmp_path: Path, monkeypatch, classes):
+    """A title built from long run, model and data names (the training run's confusion
+    matrix) is broken into lines, every one of them inside the figure: none is cut off."""
+    import vitcli.evaluation.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    title = ("run exp12: best model (epoch 147) on a-rather-long-dataset-name/validation, "
+             "val top-1 97.3% of 12,345 images with a few more words to be sure")
+    names = [f"class {i}" for i in range(classes)]
+    plot_confusion(np.eye(classes, dtype=int) * 3, names, tmp_path / "c.png", title=title)
+    plot_curves([{"epoch": "1", "train_loss": "1.0"}], tmp_path / "v.png", title=title)
+    for fig in figures:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        width = fig.bbox.width
+        texts = [t for ax in fig.axes for t in (ax.title,)] + ([fig._suptitle]
+                                                               if fig._suptitle else [])
+        shown = [t for t in texts if t.get_text()]
+        assert shown
+        if fig.bbox.width < 1000:  # 10 in at 100 dpi: too narrow for the title on one line
+            assert "\n" in shown[0].get_text()
+        for t in shown:
+            box = t.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= width, (t.get_text(), box, width)

@@ -155,6 +155,20 @@ def data_label(data: str | Path) -> str:
     return path.name or text
 
 
+def wrap_title(text: str, width_in: float, fontsize: float = 12.0) -> str:
+    """`text` broken into lines that fit `width_in` inches at `fontsize` points, so that a
+    figure title built from long run, model and data names is never cut off at the edge.
+
+    Assumes an average glyph of 0.62 em (DejaVu Sans, matplotlib's default, is about 0.55-0.6);
+    words longer than a line are split. Lines the text already has are kept.
+    """
+    import textwrap
+
+    per_line = max(12, int(width_in * 72 / (0.62 * fontsize)))
+    return "\n".join(textwrap.fill(line, per_line, break_on_hyphens=False) or line
+                      for line in text.split("\n"))
+
+
 # ------------------------------------------------------------------------ reading safely
 
 JSON_MAX_DEPTH = 64  # nesting of any JSON vitcli reads; real files need under 10

@@ -145,8 +145,8 @@ def _summary_table(report: EvalReport) -> Table:
     table.add_column(justify="right")
     table.add_row("top-1 accuracy", f"{m.top1:.2%}")
     table.add_row("balanced accuracy (mean per-class recall)", f"{m.balanced_accuracy:.2%}")
-    note = "" if m.top_k == 5 else f" (top-5 needs 5 classes; the model has {m.top_k})"
-    table.add_row(f"top-{m.top_k} accuracy{note}", f"{m.top5:.2%}")
+    if len(m.class_names) > 5:  # with 5 classes or fewer top-5 is always 100 %: not shown
+        table.add_row("top-5 accuracy", f"{m.top5:.2%}")
     table.add_row("loss (cross-entropy)", f"{m.loss:.4f}")
     for avg, label in ((m.macro, "macro"), (m.weighted, "weighted")):
         table.add_row(f"{label} precision / recall / F1",

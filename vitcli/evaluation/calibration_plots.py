@@ -16,6 +16,7 @@ import numpy as np
 
 from vitcli.evaluation.calibration import ECE_BINS, coverage_curve, ece, reliability
 from vitcli.evaluation.plots import _pyplot
+from vitcli.files import wrap_title
 
 
 def plot_reliability(before: np.ndarray, after: np.ndarray | None, labels: np.ndarray,
@@ -63,7 +64,7 @@ def plot_reliability(before: np.ndarray, after: np.ndarray | None, labels: np.nd
         ax_n.set_ylim(0, max(r.counts.max(), 1) * 1.3)
         ax_n.set_xlabel("confidence (top-1 probability)")
         ax_n.set_ylabel("images")
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(wrap_title(title, 5.2 * len(panels), 11), fontsize=11)
     return _save(fig, plt, path)
 
 
@@ -81,7 +82,7 @@ def plot_coverage(before: np.ndarray, labels: np.ndarray, path: str | Path, *, t
     ax.set_ylim(max(0.0, min(acc.min(), acc[-1]) - 0.05), 1.01)
     ax.set_xlabel("coverage (share of images answered, most confident first)")
     ax.set_ylabel("accuracy of the answered images")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(wrap_title(title, 5.2, 11), fontsize=11)
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, plt, path)

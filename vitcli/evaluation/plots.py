@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vitcli.files import wrap_title
+
 # Above these class counts a confusion matrix stops being readable cell by cell, so the
 # figure drops the numbers in the cells, then most of the tick labels.
 CELL_TEXT_MAX_CLASSES = 20
@@ -155,7 +157,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
     ax_acc.set_ylim(bottom=0)
     if title:
         text, families = drawable_labels([title])
-        fig.suptitle(text[0], fontfamily=families)
+        fig.suptitle(wrap_title(text[0], 10), fontfamily=families)
     save_figure(fig, path)
     return path
 
@@ -198,9 +200,9 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
     ax.set_yticks(ticks, labels, fontsize=fontsize, fontfamily=families)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(drawable_labels([title])[0][0] if title else (
-        "confusion matrix (rows normalised)" if normalize else "confusion matrix"),
-        fontfamily=families)
+    heading = drawable_labels([title])[0][0] if title else (
+        "confusion matrix (rows normalised)" if normalize else "confusion matrix")
+    ax.set_title(wrap_title(heading, side), fontfamily=families)
 
     if k <= CELL_TEXT_MAX_CLASSES:
         for i in range(k):

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from vitcli.errors import UsageError
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, wrap_title
 from vitcli.images import open_image
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import INTERPOLATIONS, Preprocessing
@@ -205,7 +205,7 @@ def write_figure(path: Path, image: Image.Image, rollout: np.ndarray, last_layer
     if model_name:
         heading += f"   ·   model: {model_name}" if heading else f"model: {model_name}"
     if heading:
-        fig.suptitle(heading)
+        fig.suptitle(wrap_title(heading, 3 * FIGURE_PANEL_IN + 0.9))
 
     def save(tmp: Path) -> None:
         fig.savefig(tmp, dpi=100, format="png")
