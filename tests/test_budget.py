@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vitcli.training.budget import FINISH_SECONDS, EpochTimes, steps_in_budget
+from vitcli.training.budget import FINISH_SECONDS, EpochTimes, batch_for_steps, steps_in_budget
 
 
 def _seconds_used(total: int, *, step: int, epoch_start: int, steps_per_epoch: int,
@@ -56,3 +56,15 @@ def test_epoch_times_forget_the_first_epoch_once_a_second_one_ends():
     assert (times.sec_per_step, times.mean_end_seconds) == (1.0, 1.0)
     times.add(10, 12.0, 3.0)  # later epochs are averaged in
     assert times.sec_per_step == pytest.approx(1.1) and times.mean_end_seconds == 2.0
+
+
+@pytest.mark.parametrize("batch, steps, expected", [
+    (256, 60, 32),    # 60 → 480 steps would need batch 32
+    (256, 100, 64),   # 100 → 400 at 64
+    (256, 300, 256),  # enough steps: unchanged
+    (256, 10, 32),    # never below the smallest batch
+    (40, 10, 40),     # 20 < 32: a small batch is not halved
+    (108, 40, 54),
+])
+def test_batch_for_steps_halves_until_enough_steps_would_fit(batch, steps, expected):
+    assert batch_for_steps(batch, steps, 300) == expected

@@ -778,3 +778,46 @@ def _slow_clock(step_s: float):
         return now[0]
 
     return clock
+
+
+@pytest.mark.slow
+def test_a_busy_machine_halves_the_recipes_batch_once_and_keeps_the_run_consistent(
+        tmp_path, monkeypatch):
+    """When the budget fits far too few steps and the recipe chose the batch, the run goes on
+    at a smaller batch (lr scaled with it): args.json, the saved state, metrics.csv and the
+    result all say the new batch, and --resume continues it. A batch the user gave is kept."""
+    import vitcli.training.loop as loop
+
+    data = bar_folder(tmp_path / "many", per_class=40)  # 120 images: 108 train, 12 val
+    monkeypatch.setattr(loop.time, "perf_counter", _slow_clock(step_s=0.1))
+    events = []
+    result = train(options(tmp_path, data, batch_size=None, epochs=None, time_budget=0.2),
+                   on_event=lambda kind, **f: events.append((kind, f)))
+    said = [f for kind, f in events if kind == "batch"]
+    assert len(said) == 1 and said[0]["batch"] == 54, said  # 108 → 54; 27 would be < 32
+    assert "going on at batch 54" in said[0]["text"] and "steps of 108 images" in said[0]["text"]
+    args = json.loads((result.run_dir / "args.json").read_text())
+    first_lr = [f["lr"] for kind, f in events if kind == "start"][0]
+    assert args["options"]["batch_size"] == 54
+    assert args["options"]["lr"] == pytest.approx(first_lr / 2)
+    assert result.options.batch_size == 54 and result.steps > 0
+    state = load_state(result.run_dir)
+    assert state.info["batch_size"] == 54 and state.info["steps_per_epoch"] == 2
+    assert state.info["step"] == result.steps
+    rows = read_metrics(result.run_dir / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    steps = [int(r["step"]) for r in rows]  # 2 a epoch; the budget may end the last early
+    assert steps[:-1] == [2 * e for e in range(1, len(rows))] and steps[-1] in (
+        2 * len(rows) - 1, 2 * len(rows))
+
+    given = train(options(tmp_path, data, batch_size=108, epochs=None, time_budget=0.2,
+                          name="given"), on_event=lambda kind, **f: events.append((kind, f)))
+    assert given.options.batch_size == 108  # --batch-size given: kept, only warned about
+    assert sum(kind == "batch" for kind, _ in events) == 1
+    assert any("optimizer steps fit" in f.get("text", "") for kind, f in events
+               if kind == "message")
+
+    monkeypatch.undo()
+    resumed = resume(result.run_dir, on_event=lambda kind, **f: events.append((kind, f)))
+    assert resumed.options.batch_size == 54 and resumed.steps >= result.steps  # no "data changed"
+    assert sum(kind == "batch" for kind, _ in events) == 1  # a resumed run never shrinks

@@ -97,6 +97,9 @@ class Display:
             print_(style + escape(f["text"]), highlight=False, soft_wrap=True)  # paths unbroken
         elif kind == "start":
             self._start(f)
+        elif kind == "batch":  # a busy machine's time budget: the run goes on at a smaller batch
+            print_("[yellow]warning:[/] " + escape(f["text"]), highlight=False, soft_wrap=True)
+            self.budget_shown = False  # the new batch's schedule is said again
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True
             print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FINISH_SECONDS = 2.0  # the least a budget keeps back for the final plots
+SMALLEST_BATCH = 32  # a busy machine's time budget halves the batch down to this, no further
 
 
 def steps_in_budget(*, budget_s: float, elapsed_s: float, step: int, epoch_start: int,
@@ -30,6 +31,21 @@ def steps_in_budget(*, budget_s: float, elapsed_s: float, step: int, epoch_start
         partial = int(max(rest - full * per_epoch - end_seconds, 0) / sec_per_step)
         total = epoch_start + (1 + full) * steps_per_epoch + partial
     return max(total, step + 1)
+
+
+def batch_for_steps(batch: int, steps: int, needed: int, smallest: int = SMALLEST_BATCH) -> int:
+    """The batch at which about `needed` steps fit where `steps` fit at `batch`.
+
+    Halves `batch` until the steps would fit, assuming an image costs the same at any batch
+    (smaller batches cost a little more per image on a CPU, so the estimate is a ceiling), and
+    never below `smallest` nor above `batch`. The quick start on two cores shared with two
+    busy processes fitted 66-82 steps of 256 images in its 45 seconds (30-39 % validation
+    top-1); going on at batch 32 it made 353-383 steps and reached 95-96 % (2-core Xeon,
+    2026-12-01; docs/benchmarks.md).
+    """
+    while steps < needed and batch // 2 >= smallest:
+        batch, steps = batch // 2, steps * 2
+    return batch
 
 
 @dataclass

@@ -7,6 +7,7 @@ reproduces the uninterrupted one exactly (tests/test_train.py proves it).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from vitcli.devices import Precision
 from vitcli.errors import UsageError, VitError
 from vitcli.model.checkpoint import save_model, unwrap_model
-from vitcli.training.budget import EpochTimes, steps_in_budget
+from vitcli.training.budget import EpochTimes, batch_for_steps, steps_in_budget
 from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
 from vitcli.training.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
 from vitcli.training.recipe import TrainOptions, epochs_for, steps_per_epoch
@@ -44,6 +45,11 @@ VAL_BATCH = 256
 
 class NonFiniteLoss(VitError):
     """The loss became NaN or infinite; the run stopped, the last good files are kept."""
+
+
+class _SmallerBatch(Exception):  # noqa: N818 - control flow inside the loop, never raised out
+    """The time budget fits too few steps: the epoch ends here and the run goes on at a
+    smaller batch (Trainer._shrink_batch)."""
 
 
 @dataclass
@@ -83,11 +89,15 @@ class Trainer:
     """Owns the model, optimiser, schedule and counters of one run on one rank."""
 
     def __init__(self, options: TrainOptions, prepared: Prepared, env: DistEnv,
-                 run_dir: Path, emit: Emit, *, augment: str, precision: Precision) -> None:
+                 run_dir: Path, emit: Emit, *, augment: str, precision: Precision,
+                 chosen: frozenset[str] = frozenset()) -> None:
         from vitcli.data.augment import BatchAugment, make_policy
 
         self.options, self.data, self.env, self.run_dir, self.emit = (
             options, prepared, env, Path(run_dir), emit)
+        # Which of "batch_size" and "lr" the recipe chose (not the user): a time budget on a
+        # busy machine may then halve the batch (and the lr with it) once, at its first fit.
+        self.chosen = chosen
         self.device = env.device
         self.model = prepared.model
         # bf16 autocast around the forward pass; weights and optimiser state stay fp32.
@@ -250,7 +260,10 @@ class Trainer:
                 if steps <= 0:
                     stopped = "completed"
                     break
-                self._train_epoch(steps)
+                try:
+                    self._train_epoch(steps)
+                except _SmallerBatch:
+                    continue  # the next epoch starts the run again at the smaller batch
                 stopped = self._end_epoch()
         except KeyboardInterrupt:
             if self.mutating:  # a second Ctrl-C inside the update: the saved state stands
@@ -377,8 +390,8 @@ class Trainer:
                   images_per_s=self.epoch_images / max(seconds, 1e-9),
                   eta_s=per_step * (total_steps - self.step),
                   budget_fitted=self.budget_fitted)
-        if not self.budget_fitted:
-            self._probe()
+        if self.options.time_budget and self.sec_per_step is None:
+            self._probe()  # (epoch ends may have fitted the budget already, less exactly)
         if interrupt > 0:
             raise KeyboardInterrupt
         if over_any > 0:  # slower than measured: end the schedule here
@@ -402,7 +415,10 @@ class Trainer:
             self.probe = (self.step, time.perf_counter())
         elif self.probe is not None and self.step - self.probe[0] >= PROBE_STEPS:
             self.sec_per_step = (time.perf_counter() - self.probe[1]) / (self.step - self.probe[0])
-            self._fit_budget(self.sec_per_step, self.num_val * self.sec_per_step / self.batch / 3)
+            end_seconds = self.num_val * self.sec_per_step / self.batch / 3
+            if self._shrink_batch(self.sec_per_step, end_seconds):
+                raise _SmallerBatch
+            self._fit_budget(self.sec_per_step, end_seconds)
 
     def _fit_budget(self, sec_per_step: float, end_seconds: float) -> None:
         """Set the schedule's total steps so that the run ends within the budget."""
@@ -422,6 +438,78 @@ class Trainer:
         if few:
             self.emit("message", text=few, level="warning")
 
+    def _shrink_batch(self, sec_per_step: float, end_seconds: float) -> bool:
+        """When far fewer steps than a model needs fit the budget, go on at a smaller batch.
+
+        Only at the measured fit of a new run in one process whose batch the recipe chose. The
+        weights trained so far are kept; the optimiser, the schedule (the lr scaled with the
+        batch, as the recipe scales it, unless --lr was given), the counters and metrics.csv
+        start again, and the time spent so far still counts against the budget.
+        """
+        from vitcli.training.recipe import FEW_STEPS, MIN_STEPS
+        from vitcli.training.runs import read_json, write_json
+
+        if ("batch_size" not in self.chosen or self.env.world_size > 1
+                or self.session_start_step or self.probe_mode is not None):
+            return False
+        total = steps_in_budget(
+            budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
+            epoch_start=self.epochs_done * self.steps_per_epoch,
+            steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
+            end_seconds=end_seconds)
+        left = total - self.step
+        if total >= FEW_STEPS:
+            return False
+        old = self.batch
+        new = batch_for_steps(old, left, MIN_STEPS)
+        if new == old:
+            return False
+        lr = self.options.lr * new / old if "lr" in self.chosen else self.options.lr
+        self.chosen = frozenset()  # once
+        self.options = dataclasses.replace(self.options, batch_size=new, lr=lr)
+        n = len(self.data.train_labels)
+        self.batch = new
+        self.steps_per_epoch = steps_per_epoch(n, new)
+        self.epochs, self.epochs_reason = epochs_for(self.options, n, new)
+        self.optimizer = build_optimizer(self.model, lr=self.options.peak_lr,
+                                         weight_decay=self.options.weight_decay,
+                                         layer_decay=self.options.layer_decay,
+                                         kind=self.options.optimizer)
+        planned = self.epochs * self.steps_per_epoch
+        self.schedule = WarmupDecay(self.options.peak_lr,
+                                    warmup_steps_for(self.options.warmup, self.steps_per_epoch,
+                                                     planned),
+                                    planned, self.options.min_lr_ratio, self.options.schedule)
+        if self.ema is not None:
+            self.ema = ModelEma(self.model, self.options.ema_decay)
+        now = time.perf_counter()
+        self.seconds_before += now - self.clock  # the budget still counts the time spent
+        self.clock = now
+        self.step = self.epochs_done = self.bad_epochs = self.session_start_step = 0
+        self.best_top1 = self.best_epoch = self.last_row = None
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.pending.clear()
+        self.budget_fitted, self.probe, self.sec_per_step = False, None, None
+        self.epoch_times = EpochTimes()
+        if self.env.is_main:
+            args = read_json(self.run_dir / "args.json")  # what --resume continues with
+            args["options"].update(batch_size=new, lr=lr)
+            write_json(self.run_dir / "args.json", args)
+            if self.metrics is not None:
+                self.metrics.truncate(0)
+            self._save_state()
+        from vitcli.training.threads import load_average, usable_cores
+
+        load = load_average()
+        busy = (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
+                if load is not None and load > usable_cores() * 0.75 else "")
+        self.emit("batch", batch=new, lr=self.options.peak_lr, text=(
+            f"only {total:,} steps of {old} images fit in --time-budget "
+            f"{self.options.time_budget:g} min ({sec_per_step * 1000:,.0f} ms a step{busy}), "
+            f"and a model needs about {MIN_STEPS} to learn: going on at batch {new} "
+            f"(lr {self.options.peak_lr:.3g}), which fits about {left * old // new:,} steps"))
+        return True
+
     def _few_steps_warning(self, total: int, sec_per_step: float) -> str | None:
         """A loud sentence when far fewer steps fit the budget than the run needs, once for the
         first fit and once more if a refit halves it (the machine got busier)."""
@@ -429,6 +517,8 @@ class Trainer:
         from vitcli.training.threads import load_average, usable_cores
 
         first = self.first_fit is None
+        if first and "batch_size" in self.chosen and self.sec_per_step is None:
+            return None  # not measured yet, and a smaller batch may still come (_shrink_batch)
         if first:
             self.first_fit = total
             if total >= FEW_STEPS:

@@ -97,6 +97,9 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                 raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
                     from None
         prepared = prepare(options, env, emit, resumed=resumed)
+        # What the recipe picks rather than the user (a new run only: a resumed one keeps it).
+        chosen = frozenset(name for name in ("batch_size", "lr")
+                           if run_dir is None and getattr(options, name) is None)
         options = options.with_defaults_for(prepared.config.image_size)
         precision = _precision(options, env.device, prepared.config.embed_dim,
                                args["resolved"] if run_dir is not None else None)
@@ -114,7 +117,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                 write_bad_files(run_dir, prepared.bad_files)
         try:
             trainer = Trainer(options, prepared, env, run_dir, emit, augment=level,
-                              precision=precision)
+                              precision=precision, chosen=chosen)
         except VitError:  # an impossible option met before the first step: leave no husk
             if created and env.is_main:
                 _remove_unstarted(run_dir)
