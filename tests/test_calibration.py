@@ -115,3 +115,22 @@ def test_temperature_travels_into_the_onnx_graph(tmp_path: Path, tiny_model):
     assert onnx_backend.metadata["temperature"] == "0.25"
     assert not np.allclose(expected, softmax(tiny_model(torch.from_numpy(x)).detach().numpy()),
                            atol=1e-3)  # T really changed them
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 30.0])
+def test_no_validation_error_sets_laplaces_confidence_not_certainty(scale):
+    """100 of 100 right: the NLL would fall to T → 0 (every probability 1.0000). T is set where
+    the mean top-1 probability is 101/102 instead, for under- and over-confident logits."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(100) % 5
+    logits = rng.normal(0, 0.3, (100, 5))
+    logits[np.arange(100), labels] += 2.0  # every image right
+    logits *= scale
+    t = cal.fit_temperature(logits, labels)
+    assert cal.T_MIN < t < cal.T_MAX
+    confidence = cal.probabilities(logits, t).max(axis=1)
+    assert confidence.mean() == pytest.approx(101 / 102, abs=1e-6)
+    assert confidence.min() < 0.9999  # not certainty
+    one_wrong = labels.copy()
+    one_wrong[0] = (labels[0] + 1) % 5  # one error: the NLL has a minimum, fitted as before
+    assert cal.fit_temperature(logits, one_wrong) != pytest.approx(t, rel=1e-3)

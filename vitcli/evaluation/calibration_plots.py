@@ -16,7 +16,7 @@ import numpy as np
 
 from vitcli.evaluation.calibration import ECE_BINS, coverage_curve, ece, reliability
 from vitcli.evaluation.plots import _pyplot
-from vitcli.files import wrap_title
+from vitcli.files import model_label, wrap_title
 
 
 def plot_reliability(before: np.ndarray, after: np.ndarray | None, labels: np.ndarray,
@@ -96,7 +96,7 @@ def write_calibration_plots(report: Any, out: Path) -> dict[str, Path]:
     before = probabilities(report.raw_logits)
     after = probabilities(report.raw_logits, t) if t != 1.0 else None
     where = report.description or f"{report.data}: {len(report.labels):,} images"
-    name = Path(report.model_path).name
+    name = model_label(report.model_path)  # `exp3/best.safetensors`: which run
     return {
         "reliability": plot_reliability(
             before, after, report.labels, out / "reliability.png", temperature=t,
