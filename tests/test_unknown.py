@@ -281,3 +281,22 @@ def test_training_stores_the_temperature_and_the_rule_in_the_best_model(tmp_path
                    on_event=lambda kind, **f: events.append((kind, f)))
     mf = load_model(no_val.best_path)
     assert mf.ood is None and mf.temperature == 1.0
+
+
+def test_info_counts_the_model_not_the_unknown_rule(tmp_path: Path, tiny_model):
+    """Every trained model file carries ood.* statistics; `vit info` once added them to the
+    parameters and called the file corrupt. It shows the rule and the temperature in words."""
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.config import count_params
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      temperature=0.5, ood=_stats())
+    result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert f"{count_params(tiny_model.config):,}" in result.output
+    assert "unknown beyond 5" in result.output and "0.5 (probabilities" in result.output
+    as_json = CliRunner().invoke(app, ["info", str(path), "--json"])
+    assert json.loads(as_json.stdout)["parameters"] == count_params(tiny_model.config)

@@ -39,8 +39,12 @@ def info(
         check_finite_file(model)
         metadata, header = checked.metadata, checked.header
         config, names, pre = checked.config, checked.class_names, checked.preprocessing
-        params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
-                                    or config.pos_embed == "learned"})
+        from vitcli.model.ood import TENSOR_PREFIX
+
+        # The unknown rule's statistics (ood.*) are stored beside the weights, not in the model.
+        params = count_file_params({k: v for k, v in header.items()
+                                    if (k != "pos_embed" or config.pos_embed == "learned")
+                                    and not k.startswith(TENSOR_PREFIX)})
         if params != count_params(config):
             raise VitError(f"{model}: the stored weights ({params:,} values) do not match the "
                            f"stored config ({count_params(config):,} parameters); the file is "
@@ -83,7 +87,7 @@ def info(
         top.add_row("format", f"vitcli model file v{summary['format_version']}"
                     f" (written by vitcli {summary['vitcli_version']})")
     for key, value in summary["extra"].items():
-        top.add_row(safe(key), safe(value if len(value) < 120 else value[:117] + "..."))
+        top.add_row(safe(key), safe(_readable(key, value)))
     arch = Table(title="architecture", title_justify="left", show_header=False)
     for key, value in config.to_dict().items():
         arch.add_row(key, safe(value))
@@ -94,3 +98,18 @@ def info(
     console.print(top, arch, prep)
     shown = ", ".join(safe(n) for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
     console.print(f"[bold]classes ({len(names)}):[/] {shown}")
+
+
+def _readable(key: str, value: str) -> str:
+    """A metadata value as a line for people: the calibration in words, long text cut."""
+    try:
+        if key == "temperature":
+            return f"{float(value):.3g} (probabilities are softmax(logits / T))"
+        if key == "ood":
+            rule = json.loads(value)
+            return (f"{rule['method']} distance; unknown beyond {float(rule['threshold']):.3g} "
+                    f"({float(rule['quantile']):.1%} of the validation images pass)")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass  # shown as stored
+    return value if len(value) < 120 else value[:117] + "..."
+
