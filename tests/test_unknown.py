@@ -300,3 +300,8 @@ def test_info_counts_the_model_not_the_unknown_rule(tmp_path: Path, tiny_model):
     assert "unknown beyond 5" in result.output and "0.5 (probabilities" in result.output
     as_json = CliRunner().invoke(app, ["info", str(path), "--json"])
     assert json.loads(as_json.stdout)["parameters"] == count_params(tiny_model.config)
+    from vitcli.model.checkpoint import count_file_params, read_header
+
+    header, _ = read_header(path)  # what `vit patchify --model` counts too
+    assert any(k.startswith("ood.") for k in header)
+    assert count_file_params(header) == count_params(tiny_model.config)

@@ -39,12 +39,8 @@ def info(
         check_finite_file(model)
         metadata, header = checked.metadata, checked.header
         config, names, pre = checked.config, checked.class_names, checked.preprocessing
-        from vitcli.model.ood import TENSOR_PREFIX
-
-        # The unknown rule's statistics (ood.*) are stored beside the weights, not in the model.
-        params = count_file_params({k: v for k, v in header.items()
-                                    if (k != "pos_embed" or config.pos_embed == "learned")
-                                    and not k.startswith(TENSOR_PREFIX)})
+        params = count_file_params({k: v for k, v in header.items() if k != "pos_embed"
+                                    or config.pos_embed == "learned"})
         if params != count_params(config):
             raise VitError(f"{model}: the stored weights ({params:,} values) do not match the "
                            f"stored config ({count_params(config):,} parameters); the file is "

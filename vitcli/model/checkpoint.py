@@ -273,9 +273,14 @@ def check_model_file(path: str | Path) -> CheckedFile:
 
 
 def count_file_params(header: dict[str, Any]) -> int:
-    """Number of weights stored in a safetensors header (no torch needed)."""
+    """Number of model weights stored in a safetensors header (no torch needed): every
+    tensor but the unknown rule's statistics (`ood.*`), which are stored beside them."""
+    from vitcli.model.ood import TENSOR_PREFIX
+
     total = 0
-    for entry in header.values():
+    for name, entry in header.items():
+        if name.startswith(TENSOR_PREFIX):
+            continue
         n = 1
         for dim in entry.get("shape", []):
             n *= int(dim)
