@@ -351,3 +351,18 @@ def test_progress_is_reported(image_folder: Path, cache: Path) -> None:
     seen = []
     load(image_folder, cache, val_split=0.25, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (24, 24) and all(t == 24 for _, t in seen)
+
+
+def test_a_mistyped_folder_is_not_taken_for_a_hub_name(tmp_path: Path, monkeypatch) -> None:
+    """`examples/shape` beside an existing `examples/shapes` once gave a long line about the
+    Hugging Face Hub being unreachable; it is a missing folder, with the close name."""
+    from vitcli.data import sources
+
+    (tmp_path / "examples" / "shapes").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "from_hub", lambda *a, **k: pytest.fail("asked the Hub"))
+    with pytest.raises(VitError) as err:
+        sources.open_source("examples/shape")
+    assert str(err.value) == "examples/shape: no such folder (did you mean examples/shapes?)"
+    with pytest.raises(VitError, match=r"^examples/zzz: no such folder$"):
+        sources.open_source("examples/zzz")

@@ -80,9 +80,24 @@ def open_source(data: str | Path, cache_dir: Path | None = None) -> DataSource:
     if path.exists():
         raise VitError(f"{data}: is a file; --data needs a folder of class sub-folders, "
                        "a dataset saved with save_to_disk, or a Hub dataset name")
-    if looks_like_hub_name(str(data)):
-        return from_hub(str(data))
-    raise VitError(f"{data}: no such folder")
+    hint = _did_you_mean(path)
+    # `examples/shape` next to an existing `examples/` is a mistyped folder, not a Hub name.
+    local = path.parent != Path(".") and path.parent.is_dir()
+    if looks_like_hub_name(str(data)) and not local:
+        return from_hub(str(data), hint)
+    raise VitError(f"{data}: no such folder{hint}")
+
+
+def _did_you_mean(path: Path) -> str:
+    """' (did you mean examples/shapes?)' when a folder beside `path` has a close name."""
+    import difflib
+
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.is_dir()]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.75)
+    return f" (did you mean {path.parent / close[0]}?)" if close else ""
 
 
 def looks_like_hub_name(text: str) -> bool:
@@ -203,9 +218,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def from_hub(name: str) -> DataSource:
+def from_hub(name: str, hint: str = "") -> DataSource:
     """A dataset from the Hugging Face Hub by name; a clear error when offline."""
-    unreachable = (f"{name}: no such folder, and the Hugging Face Hub is unreachable so it cannot "
+    unreachable = (f"{name}: no such folder{hint}, and the Hugging Face Hub is unreachable so it cannot "
                    "be loaded as a Hub dataset name; pass a local folder of class sub-folders "
                    "(or a dataset saved with save_to_disk)")
     if hub_offline():
