@@ -507,7 +507,9 @@ class Trainer:
             f"only {total:,} steps of {old} images fit in --time-budget "
             f"{self.options.time_budget:g} min ({sec_per_step * 1000:,.0f} ms a step{busy}), "
             f"and a model needs about {MIN_STEPS} to learn: going on at batch {new} "
-            f"(lr {self.options.peak_lr:.3g}), which fits about {left * old // new:,} steps"))
+            f"(lr {self.options.peak_lr:.3g}), which fits about {left * old // new:,} steps, "
+            f"from the weights trained so far; epochs, steps and metrics.csv count again "
+            f"from here"))
         return True
 
     def _few_steps_warning(self, total: int, sec_per_step: float) -> str | None:
