@@ -821,3 +821,16 @@ def test_a_busy_machine_halves_the_recipes_batch_once_and_keeps_the_run_consiste
     resumed = resume(result.run_dir, on_event=lambda kind, **f: events.append((kind, f)))
     assert resumed.options.batch_size == 54 and resumed.steps >= result.steps  # no "data changed"
     assert sum(kind == "batch" for kind, _ in events) == 1  # a resumed run never shrinks
+
+
+def test_resuming_a_run_that_ended_says_so_and_changes_nothing(tmp_path: Path, bars: Path):
+    """--resume of a finished run once re-fitted the calibration silently and printed a
+    0-step summary; it now says the run already ended and how to train further."""
+    result = train(options(tmp_path, bars, epochs=1))
+    best = result.run_dir / "weights" / "best.safetensors"
+    before = best.read_bytes()
+    said = []
+    again = resume(result.run_dir, on_event=lambda kind, **f: said.append(f.get("text", "")))
+    assert again.steps == result.steps and again.stopped == "completed"
+    assert any("already ended at step" in s and "--init" in s for s in said), said
+    assert best.read_bytes() == before  # no new calibration, no rewrite

@@ -253,6 +253,13 @@ class Trainer:
         if probe:
             self.emit("message", text=probe, level="info")
         stopped = None
+        finished = self.step > 0 and self.step >= self.schedule.total_steps  # --resume of an ended run
+        if finished:
+            stopped = "completed"
+            self.emit("message", level="info", text=(
+                f"{self.run_dir} already ended at step {self.step:,} (epoch {self.epochs_done}): "
+                "nothing to resume. To train further, start a new run from its weights: "
+                f"vit train --data DATA --init {self.run_dir / 'weights' / 'best.safetensors'}"))
         try:
             while stopped is None:
                 steps = min(self.steps_per_epoch,
@@ -275,7 +282,7 @@ class Trainer:
             if self.env.is_main:
                 self._save_state()
             stopped = "interrupted"
-        if self.env.is_main:
+        if self.env.is_main and not finished:
             self._finish_files()
             if stopped != "interrupted":  # a resumed run calibrates when it ends
                 self._calibrate()
