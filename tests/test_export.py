@@ -298,3 +298,27 @@ def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
     assert "int8 from the fused attention (onnxruntime QAttention)" in " ".join(
         result.stdout.split())
     assert out.exists() and out.with_suffix(".int8.onnx").exists()
+
+
+def test_latency_warm_up_lasts_until_calls_stop_getting_faster():
+    """bf16 autocast builds its CPU kernels over the first calls: an export once listed
+    360 ms where the steady time was 3.5. The warm-up waits until a call is no longer
+    twice as fast as the one before, and the slow first calls never reach the median."""
+    from vitcli.deploy import onnx_checks
+
+    seconds = iter([0.4, 0.15, 0.05, 0.02] + [0.01] * 40)
+    calls = []
+    clock = [0.0]
+
+    def run() -> None:
+        calls.append(1)
+        clock[0] += next(seconds)
+
+    original = onnx_checks.time.perf_counter
+    onnx_checks.time.perf_counter = lambda: clock[0]
+    try:
+        median = onnx_checks.median_seconds(run, runs=3)
+    finally:
+        onnx_checks.time.perf_counter = original
+    assert median == pytest.approx(0.01)
+    assert len(calls) == 6 + 3  # 0.4, 0.15, 0.05, 0.02, 0.01, 0.01 (no faster), then 3 timed

@@ -7,6 +7,7 @@ on every real image (apart from numerical ties); int8 is measured, not required 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -180,15 +181,27 @@ def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixe
     return {name: 1000 * median_seconds(run, runs) for name, run in runners.items()}
 
 
+WARMUP_MAX = 10  # calls at most before median_seconds starts timing
+
+
 def median_seconds(run: Callable[[], object], runs: int, warmup: int = 2,
                    budget_s: float = 2.0) -> float:
     """Median wall time of `run()` after a warm-up (first calls allocate and plan).
 
-    Stops early once `budget_s` is spent (at least 3 timed runs), so a slow model or a
-    busy machine cannot make export crawl.
+    The warm-up lasts at least `warmup` calls and goes on (up to WARMUP_MAX) while a call
+    still runs more than twice as fast as the one before: bf16 autocast on the CPU builds
+    its kernels over the first few calls (an export once listed 360 ms for 3.5). Stops early
+    once `budget_s` is spent (at least 3 timed runs), so a slow model or a busy machine
+    cannot make export crawl.
     """
-    for _ in range(warmup):
+    before = math.inf
+    for done in range(1, WARMUP_MAX + 1):
+        start = time.perf_counter()
         run()
+        took = time.perf_counter() - start
+        if done >= warmup and took > before / 2:
+            break
+        before = took
     times: list[float] = []
     while len(times) < runs and (len(times) < 3 or sum(times) < budget_s):
         start = time.perf_counter()
