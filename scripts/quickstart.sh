@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install vitcli (CPU torch first, never the CUDA wheels) and run the whole life cycle on the
+# Install vitcli (scripts/install.sh: the CPU build of torch on a Linux machine without an NVIDIA
+# GPU, when no torch is installed yet) and run the whole life cycle on the
 # bundled example data: patchify → train → eval → predict (+ explain) → export ONNX.
 set -euo pipefail
 cd "$(dirname "$0")/.."
