@@ -340,3 +340,19 @@ def test_eval_val_split_on_a_model_that_validated_on_a_val_folder_warns(tmp_path
     other = evaluate(carved.best_path, data / "train", val_split=0.1, seed=0, device="cpu")
     assert other.warnings and "--val-split 0.2 --seed 1" in other.warnings[0]
 
+
+
+def test_a_class_missing_from_the_data_reads_dash_not_zero(tiny_model_file, image_folder,
+                                                           tmp_path, monkeypatch):
+    """Data holding only some of the model's classes: the missing class has no recall or F1
+    (and no precision unless predicted), shown as "—" rather than as a 0.000 failure."""
+    import shutil
+
+    shutil.rmtree(image_folder / "triangle")
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder)],
+                  tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    line = next(row for row in result.stdout.splitlines() if "triangle" in row and "│" in row
+                and row.strip().startswith("│ triangle"))
+    cells = [c.strip() for c in line.strip("│ ").split("│")]
+    assert cells[0] == "triangle" and cells[2:] == ["—", "—", "0"], cells

@@ -185,9 +185,14 @@ def _per_class_table(m: Metrics) -> Table:
     table.add_column("class", no_wrap=True)
     for col in ("precision", "recall", "F1", "support"):
         table.add_column(col, justify="right")
+    # A class with no image here has no recall or F1, and no precision unless predicted:
+    # shown as "—", not as a 0.000 that reads like a failure.
+    predicted = dict(zip(m.class_names, m.confusion.sum(axis=0)))
     for c in rows:
-        table.add_row(escape(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
-                      f"{c.support:,}")
+        none = "—" if not c.support else None
+        table.add_row(escape(c.name),
+                      "—" if not c.support and not predicted.get(c.name) else f"{c.precision:.3f}",
+                      none or f"{c.recall:.3f}", none or f"{c.f1:.3f}", f"{c.support:,}")
     table.add_section()
     for c in (m.macro, m.weighted):
         table.add_row(escape(c.name), f"{c.precision:.3f}", f"{c.recall:.3f}", f"{c.f1:.3f}",
