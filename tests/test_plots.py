@@ -98,3 +98,16 @@ def test_long_titles_are_wrapped_inside_the_figure(tmp_path: Path, monkeypatch, 
         for t in shown:
             box = t.get_window_extent(renderer)
             assert box.x0 >= 0 and box.x1 <= width, (t.get_text(), box, width)
+
+
+def test_curves_of_a_one_epoch_run_have_whole_epoch_ticks(tmp_path: Path, monkeypatch):
+    """A 1-epoch run once drew x ticks 0.96, 0.98, 1.00, ...: epochs are whole numbers."""
+    import vitcli.evaluation.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    plot_curves([{"epoch": "1", "train_loss": "1.0", "val_loss": "0.9", "val_top1": "0.5"}],
+                tmp_path / "c.png", num_classes=3)
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -133,10 +133,13 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
     more than 5 classes (`num_classes`): with 5 or fewer it is 100 % by definition.
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     path = Path(path)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     accuracy = tuple(c for c in ACCURACY_COLUMNS
                      if c != "val_top5" or num_classes is None or num_classes > 5)
+    all_epochs = sorted({e for c in LOSS_COLUMNS + accuracy for e in per_epoch(rows, c)[0]})
     for ax, columns, ylabel in ((ax_loss, LOSS_COLUMNS, "loss"),
                                 (ax_acc, accuracy, "accuracy")):
         drawn = False
@@ -152,6 +155,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
             ax.text(0.5, 0.5, f"no {ylabel} logged", ha="center", va="center",
                     transform=ax.transAxes, color="gray")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 0.96 in short runs
+        if all_epochs and max(all_epochs) - min(all_epochs) < 2:  # too few for the locator
+            ax.set_xlim(min(all_epochs) - 0.5, max(all_epochs) + 0.5)
+            ax.set_xticks(range(int(min(all_epochs)), int(max(all_epochs)) + 1))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     ax_acc.set_ylim(bottom=0)
