@@ -28,7 +28,8 @@ NO_DEFAULT_NEEDED = {"--data", "--val", "--init", "--resume", "--json", "--csv",
 
 
 def render(name: str) -> str:
-    result = CliRunner().invoke(app, [name, "--help"], prog_name="vit",
+    """`vit NAME --help`; the top-level `vit --help` for name ""."""
+    result = CliRunner().invoke(app, [name, "--help"] if name else ["--help"], prog_name="vit",
                                 env={"COLUMNS": str(WIDTH), "TERMINAL_WIDTH": str(WIDTH)},
                                 terminal_width=WIDTH)
     assert result.exit_code == 0, result.output
@@ -40,7 +41,7 @@ def command(name: str):
     return group.get_command(group.make_context("vit", [name], resilient_parsing=True), name)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ["", *NAMES])
 def test_help_fits_80_columns_without_type_noise(name: str) -> None:
     text = render(name)
     lines = text.splitlines()

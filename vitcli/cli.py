@@ -42,7 +42,23 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 
 
 class VitGroup(TyperGroup):
-    """Turns user mistakes into one line on stderr and an exit code, never a traceback."""
+    """Turns user mistakes into one line on stderr and an exit code, never a traceback; its
+    own options' help is tidied as each command's is (no `<bool>` after --version, --help)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from vitcli.commands._common import _tidy
+
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            _tidy(param)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        from vitcli.commands._common import _tidy
+
+        option = super().get_help_option(ctx)
+        if option is not None:
+            _tidy(option)
+        return option
 
     def make_context(self, *args: Any, **kwargs: Any) -> typer.Context:
         try:
