@@ -50,6 +50,8 @@ def test_help_fits_80_columns_without_type_noise(name: str) -> None:
     assert not re.search(r"[{}<>]", usage), usage
     for noise in ("<bool>", "<list", "<int range>", "<float range>", "[x>="):
         assert noise not in text, f"`vit {name} --help` shows {noise}"
+    # a number in float notation (a range's 4.29497e+09): integers print in full
+    assert not re.search(r"\de\+\d", text), f"`vit {name} --help` shows a number as 1e+09"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -98,10 +98,18 @@ def _metavar(param: Any) -> str:
     name = "PATH" if desc.is_path else {"int": "N", "float": "X"}.get(bare, "TEXT")
     low, high = getattr(param, "min", None), getattr(param, "max", None)
     if low is not None and high is not None:
-        return f"{name} {low:g}–{high:g}"
+        return f"{name} {_bound(low)}–{_bound(high)}"
     if low is not None:
-        return f"{name}≥{low:g}"
+        return f"{name}≥{_bound(low)}"
     return name
+
+
+def _bound(value: float) -> str:
+    """A range bound as a reader writes it: whole numbers in full with thousands separators
+    (4,294,967,295, never 4.29497e+09), fractions as short decimals (0.5)."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:g}"
 
 
 def _one_line_paragraphs(text: str | None) -> str | None:
