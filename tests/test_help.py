@@ -97,6 +97,27 @@ def test_options_say_their_default(name: str) -> None:
         assert re.search(r"--val-split .{0,200}?(\[0\.1|default)", text), text
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_in_one_style(name: str) -> None:
+    """Defaults read as Typer shows them, "[default: x]": never "(default: x)", "Default: x",
+    "; default: x" or a bare "[x]" beside them."""
+    text = " ".join(render(name).replace("│", " ").split())
+    for param in command(name).params:
+        help_text = " ".join((param.help or "").split())
+        flag = max(param.opts, key=len)
+        assert not re.search(r"(?<!\[)default:", help_text, re.IGNORECASE), \
+            f"`vit {name} {flag}` states its default in another style: {help_text!r}"
+        bare = [b for b in re.findall(r"\[([^\]]*)\]", help_text)
+                if not b.startswith("default: ")]
+        assert not bare, f"`vit {name} {flag}` has a default in bare brackets: {bare}"
+    assert not re.search(r"\(default:|Default:", text), f"`vit {name} --help`: {text}"
+
+
+def test_val_split_needs_at_least_10_images_per_class() -> None:
+    text = " ".join(render("train").replace("│", " ").split())
+    assert "every class has at least 10 images" in text
+
+
 def test_workers_is_a_hidden_alias_of_threads() -> None:
     text = render("train")
     assert "--threads" in text and "--workers" not in text

@@ -39,8 +39,8 @@ def audit(
 
     Exit 0 when clean, 1 when an image (exactly or nearly) is in two splits or under two
     labels, so it can gate a pipeline; near-duplicates within a class are reported only.
-    --out (default: a new runs/audit/<name> folder) gets report.md, audit.json and a
-    contact sheet per group (groups/group-NNN.png).
+    --out, else a new runs/audit/<name> folder, gets report.md, audit.json and a contact
+    sheet per group (groups/group-NNN.png).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 

@@ -31,11 +31,11 @@ def evaluate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     split: Annotated[str | None, typer.Option(
-        "--split", help="Which split to evaluate (default: the data's validation or test "
-        "split, else all of it).", show_default=False)] = None,
+        "--split", help="Which split to evaluate. [default: the data's validation or "
+        "test split, else all of it]", show_default=False)] = None,
     val_split: Annotated[float | None, typer.Option(
-        "--val-split", help="Evaluate the fraction that `vit train --val-split` (default 0.1) "
-        "held out of this data, carved again with the same --seed.",
+        "--val-split", help="Evaluate the fraction that `vit train --val-split` (0.1 by "
+        "default) held out of this data, carved again with the same --seed.",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="The training run's --seed, with "
                                       "--val-split.")] = 0,
@@ -44,8 +44,8 @@ def evaluate(
 ) -> None:
     """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
 
-    Preprocessing and class names come from the model file. Results go to --out (default: a
-    new runs/eval/<model>-on-<data> folder): metrics.json, per_class.csv, misclassified.csv,
+    Preprocessing and class names come from the model file. Results go to --out, else to a new
+    runs/eval/<model>-on-<data> folder: metrics.json, per_class.csv, misclassified.csv,
     confusion_matrix.png, reliability.png and coverage.png. Probabilities use the model
     file's temperature; ECE, NLL and Brier are shown before and after it, and the share of
     images called unknown when the file has that rule.

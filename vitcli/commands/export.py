@@ -18,7 +18,7 @@ def export(
                                         show_default=False)],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output .onnx file. Default: beside the model, same name.",
+        "--out", "-o", help="Output .onnx file. [default: beside the model, same name]",
         show_default=False)] = None,
     opset: Annotated[int, typer.Option("--opset", min=1, max=1000, help="ONNX opset version (17 or newer).")] = 20,
     batch: Annotated[str, typer.Option(

@@ -22,20 +22,19 @@ PREVIEW_CELLS = 28  # widest terminal preview, in patches (two characters each)
 def patchify(
     image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).",
                                           show_default=False)],
-    # Defaults in (parentheses): Rich help would read "[default: ...]" as a markup tag.
     patch: Annotated[int | None, typer.Option(
-        "--patch", "-p", min=1, max=1024, help="Patch size in pixels (default: the preset's, else 16; "
-        "a model file's own with --model).", show_default=False)] = None,
+        "--patch", "-p", min=1, max=1024, help="Patch size in pixels. [default: the preset's, "
+        "else 16; a model file's own with --model]", show_default=False)] = None,
     size: Annotated[int | None, typer.Option(
-        "--size", "-s", min=1, max=8192, help="Model input size in pixels (default: the preset's, else 224; "
-        "a model file's own with --model).", show_default=False)] = None,
+        "--size", "-s", min=1, max=8192, help="Model input size in pixels. [default: the "
+        "preset's, else 224; a model file's own with --model]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Architecture for the width and GFLOPs figures "
-        "(default: the preset nearest --patch/--size, e.g. vit-b16).",
+        "[default: the preset nearest --patch/--size, e.g. vit-b16]",
         show_default=False)] = None,
     model: ModelOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for the two pictures (default: ./patchify-out).",
+        "--out", "-o", help="Folder for the two pictures. [default: ./patchify-out]",
         show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""

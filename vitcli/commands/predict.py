@@ -30,8 +30,8 @@ def predict(
         show_default=False)],
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="A vitcli model file: .safetensors (PyTorch) or .onnx "
-        "(onnxruntime, no torch) (default: weights/best.safetensors of the newest run in "
-        "runs/train).", show_default=False)] = None,  # no long path: help must not be cut
+        "(onnxruntime, no torch). [default: weights/best.safetensors of the newest run in "
+        "runs/train]", show_default=False)] = None,  # no long path: help must not be cut
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=100_000,
                                       help="How many labels to show per image.")] = 5,
     as_json: Annotated[bool, typer.Option(
@@ -51,7 +51,7 @@ def predict(
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(
         "--unknown", help="on|off: call images beyond the model file's out-of-distribution "
-        "threshold 'unknown' (default: on when the file has the rule).",
+        "threshold 'unknown'. [default: on when the file has the rule]",
         show_default=False)] = None,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
