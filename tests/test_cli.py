@@ -144,6 +144,13 @@ def test_patchify_size_not_divisible_names_nearest_sizes(tmp_path, image_file):
     assert not (tmp_path / "out").exists()
 
 
+def test_patchify_patch_larger_than_the_image_says_so(tmp_path, image_file):
+    result = run("patchify", image_file, "--patch", 300, "--out", tmp_path / "out")
+    assert_one_line_error(result, 2, "is larger than the 224 px input; use a patch of at most "
+                                     "224 px")
+    assert "divisible" not in result.output and "nearest valid" not in result.output
+
+
 def test_patchify_missing_image_fails_with_one_line(tmp_path):
     missing = tmp_path / "nope.jpg"
     assert_one_line_error(run("patchify", missing, "--out", tmp_path), 1, str(missing))

@@ -81,10 +81,16 @@ def test_from_dict_ignores_keys_from_newer_versions():
 
 
 def test_size_not_divisible_names_nearest_valid_sizes():
-    with pytest.raises(UsageError, match="nearest valid sizes: 224, 240"):
+    with pytest.raises(UsageError, match="nearest valid sizes: 224 or 240"):
         ViTConfig(image_size=225, patch_size=16)
     assert nearest_sizes(225, 16) == [224, 240]
     assert nearest_sizes(5, 16) == [16]
+
+
+def test_patch_larger_than_the_image_says_so():
+    with pytest.raises(UsageError, match="patch size 300 is larger than the 224 px input; "
+                       "use a patch of at most 224 px"):
+        ViTConfig(image_size=224, patch_size=300)
 
 
 @pytest.mark.parametrize("changes, message", [

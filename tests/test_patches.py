@@ -70,6 +70,7 @@ def test_plan_with_a_preset_alone_uses_its_sizes():
 @pytest.mark.parametrize("size, patch, message", [
     (225, 16, "nearest valid sizes: 224 or 240"),
     (30, 16, "nearest valid sizes: 16 or 32"),
+    (224, 300, "patch size 300 is larger than the 224 px input; use a patch of at most 224"),
     (512, 2, "at most 4,096"),
     (0, 16, "positive"),
 ])

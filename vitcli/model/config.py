@@ -91,10 +91,7 @@ class ViTConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UsageError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.image_size % self.patch_size:
-            raise UsageError(
-                f"image size {self.image_size} is not divisible by patch size {self.patch_size}; "
-                f"nearest valid sizes: {', '.join(map(str, nearest_sizes(self.image_size, self.patch_size)))}"
-            )
+            raise UsageError(size_mismatch(self.image_size, self.patch_size))
         if self.embed_dim % self.num_heads:
             raise UsageError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
@@ -272,6 +269,15 @@ def fits_json_type(value: Any, expected: type) -> bool:
     if expected is float:
         return isinstance(value, (int, float))
     return isinstance(value, expected)
+
+
+def size_mismatch(size: int, patch: int) -> str:
+    """What is wrong when `size` px cannot be cut into `patch` px patches, and what to use."""
+    if patch > size:  # no multiple of the patch is near: the patch is what is wrong
+        return (f"patch size {patch} is larger than the {size} px input; use a patch of at "
+                f"most {size} px (16 is the usual)")
+    near = " or ".join(map(str, nearest_sizes(size, patch)))
+    return f"image size {size} is not divisible by patch size {patch}; nearest valid sizes: {near}"
 
 
 def nearest_sizes(size: int, patch: int) -> list[int]:

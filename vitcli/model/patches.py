@@ -26,7 +26,7 @@ from vitcli.model.config import (
     count_params,
     get_preset,
     gflops,
-    nearest_sizes,
+    size_mismatch,
 )
 from vitcli.model.preprocess import Preprocessing
 
@@ -137,9 +137,7 @@ def _check_sizes(size: int, patch: int) -> None:
     if patch <= 0 or size <= 0:
         raise UsageError("--size and --patch must be positive")
     if size % patch:
-        near = " or ".join(map(str, nearest_sizes(size, patch)))
-        raise UsageError(f"image size {size} is not divisible by patch size {patch}; "
-                         f"nearest valid sizes: {near}")
+        raise UsageError(size_mismatch(size, patch))
     if (size // patch) ** 2 > MAX_PATCHES:
         raise UsageError(f"{size} px with {patch} px patches gives {(size // patch) ** 2:,} "
                          f"patches (at most {MAX_PATCHES:,}); use bigger patches or a smaller size")
