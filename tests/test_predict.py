@@ -329,3 +329,29 @@ def test_predict_summary_for_topk_1_has_no_empty_column(models):
     assert code == 0 and "probability" in out and "next best" not in out
     code, out, _ = run(str(images), "-m", str(onnx), "--topk", "2")
     assert code == 0 and "next best" in out
+
+
+def test_precision_line_says_the_default_when_not_asked(models):
+    st, _, images = models
+    code, _, err = run(str(images / "circle"), "--model", str(st))
+    assert code == 0 and "precision fp32 (the default)" in err and "asked for" not in err
+    code, _, err = run(str(images / "circle"), "--model", str(st), "--precision", "fp32")
+    assert code == 0 and "precision fp32 (asked for)" in err
+
+
+def test_unknown_scores_have_two_decimals(capsys):
+    from vitcli.commands.predict import MANY, _show
+    from vitcli.deploy.predict import Prediction
+
+    scores = [6, 5.1, 9.3, 6.86, 12.345]
+    results = [Prediction(Path(f"images/{i}.png"), labels=["a", "b"], probabilities=[0.9, 0.1],
+                          score=scores[i % len(scores)], threshold=8.0, unknown=False)
+               for i in range(MANY + 1)]
+    _show(results, many=True)
+    out = capsys.readouterr().out
+    for text in ("6.00", "5.10", "9.30", "6.86", "12.35"):
+        assert f" {text}" in out, out
+    _show(results[:1], many=False)  # not unknown: no score line
+    results[0].unknown = True
+    _show(results[:1], many=False)
+    assert "score 6.00 > threshold 8.00" in capsys.readouterr().out

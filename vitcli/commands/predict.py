@@ -25,6 +25,7 @@ MANY = 8  # above this many images: one table and a progress bar instead of a ta
 
 
 def predict(
+    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(
         help="Image files, folders (searched recursively) or glob patterns (quote them).",
         show_default=False)],
@@ -136,8 +137,10 @@ def predict(
                           f"(attention of the {explained[0].source_row})", highlight=False)
     chosen = getattr(backend, "precision", None)  # PyTorch only: ONNX runs as exported
     if chosen is not None and not as_json and ok:
-        err_console.print(f"PyTorch on {backend.device}, precision {chosen}",  # type: ignore[attr-defined]
-                          highlight=False)
+        source = ctx.get_parameter_source("precision")  # fp32 unasked is not "asked for"
+        why = "the default" if source is not None and source.name == "DEFAULT" else chosen.reason
+        where = backend.device  # type: ignore[attr-defined]
+        err_console.print(f"PyTorch on {where}, precision {chosen.name} ({why})", highlight=False)
     failed = sum(not r.ok for r in results)
     if failed:
         raise VitError(f"{failed} of {len(results)} input(s) could not be predicted")
@@ -206,8 +209,8 @@ def _show(results: list[Prediction], many: bool) -> None:
             # table's width, which broke long paths mid-word on narrow or piped output.
             console.print(Text(plain(r.path), style="bold"), soft_wrap=True)
             if r.unknown:  # the answer first; the classes below are what it resembles most
-                console.print(Text(plain(f"unknown (nearest: {r.labels[0]}, score {r.score:.3g} "
-                                         f"> threshold {r.threshold:.3g})"), style="yellow"),
+                console.print(Text(plain(f"unknown (nearest: {r.labels[0]}, score {r.score:.2f} "
+                                         f"> threshold {r.threshold:.2f})"), style="yellow"),
                               soft_wrap=True)
             table = Table(box=box.SIMPLE_HEAD)
             table.add_column("#", justify="right")
@@ -241,7 +244,7 @@ def _show(results: list[Prediction], many: bool) -> None:
             row.append(", ".join(f"{safe(label)} {p:.2f}" for label, p in
                                  zip(r.labels[1:], r.probabilities[1:])))
         if scored:
-            row.append(f"{r.score:.3g}" if r.score is not None else "")
+            row.append(f"{r.score:.2f}" if r.score is not None else "")  # aligned decimals
         table.add_row(*row)
     console.print(table)
 
