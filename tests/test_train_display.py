@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,3 +84,18 @@ def test_summary_time_is_in_seconds_for_a_short_run(tmp_path):
                              run_dir=tmp_path, options=None)
     print_summary(Console(file=buffer, width=100), result)
     assert "2.5 s" in buffer.getvalue() and "0.0 min" not in buffer.getvalue()
+
+
+def test_one_epoch_of_one_step_is_singular():
+    from vitcli.commands._common import plural
+
+    assert plural(1, "step") == "1 step" and plural(1_024, "step") == "1,024 steps"
+    assert plural(1, "class", "classes") == "1 class" and plural(3, "class", "classes") == "3 classes"
+    d, out = display()
+    start(d, epochs=1, steps_per_epoch=1, total_steps=1,
+          config=ViTConfig(image_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=1,
+                           num_classes=1))
+    d("schedule", total_steps=1, epochs=1, seconds_per_step=0.2)
+    text = " ".join(out.getvalue().split())
+    assert "1 epoch × 1 step = 1 step (" in text and "time budget: 1 step (~1 epoch)" in text
+    assert not re.search(r"\b1 (epochs|steps|heads|classes)\b", text), text

@@ -89,6 +89,12 @@ JsonOpt = Annotated[
 ]
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 step', '2 steps', '1,024 steps'; `nouns` for a plural that is not noun + s
+    (plural(1, "class", "classes"))."""
+    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def _metavar(param: Any) -> str:
     """A short value name for the help's type column: N, X, PATH or TEXT, with its range."""
     desc = param.type_descriptor

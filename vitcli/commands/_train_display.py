@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vitcli.commands._common import console as out_console
+from vitcli.commands._common import plural
 from vitcli.commands._common import safe as escape
 
 LOG_EVERY_S = 30.0  # without a terminal (a log file), a progress line at most this often
@@ -36,10 +37,6 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {sec:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def _steps(n: int) -> str:
-    return f"{n:,} step" if n == 1 else f"{n:,} steps"
 
 
 class Display:
@@ -102,7 +99,8 @@ class Display:
             self.budget_shown = False  # the new batch's schedule is said again
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True
-            print_(f"time budget: {f['total_steps']:,} steps (~{f['epochs']} epochs) at "
+            print_(f"time budget: {plural(f['total_steps'], 'step')} "
+                   f"(~{plural(f['epochs'], 'epoch')}) at "
                    f"{f['seconds_per_step'] * 1000:.0f} ms/step", highlight=False)
         elif kind == "calibrated":
             t = f["trust"]
@@ -111,7 +109,7 @@ class Display:
                        "unknown rule", highlight=False, soft_wrap=True)
             else:
                 c = t.calibration
-                print_(f"calibrated on {t.val_images:,} validation images: temperature "
+                print_(f"calibrated on {plural(t.val_images, 'validation image')}: temperature "
                        f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
                        f"unknown beyond score {t.ood.threshold:.3g} "
                        f"({t.ood.quantile:.1%} of them pass)", highlight=False, soft_wrap=True)
@@ -135,8 +133,8 @@ class Display:
                soft_wrap=True)  # one line in a log, however long the folder name
         grid = c.image_size // c.patch_size
         print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
-               f"{c.depth}×{c.embed_dim} ({c.num_heads} heads), {c.in_channels} channel(s), "
-               f"{c.num_classes} classes", highlight=False)
+               f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {c.in_channels} channel(s), "
+               f"{plural(c.num_classes, 'class', 'classes')}", highlight=False)
         procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
         precision = f", precision {f['precision']}" if f.get("precision") else ""
         threads = (f", {f['threads']} CPU thread(s) ({escape(f['threads_reason'])})"
@@ -145,11 +143,11 @@ class Display:
                f"({f['schedule']} decay), {f['device']}{procs}{precision}{threads}", highlight=False,
                soft_wrap=True)
         if f.get("time_budget"):
-            plan = (f"{_steps(f['steps_per_epoch'])} an epoch; the number of steps is fitted "
+            plan = (f"{plural(f['steps_per_epoch'], 'step')} an epoch; the number of steps is fitted "
                     f"to --time-budget {f['time_budget']:g} min once the speed is measured")
         else:
-            plan = (f"{f['epochs']} epochs × {_steps(f['steps_per_epoch'])} = "
-                    f"{f['total_steps']:,} steps ({escape(f['epochs_reason'])})")
+            plan = (f"{plural(f['epochs'], 'epoch')} × {plural(f['steps_per_epoch'], 'step')} = "
+                    f"{plural(f['total_steps'], 'step')} ({escape(f['epochs_reason'])})")
         print_(f"[bold]schedule[/] {plan}", highlight=False, soft_wrap=True)
         self._bar("training", f["total_steps"], f["resumed_step"],
                   info="first step running…")

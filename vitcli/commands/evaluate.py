@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, JsonOpt, ModelOpt, OutDirOpt, PrecisionOpt
+from vitcli.commands._common import (
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OutDirOpt,
+    PrecisionOpt,
+    plural,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -119,9 +126,9 @@ def render(report: EvalReport, *, show: int = 20) -> None:
     from vitcli.commands._common import safe as escape
 
     m = report.metrics
-    data = report.description or f"{report.data}: {m.num_images:,} images"
+    data = report.description or f"{report.data}: {plural(m.num_images, 'image')}"
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
-                  f"{len(m.class_names)} classes, {report.device}, "
+                  f"{plural(len(m.class_names), 'class', 'classes')}, {report.device}, "
                   f"precision {report.precision}"
                   f"{f' ({report.precision_reason})' if report.precision_reason else ''}, "
                   f"{m.num_images / max(report.seconds, 1e-9):,.0f} images/s", highlight=False)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import PrecisionOpt
+from vitcli.commands._common import PrecisionOpt, plural
 
 if TYPE_CHECKING:
     from vitcli.deploy.export import ExportReport
@@ -79,12 +79,12 @@ def show_report(report: ExportReport) -> None:
     d = report.data
     if d is None:
         return
-    table = Table(title=safe(d.description) or f"{d.images} images", title_justify="left",
+    table = Table(title=safe(d.description) or plural(d.images, "image"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("back end", "accuracy", "top-1 agreement"):
         table.add_column(col, justify="left" if col == "back end" else "right")
     table.add_row("PyTorch fp32", f"{d.torch_accuracy:.2%}", "reference")
-    ties = f" ({d.ties} numerical ties)" if d.ties else ""
+    ties = f" ({plural(d.ties, 'numerical tie')})" if d.ties else ""
     table.add_row("ONNX fp32", f"{d.onnx_accuracy:.2%}", f"{d.agreement:.2%} vs PyTorch{ties}")
     if d.int8_accuracy is not None and d.int8_agreement is not None:
         table.add_row("ONNX int8", f"{d.int8_accuracy:.2%}",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import ModelOpt
+from vitcli.commands._common import ModelOpt, plural
 
 if TYPE_CHECKING:  # heavy or numpy-using imports stay out of `vit --help`
     import numpy as np
@@ -72,16 +72,16 @@ def _summary(result: PatchifyResult) -> Table:
     table.add_row("original", f"{w}×{h} px")
     table.add_row("model input", f"{c.image_size}×{c.image_size}×{c.in_channels} "
                   f"({pre.describe()})")
-    table.add_row("grid", f"{rows} rows × {cols} columns of {P}×{P} px patches")
-    extra = [f"{n} {what}" for n, what in ((int(c.class_token), "class token"),
-                                           (int(c.distilled), "distillation token"),
-                                           (c.reg_tokens, "register tokens")) if n]
+    table.add_row("grid", f"{plural(rows, 'row')} × {plural(cols, 'column')} of {P}×{P} px "
+                  "patches")
+    extra = [plural(n, what) for n, what in ((int(c.class_token), "class token"),
+                                             (int(c.distilled), "distillation token"),
+                                             (c.reg_tokens, "register token")) if n]
     cls = " + " + " + ".join(extra) if extra else " (no class token)"
-    table.add_row("patches / tokens", f"{result.num_patches} patches{cls} = "
-                  f"{result.num_tokens} tokens")
+    table.add_row("patches / tokens", f"{plural(result.num_patches, 'patch', 'patches')}{cls} = "
+                  f"{plural(result.num_tokens, 'token')}")
     table.add_row("patch vector", f"P·P·C = {P}·{P}·{c.in_channels} = {result.patch_dim} values")
-    blocks = (f"{c.depth} block{'s' * (c.depth != 1)}, "
-              f"{c.num_heads} head{'s' * (c.num_heads != 1)}")
+    blocks = f"{plural(c.depth, 'block')}, {plural(c.num_heads, 'head')}"
     source = {"overlap": f"{c.token_input_dim} ({P + 2}×{P + 2} px overlapping windows) ",
               "shifted": f"{c.token_input_dim} (5 × {result.patch_dim}: the patch and 4 shifted "
                          "copies) "}.get(c.patch_embed, f"{result.patch_dim} ")

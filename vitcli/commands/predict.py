@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, writing
+from vitcli.commands._common import DeviceOpt, plural, writing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -224,7 +224,7 @@ def _show(results: list[Prediction], many: bool) -> None:
     # The folder once, on a line of its own (never wrapped); the rows name files within it,
     # so that long folder names do not fold every row into four lines.
     where = f" in {root}{os.sep}" if root is not None else ""
-    console.print(Text(plain(f"{len(ok)} images{where}"), style="bold"), soft_wrap=True)
+    console.print(Text(plain(f"{plural(len(ok), 'image')}{where}"), style="bold"), soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
     table.add_column("label")
