@@ -49,16 +49,18 @@ def test_patch_colours_are_the_patch_means():
 def test_default_plan_is_vit_b16_at_224():
     setup = plan()
     assert (setup.config.patch_size, setup.config.image_size) == (16, 224)
-    assert setup.source == "preset vit-b16" and setup.params == 86_567_656
+    assert setup.source == "preset vit-b16 (1000-class head)" and setup.params == 86_567_656
 
 
 def test_plan_picks_the_nearest_preset_and_uses_the_given_sizes():
     setup = plan(patch_size=4, image_size=32)
-    assert setup.source == "preset vit-nano"
+    # counted with the 1000-class head `vit models` uses (vit-nano's own config has 10)
+    assert setup.source == "preset vit-nano (1000-class head)" and setup.params == 938_856
     assert nearest_preset(14, 224).name == "vit-h14"
     assert nearest_preset(32, 224).name == "vit-b32"
     setup = plan(patch_size=8, image_size=32)  # vit-mini's encoder at 32 px
-    assert setup.source == "preset vit-mini" and setup.config.num_patches == 16
+    assert setup.source == "preset vit-mini (1000-class head)"
+    assert setup.config.num_patches == 16
 
 
 def test_plan_with_a_preset_alone_uses_its_sizes():

@@ -77,6 +77,9 @@ def patch_colours(pixels: np.ndarray, patch_size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- the setup
 
 
+PRESET_HEAD_CLASSES = 1000  # the head `vit models` counts presets with
+
+
 @dataclass
 class PatchPlan:
     """What the model sees: architecture (for the figures) and preprocessing (for pixels)."""
@@ -104,9 +107,12 @@ def plan(*, patch_size: int | None = None, image_size: int | None = None,
     size = image_size if image_size is not None else (base.image_size if base else 224)
     _check_sizes(size, patch)
     chosen = get_preset(preset) if preset else nearest_preset(patch, size)
-    config = chosen.config.replace(image_size=size, patch_size=patch, in_channels=3)
+    # A 1000-class head, as `vit models` counts presets (vit-nano's own config has 10).
+    config = chosen.config.replace(image_size=size, patch_size=patch, in_channels=3,
+                                   num_classes=PRESET_HEAD_CLASSES)
     return PatchPlan(config=config, preprocessing=Preprocessing(image_size=size),
-                     source=f"preset {chosen.name}", params=count_params(config))
+                     source=f"preset {chosen.name} ({PRESET_HEAD_CLASSES}-class head)",
+                     params=count_params(config))
 
 
 def _plan_from_model(path: Path, patch_size: int | None, image_size: int | None) -> PatchPlan:
