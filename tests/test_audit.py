@@ -171,6 +171,9 @@ def test_cli_exit_codes_contact_sheets_json_and_escaped_names(planted: Path, tmp
                                   "--cache-dir", str(tmp_path / "cache")])
     assert ok.exit_code == 0, ok.output
     assert "clean" in ok.stdout and not list((tmp_path / "out2").glob("groups/*.png"))
+    # the summary breaks between facts ("bits 8 / 600" once wrapped inside one)
+    facts = next(line for line in ok.stdout.splitlines() if line.startswith("colour modes"))
+    assert "; bit depths 8-bit " in facts
 
 
 def test_cli_mistakes_are_one_line(tmp_path: Path):

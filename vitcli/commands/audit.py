@@ -125,12 +125,17 @@ def render(report: AuditReport) -> None:
     console.print(table)
     s = report.summary()
     if s:
-        console.print(
-            f"sizes {s['width']['min']}–{s['width']['max']} × {s['height']['min']}–"
-            f"{s['height']['max']} px (most common {', '.join(s['sizes'])}); aspect "
-            f"{s['aspect_ratio']['min']:g}–{s['aspect_ratio']['max']:g}; modes "
-            + ", ".join(f"{safe(k)} {v:,}" for k, v in s["modes"].items()) + "; bits "
-            + ", ".join(f"{k} {v:,}" for k, v in s["bits"].items()), highlight=False)
+        def span(field: str, fmt: str = "") -> str:  # "32" or "28–640"
+            low, high = s[field]["min"], s[field]["max"]
+            return f"{low:{fmt}}" if low == high else f"{low:{fmt}}–{high:{fmt}}"
+
+        # Short lines that break between facts, not inside one, in an 80-column terminal.
+        console.print(f"sizes {span('width')} × {span('height')} px (most common "
+                      f"{', '.join(s['sizes'])}); aspect ratio {span('aspect_ratio', 'g')}",
+                      highlight=False)
+        console.print("colour modes " + ", ".join(f"{safe(k)} {v:,}" for k, v in s["modes"].items())
+                      + "; bit depths " + ", ".join(f"{k}-bit {v:,}" for k, v in s["bits"].items()),
+                      highlight=False)
     bad = report.unreadable
     if bad:
         console.print(f"[yellow]{len(bad):,} unreadable file(s)[/], first: "
