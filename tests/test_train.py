@@ -834,3 +834,49 @@ def test_resuming_a_run_that_ended_says_so_and_changes_nothing(tmp_path: Path, b
     assert again.steps == result.steps and again.stopped == "completed"
     assert any("already ended at step" in s and "--init" in s for s in said), said
     assert best.read_bytes() == before  # no new calibration, no rewrite
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_the_measured_fit_stops_with_the_history_rather_than_a_smaller_batch(
+        tmp_path, monkeypatch):
+    """A Ctrl-C in the step whose flush finished the speed measurement once let the run start
+    again at a smaller batch: metrics.csv lost its rows and the summary said 0 epochs."""
+    from contextlib import contextmanager
+
+    import vitcli.training.loop as loop
+    import vitcli.training.trainer as trainer_module
+
+    data = bar_folder(tmp_path / "many", per_class=40)  # 108 train images: 1 step an epoch
+    monkeypatch.setattr(loop.time, "perf_counter", _slow_clock(step_s=0.1))
+    steps = []
+
+    @contextmanager
+    def ctrl_c_at_step_12(on_first):
+        yield lambda: len(steps) >= 11  # asked in the 12th step's flush, the measured fit's
+
+    monkeypatch.setattr(trainer_module, "_graceful_interrupt", ctrl_c_at_step_12)
+    kinds = []
+
+    def on_event(kind, **f):
+        kinds.append(kind)
+        if kind == "step":
+            steps.append(f["step"])
+
+    result = train(options(tmp_path, data, batch_size=None, epochs=None, time_budget=0.2),
+                   on_event=on_event)
+    assert "batch" not in kinds and result.stopped == "interrupted"
+    assert result.options.batch_size == 256 and result.epochs >= 11  # the recipe's, not halved
+    assert len(read_metrics(result.run_dir / "metrics.csv")) == result.epochs
+
+
+def test_the_class_balance_note_names_two_different_classes_or_none():
+    """Balanced data once read "'circle' has 80 training images, 'circle' 80 (ratio 1:1)"."""
+    from vitcli.training.setup import imbalance_note
+
+    names = ["circle", "square", "ring"]
+    weights = TrainOptions(data="x", class_weights="auto")
+    level, line = imbalance_note(np.repeat([0, 1, 2], 80), names, weights)
+    assert line.endswith("every class has 80 training images (ratio 1:1)") and "'" not in line
+    level, line = imbalance_note(np.repeat([0, 1, 2], [80, 8, 40]), names, weights)
+    assert "'circle' has 80 training images, 'square' 8 (ratio 10:1)" in line
+    assert imbalance_note(np.repeat([0, 1, 2], 80), names, TrainOptions(data="x")) is None

@@ -457,7 +457,8 @@ class Trainer:
         from vitcli.training.runs import read_json, write_json
 
         if ("batch_size" not in self.chosen or self.env.world_size > 1
-                or self.session_start_step or self.probe_mode is not None):
+                or self.session_start_step or self.probe_mode is not None
+                or self.stop_requested()):  # Ctrl-C: stop with the history, do not start again
             return False
         total = steps_in_budget(
             budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
@@ -514,9 +515,9 @@ class Trainer:
             f"only {total:,} steps of {old} images fit in --time-budget "
             f"{self.options.time_budget:g} min ({sec_per_step * 1000:,.0f} ms a step{busy}), "
             f"and a model needs about {MIN_STEPS} to learn: going on at batch {new} "
-            f"(lr {self.options.peak_lr:.3g}), which fits about {left * old // new:,} steps, "
-            f"from the weights trained so far; epochs, steps and metrics.csv count again "
-            f"from here"))
+            f"(lr {self.options.peak_lr:.3g}), up to {old // new}× as many steps, from the "
+            f"weights trained so far; epochs, steps and metrics.csv count again from here"))
+        self.first_fit = -1  # said: the few-steps warning speaks only if it gets slower still
         return True
 
     def _few_steps_warning(self, total: int, sec_per_step: float) -> str | None:
@@ -528,6 +529,9 @@ class Trainer:
         first = self.first_fit is None
         if first and "batch_size" in self.chosen and self.sec_per_step is None:
             return None  # not measured yet, and a smaller batch may still come (_shrink_batch)
+        if self.first_fit == -1:  # the smaller batch's first fit, after its own warning
+            self.first_fit = total
+            return None
         if first:
             self.first_fit = total
             if total >= FEW_STEPS:

@@ -199,8 +199,11 @@ def imbalance_note(labels: np.ndarray, class_names: list[str],
     counts = class_counts(labels, len(class_names))
     ratio = imbalance_ratio(counts)
     big, small = int(np.argmax(counts)), int(np.argmin(counts))
-    sizes = (f"{class_names[big]!r} has {counts[big]:,} training images, {class_names[small]!r} "
-             f"{counts[small]:,} (ratio {ratio:.3g}:1)")
+    if counts[big] == counts[small]:  # balanced: there is no largest and smallest to name
+        sizes = f"every class has {counts[big]:,} training images (ratio 1:1)"
+    else:
+        sizes = (f"{class_names[big]!r} has {counts[big]:,} training images, "
+                 f"{class_names[small]!r} {counts[small]:,} (ratio {ratio:.3g}:1)")
     if options.class_weights == "auto":
         return "info", f"class weights by effective number of samples: {sizes}"
     if options.sampler == "balanced":
