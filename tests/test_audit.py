@@ -275,6 +275,11 @@ def test_model_features_group_look_alikes_without_failing(planted: Path, tmp_pat
     model = [g for g in data["groups"] if g["kind"] == "model"]
     assert all(not g["fails"] and g["match"] == "features" for g in model)
     assert len(data["groups"]) == 6 + len(model)  # the planted groups are all still there
+    # the summary counts copies and look-alikes apart, matching the groups it lists
+    line = next(x for x in result.stdout.splitlines() if "duplicate group" in x)
+    assert line.startswith("6 duplicate groups, ")
+    if model:
+        assert f"; {len(model)} look-alike group" in line
     clean = clean_folder(tmp_path / "clean", seed=4)
     ok = CliRunner().invoke(app, ["audit", str(clean), "--out", str(tmp_path / "o2"), "--model",
                                   str(tiny_model_file), "--device", "cpu", "--cache-dir",

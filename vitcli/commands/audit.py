@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, JsonOpt, OutDirOpt
+from vitcli.commands._common import DeviceOpt, JsonOpt, OutDirOpt, plural
 
 if TYPE_CHECKING:
     from vitcli.data.audit import AuditReport
@@ -143,8 +143,14 @@ def render(report: AuditReport) -> None:
                       highlight=False,
                       soft_wrap=True)
     failing = sum(g.fails for g in report.groups)
-    console.print(f"{len(report.groups):,} duplicate group(s), {failing:,} across splits or "
-                  "classes", highlight=False)
+    alike = sum(g.kind == "model" for g in report.groups)
+    copies = len(report.groups) - alike
+    # Look-alikes by the model's features are reported, never failing: counted apart from
+    # the exact and near copies, so that the counts match the groups listed below.
+    console.print(f"{plural(copies, 'duplicate group')}, {failing:,} of them across splits "
+                  "or classes (these fail the audit)"
+                  + (f"; {plural(alike, 'look-alike group')} by the model's features "
+                     "(reported only)" if alike else ""), highlight=False)
     for n, group in enumerate(report.groups[:SHOW_GROUPS], 1):
         style = "red" if group.fails else "yellow"
         console.print(f"[{style}]{n}. {group_title(group)}[/]", highlight=False)
