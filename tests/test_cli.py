@@ -233,3 +233,23 @@ def test_patchify_terminal_preview_is_one_block_per_patch_in_its_mean_colour():
     assert styles[0] == "on rgb(0,1,2)" and styles[5] == "on rgb(15,16,17)"  # row 1, col 1
     wide = _preview(np.zeros((64, 64, 3), np.uint8))  # a 64×64 grid is thinned to fit
     assert len(wide.plain.splitlines()[0]) <= 2 * PREVIEW_CELLS
+
+
+def test_one_failing_input_is_one_error_line(tiny_model_file, tmp_path):
+    """`vit predict nothere.png` printed the file's error and then '1 of 1 input(s) could
+    not be predicted': the README promises one line."""
+    result = run("predict", str(tmp_path / "nothere.png"), "--model", str(tiny_model_file))
+    assert result.exit_code == 1
+    assert result.output.count("error:") == 1 and "no such file" in result.output
+
+
+def test_export_of_an_onnx_file_says_what_export_reads(tmp_path):
+    """`vit export -m model.onnx` (default --out = the same name) said '--out ... is the same
+    file as --model'; it is an ONNX file already, and export reads a .safetensors file."""
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not really")
+    result = run("export", "--onnx", "-m", str(onnx_file))
+    assert result.exit_code != 0 and result.output.count("error:") == 1
+    assert "already an ONNX file" in result.output and "same file" not in result.output
+    help_text = run("export", "--help").output
+    assert "17 or newer" not in help_text and "17–1,000" in help_text

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import PrecisionOpt, plural
+from vitcli.commands._common import plural
+from vitcli.deploy.export import DEFAULT_OPSET, MAX_FIXED_BATCH, MIN_OPSET
 
 if TYPE_CHECKING:
     from vitcli.deploy.export import ExportReport
@@ -16,20 +17,25 @@ if TYPE_CHECKING:
 def export(
     model: Annotated[Path, typer.Option("--model", "-m", help="The .safetensors model file.",
                                         show_default=False)],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format).")] = False,
+    onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format so far; required).")] = False,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output .onnx file. [default: beside the model, same name]",
         show_default=False)] = None,
-    opset: Annotated[int, typer.Option("--opset", min=1, max=1000, help="ONNX opset version (17 or newer).")] = 20,
+    opset: Annotated[int, typer.Option("--opset", min=MIN_OPSET, max=1000,
+                                       help="ONNX opset version.")] = DEFAULT_OPSET,
     batch: Annotated[str, typer.Option(
-        "--batch", help="'dynamic' for any batch size, or a fixed batch size N.")] = "dynamic",
+        "--batch", help="'dynamic' for any batch size, or a fixed batch size N "
+                        f"(1-{MAX_FIXED_BATCH:,}).")] = "dynamic",
     int8: Annotated[bool, typer.Option(
-        "--int8", help="Also write a dynamically quantized int8 file "
-                       "(model.int8.onnx; for onnxruntime).")] = False,
+        "--int8", help="Also write a dynamically quantized int8 file beside --out "
+                       "(model.onnx → model.int8.onnx; for onnxruntime).")] = False,
     data: Annotated[Path | None, typer.Option(
         "--data", help="Labelled images (class sub-folders) to compare the back ends on.",
         show_default=False)] = None,
-    precision: PrecisionOpt = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="Which PyTorch latencies the table lists beside the ONNX files: "
+        "fp32 always; bf16 autocast too with bf16, or with auto on a CPU with bf16 matrix "
+        "units. The ONNX graph is fp32 and checked against PyTorch fp32 either way.")] = "auto",
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
     from vitcli.commands._common import err_console, safe, writing

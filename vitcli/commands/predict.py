@@ -142,6 +142,10 @@ def predict(
         where = backend.device  # type: ignore[attr-defined]
         err_console.print(f"PyTorch on {where}, precision {chosen.name} ({why})", highlight=False)
     failed = sum(not r.ok for r in results)
+    if failed and len(results) == 1:  # its own error line is the one line: exit 1, no other
+        from vitcli.errors import FAILURE
+
+        raise typer.Exit(FAILURE)
     if failed:
         raise VitError(f"{failed} of {len(results)} input(s) could not be predicted")
     if not results:

@@ -108,6 +108,9 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
+    if model_path.suffix.lower() == ".onnx":  # before --out, whose default is this very file
+        raise UsageError(f"--model {model_path}: already an ONNX file; export reads a vitcli "
+                         ".safetensors model file")
     out_path = Path(out) if out else default_output(model_path)
     if out_path.suffix.lower() != ".onnx":
         raise UsageError(f"--out {out_path}: the output file name must end in .onnx")
