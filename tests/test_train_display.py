@@ -27,7 +27,7 @@ def start(d: Display, **kw) -> None:
                   schedule="linear", device="cpu", world_size=1, amp="None", resumed_step=0,
                   total_steps=300, epochs_reason="500 images at batch 256 are 2 steps an "
                   "epoch: 150 epochs make the 300 steps a model needs to learn",
-                  time_budget=None, threads=1, threads_reason="1 of 2 core(s) free (load 3.0)")
+                  time_budget=None, threads=1, threads_reason="1 of 2 core(s) free, load 3.0")
     fields.update(kw)
     d("start", **fields)
 

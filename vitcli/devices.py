@@ -165,6 +165,6 @@ def choose_precision(requested: str, device: torch.device, *, embed_dim: int,
     if units is None:
         return Precision("fp32", "auto: this CPU has no bf16 matrix units")
     if embed_dim < BF16_MIN_EMBED_DIM:
-        return Precision("fp32", f"auto: {units} does not pay at width {embed_dim} "
-                                 f"(< {BF16_MIN_EMBED_DIM})")
+        return Precision("fp32", f"auto: {units} does not pay below width "
+                                 f"{BF16_MIN_EMBED_DIM}, and this model is {embed_dim} wide")
     return Precision("bf16", f"auto: {units} at width {embed_dim}")

@@ -92,7 +92,7 @@ class ThreadTuner:
             self.threads = guess
             load = load_average()
             self.reason = (f"{guess} of {self.cores} core(s) free"
-                           + (f" (load {load:.1f})" if load is not None else ""))
+                           + (f", load {load:.1f}" if load is not None else ""))
         self.set_threads(self.threads)
 
     @property

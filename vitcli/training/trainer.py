@@ -163,8 +163,8 @@ def _precision(options: TrainOptions, device: Any, embed_dim: int,
         return choose_precision(options.precision, device, embed_dim=embed_dim)
     recorded = resolved.get("precision")
     if recorded in ("fp32", "bf16"):
-        return Precision(recorded, f"kept from the run ({resolved.get('precision_reason', '')})"
-                         .replace(" ()", ""))
+        then = resolved.get("precision_reason", "")
+        return Precision(recorded, "kept from the run" + (f"; then {then}" if then else ""))
     legacy = "bf16" if autocast_dtype(device) is not None else "fp32"
     return Precision(legacy, "run saved before --precision: as it trained then")
 
