@@ -154,6 +154,11 @@ def test_predict_says_unknown_in_tables_json_and_csv(trained, which, tmp_path: P
 
     table = runner.invoke(app, ["predict", str(images / "noise_0.png"), "--model", str(model)])
     assert table.exit_code == 0 and "unknown (nearest: " in table.stdout
+    more = _folder(tmp_path / "more", {"in": sets["in"], "noise": sets["noise"]}, n=5)
+    summary = runner.invoke(app, ["predict", str(more), "--model", str(model)],
+                            env={"COLUMNS": "160"})  # 10 images: one table, a score column
+    threshold = rows["noise_0"]["threshold"]
+    assert f"unknown score (> {threshold:.2f}: unknown)" in summary.stdout  # its meaning
     csv_path = tmp_path / "out.csv"
     runner.invoke(app, ["predict", str(images), "--model", str(model), "--csv", str(csv_path)])
     with open(csv_path, newline="") as f:

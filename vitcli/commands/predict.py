@@ -237,8 +237,10 @@ def _show(results: list[Prediction], many: bool) -> None:
     if runners_up:
         table.add_column("next best")
     scored = any(r.score is not None for r in ok)
-    if scored:
-        table.add_column("unknown score", justify="right")
+    if scored:  # the threshold in the heading: a score means nothing without it
+        limits = {f"{r.threshold:.2f}" for r in ok if r.threshold is not None}
+        table.add_column("unknown score" + (f" (> {limits.pop()}: unknown)"
+                                            if len(limits) == 1 else ""), justify="right")
     for r in ok:
         name = r.path.relative_to(root) if root is not None else r.path
         # unknown: the nearest class and its probability stand beside the label
