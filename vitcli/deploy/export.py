@@ -68,6 +68,22 @@ def default_output(model_path: Path) -> Path:
     return model_path.with_suffix(".onnx")
 
 
+def _not_safetensors(path: Path) -> bool:
+    """Whether `path` is a regular file that does not start as safetensors does (a length,
+    then the JSON header's `{`), whatever its name says. Anything else (missing, a FIFO,
+    a folder) is left to the model-file checks, which say what it is."""
+    import stat
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read
+            return False
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return not (len(head) == 9 and head[8:9] == b"{")
+
+
 def int8_path_for(path: Path) -> Path:
     """model.onnx → model.int8.onnx beside it."""
     return path.with_suffix(".int8.onnx")
@@ -108,7 +124,8 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
-    if model_path.suffix.lower() == ".onnx":  # before --out, whose default is this very file
+    if model_path.suffix.lower() == ".onnx" and _not_safetensors(model_path):
+        # Said before --out, whose default is this very file ("the same file as --model").
         raise UsageError(f"--model {model_path}: already an ONNX file; export reads a vitcli "
                          ".safetensors model file")
     out_path = Path(out) if out else default_output(model_path)
