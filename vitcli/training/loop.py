@@ -52,6 +52,15 @@ class _SmallerBatch(Exception):  # noqa: N818 - control flow inside the loop, ne
     smaller batch (Trainer._shrink_batch)."""
 
 
+def _busy_clause() -> str:
+    """'; the machine is busy (load 2.4 on 2 core(s))' when other work holds the cores, else ''."""
+    from vitcli.training.threads import load_average, usable_cores
+
+    load = load_average()
+    return (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
+            if load is not None and load > usable_cores() * 0.75 else "")
+
+
 @dataclass
 class TrainResult:
     """How a run ended and where its files are."""
@@ -133,15 +142,8 @@ class Trainer:
                                     mean=pre.mean, std=pre.std,
                                     num_classes=prepared.config.num_classes,
                                     label_smoothing=options.label_smoothing)
-        self.optimizer = build_optimizer(self.model, lr=options.peak_lr,
-                                         weight_decay=options.weight_decay,
-                                         layer_decay=options.layer_decay,
-                                         kind=options.optimizer)
+        self._new_optimizer_and_schedule()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        total = self.epochs * self.steps_per_epoch
-        self.schedule = WarmupDecay(options.peak_lr,
-                                    warmup_steps_for(options.warmup, self.steps_per_epoch, total),
-                                    total, options.min_lr_ratio, options.schedule)
         self.ema = ModelEma(self.model, options.ema_decay) if options.ema else None
         # A linear probe without augmentation trains its head on features computed once
         # (vitcli/training/probe.py); `fit` computes them, `_step` then feeds them to the head.
@@ -178,6 +180,16 @@ class Trainer:
             self.tuner = ThreadTuner(torch.set_num_threads, fixed=options.threads)
         elif options.threads:
             torch.set_num_threads(options.threads)
+
+    def _new_optimizer_and_schedule(self) -> None:
+        """A fresh optimiser and warm-up + decay schedule for the options, batch and epochs."""
+        o = self.options
+        self.optimizer = build_optimizer(self.model, lr=o.peak_lr, weight_decay=o.weight_decay,
+                                         layer_decay=o.layer_decay, kind=o.optimizer)
+        total = self.epochs * self.steps_per_epoch
+        self.schedule = WarmupDecay(o.peak_lr,
+                                    warmup_steps_for(o.warmup, self.steps_per_epoch, total),
+                                    total, o.min_lr_ratio, o.schedule)
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         """The module each step calls: `module` under DDP and/or torch.compile as asked."""
@@ -427,14 +439,17 @@ class Trainer:
                 raise _SmallerBatch
             self._fit_budget(self.sec_per_step, end_seconds)
 
-    def _fit_budget(self, sec_per_step: float, end_seconds: float) -> None:
-        """Set the schedule's total steps so that the run ends within the budget."""
-        total = steps_in_budget(
+    def _steps_fitting(self, sec_per_step: float, end_seconds: float) -> int:
+        """The schedule's total steps that end this run within its --time-budget."""
+        return steps_in_budget(
             budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
             epoch_start=self.epochs_done * self.steps_per_epoch,
             steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
             end_seconds=end_seconds)
-        total = broadcast(total, self.env)
+
+    def _fit_budget(self, sec_per_step: float, end_seconds: float) -> None:
+        """Set the schedule's total steps so that the run ends within the budget."""
+        total = broadcast(self._steps_fitting(sec_per_step, end_seconds), self.env)
         self.schedule.total_steps = total
         self.schedule.warmup_steps = warmup_steps_for(self.options.warmup,
                                                       self.steps_per_epoch, total)
@@ -460,11 +475,7 @@ class Trainer:
                 or self.session_start_step or self.probe_mode is not None
                 or self.stop_requested()):  # Ctrl-C: stop with the history, do not start again
             return False
-        total = steps_in_budget(
-            budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
-            epoch_start=self.epochs_done * self.steps_per_epoch,
-            steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
-            end_seconds=end_seconds)
+        total = self._steps_fitting(sec_per_step, end_seconds)  # one process: no broadcast
         left = total - self.step
         if total >= FEW_STEPS:
             return False
@@ -479,15 +490,7 @@ class Trainer:
         self.batch = new
         self.steps_per_epoch = steps_per_epoch(n, new)
         self.epochs, self.epochs_reason = epochs_for(self.options, n, new)
-        self.optimizer = build_optimizer(self.model, lr=self.options.peak_lr,
-                                         weight_decay=self.options.weight_decay,
-                                         layer_decay=self.options.layer_decay,
-                                         kind=self.options.optimizer)
-        planned = self.epochs * self.steps_per_epoch
-        self.schedule = WarmupDecay(self.options.peak_lr,
-                                    warmup_steps_for(self.options.warmup, self.steps_per_epoch,
-                                                     planned),
-                                    planned, self.options.min_lr_ratio, self.options.schedule)
+        self._new_optimizer_and_schedule()
         if self.ema is not None:
             self.ema = ModelEma(self.model, self.options.ema_decay)
         now = time.perf_counter()
@@ -506,11 +509,7 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.truncate(0)
             self._save_state()
-        from vitcli.training.threads import load_average, usable_cores
-
-        load = load_average()
-        busy = (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
-                if load is not None and load > usable_cores() * 0.75 else "")
+        busy = _busy_clause()
         self.emit("batch", batch=new, lr=self.options.peak_lr, text=(
             f"only {total:,} steps of {old} images fit in --time-budget "
             f"{self.options.time_budget:g} min ({sec_per_step * 1000:,.0f} ms a step{busy}), "
@@ -524,7 +523,6 @@ class Trainer:
         """A loud sentence when far fewer steps fit the budget than the run needs, once for the
         first fit and once more if a refit halves it (the machine got busier)."""
         from vitcli.training.recipe import FEW_STEPS, MIN_STEPS
-        from vitcli.training.threads import load_average, usable_cores
 
         first = self.first_fit is None
         if first and "batch_size" in self.chosen and self.sec_per_step is None:
@@ -544,9 +542,7 @@ class Trainer:
         else:
             return None
         need = MIN_STEPS * sec_per_step / 60 + (self.elapsed() / 60 if first else 0)
-        load = load_average()
-        busy = (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
-                if load is not None and load > usable_cores() * 0.75 else "")
+        busy = _busy_clause()
         return (f"{why} in --time-budget {self.options.time_budget:g} min "
                 f"({sec_per_step * 1000:,.0f} ms a step{busy}). About {MIN_STEPS} steps are "
                 f"needed to learn: give --time-budget {math.ceil(need * 1.2 * 4) / 4:g} "
