@@ -250,6 +250,6 @@ def test_export_of_an_onnx_file_says_what_export_reads(tmp_path):
     onnx_file.write_bytes(b"not really")
     result = run("export", "--onnx", "-m", str(onnx_file))
     assert result.exit_code != 0 and result.output.count("error:") == 1
-    assert "already an ONNX file" in result.output and "same file" not in result.output
+    assert "is an ONNX file" in result.output and "same file" not in result.output
     help_text = run("export", "--help").output
     assert "17 or newer" not in help_text and "17–1,000" in help_text

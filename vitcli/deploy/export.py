@@ -68,22 +68,6 @@ def default_output(model_path: Path) -> Path:
     return model_path.with_suffix(".onnx")
 
 
-def _not_safetensors(path: Path) -> bool:
-    """Whether `path` is a regular file that does not start as safetensors does (a length,
-    then the JSON header's `{`), whatever its name says. Anything else (missing, a FIFO,
-    a folder) is left to the model-file checks, which say what it is."""
-    import stat
-
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read
-            return False
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return not (len(head) == 9 and head[8:9] == b"{")
-
-
 def int8_path_for(path: Path) -> Path:
     """model.onnx → model.int8.onnx beside it."""
     return path.with_suffix(".int8.onnx")
@@ -124,10 +108,11 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
-    if model_path.suffix.lower() == ".onnx" and _not_safetensors(model_path):
-        # Said before --out, whose default is this very file ("the same file as --model").
-        raise UsageError(f"--model {model_path}: already an ONNX file; export reads a vitcli "
-                         ".safetensors model file")
+    # The model file first: an ONNX --model is refused as such (checkpoint.refusal_message)
+    # before --out, whose default is that very file, would be "the same file as --model".
+    from vitcli.model.checkpoint import check_model_file
+
+    checked = check_model_file(model_path)
     out_path = Path(out) if out else default_output(model_path)
     if out_path.suffix.lower() != ".onnx":
         raise UsageError(f"--out {out_path}: the output file name must end in .onnx")
@@ -146,11 +131,9 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     refuse_overwrite(out_path, "--out", {"--model": model_path})
     if int8:
         refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
-    from vitcli.model.checkpoint import check_model_file
     from vitcli.model.config import check_fits
 
-    check_fits(check_model_file(model_path).config, max(fixed or 2, 2), training=False,
-               what="--batch")
+    check_fits(checked.config, max(fixed or 2, 2), training=False, what="--batch")
     mf = load_model(model_path, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
