@@ -139,12 +139,13 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str | Path, *,
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     accuracy = tuple(c for c in ACCURACY_COLUMNS
                      if c != "val_top5" or num_classes is None or num_classes > 5)
-    all_epochs = sorted({e for c in LOSS_COLUMNS + accuracy for e in per_epoch(rows, c)[0]})
+    series = {c: per_epoch(rows, c) for c in LOSS_COLUMNS + accuracy}  # (epochs, values)
+    all_epochs = sorted({e for epochs, _ in series.values() for e in epochs})
     for ax, columns, ylabel in ((ax_loss, LOSS_COLUMNS, "loss"),
                                 (ax_acc, accuracy, "accuracy")):
         drawn = False
         for column in columns:
-            epochs, values = per_epoch(rows, column)
+            epochs, values = series[column]
             if values:
                 ax.plot(epochs, values, marker="o" if len(values) < 30 else None,
                         markersize=3, label=column.replace("_", " "))
