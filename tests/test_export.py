@@ -114,11 +114,13 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
     fp32 = onnx.load(str(report.path))
     int8 = onnx.load(str(report.int8_path))
     assert {n.domain for n in fp32.graph.node} <= {"", "ai.onnx"}
-    # every linear (qkv, proj, fc1, fc2 per block, and the head) is one Gemm, bias inside
-    assert [n.op_type for n in fp32.graph.node].count("Gemm") == 4 * 2 + 1
+    # every linear (qkv, proj, fc1, fc2 per block, and the head) is one Gemm, bias inside;
+    # the last block's qkv is two (the class token's query; every token's key and value)
+    assert [n.op_type for n in fp32.graph.node].count("Gemm") == 4 * 2 + 1 + 1
     kinds = [n.op_type for n in int8.graph.node]
-    assert kinds.count("QAttention") == 2  # one per block (TINY has depth 2)
-    assert "Softmax" not in kinds  # no attention left outside the fused nodes
+    # one per block but the last (TINY has depth 2), which runs for the class token only
+    assert kinds.count("QAttention") == 1
+    assert kinds.count("Softmax") == 1  # the class token's attention in the last block
     meta = {p.key: p.value for p in int8.metadata_props}
     assert meta["precision"] == "int8 dynamic (linear and fused attention weights)"
     assert report.int8_graph == "fused attention (onnxruntime QAttention)"
@@ -129,17 +131,23 @@ def test_int8_attention_is_onnxruntimes_fused_qattention(exported):
 def test_export_copy_computes_what_the_model_does():
     import torch
 
-    from vitcli.deploy.onnx_graph import GemmLinear, PackedAttention, export_copy
+    from vitcli.deploy.onnx_graph import (
+        GemmLinear,
+        HeadTokensBlock,
+        PackedAttention,
+        export_copy,
+    )
     from vitcli.model.vit import create_model
 
     torch.manual_seed(0)
     model = create_model(num_classes=3, **TINY).eval()
     x = torch.randn(3, 3, 32, 32)
     plain, n = export_copy(model)
-    assert n == 0 and not any(isinstance(b.attn, PackedAttention) for b in plain.blocks)
+    assert n == 0 and not any(isinstance(b.attn, PackedAttention) for b in plain.blocks[:-1])
     assert all(type(m) is GemmLinear for m in plain.modules() if isinstance(m, torch.nn.Linear))
     packed, n = export_copy(model, fused_attention=True)
-    assert n == 2 and all(isinstance(b.attn, PackedAttention) for b in packed.blocks)
+    assert n == 1 and isinstance(packed.blocks[0].attn, PackedAttention)
+    assert isinstance(packed.blocks[-1], HeadTokensBlock)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(packed(x), model(x), rtol=1e-5, atol=1e-5)
@@ -148,6 +156,33 @@ def test_export_copy_computes_what_the_model_does():
     local = create_model(num_classes=3, locality_attention=True, **TINY)
     # its masked, scaled attention keeps its own graph
     assert export_copy(local, fused_attention=True)[1] == 0
+
+
+@pytest.mark.parametrize("kind", [
+    {}, {"distilled": True}, {"reg_tokens": 2, "no_embed_class": True},
+    {"locality_attention": True}, {"qk_norm": True}, {"init_values": 0.5},
+    {"pooling": "mean"}, {"pooling": "cls_mean"}])
+def test_the_last_block_runs_for_the_tokens_the_head_reads(kind: dict):
+    """The export's last block computes the class (and distillation) token only, and gives
+    the same logits and unknown-score features; a head reading every token keeps it whole."""
+    import torch
+
+    from vitcli.deploy.onnx_graph import HeadTokensBlock, export_copy
+    from vitcli.model.outputs import logits_and_features
+    from vitcli.model.vit import Block, create_model
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **{**TINY, **kind}).eval()
+    for p in model.parameters():  # away from the init, so every path carries signal
+        p.data.add_(0.2 * torch.randn_like(p))
+    copy, _ = export_copy(model, fused_attention=True)
+    shortcut = model.config.pooling == "cls"
+    assert isinstance(copy.blocks[-1], HeadTokensBlock if shortcut else Block)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        want, got = logits_and_features(model, x), logits_and_features(copy, x)
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow

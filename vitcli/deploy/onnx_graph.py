@@ -1,6 +1,6 @@
 """The model as ONNX export sees it: the same maths, arranged for a faster graph.
 
-Two rewrites, both on a copy of the model (the weights are the same tensors' values):
+Three rewrites, all on a copy of the model (the weights are the same tensors' values):
 
 - Every linear layer runs on the flattened tokens as one `addmm`, which exports as one
   `Gemm` with the bias inside. `nn.Linear` on (B, N, D) exports as MatMul plus a separate
@@ -13,6 +13,10 @@ Two rewrites, both on a copy of the model (the weights are the same tensors' val
   (Reshape, Transpose, MatMul, Softmax) never becomes. That graph runs on onnxruntime only,
   so the fp32 `model.onnx` keeps standard ONNX. Blocks with locality self-attention keep
   their ordinary graph.
+- When the head reads the class (and distillation) token only, the last block runs for
+  those tokens only (`HeadTokensBlock`): their attention over all the keys, then their MLP.
+  Nothing after the last attention mixes tokens, so the outputs are the same while about
+  one block's work in twelve goes (timm and transformers compute it for every token).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitcli.model.vit import Attention
+from vitcli.model.vit import Attention, Block
 
 CONTRIB_DOMAIN = "com.microsoft"
 
@@ -75,15 +79,84 @@ class PackedAttention(nn.Module):
         return self.proj(y), None
 
 
+class HeadTokensBlock(nn.Module):
+    """Export-time stand-in for the last `Block` when the head reads its first tokens only.
+
+    x (B, T, D) → (B, keep, D): the first `keep` tokens (class, distillation) after the
+    block, the same values `Block` gives them. Their queries attend over all T keys; the
+    other T - keep tokens' attention and MLP, which nothing reads, are not computed.
+    """
+
+    def __init__(self, block: Block, keep: int) -> None:
+        super().__init__()
+        attn = block.attn
+        D = attn.proj.in_features
+        self.keep, self.num_heads, self.head_dim = keep, attn.num_heads, attn.head_dim
+        self.norm1, self.ls1, self.norm2, self.mlp, self.ls2 = (
+            block.norm1, block.ls1, block.norm2, block.mlp, block.ls2)
+        self.q_norm, self.k_norm, self.proj = attn.q_norm, attn.k_norm, attn.proj
+        self.logit_scale = attn.logit_scale if attn.locality else None
+        # the fused qkv weight (3D, D) split into a query part and a key/value part, as two
+        # linears: int8 quantization finds each weight as an initializer
+        weight, bias = attn.qkv.weight.detach(), attn.qkv.bias
+        self.q = _linear(weight[:D], None if bias is None else bias.detach()[:D])
+        self.kv = _linear(weight[D:], None if bias is None else bias.detach()[D:])
+
+    def forward(self, x: Tensor, return_attention: bool = False) -> tuple[Tensor, None]:
+        B, T, D = x.shape
+        nh, hd, keep = self.num_heads, self.head_dim, self.keep
+        h = self.norm1(x)  # (B, T, D)
+        q = self.q(h[:, :keep]).reshape(B, keep, nh, hd).transpose(1, 2)  # (B, nh, keep, hd)
+        kv = self.kv(h).reshape(B, T, 2, nh, hd)  # (B, T, 2, nh, hd)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 × (B, nh, T, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        mask = None
+        if self.logit_scale is not None:  # locality self-attention, as Attention.forward
+            q = q * (self.logit_scale.exp() / hd**-0.5)
+            mask = ~torch.eye(keep, T, dtype=torch.bool, device=x.device)  # not itself
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, keep, hd)
+        y = y.transpose(1, 2).reshape(B, keep, D)  # (B, keep, D): heads concatenated
+        x = x[:, :keep] + self.ls1(self.proj(y))  # (B, keep, D)
+        return x + self.ls2(self.mlp(self.norm2(x))), None
+
+
+def _linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def head_tokens(model: nn.Module) -> int | None:
+    """How many leading tokens everything after the last block reads, or None if all.
+
+    The class token alone for class-token pooling, and the distillation token beside it
+    (vitcli.model.vit.forward_head; the unknown score's features in vitcli.model.outputs
+    are the same tokens). Mean and attention pooling read every token.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not getattr(model, "blocks", None) or config.pooling != "cls":
+        return None
+    if not config.class_token:
+        return None
+    return 2 if config.distilled else 1
+
+
 def export_copy(model: nn.Module, fused_attention: bool = False) -> tuple[nn.Module, int]:
     """A copy of the model arranged for export; and how many attention blocks were fused."""
     model = copy.deepcopy(model).eval()
+    keep = head_tokens(model)
+    if keep is not None and type(model.blocks[-1]) is Block:
+        model.blocks[-1] = HeadTokensBlock(model.blocks[-1], keep)
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = GemmLinear  # same parameters, another forward
     packed = 0
     for block in getattr(model, "blocks", []) if fused_attention else []:
-        if (isinstance(block.attn, Attention) and not block.attn.locality
+        if (isinstance(block, Block) and isinstance(block.attn, Attention)
+                and not block.attn.locality
                 and not block.attn.qk_norm):  # the fused op has no place for q/k norms
             block.attn = PackedAttention(block.attn)
             packed += 1
@@ -140,8 +213,11 @@ def export_packed(model: nn.Module, path: Path, opset: int, example: Tensor,
     """
     packed, _ = export_copy(model, fused_attention=True)
     packed = wrap(packed) if wrap is not None else packed
+    # before the schema goes in: importing onnxscript builds onnx.reference's operator table,
+    # which refuses two operators named Attention (ONNX's own and this one)
+    translation = _translation()
     with _attention_schema():
         program = torch.onnx.export(packed, (example,), dynamo=True, opset_version=opset,
                                     dynamic_shapes=dynamic_shapes, verbose=False,
-                                    custom_translation_table=_translation(), **names)
+                                    custom_translation_table=translation, **names)
     program.save(str(path))
