@@ -224,8 +224,8 @@ def test_train_warns_in_one_line_about_copies_across_splits_and_labels(tmp_path:
           on_event=lambda kind, **f: events.append((kind, f.get("level"), f.get("text"))))
     lines = [text for kind, level, text in events if level == "warning" and "audit" in text]
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert "1 validation image(s) are byte-identical" in lines[0]
-    assert "1 image(s) are stored under two labels" in lines[0]
+    assert "1 validation image is byte-identical" in lines[0]
+    assert "1 image is stored under two labels" in lines[0]
     assert f"vit audit {root}" in lines[0]
 
 

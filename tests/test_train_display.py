@@ -27,7 +27,7 @@ def start(d: Display, **kw) -> None:
                   schedule="linear", device="cpu", world_size=1, amp="None", resumed_step=0,
                   total_steps=300, epochs_reason="500 images at batch 256 are 2 steps an "
                   "epoch: 150 epochs make the 300 steps a model needs to learn",
-                  time_budget=None, threads=1, threads_reason="1 of 2 core(s) free, load 3.0")
+                  time_budget=None, threads=1, threads_reason="1 of 2 cores free, load 3.0")
     fields.update(kw)
     d("start", **fields)
 
@@ -42,7 +42,8 @@ def test_the_start_says_the_schedule_and_why_and_the_threads():
     start(d)
     text = " ".join(out.getvalue().split())
     assert "150 epochs × 2 steps = 300 steps" in text and "make the 300 steps" in text
-    assert "1 CPU thread(s) (1 of 2 core(s) free" in text and "(4×4 grid)" in text
+    assert "1 CPU thread (1 of 2 cores free" in text and "(4×4 grid)" in text
+    assert "3 channels, 5 classes" in text
 
 
 def test_a_log_gets_progress_with_time_left_from_the_first_step():

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, plural
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,7 +39,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise UsageError("--device cuda: no CUDA GPU is available on this machine")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise UsageError(f"--device {name}: this machine has {count} CUDA GPU(s), "
+        raise UsageError(f"--device {name}: this machine has {plural(count, 'CUDA GPU')}, "
                          f"cuda:0 to cuda:{count - 1}")
     if device.type == "mps" and not (
             getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -15,6 +15,7 @@ from rich.markup import escape as _escape_markup
 from rich.segment import Segment
 from typer.core import TyperCommand
 
+from vitcli.errors import plural as plural  # re-exported: the commands count with it
 from vitcli.files import model_label as model_label  # re-exported: commands name models so
 
 # What must never reach a terminal raw from a name: C0 controls (ESC starts every escape
@@ -87,12 +88,6 @@ JsonOpt = Annotated[
     Path | None, typer.Option("--json", help="Also write the results as JSON to this file.",
                               show_default=False)
 ]
-
-
-def plural(n: int, noun: str, nouns: str | None = None) -> str:
-    """'1 step', '2 steps', '1,024 steps'; `nouns` for a plural that is not noun + s
-    (plural(1, "class", "classes"))."""
-    return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def _metavar(param: Any) -> str:

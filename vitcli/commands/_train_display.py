@@ -133,11 +133,11 @@ class Display:
                soft_wrap=True)  # one line in a log, however long the folder name
         grid = c.image_size // c.patch_size
         print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
-               f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {c.in_channels} channel(s), "
+               f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {plural(c.in_channels, 'channel')}, "
                f"{plural(c.num_classes, 'class', 'classes')}", highlight=False)
         procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
         precision = f", precision {f['precision']}" if f.get("precision") else ""
-        threads = (f", {f['threads']} CPU thread(s) ({escape(f['threads_reason'])})"
+        threads = (f", {plural(f['threads'], 'CPU thread')} ({escape(f['threads_reason'])})"
                    if f.get("threads") else "")
         print_(f"[bold]training[/] batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
                f"({f['schedule']} decay), {f['device']}{procs}{precision}{threads}", highlight=False,

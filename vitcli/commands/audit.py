@@ -75,7 +75,7 @@ def audit(
             atomic_write(json_path, lambda tmp: shutil.copyfile(written["json"], tmp))
     render(report)
     console.print(f"report in [bold]{safe(str(written['report']))}[/], "
-                  f"{len(written['sheets'])} contact sheet(s) in "
+                  f"{plural(len(written['sheets']), 'contact sheet')} in "
                   f"[bold]{safe(str(out / 'groups'))}[/]"
                   + (f", JSON in [bold]{safe(str(json_path))}[/]" if json_path else ""),
                   highlight=False, soft_wrap=True)
@@ -138,7 +138,7 @@ def render(report: AuditReport) -> None:
                       highlight=False)
     bad = report.unreadable
     if bad:
-        console.print(f"[yellow]{len(bad):,} unreadable file(s)[/], first: "
+        console.print(f"[yellow]{plural(len(bad), 'unreadable file')}[/], first: "
                       f"{safe(_relative(bad[0].path, report.data))}: {safe(bad[0].error)}",
                       highlight=False,
                       soft_wrap=True)
@@ -161,7 +161,7 @@ def render(report: AuditReport) -> None:
         if len(group.members) > SHOW_FILES:
             console.print(f"   … {len(group.members) - SHOW_FILES} more", highlight=False)
     if len(report.groups) > SHOW_GROUPS:
-        console.print(f"… {len(report.groups) - SHOW_GROUPS} more group(s) in the report",
+        console.print(f"… {plural(len(report.groups) - SHOW_GROUPS, 'more group')} in the report",
                       highlight=False)
     verdict = ("[red]failed[/]: leakage or images under two labels" if report.failed
                else "[green]clean[/]: no leakage, no image under two labels")

@@ -97,7 +97,8 @@ def show_report(report: ExportReport) -> None:
                       f"{d.int8_agreement:.2%} vs ONNX fp32")
     console.print(table)
     if d.skipped:
-        console.print(f"{d.skipped} unreadable file(s) in the data were skipped")
+        console.print(f"{plural(d.skipped, 'unreadable file')} in the data "
+                      f"{'was' if d.skipped == 1 else 'were'} skipped")
 
 
 def _mb(size: int) -> str:

@@ -133,7 +133,7 @@ def predict(
         with writing(explain):
             explained = explain_images(model_file, ok, explain, predictions=top1,
                                        model_name=model_label(model))
-        err_console.print(f"heat maps for {len(explained)} image(s) in {safe(explain)}/ "
+        err_console.print(f"heat maps for {plural(len(explained), 'image')} in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     chosen = getattr(backend, "precision", None)  # PyTorch only: ONNX runs as exported
     if chosen is not None and not as_json and ok:
@@ -147,7 +147,7 @@ def predict(
 
         raise typer.Exit(FAILURE)
     if failed:
-        raise VitError(f"{failed} of {len(results)} input(s) could not be predicted")
+        raise VitError(f"{failed:,} of {plural(len(results), 'input')} could not be predicted")
     if not results:
         raise VitError("no images to predict")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from vitcli.errors import UsageError, VitError
+from vitcli.errors import UsageError, VitError, plural
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
@@ -115,7 +115,7 @@ def fields_from_state(state: dict[str, Tensor], where: str) -> tuple[dict[str, A
                          "(no_embed_class)")
         else:
             raise VitError(f"{where}: position embedding of {tokens} tokens is not a square "
-                           f"grid after {prefix} prefix token(s); only square grids are "
+                           f"grid after {plural(prefix, 'prefix token')}; only square grids are "
                            "supported")
     grid = math.isqrt(tokens - (0 if no_embed_class else prefix))
     fc1 = state.get("blocks.0.mlp.fc1.weight")

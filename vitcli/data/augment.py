@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, plural
 from vitcli.model.config import TINY_IMAGE_MAX
 
 AUGMENT_LEVELS = ("none", "light", "strong")
@@ -74,7 +74,8 @@ class AugmentPolicy:
     def __post_init__(self) -> None:
         unknown = set(self.ops) - set(ALL_OPS)
         if unknown:
-            raise UsageError(f"unknown augmentation op(s) {', '.join(sorted(unknown))}; "
+            raise UsageError(f"{plural(len(unknown), 'unknown augmentation op')}: "
+                             f"{', '.join(sorted(unknown))}; "
                              f"choose from {', '.join(ALL_OPS)}")
 
     @property

@@ -26,7 +26,7 @@ from vitcli.data.perceptual import (
     thumbnail_cosine,
 )
 from vitcli.data.sources import SplitRows
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 from vitcli.files import atomic_write, read_json_file
 
 # Near-duplicate thresholds, measured (benchmarks/near_duplicates.py, docs/audit.md): on 400
@@ -99,10 +99,12 @@ class ByteConflicts:
         """One warning line pointing at `vit audit`, or None when there is nothing to say."""
         said = []
         if self.leaked:
-            said.append(f"{len(self.leaked):,} validation image(s) are byte-identical to "
+            n = len(self.leaked)
+            said.append(f"{plural(n, 'validation image')} {'is' if n == 1 else 'are'} byte-identical to "
                         f"training images (first: {self.leaked[0][0]} = {self.leaked[0][1]})")
         if self.two_labels:
-            said.append(f"{len(self.two_labels):,} image(s) are stored under two labels (first: "
+            n = len(self.two_labels)
+            said.append(f"{plural(n, 'image')} {'is' if n == 1 else 'are'} stored under two labels (first: "
                         f"{self.two_labels[0][0]} = {self.two_labels[0][1]})")
         if not said:
             return None

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, plural
 
 Pooling = Literal["cls", "mean", "map", "cls_mean"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
@@ -214,7 +214,8 @@ class ViTConfig:
         """A copy with some fields changed (validated)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise UsageError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+            raise UsageError(f"{plural(len(unknown), 'unknown model option')}: "
+                             f"{', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitcli.errors import UsageError, VitError
+from vitcli.errors import UsageError, VitError, plural
 from vitcli.images import open_image
 from vitcli.model.config import (
     PRESETS,
@@ -361,7 +361,7 @@ def grid_warning(image_size: int, patch_size: int) -> str | None:
     better = max(1, image_size // 8)
     if grid < MIN_GRID:
         return (f"{patch_size}-px patches cut a {image_size}-px image into a {grid}×{grid} grid: "
-                f"only {tokens} token(s) for attention to relate; a patch of about "
+                f"only {plural(tokens, 'token')} for attention to relate; a patch of about "
                 f"{better} px ({image_size // better}×{image_size // better} grid) suits "
                 f"this size better (--patch {better})")
     if tokens > MAX_TOKENS:

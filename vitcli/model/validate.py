@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 from vitcli.model.config import ViTConfig
 from vitcli.model.ood import TENSOR_PREFIX as OOD_PREFIX
 
@@ -102,7 +102,7 @@ def check_finite(path: str | Path, state: dict[str, torch.Tensor]) -> None:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise VitError(f"{path}: weight {name} holds {bad:,} NaN or infinite value(s); "
+            raise VitError(f"{path}: weight {name} holds {plural(bad, 'NaN or infinite value')}; "
                            "the file is corrupt (or a diverged training run)")
 
 

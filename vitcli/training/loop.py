@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vitcli.devices import Precision
-from vitcli.errors import UsageError, VitError
+from vitcli.errors import UsageError, VitError, plural
 from vitcli.model.checkpoint import save_model, unwrap_model
 from vitcli.training.budget import EpochTimes, batch_for_steps, steps_in_budget
 from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
@@ -53,11 +53,11 @@ class _SmallerBatch(Exception):  # noqa: N818 - control flow inside the loop, ne
 
 
 def _busy_clause() -> str:
-    """'; the machine is busy (load 2.4 on 2 core(s))' when other work holds the cores, else ''."""
+    """'; the machine is busy (load 2.4 on 2 cores)' when other work holds the cores, else ''."""
     from vitcli.training.threads import load_average, usable_cores
 
     load = load_average()
-    return (f"; the machine is busy (load {load:.1f} on {usable_cores()} core(s))"
+    return (f"; the machine is busy (load {load:.1f} on {plural(usable_cores(), 'core')})"
             if load is not None and load > usable_cores() * 0.75 else "")
 
 

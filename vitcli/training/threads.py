@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vitcli.errors import plural
+
 WARMUP_STEPS = 2  # the first steps allocate and warm caches: not timed
 PROBE_STEPS = 3  # steps timed at each candidate count (the median is kept)
 COLLAPSE = 2.0  # a step this many times slower than at the choice sets off a new measurement
@@ -91,7 +93,7 @@ class ThreadTuner:
             guess = free_cores(self.cores)
             self.threads = guess
             load = load_average()
-            self.reason = (f"{guess} of {self.cores} core(s) free"
+            self.reason = (f"{guess} of {plural(self.cores, 'core')} free"
                            + (f", load {load:.1f}" if load is not None else ""))
         self.set_threads(self.threads)
 
@@ -156,7 +158,7 @@ class ThreadTuner:
         before, self.threads = self.threads, best
         self.reference = medians[best]
         self.set_threads(best)
-        figures = ", ".join(f"{c} thread(s) {medians[c] * 1000:.0f} ms"
+        figures = ", ".join(f"{plural(c, 'thread')} {medians[c] * 1000:.0f} ms"
                             for c in sorted(medians))
         self.reason = f"measured: {figures} a step"
         if best != before or self.probes > 1:
