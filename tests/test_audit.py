@@ -297,3 +297,30 @@ def test_near_groups_do_not_chain_and_never_hide_a_leak():
     # Every member is a near-duplicate of its group's first file (1, then 3); 2~3 crosses the splits and
     # was split between two groups, so it is reported on its own.
     assert groups == [[1, 0, 2], [3, 4], [2, 3]]
+
+
+def test_the_training_copies_line_names_files_within_the_data_folder(tmp_path: Path, monkeypatch):
+    """`vit train`'s one-line warning about copies named /abs/path/data/val/dog/copy.png: it
+    names them as `vit eval` and `vit audit` do, relative to the --data folder given."""
+    from vitcli.data.duplicates import ByteConflicts
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    line = ByteConflicts(leaked=[(str(root / "val/dog/copy.png"), str(root / "train/dog/00.png"))],
+                         two_labels=[("/elsewhere/a.png", str(root / "train/cat/a.png"))]
+                         ).line("data") or ""
+    assert "(first: val/dog/copy.png = train/dog/00.png)" in line
+    assert "(first: /elsewhere/a.png = train/cat/a.png)" in line  # outside: as given
+    assert str(tmp_path) not in line
+
+
+def test_cli_lists_group_members_relative_to_the_folder_given(planted: Path, tmp_path: Path,
+                                                              monkeypatch):
+    from vitcli.cli import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(planted.parent)
+    result = CliRunner().invoke(app, ["audit", planted.name, "--out", str(tmp_path / "o"),
+                                      "--cache-dir", str(tmp_path / "cache")])
+    members = [line for line in result.stdout.splitlines() if line.startswith("   ") and " · " in line]
+    assert members and all(line.split(" · ")[-1].startswith(("train/", "val/")) for line in members)

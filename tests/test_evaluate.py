@@ -201,6 +201,28 @@ def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_pat
     assert len(rows) == 1 + len(report["misclassified"])
 
 
+def test_cli_eval_lists_mistakes_relative_to_the_data_folder_given(tiny_model_file, image_folder,
+                                                                   tmp_path, monkeypatch):
+    """The misclassified table showed /abs/path/to/shapes/circle/000.png on every row when
+    --data was the relative `shapes`: rows are relative to the folder the user named, and a
+    stranger's file name still reaches the terminal escaped."""
+    evil = image_folder / "circle" / "\x1b[2Jevil.png"
+    (image_folder / "circle" / "000.png").rename(evil)
+    for n, given in enumerate(("shapes", "./shapes/")):
+        result = _run(["eval", "--model", str(tiny_model_file), "--data", given,
+                       "--out", str(tmp_path / f"out{n}"), "--show", "100"],
+                      tmp_path, monkeypatch)
+        assert result.exit_code == 0, result.output
+        table = result.stdout.split("misclassified (")[1]
+        rows = [line for line in table.splitlines() if ".png" in line]
+        assert rows and not any(str(tmp_path) in row for row in rows), rows
+        assert all(row.strip("│ ").startswith(("circle/", "square/", "triangle/")) for row in rows)
+        assert "\x1b" not in result.stdout
+    report = json.loads((tmp_path / "out1" / "metrics.json").read_text())
+    shown = [m for m in report["misclassified"] if "evil" in m["path"]]
+    assert not shown or "\\x1b[2Jevil.png" in table  # escaped, shown if misclassified
+
+
 def test_eval_equals_hand_pipeline(tiny_model_file, image_folder):
     """The figures equal the model run image by image through Preprocessing.load."""
     import torch

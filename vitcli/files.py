@@ -155,6 +155,30 @@ def data_label(data: str | Path) -> str:
     return path.name or text
 
 
+def shown_path(path: str | os.PathLike[str], folder: str | os.PathLike[str] | None) -> str:
+    """`path` as a list of images shows it: relative to `folder` (the data folder the user
+    gave) when it lies inside it, else `path` as given.
+
+    Listings hold absolute paths (a data source makes its root absolute, so that a run can
+    resume from anywhere), which repeat the user's own folder on every row. Both sides are
+    made absolute and normalised, then compared again with links resolved, so that
+    `--data imgs`, `--data ./imgs/` and `--data /home/me/imgs` all show `cat/01.png`. The
+    text is not escaped: the caller escapes it for the terminal (commands._common.safe).
+    """
+    text = os.fspath(path)
+    root = os.fspath(folder) if folder is not None else ""
+    if not root:
+        return text
+    for absolute in (os.path.abspath, os.path.realpath):
+        try:
+            inside = os.path.relpath(absolute(text), absolute(root))
+        except ValueError:  # another drive (Windows)
+            continue
+        if inside != os.curdir and inside.split(os.sep)[0] != os.pardir:
+            return inside
+    return text
+
+
 def wrap_title(text: str, width_in: float, fontsize: float = 12.0) -> str:
     """`text` broken into lines that fit `width_in` inches at `fontsize` points, so that a
     figure title built from long run, model and data names is never cut off at the edge.

@@ -110,6 +110,7 @@ def render(report: AuditReport) -> None:
 
     from vitcli.commands._common import console, safe
     from vitcli.data.audit_files import group_title
+    from vitcli.files import shown_path
 
     console.print(f"[bold]{safe(report.description)}[/]", highlight=False, soft_wrap=True)
     counts, ratios = report.counts(), report.imbalance()
@@ -139,7 +140,7 @@ def render(report: AuditReport) -> None:
     bad = report.unreadable
     if bad:
         console.print(f"[yellow]{plural(len(bad), 'unreadable file')}[/], first: "
-                      f"{safe(_relative(bad[0].path, report.data))}: {safe(bad[0].error)}",
+                      f"{safe(shown_path(bad[0].path, report.data))}: {safe(bad[0].error)}",
                       highlight=False,
                       soft_wrap=True)
     failing = sum(g.fails for g in report.groups)
@@ -156,7 +157,7 @@ def render(report: AuditReport) -> None:
         console.print(f"[{style}]{n}. {group_title(group)}[/]", highlight=False)
         for i in group.members[:SHOW_FILES]:
             f = report.files[i]
-            console.print(f"   {safe(f.label)} · {f.split} · {safe(_relative(f.path, report.data))}",
+            console.print(f"   {safe(f.label)} · {f.split} · {safe(shown_path(f.path, report.data))}",
                           highlight=False, soft_wrap=True)
         if len(group.members) > SHOW_FILES:
             console.print(f"   … {len(group.members) - SHOW_FILES} more", highlight=False)
@@ -166,11 +167,3 @@ def render(report: AuditReport) -> None:
     verdict = ("[red]failed[/]: leakage or images under two labels" if report.failed
                else "[green]clean[/]: no leakage, no image under two labels")
     console.print(verdict)
-
-
-def _relative(path: str, root: str) -> str:
-    """`path` relative to the audited folder when inside it (shorter lines), else as is."""
-    try:
-        return str(Path(path).relative_to(Path(root).absolute()))
-    except ValueError:
-        return path

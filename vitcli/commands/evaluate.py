@@ -104,8 +104,11 @@ def evaluate(
             write_json(report, json_path)
 
     if report.bad_files:
+        from vitcli.files import shown_path
+
         path, reason = report.bad_files[0]
-        first = reason if reason.startswith(path) else f"{path}: {reason}"
+        reason = reason[len(path):].lstrip(": ") if reason.startswith(path) else reason
+        first = f"{shown_path(path, data)}: {reason}"
         err_console.print(
             f"[yellow]warning:[/] skipped {len(report.bad_files)} unreadable image"
             f"{'s' if len(report.bad_files) > 1 else ''} (first: {escape(first)}); "
@@ -263,6 +266,7 @@ def _misclassified_table(m: Metrics, show: int, data: str) -> Table:
     from rich.table import Table
 
     from vitcli.commands._common import safe as escape
+    from vitcli.files import shown_path
 
     rows = m.misclassified[:show]
     more = len(m.misclassified) - len(rows)
@@ -274,15 +278,6 @@ def _misclassified_table(m: Metrics, show: int, data: str) -> Table:
     table.add_column("true", no_wrap=True)
     table.add_column("predicted", no_wrap=True)
     table.add_column("confidence", justify="right")
-    for path, true, pred, conf in rows:
-        table.add_row(escape(_relative(path, data)), escape(true), escape(pred), f"{conf:.1%}")
+    for path, true, pred, conf in rows:  # relative to --data: the folder the user named
+        table.add_row(escape(shown_path(path, data)), escape(true), escape(pred), f"{conf:.1%}")
     return table
-
-
-
-def _relative(path: str, folder: str) -> str:
-    """`path` relative to the data folder when it is inside it (shorter rows), else as is."""
-    try:
-        return str(Path(path).relative_to(folder))
-    except ValueError:
-        return path

@@ -205,6 +205,7 @@ def _show(results: list[Prediction], many: bool) -> None:
     from rich.text import Text
 
     from vitcli.commands._common import console, plain, safe
+    from vitcli.files import shown_path
 
     ok = [r for r in results if r.ok]
     if not many:
@@ -242,7 +243,7 @@ def _show(results: list[Prediction], many: bool) -> None:
         table.add_column("unknown score" + (f" (> {limits.pop()}: unknown)"
                                             if len(limits) == 1 else ""), justify="right")
     for r in ok:
-        name = r.path.relative_to(root) if root is not None else r.path
+        name = shown_path(r.path, root)  # the folder is named once, above the table
         # unknown: the nearest class and its probability stand beside the label
         label = f"unknown (nearest {r.labels[0]})" if r.unknown else r.labels[0]
         row = [safe(name), safe(label), f"{r.probabilities[0]:.4f}"]

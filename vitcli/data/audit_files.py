@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vitcli.data.audit import AuditReport, Group
 from vitcli.data.discovery import display
-from vitcli.files import atomic_write
+from vitcli.files import atomic_write, shown_path
 
 SHEET_MAX = 8  # members drawn per sheet; the rest are named in the report
 SHEETS_MAX = 200  # sheets written per audit (fail-first order); the JSON lists every group
@@ -103,7 +103,7 @@ def contact_sheet(report: AuditReport, group: Group, path: Path,
         sheet.paste(im, (x0 + pad + (THUMB - im.width) // 2, y0 + pad + (THUMB - im.height) // 2))
         draw.rectangle([x0 + pad - 1, y0 + pad - 1, x0 + pad + THUMB, y0 + pad + THUMB],
                        outline=(180, 180, 180))
-        name = _relative(f.path, root)
+        name = shown_path(f.path, root)
         lines = [_fit(draw, visible(f"{f.label} · {f.split}"), bold, THUMB),
                  f"{f.width}x{f.height} {f.format} {f.mode}",
                  *_wrap(draw, visible(name), font, THUMB)]
@@ -119,15 +119,6 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[s
     if not head:
         return [_fit(draw, tail, font, width)]
     return [_fit(draw, head + "/", font, width), _fit(draw, tail, font, width)]
-
-
-def _relative(path: str, root: str | None) -> str:
-    if root:
-        try:
-            return str(Path(path).relative_to(Path(root).absolute()))
-        except ValueError:
-            pass
-    return path
 
 
 def write_outputs(report: AuditReport, out: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from vitcli.data.perceptual import (
 )
 from vitcli.data.sources import SplitRows
 from vitcli.errors import VitError, plural
-from vitcli.files import atomic_write, read_json_file
+from vitcli.files import atomic_write, read_json_file, shown_path
 
 # Near-duplicate thresholds, measured (benchmarks/near_duplicates.py, docs/audit.md): on 400
 # generated 96-px images, JPEG at quality 50-95, resizing ×0.5-×2, brightness ±15 % and
@@ -101,11 +101,13 @@ class ByteConflicts:
         if self.leaked:
             n = len(self.leaked)
             said.append(f"{plural(n, 'validation image')} {'is' if n == 1 else 'are'} byte-identical to "
-                        f"training images (first: {self.leaked[0][0]} = {self.leaked[0][1]})")
+                        f"training images (first: {shown_path(self.leaked[0][0], data)} = "
+                        f"{shown_path(self.leaked[0][1], data)})")
         if self.two_labels:
             n = len(self.two_labels)
             said.append(f"{plural(n, 'image')} {'is' if n == 1 else 'are'} stored under two labels (first: "
-                        f"{self.two_labels[0][0]} = {self.two_labels[0][1]})")
+                        f"{shown_path(self.two_labels[0][0], data)} = "
+                        f"{shown_path(self.two_labels[0][1], data)})")
         if not said:
             return None
         return " and ".join(said) + f"; `vit audit {data}` lists them and near-duplicates too"
