@@ -836,6 +836,23 @@ def test_resuming_a_run_that_ended_says_so_and_changes_nothing(tmp_path: Path, b
     assert best.read_bytes() == before  # no new calibration, no rewrite
 
 
+def test_cli_resume_of_an_ended_run_says_only_that(tmp_path: Path, bars: Path, monkeypatch):
+    """`vit train --resume` of a finished run printed the run/data/model/training/schedule
+    header and a summary around 'already ended': the one line comes first and alone, exit 0
+    (nothing failed), naming the run's own --data in the command to train further."""
+    from vitcli.cli import app
+
+    result = train(options(tmp_path, bars, epochs=1))
+    monkeypatch.setenv("COLUMNS", "300")
+    run = CliRunner().invoke(app, ["train", "--resume", str(result.run_dir)])
+    assert run.exit_code == 0, run.output
+    lines = [line for line in run.output.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{result.run_dir} already ended at step {result.steps}")
+    assert f"vit train --data {bars} --init {result.run_dir}" in lines[0]
+    assert "training summary" not in run.output and "schedule" not in run.output
+
+
 @pytest.mark.slow
 def test_ctrl_c_at_the_measured_fit_stops_with_the_history_rather_than_a_smaller_batch(
         tmp_path, monkeypatch):

@@ -194,7 +194,7 @@ def train(
         if not main:  # under torchrun every rank meets the same error: rank 0 alone says it
             raise typer.Exit(exc.exit_code) from None
         raise
-    if not main:
+    if not main or result.already_ended:  # an ended run: its one line was all there was to say
         return
     print_summary(display.console, result)
     if result.stopped == "interrupted":

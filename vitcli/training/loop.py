@@ -80,6 +80,9 @@ class TrainResult:
     val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
     options: TrainOptions | None = None  # what the run was trained with
     probe: str = ""  # how a linear probe (--freeze backbone) ran, in one line; "" otherwise
+    # --resume of a run that had ended: nothing trained, nothing read or rewritten (the data
+    # was not read, so num_train and num_val are 0)
+    already_ended: bool = False
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
@@ -264,14 +267,7 @@ class Trainer:
                          + self.num_val, seconds=self.feature_seconds)
         if probe:
             self.emit("message", text=probe, level="info")
-        stopped = None
-        finished = self.step > 0 and self.step >= self.schedule.total_steps  # --resume of an ended run
-        if finished:
-            stopped = "completed"
-            self.emit("message", level="info", text=(
-                f"{self.run_dir} already ended at step {self.step:,} (epoch {self.epochs_done}): "
-                "nothing to resume. To train further, start a new run from its weights: "
-                f"vit train --data DATA --init {self.run_dir / 'weights' / 'best.safetensors'}"))
+        stopped = None  # (--resume of a run that had ended never gets here: trainer._ended)
         try:
             while stopped is None:
                 steps = min(self.steps_per_epoch,
@@ -294,7 +290,7 @@ class Trainer:
             if self.env.is_main:
                 self._save_state()
             stopped = "interrupted"
-        if self.env.is_main and not finished:
+        if self.env.is_main:
             self._finish_files()
             if stopped != "interrupted":  # a resumed run calibrates when it ends
                 self._calibrate()

@@ -90,6 +90,11 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
 
             state = load_state(run_dir)
             args = read_json(run_dir / "args.json")
+            ended = _ended(run_dir, state, options)
+            if ended is not None:  # said alone, before any data is read or header printed
+                emit("message", level="info", text=ended[0])
+                finished = True
+                return ended[1]
             try:
                 resumed = (ViTConfig.from_dict(args["resolved"]["config"]),
                            Preprocessing.from_dict(args["resolved"]["preprocessing"]))
@@ -147,6 +152,33 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         return result
     finally:
         shutdown_distributed(env, wait_for_all=finished)
+
+
+def _ended(run_dir: Path, state: Any, options: TrainOptions) -> tuple[str, TrainResult] | None:
+    """(the one line to say, the run's result) when the saved state is at the end of its
+    schedule: --resume then has nothing to do, and rewrites nothing (no new calibration)."""
+    import shlex
+
+    from vitcli.training.optim import WarmupDecay
+
+    info = state.info
+    try:
+        step, total = int(info["step"]), WarmupDecay.from_dict(info["schedule"]).total_steps
+    except (KeyError, TypeError, ValueError):
+        return None  # damaged counters: the trainer's own checks say so when it loads them
+    if step <= 0 or step < total:
+        return None
+    best = run_dir / "weights" / "best.safetensors"
+    again = shlex.join(["vit", "train", "--data", options.data or "DATA", "--init", str(best)])
+    line = (f"{run_dir} already ended at step {step:,} (epoch {info.get('epochs_done', '?')}): "
+            f"nothing to resume. To train further, start a new run from its weights: {again}")
+    result = TrainResult(
+        run_dir=run_dir, stopped="completed", epochs=int(info.get("epochs_done", 0)), steps=step,
+        seconds=float(info.get("seconds", 0.0)), best_top1=info.get("best_top1"),
+        best_epoch=info.get("best_epoch"), best_path=best,
+        last_path=run_dir / "weights" / "last.safetensors", last_row=None, num_train=0,
+        num_val=0, options=options, already_ended=True)
+    return line, result
 
 
 def _precision(options: TrainOptions, device: Any, embed_dim: int,
