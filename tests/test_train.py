@@ -177,6 +177,28 @@ def test_state_round_trip_keeps_optimizer_exactly(tmp_path: Path):
     assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.csv")] == [1, 2]
 
 
+def test_the_chosen_preset_is_named_with_why_and_recorded(tmp_path: Path):
+    """Without --model, vit train never said which preset it picked (vit-pico for tiny images):
+    the start event names it and why, from the recipe's own choice, and args.json keeps it."""
+    from vitcli.training.recipe import preset_choice
+
+    assert preset_choice(TrainOptions(data="x"), 28) == ("vit-pico", "chosen for 28-px images")
+    assert preset_choice(TrainOptions(data="x"), 48)[0] == "vit-mini"
+    assert preset_choice(TrainOptions(data="x", model="vit-s16"), 28) == ("vit-s16", "--model")
+    data = bar_folder(tmp_path / "bars28", per_class=4, size=28)
+    events: list[tuple[str, dict]] = []
+    result = train(options(tmp_path, data, epochs=1, val_split=0.0),
+                   on_event=lambda kind, **f: events.append((kind, f)))
+    start = next(f for kind, f in events if kind == "start")
+    assert (start["preset"], start["preset_reason"]) == ("vit-pico", "chosen for 28-px images")
+    resolved = json.loads((result.run_dir / "args.json").read_text())["resolved"]
+    assert (resolved["preset"], resolved["preset_reason"]) == ("vit-pico",
+                                                               "chosen for 28-px images")
+    given = train(options(tmp_path, data, epochs=1, val_split=0.0, model="vit-mini"))
+    resolved = json.loads((given.run_dir / "args.json").read_text())["resolved"]
+    assert (resolved["preset"], resolved["preset_reason"]) == ("vit-mini", "--model")
+
+
 # ------------------------------------------------------------------------ real runs
 
 

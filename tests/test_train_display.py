@@ -46,6 +46,19 @@ def test_the_start_says_the_schedule_and_why_and_the_threads():
     assert "3 channels, 5 classes" in text
 
 
+def test_the_start_names_the_preset_and_why():
+    d, out = display()
+    start(d, preset="vit-pico", preset_reason="chosen for 28-px images")
+    text = " ".join(out.getvalue().split())
+    assert "model vit-pico (chosen for 28-px images), 32 px, patch 8" in text
+    d, out = display()
+    start(d, preset="vit-s16", preset_reason="--model")  # given: named, no reason needed
+    assert "model vit-s16, 32 px" in " ".join(out.getvalue().split())
+    d, out = display()
+    start(d, preset=None, preset_reason="")  # --init: no preset to name
+    assert "model 32 px, patch 8" in " ".join(out.getvalue().split())
+
+
 def test_a_log_gets_progress_with_time_left_from_the_first_step():
     d, out = display()
     start(d)

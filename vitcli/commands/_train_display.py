@@ -132,7 +132,11 @@ class Display:
         print_(f"[bold]data[/] {escape(f['description'])}", highlight=False,
                soft_wrap=True)  # one line in a log, however long the folder name
         grid = c.image_size // c.patch_size
-        print_(f"[bold]model[/] {c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
+        preset = f.get("preset")  # which preset and why: "vit-pico (chosen for 28-px images)"
+        why = f.get("preset_reason") or ""
+        named = (f"{escape(preset)}{f' ({escape(why)})' if why and why != '--model' else ''}, "
+                 if preset else "")
+        print_(f"[bold]model[/] {named}{c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
                f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {plural(c.in_channels, 'channel')}, "
                f"{plural(c.num_classes, 'class', 'classes')}", highlight=False)
         procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""

@@ -329,6 +329,14 @@ def preset_for(typical_size: int) -> str:
     return next(name for limit, name in PRESET_FOR_SIZE if typical_size <= limit)
 
 
+def preset_choice(options: TrainOptions, typical_size: int) -> tuple[str, str]:
+    """(preset name, why): --model as given, else the preset for the images' typical size
+    (their median shorter side), e.g. ("vit-pico", "chosen for 28-px images")."""
+    if options.model:
+        return options.model, "--model"
+    return preset_for(typical_size), f"chosen for {typical_size}-px images"
+
+
 def image_size_for(options: TrainOptions, typical_size: int, patch: int,
                    preset_size: int) -> int:
     """--img-size, or the data's own size (small images), or the preset's (large ones)."""
@@ -375,7 +383,7 @@ def default_patch(options: TrainOptions, base: ViTConfig, typical_size: int) -> 
 def model_config(options: TrainOptions, *, typical_size: int, num_classes: int,
                  in_channels: int) -> ViTConfig:
     """The architecture to train from scratch, from the preset, the data and the flags."""
-    name = options.model or preset_for(typical_size)
+    name, _ = preset_choice(options, typical_size)
     base = get_preset(name).config
     patch = options.patch or default_patch(options, base, typical_size)
     size = image_size_for(options, typical_size, patch, base.image_size)

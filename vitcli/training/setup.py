@@ -19,7 +19,7 @@ from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import VisionTransformer
 from vitcli.training.distributed import DistEnv, rank0_first
-from vitcli.training.recipe import TrainOptions, grid_warning, model_config
+from vitcli.training.recipe import TrainOptions, grid_warning, model_config, preset_choice
 
 Emit = Callable[..., None]  # emit(kind, **fields): progress events for the command to draw
 
@@ -43,6 +43,8 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # lines the user should act on
     val_split: float | None = None  # validation carved from --data with this fraction
     data_fingerprint: str = ""  # DataBundle.fingerprint: --resume says when the data changed
+    preset: str | None = None  # the preset the model was built from; None after --init
+    preset_reason: str = ""  # "--model" or "chosen for 28-px images" (recipe.preset_choice)
 
 
 def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
@@ -56,6 +58,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
 
     notes: list[str] = []
     init_pre: Preprocessing | None = None
+    preset: tuple[str | None, str] = (None, "")
     init = resolve_init(options.init, env, notes) if resumed is None else None
     if resumed is not None:
         config, pre = resumed
@@ -69,6 +72,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         load_pre = init_pre
     else:
         typical = typical_image_size(options.data)
+        preset = preset_choice(options, typical)
         # The image size does not depend on the class count or channels: decide it first.
         config = model_config(options, typical_size=typical, num_classes=1, in_channels=3)
         load_pre = Preprocessing(image_size=config.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -132,7 +136,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         preprocessing=pre, model=model, notes=notes, val_split=bundle.val_split,
         warnings=[w for w in [bundle.copies, grid_warning(config.image_size,
                                                           config.patch_size)] if w],
-        data_fingerprint=bundle.fingerprint)
+        data_fingerprint=bundle.fingerprint, preset=preset[0], preset_reason=preset[1])
 
 
 def resolve_init(init: str | None, env: DistEnv, notes: list[str]) -> str | None:
@@ -171,6 +175,8 @@ def resolved_summary(prepared: Prepared, options: TrainOptions, env: DistEnv,
 
     counts = class_counts(prepared.train_labels, len(prepared.class_names))
     return {
+        "preset": prepared.preset,  # None when --init gave the model
+        "preset_reason": prepared.preset_reason,
         "config": prepared.config.to_dict(),
         "preprocessing": prepared.preprocessing.to_dict(),
         "class_names": prepared.class_names,

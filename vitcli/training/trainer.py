@@ -102,6 +102,9 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                 raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
                     from None
         prepared = prepare(options, env, emit, resumed=resumed)
+        if run_dir is not None:  # a resumed run names the preset it was built from
+            prepared.preset = args["resolved"].get("preset")
+            prepared.preset_reason = args["resolved"].get("preset_reason", "")
         # What the recipe picks rather than the user (a new run only: a resumed one keeps it).
         chosen = frozenset(name for name in ("batch_size", "lr")
                            if run_dir is None and getattr(options, name) is None)
