@@ -697,13 +697,17 @@ def test_resume_after_the_data_changed_says_so(tmp_path):
     from vitcli.training.trainer import resume, train
 
     data = make_image_folder(tmp_path / "d", per_class=3)
-    first = train(TrainOptions(data=str(data), epochs=1, img_size=18, model="vit-pico",
-                               project=str(tmp_path / "runs"), batch_size=8))
     said: list[str] = []
 
-    def listen(kind, **fields):
-        if kind == "message":
+    def listen(kind, **fields):  # each session stops before its next epoch, as Ctrl-C would:
+        if kind == "message":  # the run never ends, so every --resume reads the data again
             said.append(fields["text"])
+        if kind == "epoch_start" and fields["epoch"] > 1:
+            raise KeyboardInterrupt
+
+    first = train(TrainOptions(data=str(data), epochs=3, img_size=18, model="vit-pico",
+                               project=str(tmp_path / "runs"), batch_size=8), on_event=listen)
+    assert first.stopped == "interrupted"
 
     resume(first.run_dir, on_event=listen)
     assert not any("data changed" in s for s in said)

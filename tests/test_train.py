@@ -67,6 +67,13 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+def ctrl_c_after_epoch_1(kind: str, **f) -> None:
+    """on_event that stops a run after its first epoch, as Ctrl-C would: a run --resume
+    continues (the resume of a run that ended reads nothing: trainer._ended)."""
+    if kind == "epoch_start" and f["epoch"] == 2:
+        raise KeyboardInterrupt
+
+
 @pytest.fixture
 def bars(tmp_path: Path) -> Path:
     return bar_folder(tmp_path / "bars", per_class=10)  # default 10 % val: 27 train, 3 val
@@ -322,20 +329,23 @@ def test_time_budget_ends_the_schedule_near_the_budget(tmp_path: Path, bars: Pat
 def test_a_run_started_with_relative_paths_resumes_from_another_folder(tmp_path, bars,
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
-    first = train(options(tmp_path, Path("bars"), epochs=1, cache_dir="cache"))
+    first = train(options(tmp_path, Path("bars"), epochs=2, cache_dir="cache"),
+                  on_event=ctrl_c_after_epoch_1)
+    assert first.stopped == "interrupted"
     args = json.loads((first.run_dir / "args.json").read_text())["options"]
     assert args["data"] == str(bars) and args["cache_dir"] == str(tmp_path / "cache")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    again = resume(first.run_dir)
-    assert again.stopped == "completed" and again.steps == first.steps
+    again = resume(first.run_dir)  # reads bars/ and cache/ by their recorded absolute paths
+    assert again.stopped == "completed" and again.steps == 2 * first.steps
 
 
 @pytest.mark.slow
 def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw_and_cosine(
         tmp_path, bars):
-    first = train(options(tmp_path, bars, epochs=1, optimizer="adamw", schedule="cosine"))
+    first = train(options(tmp_path, bars, epochs=2, optimizer="adamw", schedule="cosine"),
+                  on_event=ctrl_c_after_epoch_1)
     args_path, state_path = first.run_dir / "args.json", first.run_dir / "state.json"
     args = json.loads(args_path.read_text())
     # As vitcli wrote them before Muon and --schedule (tiny data: now Muon and linear).
@@ -345,7 +355,7 @@ def test_a_run_folder_from_before_the_optimizer_option_resumes_with_adamw_and_co
     del state["schedule"]["shape"]
     state_path.write_text(json.dumps(state))
     again = resume(first.run_dir)  # AdamW state loaded into AdamW, not into Muon + AdamW
-    assert again.stopped == "completed" and again.steps == first.steps
+    assert again.stopped == "completed" and again.steps == 2 * first.steps
     assert (again.options.optimizer, again.options.schedule) == ("adamw", "cosine")
 
 
