@@ -90,17 +90,17 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
 
             state = load_state(run_dir)
             args = read_json(run_dir / "args.json")
-            ended = _ended(run_dir, state, options)
-            if ended is not None:  # said alone, before any data is read or header printed
-                emit("message", level="info", text=ended[0])
-                finished = True
-                return ended[1]
             try:
                 resumed = (ViTConfig.from_dict(args["resolved"]["config"]),
                            Preprocessing.from_dict(args["resolved"]["preprocessing"]))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
                     from None
+            ended = _ended(run_dir, state, options)
+            if ended is not None:  # said alone, before any data is read or header printed
+                emit("message", level="info", text=ended[0])
+                finished = True
+                return ended[1]
         prepared = prepare(options, env, emit, resumed=resumed)
         if run_dir is not None:  # a resumed run names the preset it was built from
             prepared.preset = args["resolved"].get("preset")
