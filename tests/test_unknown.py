@@ -19,7 +19,15 @@ from conftest import CLASSES
 from PIL import Image
 from typer.testing import CliRunner
 
-from benchmarks.ood_scores import KNOWN, noise, shapes, train_tiny, unrelated
+from benchmarks.ood_scores import (
+    KNOWN,
+    noise,
+    photo_crops,
+    pink_noise,
+    shapes,
+    train_tiny,
+    unrelated,
+)
 from vitcli.cli import app
 from vitcli.errors import VitError
 
@@ -49,7 +57,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     onnx_path = export_onnx(path, root / "model.onnx").path
     torch.set_num_threads(2)
     test_x, test_y = shapes(KNOWN, 30, seed=2000)
-    sets = {"in": test_x, "noise": noise(60, seed=0), "unrelated": unrelated(60, seed=0)}
+    sets = {"in": test_x, "noise": noise(60, seed=0), "unrelated": unrelated(60, seed=0),
+            "pink noise": pink_noise(60, seed=0), "photo crops": photo_crops(60, seed=0)}
     return path, onnx_path, trust, sets, test_y, root
 
 
@@ -69,12 +78,13 @@ def test_noise_and_an_unrelated_class_are_unknown_in_distribution_kept(trained):
     assert (logits.argmax(1) == labels).mean() >= 0.6  # it learned the shapes (4 classes)
     threshold = trust.ood.threshold
     assert np.mean(scores <= threshold) >= 0.95  # keeps calling shapes shapes
-    for kind in ("noise", "unrelated"):
+    for kind in REJECT:
         _, s = _outputs(backend, sets[kind])
         assert np.mean(s > threshold) >= REJECT[kind], kind
 
 
-REJECT = {"noise": 0.95, "unrelated": 0.8}
+# pink noise has natural images' spectrum; photo crops are cut from examples/photos
+REJECT = {"noise": 0.95, "unrelated": 0.8, "pink noise": 0.9, "photo crops": 0.6}
 
 
 @pytest.mark.slow
@@ -97,6 +107,36 @@ def test_onnx_gives_the_same_answers_as_pytorch(trained):
         np.testing.assert_allclose(softmax(ol), softmax(tl), atol=1e-5, err_msg=kind)
         np.testing.assert_allclose(os_, ts, rtol=1e-4, atol=1e-4, err_msg=kind)
         assert ((os_ > trust.ood.threshold) == (ts > trust.ood.threshold)).all(), kind
+
+
+def test_score_blocks_spread_over_the_depth_first_and_last_kept():
+    from vitcli.model.ood import score_blocks
+
+    assert score_blocks(1) == (0,) and score_blocks(2) == (0, 1)
+    assert score_blocks(4) == (0, 1, 2, 3)
+    assert score_blocks(12) == (0, 4, 7, 11) and score_blocks(24) == (0, 8, 15, 23)
+
+
+def test_each_block_gets_a_ridge_in_its_own_scale():
+    """Later blocks' tokens are larger: a ridge from the mean variance of all features would
+    drown the small block's directions. Per block, the score does not change when one
+    block's features are scaled (as a Mahalanobis distance should not)."""
+    from vitcli.model.ood import OodStats, fit_gaussians, mahalanobis_numpy
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    f = rng.normal(size=(120, 8)) + np.repeat(rng.normal(size=(3, 8)) * 3, 40, axis=0)
+    x = rng.normal(size=(9, 8)) * 2
+
+    def scores(scale: float, blocks: int) -> np.ndarray:
+        big = np.array([1.0] * 4 + [scale] * 4)  # the second block's features scaled
+        means, chol = fit_gaussians(f * big, labels, 3, shrinkage=0.3, num_blocks=blocks)
+        return mahalanobis_numpy(x * big, OodStats(means, chol, threshold=1.0))
+
+    np.testing.assert_allclose(scores(100.0, 2), scores(1.0, 2), rtol=1e-5)
+    assert not np.allclose(scores(100.0, 1), scores(1.0, 1), rtol=1e-2)  # one ridge: not so
+    with pytest.raises(ValueError, match="do not split into 3 blocks"):
+        fit_gaussians(f, labels, 3, num_blocks=3)
 
 
 def test_mahalanobis_score_by_hand():
@@ -200,6 +240,51 @@ def _stats(k: int = 3, d: int = 32):
                     precision_cholesky=np.eye(d, dtype=np.float32), threshold=5.0)
 
 
+@pytest.mark.slow
+def test_files_of_the_last_block_rule_score_as_before_on_pytorch_and_onnx(trained,
+                                                                         tmp_path: Path):
+    """A file written before the rule read every block (method "mahalanobis", the last
+    block's features, class means (K, D)) keeps its rule: the same scores as that rule
+    computed by hand, from PyTorch and from its ONNX export."""
+    from safetensors.torch import load_file
+
+    from vitcli.deploy.backends import open_backend
+    from vitcli.deploy.export import export_onnx
+    from vitcli.evaluation.ood import features_and_logits
+    from vitcli.model.checkpoint import load_model, read_metadata, save_tensors
+    from vitcli.model.ood import OodStats, fit_gaussians, mahalanobis_numpy
+
+    path, _, _, sets, _, _ = trained
+    mf = load_model(path)
+    train_x, train_y = shapes(KNOWN, 40, seed=0)  # the fixture's training images
+    feats, _ = features_and_logits(mf.model, train_x, **MEAN_STD)  # (N, D): last block
+    means, chol = fit_gaussians(feats, train_y, len(KNOWN))
+    tensors = {k: v for k, v in load_file(str(path)).items() if not k.startswith("ood.")}
+    tensors.update({"ood.class_means": torch_tensor(means),
+                    "ood.precision_cholesky": torch_tensor(chol)})
+    old_rule = {"method": "mahalanobis", "threshold": 7.5, "quantile": 0.975,
+                "feature": "pooled_tokens_before_final_norm"}  # as files were written
+    old = save_tensors(tmp_path / "old.safetensors", tensors,
+                       {**read_metadata(path), "ood": json.dumps(old_rule)})
+    loaded = load_model(old)
+    assert loaded.ood.blocks is None and loaded.ood.class_means.shape == (4, 48)
+    want = {k: mahalanobis_numpy(features_and_logits(mf.model, x, **MEAN_STD)[0],
+                                 OodStats(means, chol, threshold=7.5))
+            for k, x in sets.items()}
+    onnx_path = export_onnx(old, tmp_path / "old.onnx").path
+    for backend in (open_backend(old, device="cpu"), open_backend(onnx_path)):
+        assert backend.ood_threshold == 7.5
+        for kind, pixels in sets.items():
+            _, got = _outputs(backend, pixels)
+            np.testing.assert_allclose(got, want[kind], rtol=1e-4, atol=1e-4, err_msg=kind)
+
+
+def torch_tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def test_statistics_round_trip_and_broken_ones_are_refused(tmp_path: Path, tiny_model):
     from vitcli.model.checkpoint import load_model, save_model, save_tensors
 
@@ -232,6 +317,41 @@ def test_statistics_round_trip_and_broken_ones_are_refused(tmp_path: Path, tiny_
     inf = save_tensors(tmp_path / "inf.safetensors", tensors, meta)
     with pytest.raises(VitError, match="NaN or infinite"):
         load_model(inf)
+
+
+def test_the_every_block_rule_round_trips_and_its_blocks_are_checked(tmp_path: Path,
+                                                                     tiny_model):
+    from safetensors.torch import load_file
+
+    from vitcli.model.checkpoint import load_model, read_metadata, save_model, save_tensors
+    from vitcli.model.ood import OodStats
+
+    d = 2 * 32  # both blocks of the tiny model (depth 2, width 32)
+    stats = OodStats(class_means=np.ones((3, d), np.float32),
+                     precision_cholesky=np.eye(d, dtype=np.float32), threshold=4.0,
+                     blocks=(0, 1))
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES, ood=stats)
+    mf = load_model(path)
+    assert mf.ood.blocks == (0, 1) and mf.ood.class_means.shape == (3, d)
+    rule = json.loads(read_metadata(path)["ood"])
+    assert rule["method"] == "mahalanobis_blocks" and rule["blocks"] == [0, 1]
+
+    tensors, meta = load_file(str(path)), read_metadata(path)
+    for blocks, message in [([0, 2], "beyond the model's 2"), ([1, 0], "increasing block"),
+                            ([], "increasing block"), (["0"], "increasing block"),
+                            ([0, 0], "increasing block")]:
+        bad = save_tensors(tmp_path / "bad.safetensors", tensors,
+                           {**meta, "ood": json.dumps({**rule, "blocks": blocks})})
+        with pytest.raises(VitError, match=message):
+            load_model(bad)
+    one = save_tensors(tmp_path / "one.safetensors", tensors,
+                       {**meta, "ood": json.dumps({**rule, "blocks": [1]})})
+    with pytest.raises(VitError, match=r"ood.class_means should have shape \(3, 32\)"):
+        load_model(one)  # one block named, two blocks' statistics stored
+    other = save_tensors(tmp_path / "other.safetensors", tensors,
+                         {**meta, "ood": json.dumps({**rule, "method": "energy"})})
+    with pytest.raises(VitError, match="unknown out-of-distribution method 'energy'"):
+        load_model(other)
 
 
 # ------------------------------------------------------------------------ vit eval
@@ -275,7 +395,10 @@ def test_training_stores_the_temperature_and_the_rule_in_the_best_model(tmp_path
     result = train(options(tmp_path, data, epochs=2, val_split=0.25),
                    on_event=lambda kind, **f: events.append((kind, f)))
     mf = load_model(result.best_path)
-    assert mf.ood is not None and mf.ood.class_means.shape == (3, 32)
+    # the pooled class token of both blocks (32 wide) side by side: 64 features
+    assert mf.ood is not None and mf.ood.blocks == (0, 1)
+    assert mf.ood.class_means.shape == (3, 64) and mf.ood.precision_cholesky.shape == (64, 64)
+    assert json.loads(read_metadata(result.best_path)["ood"])["method"] == "mahalanobis_blocks"
     assert "temperature" in read_metadata(result.best_path)
     assert "epoch" in mf.metadata  # the other keys survive the rewrite
     fitted = [f["trust"] for kind, f in events if kind == "calibrated"]

@@ -1,10 +1,11 @@
 """Fit and measure the `unknown` rule and the temperature on decoded images.
 
 `fit_trust` is what the end of `vit train` runs on the best model: the temperature from the
-validation logits, the class means and tied covariance from the training features, and the
-threshold from the validation scores (vitcli.model.ood). `outputs_on` gives the raw logits
-and unknown scores `vit eval` measures. Both go through `predict_logits`, so the images are
-normalised exactly as in training and `vit predict`.
+validation logits, the class means and tied covariance of the score's features (the pooled
+tokens of up to 4 blocks) from the training features, and the threshold from the validation
+scores (vitcli.model.ood). `outputs_on` gives the raw logits and unknown scores `vit eval`
+measures. Both go through `predict_logits`, so the images are normalised exactly as in
+training and `vit predict`.
 """
 
 from __future__ import annotations
@@ -18,21 +19,27 @@ from torch import Tensor, nn
 
 from vitcli.evaluation.calibration import Calibration, fit_temperature, measure
 from vitcli.evaluation.evaluate import predict_logits
-from vitcli.model.ood import DEFAULT_QUANTILE, OodStats, fit_gaussians, threshold_for
+from vitcli.model.ood import (
+    DEFAULT_QUANTILE,
+    OodStats,
+    fit_gaussians,
+    score_blocks,
+    threshold_for,
+)
 from vitcli.model.outputs import LogitsAndScore, logits_and_features
 
 MAX_FIT_IMAGES = 10_000  # training images the class means are fitted on (a seeded sample)
 
 
 class _FeaturesAndLogits(nn.Module):
-    """(B, D + K): the unknown score's features, then the raw logits, as one tensor."""
+    """(B, F + K): the unknown score's features, then the raw logits, as one tensor."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, blocks: tuple[int, ...] | None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.blocks = model, blocks
 
     def forward(self, x: Tensor) -> Tensor:
-        logits, f = logits_and_features(self.model, x)  # (B, K), (B, D)
+        logits, f = logits_and_features(self.model, x, self.blocks)  # (B, K), (B, n·D)
         return torch.cat([f, logits], dim=1)
 
 
@@ -48,10 +55,12 @@ class Trust:
 
 def features_and_logits(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
                         std: Sequence[float], device: str | torch.device = "cpu",
-                        batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The unknown score's features (N, D) and raw logits (N, K) for uint8 pixels (N, S, S, C)."""
-    d = model.config.head_in_dim
-    both = predict_logits(_FeaturesAndLogits(model), pixels, mean=mean, std=std,
+                        batch_size: int = 256, blocks: tuple[int, ...] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The unknown score's features (N, n·D) of `blocks` (N, D: the last block's, for None)
+    and raw logits (N, K) for uint8 pixels (N, S, S, C)."""
+    d = model.config.head_in_dim * (len(blocks) if blocks is not None else 1)
+    both = predict_logits(_FeaturesAndLogits(model, blocks), pixels, mean=mean, std=std,
                           batch_size=batch_size, device=device)
     return both[:, :d], both[:, d:]
 
@@ -76,9 +85,9 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
               seed: int = 0) -> Trust:
     """Temperature and unknown statistics for `model`, or T = 1 and None without validation.
 
-    The class means and covariance come from (at most MAX_FIT_IMAGES of) the training
-    images, unaugmented; the temperature and threshold from the validation images, which
-    the means never saw, so that the threshold passes `quantile` of new in-distribution
+    The class means and covariance (of the features of score_blocks' blocks) come from (at
+    most MAX_FIT_IMAGES of) the training images, unaugmented; the temperature and threshold
+    from the validation images, which the means never saw, so that the threshold passes `quantile` of new in-distribution
     images rather than of memorised ones.
     """
     if val_pixels is None or val_labels is None or len(val_labels) == 0:
@@ -87,10 +96,12 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
     if len(rows) > MAX_FIT_IMAGES:
         rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_FIT_IMAGES, replace=False))
     kw = dict(mean=mean, std=std, device=device)
-    train_features, _ = features_and_logits(model, train_pixels[rows], **kw)
-    means, chol = fit_gaussians(train_features, train_labels[rows], num_classes)
+    blocks = score_blocks(len(model.blocks))
+    train_features, _ = features_and_logits(model, train_pixels[rows], blocks=blocks, **kw)
+    means, chol = fit_gaussians(train_features, train_labels[rows], num_classes,
+                                num_blocks=len(blocks))
     stats = OodStats(class_means=means, precision_cholesky=chol, threshold=0.0,
-                     quantile=quantile)
+                     quantile=quantile, blocks=blocks)
     val_logits, val_scores = outputs_on(model, stats, val_pixels, **kw)
     stats.threshold = threshold_for(val_scores, quantile)
     temperature = fit_temperature(val_logits, val_labels)

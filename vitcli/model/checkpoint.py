@@ -312,7 +312,7 @@ def load_model(path: str | Path, *, device: str = "cpu",
         temperature = parse_temperature(metadata)
         ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
                                       num_classes=config.num_classes,
-                                      feature_dim=config.head_in_dim)
+                                      feature_dim=config.head_in_dim, depth=config.depth)
     except (TypeError, ValueError) as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     try:

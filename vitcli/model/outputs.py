@@ -36,34 +36,63 @@ def parse_temperature(metadata: dict[str, str]) -> float:
     return value
 
 
-def logits_and_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Raw logits (B, K) and the features the unknown score reads (B, D), in one pass.
+def logits_and_features(model: nn.Module, x: Tensor, blocks: tuple[int, ...] | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """Raw logits (B, K) and the features the unknown score reads, in one pass.
 
-    The features are the tokens of the last block BEFORE the final LayerNorm, pooled as the
-    head pools them (the class token, the patch mean, or both). The normalised ones the head
-    sees lose the tokens' scale, and with it much of what sets noise and unrelated images
-    apart: on generated shapes they rejected 95 % of noise and 75 % of stripes, the
-    un-normalised 100 % and 87 % (benchmarks/ood_scores.py, docs/evaluation.md). Models whose
-    pooling is learned on normalised tokens (attention pool, distillation token) use the
-    head's own input.
+    With `blocks` (vitcli.model.ood.score_blocks): the tokens after each of those blocks,
+    pooled by `block_features`, side by side (B, n·D). Every block's tokens before any
+    LayerNorm: normalised ones lose the tokens' scale, and with it much of what sets noise
+    and unrelated images apart (on generated shapes the normalised class token rejected 95 %
+    of noise and 75 % of stripes, the un-normalised 100 % and 87 %); and the early blocks
+    keep what the last one, trained only to tell the classes apart, drops (a photo's texture
+    and shading: with vit train's recipe on shapes, 67 % of photo crops were caught by the
+    last block's features alone, 84 % with every block's; benchmarks/ood_scores.py,
+    docs/evaluation.md).
+
+    Without `blocks` (files of the earlier rule): the last block's tokens pooled as the head
+    pools them (B, D) (the class token, the patch mean, or both); models whose pooling is
+    learned on normalised tokens (attention pool, distillation token) use the head's input.
     """
     tokens = model.embed(x)  # (B, T, D), as model.forward_features
-    for block in model.blocks:
+    wanted = set(blocks or ())
+    features = []
+    for i, block in enumerate(model.blocks):
         tokens, _ = block(tokens)
+        if i in wanted:
+            features.append(block_features(model, tokens))  # (B, D)
     normed = model.norm(tokens)  # (B, T, D)
     logits = model.forward_head(normed)  # (B, K)
+    if blocks is not None:
+        if len(features) != len(blocks):
+            raise ValueError(f"the unknown rule reads blocks {list(blocks)}; the model has "
+                             f"{len(model.blocks)}")
+        return logits, torch.cat(features, dim=-1)  # (B, n·D)
     if model.config.pooling == "map" or getattr(model, "dist_token", None) is not None:
         return logits, model.forward_head(normed, pre_logits=True)
     return logits, model.pool(tokens)  # (B, D) or (B, 2D) for cls_mean
 
 
+def block_features(model: nn.Module, tokens: Tensor) -> Tensor:
+    """One block's tokens (B, T, D) → the vector the unknown score reads from it: pooled as
+    the head pools (class token, patch mean, or both (B, 2·D)); with a distillation token
+    the mean of it and the class token (what the head averages); with an attention-pool
+    head, learned on the last block's normalised tokens only, the patch mean."""
+    if getattr(model, "dist_token", None) is not None:
+        return (tokens[:, 0] + tokens[:, 1]) / 2  # (B, D)
+    if model.config.pooling == "map":
+        return tokens[:, model.num_prefix_tokens:].mean(dim=1)  # (B, D)
+    return model.pool(tokens)  # (B, D) or (B, 2·D) for cls_mean
+
+
 class MahalanobisScore(nn.Module):
-    """min_k |(f - mu_k) L| for features f (B, D): the distance to the nearest class mean."""
+    """min_k |(f - mu_k) L| for features f (B, F): the distance to the nearest class mean."""
 
     def __init__(self, stats: OodStats) -> None:
         super().__init__()
-        chol = torch.from_numpy(stats.precision_cholesky).float()  # (D, D)
-        means = torch.from_numpy(stats.class_means).float() @ chol  # (K, D), whitened
+        chol = torch.from_numpy(stats.precision_cholesky).float()  # (F, F)
+        means = torch.from_numpy(stats.class_means).float() @ chol  # (K, F), whitened
+        self.blocks = stats.blocks  # whose features it reads (None: the last block's)
         self.register_buffer("chol", chol)
         self.register_buffer("means", means)
         self.register_buffer("means_sq", means.pow(2).sum(-1))  # (K,)
@@ -77,8 +106,8 @@ class MahalanobisScore(nn.Module):
         return self._distance(features.float())
 
     def _distance(self, features: Tensor) -> Tensor:
-        z = features @ self.chol  # (B, D), whitened
-        # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, D) x (D, K) matmul, no (B, K, D) tensor
+        z = features @ self.chol  # (B, F), whitened
+        # |z - m|^2 = |z|^2 - 2 z.m + |m|^2: one (B, F) x (F, K) matmul, no (B, K, F) tensor
         d2 = z.pow(2).sum(-1, keepdim=True) - 2 * z @ self.means.t() + self.means_sq  # (B, K)
         return d2.min(dim=-1).values.clamp_min(0).sqrt()  # (B,)
 
@@ -97,7 +126,7 @@ class ModelOutputs(nn.Module):
         if self.score is None:
             logits = self.model(x)  # (B, K)
             return logits if self.temperature == 1.0 else logits.float() / self.temperature
-        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
+        logits, features = logits_and_features(self.model, x, self.score.blocks)  # (B, K), (B, nD)
         if self.temperature != 1.0:
             logits = logits.float() / self.temperature
         return logits, self.score(features)
@@ -111,7 +140,7 @@ class LogitsAndScore(nn.Module):
         self.model, self.score = model, MahalanobisScore(stats)
 
     def forward(self, x: Tensor) -> Tensor:
-        logits, features = logits_and_features(self.model, x)  # (B, K), (B, D)
+        logits, features = logits_and_features(self.model, x, self.score.blocks)  # (B, K), (B, nD)
         return torch.cat([logits, self.score(features)[:, None]], dim=1)
 
 
