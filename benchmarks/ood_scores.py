@@ -289,9 +289,9 @@ def main() -> None:
             result = run(seed, args.steps, args.per_class, args.trainer, args.threads,
                          Path(work))
             top1, temp, n_val, n_blocks = result.pop("_")["facts"]
-            # the q-quantile's rank k of n: a new in-distribution image passes with
-            # probability k / (n + 1) on average (exchangeable scores)
-            rank = int(np.ceil(0.975 * (n_val - 1))) + 1
+            # threshold_for takes rank k = ceil(q (n + 1)) of n: a new in-distribution image
+            # passes with probability k / (n + 1) (exchangeable scores)
+            rank = min(int(np.ceil(0.975 * (n_val + 1) - 1e-9)), n_val)
             print(f"\nseed {seed}: test top-1 {top1:.1%}, temperature {temp:.3g}, "
                   f"{n_val} validation images (expected false unknown "
                   f"{1 - rank / (n_val + 1):.1%}), every block = {n_blocks} blocks")

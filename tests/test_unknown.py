@@ -109,6 +109,23 @@ def test_onnx_gives_the_same_answers_as_pytorch(trained):
         assert ((os_ > trust.ood.threshold) == (ts > trust.ood.threshold)).all(), kind
 
 
+def test_the_threshold_passes_its_quantile_of_new_in_distribution_images():
+    """Rank ceil(q·(n + 1)) of n validation scores: a new image from the same distribution
+    passes with probability rank / (n + 1) >= q (split conformal). numpy's "higher"
+    quantile took rank 98 of 100, which passes 97.0 % for a 97.5 % promise."""
+    from vitcli.model.ood import threshold_for
+
+    assert threshold_for(np.arange(100.0)) == 98.0  # the 99th smallest of 100
+    assert threshold_for(np.arange(80.0)) == 78.0  # the 79th of 80: 79/81 = 97.5 %
+    assert threshold_for(np.arange(10.0)) == 9.0  # too few for 97.5 %: the largest
+    assert threshold_for(np.arange(4.0), quantile=0.6) == 2.0  # 0.6 · 5 = 3: whole
+    rng = np.random.default_rng(0)
+    for n in (40, 80, 100, 250):
+        # uniform scores: a threshold t passes a new image with probability t
+        passed = [threshold_for(rng.random(n)) for _ in range(2000)]
+        assert np.mean(passed) >= 0.975 - 0.002, n
+
+
 def test_score_blocks_spread_over_the_depth_first_and_last_kept():
     from vitcli.model.ood import score_blocks
 

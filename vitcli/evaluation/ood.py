@@ -87,8 +87,9 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
 
     The class means and covariance (of the features of score_blocks' blocks) come from (at
     most MAX_FIT_IMAGES of) the training images, unaugmented; the temperature and threshold
-    from the validation images, which the means never saw, so that the threshold passes `quantile` of new in-distribution
-    images rather than of memorised ones.
+    from the validation images, which the means never saw, so that the threshold passes
+    `quantile` of new in-distribution images rather than of memorised ones
+    (vitcli.model.ood.threshold_for).
     """
     if val_pixels is None or val_labels is None or len(val_labels) == 0:
         return Trust(temperature=1.0, ood=None, val_images=0)
