@@ -8,8 +8,8 @@ A ViT is trained on generated shapes (examples/make_shapes.py: circle, ring, squ
 triangle), with `cross` held out: `--trainer tiny` is a 2-block ViT (width 48) trained
 full-batch, `--trainer vit` is `vit train`'s own recipe (the README quick start's 4-block,
 80-wide model at 35 px; 100 training and 20 validation images a class, --epochs 40). Every
-score gets its threshold as `vit train` sets it (vitcli.model.ood.threshold_for: 97.5 % of
-the validation images pass) and is then shown images of six kinds:
+score gets its threshold as `vit train` sets it (vitcli.model.ood.threshold_for: a new
+in-distribution image passes with probability >= 97.5 %) and is then shown images of six kinds:
 - new in-distribution shapes ("false unknown": the share wrongly called unknown),
 - uniform noise; "unrelated" images (stripes and checkerboards: nothing like a shape);
 - pink noise (a 1/f spectrum, the statistics of natural images, no object);
@@ -280,8 +280,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     what = ("vit train's recipe, 100 a class, 40 epochs" if args.trainer == "vit" else
             f"tiny ViT, {args.per_class} a class, {args.steps} steps")
-    print(f"train {', '.join(KNOWN)} ({what}); held out: {HELD_OUT}; threshold: 97.5 % of "
-          "validation images pass; 400 new shapes, 200 of each other kind (198 unrelated)")
+    print(f"train {', '.join(KNOWN)} ({what}); held out: {HELD_OUT}; threshold as vit train "
+          "sets it (vitcli.model.ood.threshold_for, 97.5 %); 400 new shapes, 200 of each other "
+          "kind (198 unrelated)")
     cols = ["false unknown", *KINDS]
     runs = []
     with tempfile.TemporaryDirectory(prefix="ood_scores_") as work:

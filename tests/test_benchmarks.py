@@ -37,3 +37,17 @@ def test_pretrained_cost_benchmark_runs_a_family_architecture():
         env=repo_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "toy DINOv2" in result.stdout and "ms per image" in result.stdout
+
+
+def test_ood_scores_benchmark_compares_the_rules_on_every_kind():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ood_scores.py"), "--seeds", "1",
+         "--steps", "3", "--per-class", "8", "--threads", "1"],
+        env=repo_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for kind in ("false unknown", "noise", "unrelated", "pink noise", "photo crops", "cross"):
+        assert kind in result.stdout, kind
+    for rule in ("max-softmax", "energy", "last block", "relative", "every block"):
+        assert f"\n{rule} " in result.stdout, rule
+    # 8 validation images: too few for 97.5 %, the largest score, 1 / 9 expected
+    assert "8 validation images (expected false unknown 11.1%)" in result.stdout
