@@ -5,6 +5,7 @@ Other commands' CLI tests live beside their modules' tests.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,31 @@ def test_info_shows_the_model_file(tiny_model_file):
     result = run("info", tiny_model_file)
     assert result.exit_code == 0, result.output
     assert "circle" in result.stdout and "4×4 patches" in result.stdout
+
+
+@pytest.mark.parametrize(("validation", "words"), [
+    ('{"source": "split"}', "its data's own validation split (val/ or test/)"),
+    ('{"source": "val"}', "a separate folder (--val)"),
+    ('{"source": "val_split", "fraction": 0.1, "seed": 3}',
+     "10% held out of the training images (stratified, --val-split 0.1 --seed 3)"),
+    ('{"source": "none"}', "none (the best model is the last epoch's)")])
+def test_info_says_the_training_metadata_in_words(tmp_path, tiny_model, validation, words):
+    """`vit info` printed `validation {"source": "split"}` and `val_top1 1.000000`: every
+    field reads as words, and no raw JSON reaches the table (--json keeps the values)."""
+    from vitcli.model.checkpoint import save_model
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=["a", "b", "c"],
+                      extra={"epoch": "23", "val_top1": "0.987500", "validation": validation,
+                             "notes": '{"by": "a script", "tags": ["x", "y"]}'})
+    result = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert f"validation images {words}" in text
+    assert "validation top-1 98.75%" in text and "saved at epoch 23" in text
+    assert "notes by a script, tags x, y" in text
+    assert not any(c in result.stdout for c in '{}"'), result.stdout
+    raw = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    assert raw["extra"]["validation"] == validation  # the machine-readable form is unchanged
 
 
 def test_patchify_writes_both_pictures_and_prints_counts(tmp_path, image_file):

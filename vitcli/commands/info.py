@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -83,7 +83,7 @@ def info(
         top.add_row("format", f"vitcli model file v{summary['format_version']}"
                     f" (written by vitcli {summary['vitcli_version']})")
     for key, value in summary["extra"].items():
-        top.add_row(safe(key), safe(_readable(key, value)))
+        top.add_row(safe(LABELS.get(key, key)), safe(_readable(key, value)))
     arch = Table(title="architecture", title_justify="left", show_header=False)
     for key, value in config.to_dict().items():
         arch.add_row(key, safe(value))
@@ -96,8 +96,14 @@ def info(
     console.print(f"[bold]classes ({len(names)}):[/] {shown}")
 
 
+# The metadata keys `vit train` and `vit convert` write, named for people (--json keeps the keys).
+LABELS = {"epoch": "saved at epoch", "val_top1": "validation top-1",
+          "validation": "validation images", "source": "converted from"}
+
+
 def _readable(key: str, value: str) -> str:
-    """A metadata value as a line for people: the calibration in words, long text cut."""
+    """A metadata value as a line for people: the calibration and the validation in words,
+    any other JSON as `key value` pairs (never raw braces), long text cut."""
     try:
         if key == "temperature":
             return f"{float(value):.3g} (probabilities are softmax(logits / T))"
@@ -105,7 +111,39 @@ def _readable(key: str, value: str) -> str:
             rule = json.loads(value)
             return (f"{rule['method']} distance; unknown beyond {float(rule['threshold']):.3g} "
                     f"({float(rule['quantile']):.1%} of the validation images pass)")
+        if key == "val_top1":
+            return f"{float(value):.2%}" if value else "none (no validation images)"
+        if key == "validation":
+            return validation_words(json.loads(value))
+        if value.lstrip()[:1] in "{[":
+            return _pairs(json.loads(value))
     except (ValueError, TypeError, KeyError, AttributeError):
         pass  # shown as stored
     return value if len(value) < 120 else value[:117] + "..."
+
+
+def validation_words(how: dict[str, Any]) -> str:
+    """How training chose its validation images (the model file's `validation`, written by
+    vitcli.training.loop), in words."""
+    source = how["source"]
+    if source == "split":
+        return "its data's own validation split (val/ or test/)"
+    if source == "val":
+        return "a separate folder (--val)"
+    if source == "val_split":
+        fraction = float(how["fraction"])
+        return (f"{fraction:.0%} held out of the training images (stratified, "
+                f"--val-split {fraction:g} --seed {int(how.get('seed', 0))})")
+    if source == "none":
+        return "none (the best model is the last epoch's)"
+    return _pairs(how)
+
+
+def _pairs(value: object) -> str:
+    """Other JSON metadata as people read it: 'a 1, b x' for an object, 'x, y' for a list."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_pairs(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_pairs(v) for v in value)
+    return str(value)
 
