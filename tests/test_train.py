@@ -315,11 +315,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_model(
 @pytest.mark.slow
 def test_time_budget_ends_the_schedule_near_the_budget(tmp_path: Path, bars: Path):
     budget_s = 4.0
-    events = []
+    events, steps = [], []
     result = train(options(tmp_path, bars, epochs=10_000, time_budget=budget_s / 60),
-                   on_event=lambda kind, **f: events.append(kind))
+                   on_event=lambda kind, **f: (events.append(kind),
+                                               steps.append(f) if kind == "step" else None))
     assert result.stopped == "time_budget"
     assert "schedule" in events  # the total was fitted after measuring the speed
+    # The budget's time left is known from the first step, before the speed is measured.
+    assert not steps[0]["budget_fitted"] and 0 < steps[0]["budget_left_s"] < budget_s
+    lefts = [f["budget_left_s"] for f in steps]
+    assert lefts == sorted(lefts, reverse=True)
     assert 0.5 * budget_s <= result.seconds <= 1.5 * budget_s + 1.0
     state = load_state(result.run_dir)
     assert state.info["schedule"]["total_steps"] == result.steps  # warm-up + cosine finished

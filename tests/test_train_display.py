@@ -68,6 +68,23 @@ def test_a_log_gets_progress_with_time_left_from_the_first_step():
     assert line.startswith("step 1/300") and "196 img/s" in line and "6 min 37 s left" in line
 
 
+def test_a_time_budget_shows_its_time_left_from_the_first_step():
+    """--time-budget once printed 'step 1/300  epoch 1/150 ... measuring speed': totals it had
+    not fitted yet, and no time left although the budget gives it from the start."""
+    d, out = display()
+    start(d, time_budget=0.75)
+    d("step", epoch=1, epochs=150, step=1, total_steps=300, done=1, loss=1.6, lr=1e-3,
+      images_per_s=804.0, eta_s=397.0, budget_fitted=False, budget_left_s=43.6)
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("step 1  epoch 1  804 img/s") and "44 s of the budget left" in line
+    assert "measuring" not in line and "/300" not in line and "/150" not in line
+    d.last_log = -1e9  # the next log line now, not in 30 s
+    d("step", epoch=3, epochs=55, step=20, total_steps=435, done=2, loss=1.5, lr=1e-3,
+      images_per_s=900.0, eta_s=31.0, budget_fitted=True, budget_left_s=32.0)
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("step 20/435  epoch 3/55") and line.endswith("31 s left")
+
+
 def test_first_ctrl_c_says_what_happens_next_at_once():
     d, out = display()
     start(d)

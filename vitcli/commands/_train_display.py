@@ -153,22 +153,28 @@ class Display:
             plan = (f"{plural(f['epochs'], 'epoch')} × {plural(f['steps_per_epoch'], 'step')} = "
                     f"{plural(f['total_steps'], 'step')} ({escape(f['epochs_reason'])})")
         print_(f"[bold]schedule[/] {plan}", highlight=False, soft_wrap=True)
-        self._bar("training", f["total_steps"], f["resumed_step"],
-                  info="first step running…")
+        self._bar("training", None if f.get("time_budget") else f["total_steps"],
+                  f["resumed_step"], info="first step running…")  # a budget fits its total later
 
     def _step(self, f: dict[str, Any]) -> None:
         ips = f"{f['images_per_s']:,.0f} img/s"
-        eta = f"{format_duration(f['eta_s'])} left" if f.get("budget_fitted", True) \
-            else "measuring speed"
-        info = f"epoch {f['epoch']}/{f['epochs']}  {ips}  loss {f['loss']:.4f}  {eta}"
+        fitted = f.get("budget_fitted", True)
+        if fitted:
+            eta = f"{format_duration(f['eta_s'])} left"
+        else:  # --time-budget before the speed is measured: the steps and epochs are not
+            # known yet (no made-up totals), but the budget's time left is, from the first step
+            eta = f"{format_duration(f.get('budget_left_s') or 0.0)} of the budget left"
+        epochs = f"/{f['epochs']}" if fitted else ""
+        info = f"epoch {f['epoch']}{epochs}  {ips}  loss {f['loss']:.4f}  {eta}"
         if self.live:
-            self.progress.update(self.task, completed=f["step"], total=f["total_steps"],
-                                 info=info)
+            self.progress.update(self.task, completed=f["step"],
+                                 total=f["total_steps"] if fitted else None, info=info)
             return
         now = time.monotonic()
         if now - self.last_log >= LOG_EVERY_S:  # a log gets a line now and then, not a bar
             self.last_log = now
-            self.progress.console.print(f"step {f['step']:,}/{f['total_steps']:,}  {info}",
+            steps = f"/{f['total_steps']:,}" if fitted else ""
+            self.progress.console.print(f"step {f['step']:,}{steps}  {info}",
                                         highlight=False, soft_wrap=True)
 
     def _epoch_end(self, f: dict[str, Any]) -> None:

@@ -405,7 +405,10 @@ class Trainer:
                   lr=self.schedule.lr(self.step - 1),
                   images_per_s=self.epoch_images / max(seconds, 1e-9),
                   eta_s=per_step * (total_steps - self.step),
-                  budget_fitted=self.budget_fitted)
+                  budget_fitted=self.budget_fitted,
+                  # known from the first step: the minutes given less the time spent so far
+                  budget_left_s=(max(0.0, self.options.time_budget * 60 - self.elapsed())
+                                 if self.options.time_budget else None))
         if self.options.time_budget and self.sec_per_step is None:
             self._probe()  # (epoch ends may have fitted the budget already, less exactly)
         if interrupt > 0:
