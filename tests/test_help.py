@@ -113,6 +113,55 @@ def test_defaults_in_one_style(name: str) -> None:
     assert not re.search(r"\(default:|Default:", text), f"`vit {name} --help`: {text}"
 
 
+def default_only_lines(text: str) -> list[str]:
+    """The help lines whose only content is (part of) a `[default: …]`: an option's help
+    column read row by row, each row's text placed in the option's whole help text."""
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        inner = line.strip()
+        if not (inner.startswith("│") and inner.endswith("│")):
+            blocks.append([])  # a panel's edge or the description: the next row starts anew
+            continue
+        inner = inner[1:-1].rstrip()
+        if not inner.strip():
+            continue
+        if len(inner) - len(inner.lstrip()) <= 3 or not blocks or not blocks[-1]:
+            # an option's first row: flag, value type, then its help after a wide gap
+            blocks.append([re.split(r"\s{2,}", inner.strip())[-1]])
+        else:
+            blocks[-1].append(inner.strip())
+    alone = []
+    for rows in blocks:
+        joined = " ".join(rows)
+        defaults = [m.span() for m in re.finditer(r"\[default: [^\]]*\]", joined)]
+        at = 0
+        for row in rows:
+            start = joined.index(row, at)
+            at = start + len(row)
+            if any(a <= start and at <= b for a, b in defaults):
+                alone.append(row)
+    return alone
+
+
+def test_default_fragments_are_found() -> None:
+    panel = ("╭─ Options ──╮\n"
+             "│ --batch  N  Images per forward pass.   │\n"
+             "│             [default: 256]             │\n"
+             "│ --seed   N  Seed. [default: 0]         │\n"
+             "│ --size   N  Input size in px. [default:│\n"
+             "│             the preset's]              │\n"
+             "╰────────────╯\n")
+    assert default_only_lines(panel) == ["[default: 256]", "the preset's]"]
+
+
+@pytest.mark.parametrize("name", ["", *NAMES])
+def test_no_line_holds_only_a_default(name: str) -> None:
+    """At 80 columns `[default: 256]` once sat alone on a line under its option's help (and
+    long defaults wrapped into lines of their own): a default ends a line of help text."""
+    alone = default_only_lines(render(name))
+    assert not alone, f"`vit {name} --help` has lines holding only a default: {alone}"
+
+
 def test_val_split_needs_at_least_10_images_per_class() -> None:
     text = " ".join(render("train").replace("│", " ").split())
     assert "every class has at least 10 images" in text

@@ -73,7 +73,7 @@ ModelOpt = Annotated[
     typer.Option("--model", "-m", help="A vitcli model file (.safetensors).", show_default=False),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+    str, typer.Option("--device", help="The device to run on: cpu, cuda, cuda:N (a GPU) or mps.")
 ]
 PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="auto, fp32 or bf16 (bf16 autocast, fp32 weights). "
@@ -105,11 +105,19 @@ def _metavar(param: Any) -> str:
     return name
 
 
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def _bound(value: float) -> str:
     """A range bound as a reader writes it: whole numbers in full with thousands separators
-    (4,294,967,295, never 4.29497e+09), fractions as short decimals (0.5)."""
+    (4,096, never 4.096e+03), fractions as short decimals (0.5); a limit of a binary type
+    as a power of two (2³²−1 for a seed: exact, and short enough to leave the help its
+    width at 80 columns)."""
     if float(value).is_integer():
-        return f"{int(value):,}"
+        n = int(value)
+        if n >= 2**31 - 1 and (n + 1) & n == 0:  # 2^k - 1: a type's limit
+            return f"2{str((n + 1).bit_length() - 1).translate(_SUPERSCRIPT)}−1"
+        return f"{n:,}"
     return f"{value:g}"
 
 
@@ -138,18 +146,23 @@ class VitCommand(TyperCommand):
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         """Help texts are plain text, never Rich markup: "[adamw; tiny: muon]" must show, so
-        they are escaped for the length of the rendering only."""
+        they are escaped for the length of the rendering only.
+
+        The default Typer shows goes at the end of the help text, in its words ("[default:
+        256]"), for the same length: Typer sets it beside the text as a second column, which
+        drops to a line of its own whenever the text wraps."""
         params = [p for p in self.get_params(ctx) if getattr(p, "help", None)]
-        saved = (self.help, [p.help for p in params])
+        saved = (self.help, [(p.help, p.show_default) for p in params])
         try:
             self.help = _escape_markup(self.help or "")
             for p in params:
-                p.help = _escape_markup(p.help)
+                p.help = _escape_markup(_with_default(p, ctx))
+                p.show_default = False
             return super().format_help(ctx, formatter)
         finally:
             self.help = saved[0]
-            for p, text in zip(params, saved[1]):
-                p.help = text
+            for p, (text, show) in zip(params, saved[1]):
+                p.help, p.show_default = text, show
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)
@@ -163,6 +176,21 @@ class VitCommand(TyperCommand):
             if param.param_type_name == "argument":
                 pieces.append(param.metavar if param.required else f"[{param.metavar}]")
         return pieces
+
+
+def _with_default(param: Any, ctx: Any) -> str:
+    """`param.help` ending in the default Typer would show beside it ("[default: 256]"),
+    worked out as Typer works it out (typer.rich_utils._get_parameter_help)."""
+    text = param.help
+    if not hasattr(param, "_extract_default_help_str"):
+        return text
+    default = param._extract_default_help_str(ctx=ctx)
+    named = isinstance(param.show_default, str)
+    if not named and (default is None or not (param.show_default or ctx.show_default)):
+        return text
+    shown = param._get_default_string(ctx=ctx, show_default_is_str=named,
+                                      default_value=default)
+    return f"{text} [default: {shown}]" if shown else text
 
 
 def _tidy(param: Any) -> None:

@@ -38,8 +38,8 @@ def evaluate(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     split: Annotated[str | None, typer.Option(
-        "--split", help="Which split to evaluate. [default: the data's validation or "
-        "test split, else all of it]", show_default=False)] = None,
+        "--split", help="Which split to evaluate; without it the data's validation or "
+        "test split, else all of it.", show_default=False)] = None,
     val_split: Annotated[float | None, typer.Option(
         "--val-split", help="Evaluate the fraction that `vit train --val-split` (0.1 by "
         "default) held out of this data, carved again with the same --seed.",

@@ -19,12 +19,13 @@ def export(
                                         show_default=False)],
     onnx: Annotated[bool, typer.Option("--onnx", help="Export to ONNX (the only format so far; required).")] = False,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output .onnx file. [default: beside the model, same name]",
+        "--out", "-o", help="The .onnx file to write, named after the model file. "
+        "[default: beside the model]",
         show_default=False)] = None,
     opset: Annotated[int, typer.Option("--opset", min=MIN_OPSET, max=1000,
                                        help="ONNX opset version.")] = DEFAULT_OPSET,
     batch: Annotated[str, typer.Option(
-        "--batch", help="'dynamic' for any batch size, or a fixed batch size N "
+        "--batch", help="'dynamic' for any batch size, or a fixed batch N "
                         f"(1-{MAX_FIXED_BATCH:,}).")] = "dynamic",
     int8: Annotated[bool, typer.Option(
         "--int8", help="Also write a dynamically quantized int8 file beside --out "

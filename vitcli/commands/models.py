@@ -9,7 +9,7 @@ import typer
 
 def models(
     classes: Annotated[int, typer.Option(
-        "--classes", min=0, help="Head size used for the counts (0: no head).")] = 1000,
+        "--classes", min=0, help="Classes in the head that the counts assume (0: no head).")] = 1000,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", help="List recommended pretrained weights instead: the names "
         "`vit train --init` and `vit convert --from-hub` accept.")] = False,

@@ -23,18 +23,19 @@ def patchify(
     image: Annotated[Path, typer.Argument(help="An image file (any format Pillow reads).",
                                           show_default=False)],
     patch: Annotated[int | None, typer.Option(
-        "--patch", "-p", min=1, max=1024, help="Patch size in pixels. [default: the preset's, "
-        "else 16; a model file's own with --model]", show_default=False)] = None,
+        "--patch", "-p", min=1, max=1024, help="Patch size in px; with --model, the "
+        "model's own. [default: 16, or the --preset's]", show_default=False)] = None,
     size: Annotated[int | None, typer.Option(
-        "--size", "-s", min=1, max=8192, help="Model input size in pixels. [default: the "
-        "preset's, else 224; a model file's own with --model]", show_default=False)] = None,
+        "--size", "-s", min=1, max=8192, help="Input size in px; with --model, the "
+        "model's own. [default: 224, or the --preset's]", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="Architecture for the width and GFLOPs figures "
-        "[default: the preset nearest --patch/--size, e.g. vit-b16]",
+        "--preset", help="The architecture whose width and GFLOPs are shown. "
+        "[default: nearest --patch/--size]",
         show_default=False)] = None,
     model: ModelOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Folder for the two pictures. [default: ./patchify-out]",
+        "--out", "-o", help="Where the grid and sequence pictures are written. "
+        "[default: ./patchify-out]",
         show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""

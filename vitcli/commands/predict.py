@@ -31,10 +31,10 @@ def predict(
         show_default=False)],
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="A vitcli model file: .safetensors (PyTorch) or .onnx "
-        "(onnxruntime, no torch). [default: weights/best.safetensors of the newest run in "
-        "runs/train]", show_default=False)] = None,  # no long path: help must not be cut
+        "(onnxruntime, no torch); without it, weights/best.safetensors of the newest run in "
+        "runs/train.", show_default=False)] = None,  # no long path: help must not be cut
     topk: Annotated[int, typer.Option("--topk", "-k", min=1, max=100_000,
-                                      help="How many labels to show per image.")] = 5,
+                                      help="How many labels to show for each image, best first.")] = 5,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Write one JSON object per image to stdout, nothing else.")] = False,
     csv_path: Annotated[Path | None, typer.Option(
@@ -47,12 +47,13 @@ def predict(
     precision: Annotated[str, typer.Option("--precision", help=(
         "fp32, bf16 or auto (PyTorch files). fp32 gives exactly the probabilities of the "
         "exported ONNX file and of an imported model's source; bf16, or auto (bf16 on a "
-        "CPU with bf16 units for wide models), is faster, probabilities within ~1e-2."))] = "fp32",
+        "CPU with bf16 units for wide models), is faster, probabilities within ~1e-2 of "
+        "them."))] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(
         "--unknown", help="on|off: call images beyond the model file's out-of-distribution "
-        "threshold 'unknown'. [default: on when the file has the rule]",
+        "threshold 'unknown'. [default: on if it has one]",
         show_default=False)] = None,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""

@@ -37,22 +37,24 @@ def train(
     data: Annotated[str | None, _opt("--data", "-d", help="Training images: a folder of class "
                                      "sub-folders (optionally with train/ and val/), a saved "
                                      "dataset, or a Hub dataset name.")] = None,
-    model: Annotated[str | None, _opt("--model", "-m", help="Preset (see `vit models`). "
-                                      "[default: chosen by image size]")] = None,
-    img_size: Annotated[int | None, _opt("--img-size", min=8, max=8192, help="Input size in px. "
-                                         "[default: small images keep their size, rounded "
-                                         "up to the patch; large ones the preset's]")] = None,
-    patch: Annotated[int | None, _opt("--patch", min=1, max=1024, help="Patch size in px. "
-                                      "[default: the preset's]")] = None,
+    model: Annotated[str | None, _opt("--model", "-m", help="The preset to train, as `vit "
+                                      "models` lists them. [default: by image size]")] = None,
+    img_size: Annotated[int | None, _opt("--img-size", min=8, max=8192, help="Input size in px. Small images "
+                                         "keep their own size, rounded up to the patch. "
+                                         "[default: the preset's]")] = None,
+    patch: Annotated[int | None, _opt("--patch", min=1, max=1024, help="Patch size in px: the image is "
+                                      "cut into squares. [default: the preset's]")] = None,
     epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=(
-        f"Epochs. [default: {EPOCHS}, or more for small data: at least {MIN_STEPS} steps]"))] = None,
+        f"Epochs; small data gets more, to reach at least {MIN_STEPS} steps. "
+        f"[default: {EPOCHS}]"))] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
-                                           help="Global batch, all processes together. "
-                                           f"[default: {BATCH_SIZE}; tiny: {TINY_BATCH_SIZE}]")]
+                                           help="Global batch, all processes together; "
+                                           f"tiny images get {TINY_BATCH_SIZE}. "
+                                           f"[default: {BATCH_SIZE}]")]
     = None,
     lr: Annotated[float | None, _opt("--lr", help=(
-        f"Peak learning rate. [default: {BASE_LR:g} × batch / {BASE_BATCH}; tiny: "
-        f"{TINY_BASE_LR:g} × batch / {BASE_BATCH}]"))] = None,
+        f"Peak learning rate; without it {BASE_LR:g} × batch / {BASE_BATCH} (tiny images: "
+        f"{TINY_BASE_LR:g} × batch / {BASE_BATCH})."))] = None,
     weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
                                                help=f"AdamW weight decay. [default: {_D.weight_decay}]")] = None,
     optimizer: Annotated[str | None, _opt("--optimizer", help=(
@@ -61,9 +63,10 @@ def train(
     warmup: Annotated[float | None, _opt("--warmup", min=0.0,
                                          help=f"Warm-up epochs. [default: {_D.warmup:g}]")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
-        f"Label smoothing. [default: {LABEL_SMOOTHING}; tiny: {TINY_LABEL_SMOOTHING}]"))] = None,
+        f"Label smoothing; tiny images from scratch get {TINY_LABEL_SMOOTHING}. "
+        f"[default: {LABEL_SMOOTHING}]"))] = None,
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
-        f"Stochastic depth. [default: {DROP_PATH}; tiny: 0]"))]
+        f"Stochastic depth; tiny images from scratch get none. [default: {DROP_PATH}]"))]
     = None,
     seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
                                      f"augmentation. [default: {_D.seed}]")] = None,
@@ -71,25 +74,27 @@ def train(
     precision: Annotated[str | None, _opt("--precision", help=(
         "auto, fp32 or bf16 (bf16 autocast; weights and optimiser state stay fp32). auto: "
         "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
-        "models wide enough that it pays; fp32 otherwise. Recorded; --resume keeps it. [default: auto]"))]
+        "models wide enough that it pays; fp32 otherwise. --resume keeps the run's. "
+        "[default: auto]"))]
     = None,
     threads: Annotated[int | None, _opt("--threads", min=0, max=4096, help=(
-        "CPU threads for the maths. [default: 0 = automatic: from the free cores, measured "
-        "at the start and again when steps slow down]"))] = None,
+        "CPU threads for the maths; 0 = from the cores free, measured at the start and when "
+        "steps slow down. [default: 0]"))] = None,
     # The old name of --threads, still accepted; hidden, so that help shows one name.
     workers: Annotated[int | None, typer.Option("--workers", min=0, max=4096, hidden=True)] = None,
-    augment: Annotated[str | None, _opt("--augment", help="none, light or strong. "
-                                        "[default: by dataset size]")] = None,
+    augment: Annotated[str | None, _opt("--augment", help="Training augmentation: none, "
+                                        "light or strong. [default: by data size]")] = None,
     val: Annotated[str | None, _opt("--val", help="Validation images (same forms as "
                                     "--data).")] = None,
     val_split: Annotated[float | None, _opt("--val-split", help=(
-        "Hold out this fraction (stratified) for validation. [default: 0.1 when the data has "
-        "no validation split and every class has at least 10 images]"))] = None,
+        "Hold out this fraction (stratified) for validation; 0 = none. The default applies "
+        "when the data has no validation split and every class has at least 10 images. "
+        "[default: 0.1]"))] = None,
     class_weights: Annotated[str | None, _opt("--class-weights", help=(
         "none, or auto: weight the loss by 1 / effective number of samples per class "
         "(Cui et al. 2019) for imbalanced classes. [default: none]"))] = None,
     sampler: Annotated[str | None, _opt("--sampler", help=(
-        "random, or balanced: draw every class equally often (with replacement). "
+        "random, or balanced: draw each class as often as the others (with replacement). "
         "[default: random]"))] = None,
     ema: Annotated[bool, _opt("--ema", help="Keep an EMA of the weights; validate and save "
                               "it.")] = False,
@@ -99,9 +104,10 @@ def train(
                                               "then (overrides --epochs). [default: none]")] = None,
     patience: Annotated[int | None, _opt("--patience", min=1, help="Stop after N epochs "
                                          "without a better val top-1. [default: never]")] = None,
-    name: Annotated[str | None, _opt("--name", help="Run folder name. [default: exp, exp2, …]")] = None,
-    project: Annotated[str | None, _opt("--project", help="Where run folders go. "
-                                        f"[default: {_D.project}]")] = None,
+    name: Annotated[str | None, _opt("--name", help="Name of the run folder (numbered if "
+                                    "taken). [default: exp, exp2, …]")] = None,
+    project: Annotated[str | None, _opt("--project", help="Where run folders are made: one "
+                                        f"folder for each run. [default: {_D.project}]")] = None,
     resume: Annotated[Path | None, _opt("--resume", help="Continue the run in this folder "
                                         "(its own options; --device and --threads "
                                         "may change).")] = None,
@@ -121,30 +127,32 @@ def train(
                                           panel=ADVANCED)] = None,
     heads: Annotated[int | None, _opt("--heads", min=1, help="Attention heads. [default: the preset's]",
                                       panel=ADVANCED)] = None,
-    mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="MLP width / token width. [default: the preset's]",
+    mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="How many times wider the MLP is "
+                                            "than a token. [default: the preset's]",
                                             panel=ADVANCED)] = None,
-    patch_embed: Annotated[str | None, _opt("--patch-embed", help="linear, overlap or "
-                                            "shifted. [default: the preset's]", panel=ADVANCED)] = None,
+    patch_embed: Annotated[str | None, _opt("--patch-embed", help="Patch embedding: linear, "
+                                            "overlap or shifted. [default: the preset's]", panel=ADVANCED)] = None,
     locality_attention: Annotated[bool | None, _opt(
         "--locality-attention", help="Locality self-attention (Lee et al. 2021). [default: the preset's]",
         panel=ADVANCED)] = None,
     pooling: Annotated[str | None, _opt("--pooling", help="cls or mean. [default: the preset's]", panel=ADVANCED)]
     = None,
-    pos_embed: Annotated[str | None, _opt("--pos-embed", help="learned or sincos. [default: the preset's]",
+    pos_embed: Annotated[str | None, _opt("--pos-embed", help="Position embedding: learned, or "
+                                          "sincos (fixed). [default: the preset's]",
                                           panel=ADVANCED)] = None,
     schedule: Annotated[str | None, _opt("--schedule", help=(
         "How the lr falls after warm-up: cosine or linear. [default: cosine; tiny: linear]"),
         panel=ADVANCED)] = None,
-    clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Max gradient norm, "
-                                            f"0 = off. [default: {_D.clip_grad}]", panel=ADVANCED)] = None,
+    clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Gradients are clipped to this "
+                                            f"norm; 0 = off. [default: {_D.clip_grad}]", panel=ADVANCED)] = None,
     ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
                                             help=f"EMA decay per step. [default: {_D.ema_decay}]",
                                             panel=ADVANCED)] = None,
     save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
-                                           "every N steps. [default: 0: at epoch ends only]", panel=ADVANCED)] = None,
-    cache_dir: Annotated[str | None, _opt("--cache-dir", help="Where decoded images are "
-                                          "cached. [default: $VITCLI_CACHE, else "
-                                          "~/.cache/vitcli]", panel=ADVANCED)] = None,
+                                           "every N steps, 0 = at epoch ends only. "
+                                           "[default: 0]", panel=ADVANCED)] = None,
+    cache_dir: Annotated[str | None, _opt("--cache-dir", help="Decoded-image cache; also set "
+                                          "by $VITCLI_CACHE. [default: ~/.cache/vitcli]", panel=ADVANCED)] = None,
 ) -> None:
     """Train a Vision Transformer; writes a run folder with weights, metrics and plots.
 
