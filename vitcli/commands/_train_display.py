@@ -138,7 +138,7 @@ class Display:
                  if preset else "")
         print_(f"[bold]model[/] {named}{c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
                f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {plural(c.in_channels, 'channel')}, "
-               f"{plural(c.num_classes, 'class', 'classes')}", highlight=False)
+               f"{plural(c.num_classes, 'class', 'classes')}", highlight=False, soft_wrap=True)
         procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
         precision = f", precision {f['precision']}" if f.get("precision") else ""
         threads = (f", {plural(f['threads'], 'CPU thread')} ({escape(f['threads_reason'])})"
