@@ -873,6 +873,26 @@ def test_resuming_a_run_that_ended_says_so_and_changes_nothing(tmp_path: Path, b
     assert best.read_bytes() == before  # no new calibration, no rewrite
 
 
+def test_a_run_stopped_by_patience_has_ended_too(tmp_path: Path):
+    """An early-stopped run resumed trained again (one more epoch, new files, a new
+    calibration); like a finished schedule, it has nothing to resume."""
+    from types import SimpleNamespace
+
+    from vitcli.training.trainer import _ended
+
+    info = {"step": 40, "epochs_done": 10, "bad_epochs": 3, "seconds": 9.0, "best_top1": 0.9,
+            "best_epoch": 7, "schedule": {"total_steps": 120, "warmup_steps": 4,
+                                          "peak_lr": 1e-3}}
+    patient = TrainOptions(data="imgs", patience=3)
+    said, result = _ended(tmp_path, SimpleNamespace(info=info), patient)
+    assert "already ended at step 40 (epoch 10, stopped early by --patience 3)" in said
+    assert result.stopped == "early_stop" and result.already_ended
+    assert _ended(tmp_path, SimpleNamespace(info={**info, "bad_epochs": 2}), patient) is None
+    assert _ended(tmp_path, SimpleNamespace(info=info), TrainOptions(data="imgs")) is None
+    done = _ended(tmp_path, SimpleNamespace(info={**info, "step": 120}), TrainOptions(data="x"))
+    assert done is not None and done[1].stopped == "completed"
+
+
 def test_cli_resume_of_an_ended_run_says_only_that(tmp_path: Path, bars: Path, monkeypatch):
     """`vit train --resume` of a finished run printed the run/data/model/training/schedule
     header and a summary around 'already ended': the one line comes first and alone, exit 0

@@ -159,7 +159,8 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
 
 def _ended(run_dir: Path, state: Any, options: TrainOptions) -> tuple[str, TrainResult] | None:
     """(the one line to say, the run's result) when the saved state is at the end of its
-    schedule: --resume then has nothing to do, and rewrites nothing (no new calibration)."""
+    schedule, or was stopped early by --patience: --resume then has nothing to do, and
+    rewrites nothing (no new calibration)."""
     import shlex
 
     from vitcli.training.optim import WarmupDecay
@@ -167,17 +168,20 @@ def _ended(run_dir: Path, state: Any, options: TrainOptions) -> tuple[str, Train
     info = state.info
     try:
         step, total = int(info["step"]), WarmupDecay.from_dict(info["schedule"]).total_steps
+        early = bool(options.patience) and int(info.get("bad_epochs", 0)) >= options.patience
     except (KeyError, TypeError, ValueError):
         return None  # damaged counters: the trainer's own checks say so when it loads them
-    if step <= 0 or step < total:
+    if step <= 0 or (step < total and not early):
         return None
     best = run_dir / "weights" / "best.safetensors"
     again = shlex.join(["vit", "train", "--data", options.data or "DATA", "--init", str(best)])
-    line = (f"{run_dir} already ended at step {step:,} (epoch {info.get('epochs_done', '?')}): "
+    why = f", stopped early by --patience {options.patience}" if step < total else ""
+    line = (f"{run_dir} already ended at step {step:,} (epoch {info.get('epochs_done', '?')}"
+            f"{why}): "
             f"nothing to resume. To train further, start a new run from its weights: {again}")
     result = TrainResult(
-        run_dir=run_dir, stopped="completed", epochs=int(info.get("epochs_done", 0)), steps=step,
-        seconds=float(info.get("seconds", 0.0)), best_top1=info.get("best_top1"),
+        run_dir=run_dir, stopped="early_stop" if why else "completed",
+        epochs=int(info.get("epochs_done", 0)), steps=step, seconds=float(info.get("seconds", 0.0)), best_top1=info.get("best_top1"),
         best_epoch=info.get("best_epoch"), best_path=best,
         last_path=run_dir / "weights" / "last.safetensors", last_row=None, num_train=0,
         num_val=0, options=options, already_ended=True)
