@@ -62,3 +62,14 @@ def test_copies_line_agrees_with_one_copy():
     two = ByteConflicts(leaked=[("val/a.png", "train/a.png"), ("val/b.png", "train/b.png")],
                         two_labels=[])
     assert "2 validation images are byte-identical" in (two.line("data") or "")
+
+
+def test_counts_of_images_agree_with_one_image():
+    """'1 images at batch 256 are 1 step an epoch', 'the default for 1 images': every count
+    of images a user reads goes through plural too."""
+    from vitcli.training.recipe import TrainOptions, epochs_for
+
+    _, why = epochs_for(TrainOptions(data="x"), 1, 256)
+    assert why.startswith("1 image at batch 256 is 1 step an epoch"), why
+    _, why = epochs_for(TrainOptions(data="x"), 500, 256)
+    assert why.startswith("500 images at batch 256 are 2 steps an epoch"), why

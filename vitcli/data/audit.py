@@ -42,7 +42,7 @@ from vitcli.data.duplicates import (
 )
 from vitcli.data.perceptual import SIGNATURE_BYTES, dhash, phash, signature
 from vitcli.data.sources import SplitRows, open_source
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 from vitcli.files import atomic_write, read_json_file
 
 AUDIT_VERSION = 2  # bump when a record's fields or the signatures change
@@ -175,7 +175,7 @@ def audit(data: str | Path, *, val: str | Path | None = None, cache_dir: Path | 
     thumb_array = np.concatenate(thumbs) if thumbs else np.zeros((0, SIGNATURE_BYTES), np.uint8)
     groups = find_groups(files, thumb_array)
     return AuditReport(
-        data=str(data), description=f"{description}: {len(files):,} images",
+        data=str(data), description=f"{description}: {plural(len(files), 'image')}",
         class_names=class_names, splits=list(parts), files=files, groups=groups,
         ignored=ignored,
         thresholds={"near_hash_bits": NEAR_HASH_BITS, "near_thumbnail_cosine": NEAR_THUMB_COSINE,

@@ -31,7 +31,7 @@ from vitcli.data.sources import (
     SplitRows,
     open_source,
 )
-from vitcli.errors import UsageError, VitError
+from vitcli.errors import UsageError, VitError, plural
 from vitcli.model.preprocess import Preprocessing
 
 DEFAULT_VAL_SPLIT = 0.1
@@ -170,14 +170,14 @@ def load_eval_data(data: str | Path, *, preprocessing: Preprocessing, split: str
         raise VitError(f"{data}: the {name} split has no images")
     images, bad = _decode(part, preprocessing, source.class_names, cache_dir, progress)
     if not len(images):
-        raise VitError(f"{data}: none of the {len(part.labels):,} images could be read "
+        raise VitError(f"{data}: none of its {plural(len(part.labels), 'image')} could be read "
                        f"(first: {bad[0][1]})")
     if val_split is not None:
         where = (f", the stratified {val_split:.0%} of its training images held out with "
                  f"seed {seed}")
     else:
         where = f", split {name}" if len(source.splits) > 1 or name != "train" else ""
-    images.description = f"{source.label}{where}: {len(images):,} images"
+    images.description = f"{source.label}{where}: {plural(len(images), 'image')}"
     return images, source.ignored + bad
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vitcli.deploy.backends import open_onnx
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 
 if TYPE_CHECKING:
     from vitcli.model.checkpoint import ModelFile
@@ -156,7 +156,7 @@ def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
     tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN  # (N,)
     real = int((differ & ~tie).sum())
     if real:
-        raise VitError(f"ONNX and PyTorch disagree on {real} of {len(ref)} images in --data "
+        raise VitError(f"ONNX and PyTorch disagree on {real:,} of {plural(len(ref), 'image')} in --data "
                        "(fp32 must agree on every image); nothing was written")
     return DataCheck(images=len(ref), description=data.description,
                      torch_accuracy=float((ref.argmax(1) == data.labels).mean()),

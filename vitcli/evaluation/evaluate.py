@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 from vitcli.evaluation.calibration import Calibration
 from vitcli.files import atomic_write_text
 
@@ -490,7 +490,7 @@ def write_outputs(report: EvalReport, out: str | Path) -> dict[str, Path]:
         m.confusion, m.class_names, out / "confusion_matrix.png",
         title=f"{model_label(report.model_path)} on {data_label(report.data)}"
               f"{'' if report.split is None else f' ({report.split})'}: top-1 {m.top1:.1%} "
-              f"of {m.num_images:,} images")
+              f"of {plural(m.num_images, 'image')}")
     if report.raw_logits is not None and report.labels is not None:
         from vitcli.evaluation.calibration_plots import write_calibration_plots
 

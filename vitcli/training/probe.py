@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from vitcli.data.augment import BatchAugment
+from vitcli.errors import plural
 
 CHECK_IMAGES = 8  # images whose full-model logits are compared with head(features)
 CHECK_TOLERANCE = 1e-4  # largest logit difference accepted (float32 rounding is ~1e-6)
@@ -162,7 +163,7 @@ def describe(mode: str | None, *, level: str, images: int = 0, seconds: float = 
     more than the pooled features) or "uncached" (caching turned off, as benchmarks do).
     """
     if mode == "cached":
-        return (f"linear probe on cached features: one forward pass over {images:,} images "
+        return (f"linear probe on cached features: one forward pass over {plural(images, 'image')} "
                 f"({seconds:.1f} s), then the head alone each epoch")
     if mode == "augmented":
         return (f"linear probe with --augment {level}: each image changes every epoch, so the "

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, plural
 from vitcli.model.config import TINY_IMAGE_MAX, ViTConfig, get_preset
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
 
@@ -301,9 +301,9 @@ def epochs_for(options: TrainOptions, num_images: int, batch: int) -> tuple[int,
         return options.epochs, "--epochs"
     needed = math.ceil(MIN_STEPS / per_epoch)
     if needed <= EPOCHS:
-        return EPOCHS, f"the default for {num_images:,} images"
-    steps = "1 step" if per_epoch == 1 else f"{per_epoch} steps"
-    return needed, (f"{num_images:,} images at batch {batch} are {steps} an epoch: "
+        return EPOCHS, f"the default for {plural(num_images, 'image')}"
+    return needed, (f"{plural(num_images, 'image')} at batch {batch} "
+                    f"{'is' if num_images == 1 else 'are'} {plural(per_epoch, 'step')} an epoch: "
                     f"{needed} epochs make the {MIN_STEPS} steps a model needs to learn")
 
 
