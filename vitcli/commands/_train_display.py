@@ -111,8 +111,9 @@ class Display:
                 c = t.calibration
                 print_(f"calibrated on {plural(t.val_images, 'validation image')}: temperature "
                        f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
-                       f"unknown beyond score {t.ood.threshold:.3g} "
-                       f"({t.ood.quantile:.1%} of them pass)", highlight=False, soft_wrap=True)
+                       f"unknown beyond score {t.ood.threshold:.3g} (an image like them "
+                       f"passes with probability ≥ {t.ood.quantile:.1%})", highlight=False,
+                       soft_wrap=True)
         elif kind == "step":
             self._step(f)
         elif kind == "interrupt":

@@ -108,9 +108,10 @@ def _readable(key: str, value: str) -> str:
         if key == "temperature":
             return f"{float(value):.3g} (probabilities are softmax(logits / T))"
         if key == "ood":
-            rule = json.loads(value)
-            return (f"{rule['method']} distance; unknown beyond {float(rule['threshold']):.3g} "
-                    f"({float(rule['quantile']):.1%} of the validation images pass)")
+            from vitcli.model.ood import describe_rule, parse_rule
+
+            rule = parse_rule(value)
+            return describe_rule(rule["blocks"], rule["threshold"], rule["quantile"])
         if key == "val_top1":
             return f"{float(value):.2%}" if value else "none (no validation images)"
         if key == "validation":

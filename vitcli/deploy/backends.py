@@ -257,7 +257,7 @@ def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
 
 def _onnx_threshold(path: Path, metadata: dict[str, str], *, has_score: bool) -> float | None:
     """The unknown threshold from the metadata, checked against the graph's outputs."""
-    from vitcli.model.ood import METADATA_KEY, parse_rule
+    from vitcli.model.ood import METADATA_KEY, NewerMethodError, parse_rule
 
     text = metadata.get(METADATA_KEY)
     if (text is None) != (not has_score):
@@ -267,6 +267,9 @@ def _onnx_threshold(path: Path, metadata: dict[str, str], *, has_score: bool) ->
         return None
     try:
         return parse_rule(text)["threshold"]
+    except NewerMethodError as exc:
+        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
+                       "(upgrade vitcli)") from None
     except ValueError as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
 

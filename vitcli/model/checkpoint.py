@@ -313,6 +313,9 @@ def load_model(path: str | Path, *, device: str = "cpu",
         ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
                                       num_classes=config.num_classes,
                                       feature_dim=config.head_in_dim, depth=config.depth)
+    except ood_rule.NewerMethodError as exc:
+        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
+                       "(upgrade vitcli)") from None
     except (TypeError, ValueError) as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     try:

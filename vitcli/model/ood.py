@@ -192,6 +192,10 @@ def parse_ood(metadata: dict[str, str], shapes: dict[str, list[int]], *, num_cla
     return info
 
 
+class NewerMethodError(ValueError):
+    """An `ood` method this vitcli does not know: most likely written by a newer vitcli."""
+
+
 def parse_rule(text: str) -> dict[str, Any]:
     """Method, threshold, quantile and blocks (None for the last-block rule) from the `ood`
     metadata JSON (the ONNX file's too)."""
@@ -203,8 +207,8 @@ def parse_rule(text: str) -> dict[str, Any]:
         raise ValueError("'ood' should be a JSON object")
     method = info.get("method")
     if method not in (METHOD, LAST_BLOCK_METHOD):
-        raise ValueError(f"unknown out-of-distribution method {method!r} "
-                         f"(this vitcli knows {METHOD!r} and {LAST_BLOCK_METHOD!r})")
+        raise NewerMethodError(f"out-of-distribution method {method!r} is not one this vitcli "
+                               f"knows ({METHOD!r}, {LAST_BLOCK_METHOD!r})")
     threshold = info.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or threshold < 0:
@@ -223,6 +227,15 @@ def parse_rule(text: str) -> dict[str, Any]:
         blocks = tuple(blocks)
     return {"method": method, "threshold": float(threshold), "quantile": float(quantile),
             "blocks": blocks}
+
+
+def describe_rule(blocks: tuple[int, ...] | None, threshold: float, quantile: float) -> str:
+    """The unknown rule in words, for `vit info` and `vit train`'s summary."""
+    where = ("the last block's features" if blocks is None else
+             f"the features of block{'s' if len(blocks) > 1 else ''} "
+             f"{', '.join(str(b + 1) for b in blocks)}")
+    return (f"Mahalanobis distance on {where}; unknown beyond {threshold:.3g} (an image like "
+            f"the validation images passes with probability ≥ {quantile:.1%})")
 
 
 def stats_from(info: dict[str, Any], tensors: dict[str, Any]) -> OodStats:
