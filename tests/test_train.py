@@ -828,8 +828,15 @@ def test_a_busy_machine_halves_the_recipes_batch_once_and_keeps_the_run_consiste
     data = bar_folder(tmp_path / "many", per_class=40)  # 120 images: 108 train, 12 val
     monkeypatch.setattr(loop.time, "perf_counter", _slow_clock(step_s=0.1))
     events = []
+
+    def ctrl_c_after_the_first_epoch_at_the_new_batch(kind: str, **f) -> None:
+        events.append((kind, f))  # the run must still be going when --resume comes
+        if kind == "epoch_start" and f["epoch"] == 2 and any(k == "batch" for k, _ in events):
+            raise KeyboardInterrupt
+
     result = train(options(tmp_path, data, batch_size=None, epochs=None, time_budget=0.2),
-                   on_event=lambda kind, **f: events.append((kind, f)))
+                   on_event=ctrl_c_after_the_first_epoch_at_the_new_batch)
+    assert result.stopped == "interrupted"
     said = [f for kind, f in events if kind == "batch"]
     assert len(said) == 1 and said[0]["batch"] == 54, said  # 108 → 54; 27 would be < 32
     assert "going on at batch 54" in said[0]["text"] and "steps of 108 images" in said[0]["text"]
@@ -856,7 +863,8 @@ def test_a_busy_machine_halves_the_recipes_batch_once_and_keeps_the_run_consiste
 
     monkeypatch.undo()
     resumed = resume(result.run_dir, on_event=lambda kind, **f: events.append((kind, f)))
-    assert resumed.options.batch_size == 54 and resumed.steps >= result.steps  # no "data changed"
+    assert not getattr(resumed, "already_ended", False)  # it trained: the resume was real
+    assert resumed.options.batch_size == 54 and resumed.steps > result.steps  # no "data changed"
     assert sum(kind == "batch" for kind, _ in events) == 1  # a resumed run never shrinks
 
 
