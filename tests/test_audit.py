@@ -165,6 +165,9 @@ def test_cli_exit_codes_contact_sheets_json_and_escaped_names(planted: Path, tmp
     md = (out / "report.md").read_text()
     assert "**FAILED**" in md and "\x1b" not in md and "&lt;" not in md.split("evil")[0][-5:]
     assert "](groups/group-001.png)" in md
+    # files listed relative to the audited folder, as in the terminal (not absolute paths)
+    members = [line for line in md.splitlines() if line.startswith("- <code>")]
+    assert members and not any(str(planted) in line for line in members), members
 
     clean = clean_folder(tmp_path / "clean", seed=2)
     ok = CliRunner().invoke(app, ["audit", str(clean), "--out", str(tmp_path / "out2"),

@@ -176,7 +176,7 @@ def markdown(report: AuditReport, data: dict[str, Any]) -> str:
                   ""]
     if report.unreadable:
         lines += [f"## Unreadable files ({len(report.unreadable):,})", ""]
-        lines += [f"- {_code(f.path)}: {html.escape(visible(f.error))}"
+        lines += [f"- {_code(shown_path(f.path, report.data))}: {html.escape(visible(f.error))}"
                   for f in report.unreadable] + [""]
     t = report.thresholds
     lines += [f"## Duplicate groups ({len(report.groups):,})", "",
@@ -194,6 +194,7 @@ def markdown(report: AuditReport, data: dict[str, Any]) -> str:
         lines += [f"### {n}. {group_title(group)}{mark}", ""]
         if entry.get("contact_sheet"):
             lines += [f"![group {n}]({entry['contact_sheet']})", ""]
-        lines += [f"- {_code(report.files[i].path)} ({_code(report.files[i].label)}, "
+        lines += [f"- {_code(shown_path(report.files[i].path, report.data))} "
+                  f"({_code(report.files[i].label)}, "
                   f"{report.files[i].split})" for i in group.members] + [""]
     return "\n".join(lines)
