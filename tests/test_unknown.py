@@ -126,6 +126,24 @@ def test_the_threshold_passes_its_quantile_of_new_in_distribution_images():
         assert np.mean(passed) >= 0.975 - 0.002, n
 
 
+def test_the_promise_stated_is_the_one_the_threshold_keeps():
+    """`vit train` and `vit info` state rank / (n + 1): 97.5 % is not reachable below 39
+    validation images, and 100 of them give 99 / 101."""
+    from vitcli.model.ood import pass_probability, threshold_for
+
+    assert pass_probability(12, 0.975) == pytest.approx(12 / 13)
+    assert pass_probability(39, 0.975) == pytest.approx(39 / 40)
+    assert pass_probability(100, 0.975) == pytest.approx(99 / 101)
+    assert pass_probability(None, 0.975) == 0.975
+    rng = np.random.default_rng(0)
+    for n in (12, 80, 100):  # the promise holds: simulated new images pass at that rate
+        passed = []
+        for _ in range(2000):
+            scores = rng.standard_normal(n + 1)
+            passed.append(scores[-1] <= threshold_for(scores[:-1], 0.975))
+        assert np.mean(passed) == pytest.approx(pass_probability(n, 0.975), abs=0.015)
+
+
 def test_score_blocks_spread_over_the_depth_first_and_last_kept():
     from vitcli.model.ood import score_blocks
 
@@ -377,8 +395,21 @@ def test_the_every_block_rule_round_trips_and_its_blocks_are_checked(tmp_path: P
                         has_score=True)
     result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert ("Mahalanobis distance on the features of blocks 1, 2; unknown beyond 4 (an image "
-            "like the validation images passes with probability ≥ 97.5%)") in text, text
+    assert ("Mahalanobis distance on the features of blocks 1, 2; unknown beyond 4 (a new "
+            "image like the validation images passes with probability ≥ 97.5%)") in text, text
+    # with the count recorded, the promise is what the threshold's rank gives: 12 validation
+    # images cannot reach 97.5 % (the largest of 12 passes 12/13 = 92.3 %)
+    few = save_tensors(tmp_path / "few.safetensors", tensors,
+                       {**meta, "ood": json.dumps({**rule, "validation_images": 12})})
+    result = CliRunner().invoke(app, ["info", str(few)], env={"COLUMNS": "200"})
+    assert "(a new image like the 12 validation images passes with probability ≥ 92.3%)" in \
+        " ".join(result.stdout.replace("│", " ").split()), result.stdout
+    assert load_model(few).ood.validation_images == 12
+    for n in (0, -3, 2.5, "12", True):
+        bad = save_tensors(tmp_path / "badn.safetensors", tensors,
+                           {**meta, "ood": json.dumps({**rule, "validation_images": n})})
+        with pytest.raises(VitError, match="validation_images must be a whole number"):
+            load_model(bad)
 
 
 # ------------------------------------------------------------------------ vit eval
@@ -425,7 +456,9 @@ def test_training_stores_the_temperature_and_the_rule_in_the_best_model(tmp_path
     # the pooled class token of both blocks (32 wide) side by side: 64 features
     assert mf.ood is not None and mf.ood.blocks == (0, 1)
     assert mf.ood.class_means.shape == (3, 64) and mf.ood.precision_cholesky.shape == (64, 64)
-    assert json.loads(read_metadata(result.best_path)["ood"])["method"] == "mahalanobis_blocks"
+    rule = json.loads(read_metadata(result.best_path)["ood"])
+    assert rule["method"] == "mahalanobis_blocks"
+    assert rule["validation_images"] == result.num_val  # what the stated promise rests on
     assert "temperature" in read_metadata(result.best_path)
     assert "epoch" in mf.metadata  # the other keys survive the rewrite
     fitted = [f["trust"] for kind, f in events if kind == "calibrated"]

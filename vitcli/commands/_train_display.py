@@ -108,11 +108,13 @@ class Display:
                 print_("no validation images: probabilities left uncalibrated (T = 1) and no "
                        "unknown rule", highlight=False, soft_wrap=True)
             else:
+                from vitcli.model.ood import describe_promise
+
                 c = t.calibration
                 print_(f"calibrated on {plural(t.val_images, 'validation image')}: temperature "
                        f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
-                       f"unknown beyond score {t.ood.threshold:.3g} (an image like them "
-                       f"passes with probability ≥ {t.ood.quantile:.1%})", highlight=False,
+                       f"unknown beyond score {t.ood.threshold:.4g} "
+                       + describe_promise(t.val_images, t.ood.quantile), highlight=False,
                        soft_wrap=True)
         elif kind == "step":
             self._step(f)

@@ -110,8 +110,7 @@ def _readable(key: str, value: str) -> str:
         if key == "ood":
             from vitcli.model.ood import describe_rule, parse_rule
 
-            rule = parse_rule(value)
-            return describe_rule(rule["blocks"], rule["threshold"], rule["quantile"])
+            return describe_rule(parse_rule(value))
         if key == "val_top1":
             return f"{float(value):.2%}" if value else "none (no validation images)"
         if key == "validation":

@@ -105,6 +105,7 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
                      quantile=quantile, blocks=blocks)
     val_logits, val_scores = outputs_on(model, stats, val_pixels, **kw)
     stats.threshold = threshold_for(val_scores, quantile)
+    stats.validation_images = len(val_scores)
     temperature = fit_temperature(val_logits, val_labels)
     return Trust(temperature=temperature, ood=stats, val_images=len(val_labels),
                  calibration=measure(val_logits, val_labels, temperature))

@@ -75,6 +75,7 @@ class OodStats:
     threshold: float
     quantile: float = DEFAULT_QUANTILE
     blocks: tuple[int, ...] | None = None
+    validation_images: int | None = None  # how many set the threshold (None: not recorded)
 
     @property
     def method(self) -> str:
@@ -83,6 +84,8 @@ class OodStats:
     def metadata(self) -> str:
         """The JSON text stored under the `ood` metadata key."""
         rule = {"method": self.method, "threshold": self.threshold, "quantile": self.quantile}
+        if self.validation_images:
+            rule["validation_images"] = self.validation_images
         if self.blocks is None:
             return json.dumps({**rule, "feature": LAST_BLOCK_FEATURE})
         return json.dumps({**rule, "feature": FEATURE, "blocks": list(self.blocks)})
@@ -134,6 +137,14 @@ def mahalanobis_numpy(features: np.ndarray, stats: OodStats) -> np.ndarray:
     m = stats.class_means.astype(np.float64) @ stats.precision_cholesky.astype(np.float64)
     d2 = ((z[:, None, :] - m[None]) ** 2).sum(-1)  # (N, K)
     return np.sqrt(d2.min(axis=1))
+
+
+def pass_probability(n: int | None, quantile: float) -> float:
+    """What `threshold_for` promises a new in-distribution image: rank / (n + 1) ≥ quantile,
+    or n / (n + 1) with fewer than 39 images (at 97.5 %); the quantile when n is unknown."""
+    if not n:
+        return quantile
+    return min(math.ceil(quantile * (n + 1) - 1e-9), n) / (n + 1)
 
 
 def threshold_for(scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
@@ -225,17 +236,28 @@ def parse_rule(text: str) -> dict[str, Any]:
                 and blocks == sorted(set(blocks))):
             raise ValueError(f"'ood' blocks must be increasing block indices, not {blocks!r}")
         blocks = tuple(blocks)
+    n = info.get("validation_images")
+    if n is not None and (type(n) is not int or n < 1):
+        raise ValueError(f"'ood' validation_images must be a whole number >= 1, not {n!r}")
     return {"method": method, "threshold": float(threshold), "quantile": float(quantile),
-            "blocks": blocks}
+            "blocks": blocks, "validation_images": n}
 
 
-def describe_rule(blocks: tuple[int, ...] | None, threshold: float, quantile: float) -> str:
-    """The unknown rule in words, for `vit info` and `vit train`'s summary."""
+def describe_promise(n: int | None, quantile: float) -> str:
+    """'(a new image like the 100 validation images passes with probability ≥ 98.0%)'."""
+    like = f"the {n:,} validation images" if n else "the validation images"
+    return (f"(a new image like {like} passes with probability "
+            f"≥ {pass_probability(n, quantile):.1%})")
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    """A parsed rule (parse_rule) in words, for `vit info`."""
+    blocks = rule["blocks"]
     where = ("the last block's features" if blocks is None else
              f"the features of block{'s' if len(blocks) > 1 else ''} "
              f"{', '.join(str(b + 1) for b in blocks)}")
-    return (f"Mahalanobis distance on {where}; unknown beyond {threshold:.3g} (an image like "
-            f"the validation images passes with probability ≥ {quantile:.1%})")
+    return (f"Mahalanobis distance on {where}; unknown beyond {rule['threshold']:.4g} "
+            + describe_promise(rule["validation_images"], rule["quantile"]))
 
 
 def stats_from(info: dict[str, Any], tensors: dict[str, Any]) -> OodStats:
@@ -245,4 +267,5 @@ def stats_from(info: dict[str, Any], tensors: dict[str, Any]) -> OodStats:
     if not (np.isfinite(means).all() and np.isfinite(chol).all()):
         raise ValueError("unknown-statistics tensors hold NaN or infinite values")
     return OodStats(class_means=means, precision_cholesky=chol, threshold=info["threshold"],
-                    quantile=info["quantile"], blocks=info["blocks"])
+                    quantile=info["quantile"], blocks=info["blocks"],
+                    validation_images=info["validation_images"])
