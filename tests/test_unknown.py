@@ -493,3 +493,47 @@ def test_info_counts_the_model_not_the_unknown_rule(tmp_path: Path, tiny_model):
     header, _ = read_header(path)  # what `vit patchify --model` counts too
     assert any(k.startswith("ood.") for k in header)
     assert count_file_params(header) == count_params(tiny_model.config)
+
+
+@pytest.mark.parametrize("edit", [
+    {"temperature": "-1"}, {"temperature": "hot"},
+    {"ood": {"threshold": float("nan")}}, {"ood": {"quantile": 2}},
+    {"ood": {"blocks": [0, 9]}}, {"ood": {"method": "cosine"}}, {"ood": "{not json"}])
+def test_info_refuses_the_metadata_predict_refuses(tmp_path: Path, tiny_model, edit: dict):
+    """`vit info` showed 'temperature -1', 'unknown beyond nan' and '200.0% pass' with exit 0
+    for files that predict, eval and export refuse: one check, one answer, on both formats."""
+    from safetensors.torch import load_file
+
+    from vitcli.deploy.export import export_onnx
+    from vitcli.model.checkpoint import read_metadata, save_model, save_tensors
+    from vitcli.model.ood import OodStats
+
+    d = 2 * 32
+    stats = OodStats(class_means=np.zeros((3, d), np.float32),
+                     precision_cholesky=np.eye(d, dtype=np.float32), threshold=4.0,
+                     blocks=(0, 1), validation_images=50)
+    good = save_model(tmp_path / "good.safetensors", tiny_model, class_names=CLASSES,
+                      ood=stats, extra={"temperature": "0.5"})
+    meta = read_metadata(good)
+    key, change = next(iter(edit.items()))
+    value = change if not isinstance(change, dict) else json.dumps(
+        {**json.loads(meta["ood"]), **change})
+    bad = save_tensors(tmp_path / "bad.safetensors", load_file(str(good)), {**meta, key: value})
+    runner = CliRunner()
+    refused = runner.invoke(app, ["predict", str(tmp_path), "--model", str(bad)])
+    shown = runner.invoke(app, ["info", str(bad)])
+    assert refused.exit_code == 1 and shown.exit_code == 1, shown.output
+    assert shown.output.startswith("error:") and shown.output.count("\n") == 1, shown.output
+    assert shown.output.split(": ", 2)[-1] == refused.output.split(": ", 2)[-1]
+
+    if key == "temperature" or set(change) & {"threshold", "quantile"}:  # ONNX metadata too
+        import onnx
+
+        onnx_path = export_onnx(good, tmp_path / "m.onnx").path
+        graph = onnx.load(str(onnx_path))
+        for prop in graph.metadata_props:
+            if prop.key == key:
+                prop.value = value
+        onnx.save(graph, str(tmp_path / "bad.onnx"))
+        shown = runner.invoke(app, ["info", str(tmp_path / "bad.onnx")])
+        assert shown.exit_code == 1 and "corrupt vitcli metadata" in shown.output, shown.output

@@ -172,6 +172,14 @@ def read_onnx_info(path: str | Path) -> OnnxFileInfo:
         raise VitError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
     metadata = {p.key: p.value for p in model.metadata_props}
     check_onnx_metadata(path, metadata)
+    from vitcli.model.validate import parse_temperature
+
+    try:  # what `vit info` shows must be what open_onnx accepts
+        parse_temperature(metadata)
+    except ValueError as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
+    _onnx_threshold(path, metadata,
+                    has_score=any(o.name == ONNX_SCORE for o in model.graph.output))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     values = 0
     quantized = False

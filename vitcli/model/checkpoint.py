@@ -47,6 +47,8 @@ class ModelFile:
     config: ViTConfig
     class_names: list[str]
     preprocessing: Preprocessing
+    temperature: float = 1.0
+    ood_info: dict[str, Any] | None = None  # vitcli.model.ood.parse_ood's checked rule
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
     temperature: float = 1.0  # probabilities are softmax(logits / temperature)
@@ -258,6 +260,8 @@ class CheckedFile:
     config: ViTConfig
     class_names: list[str]
     preprocessing: Preprocessing
+    temperature: float = 1.0
+    ood_info: dict[str, Any] | None = None  # vitcli.model.ood.parse_ood's checked rule
 
 
 def check_model_file(path: str | Path) -> CheckedFile:
@@ -269,7 +273,27 @@ def check_model_file(path: str | Path) -> CheckedFile:
     metadata = read_metadata(path)
     config, names, pre = parse_metadata(path, metadata)  # 3
     check_against_config(path, header, config)  # 5
-    return CheckedFile(path, header, metadata, config, names, pre)
+    temperature, ood_info = _check_trust(path, metadata, header, config)  # 6
+    return CheckedFile(path, header, metadata, config, names, pre, temperature, ood_info)
+
+
+def _check_trust(path: Path, metadata: dict[str, str], header: dict[str, Any],
+                 config: ViTConfig) -> tuple[float, dict[str, Any] | None]:
+    """The stored temperature and unknown rule, checked against the file's tensors."""
+    from vitcli.model import ood as ood_rule
+    from vitcli.model.validate import parse_temperature
+
+    try:
+        temperature = parse_temperature(metadata)
+        ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
+                                      num_classes=config.num_classes,
+                                      feature_dim=config.head_in_dim, depth=config.depth)
+    except ood_rule.NewerMethodError as exc:
+        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
+                       "(upgrade vitcli)") from None
+    except (TypeError, ValueError) as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
+    return temperature, ood_info
 
 
 def count_file_params(header: dict[str, Any]) -> int:
@@ -299,7 +323,6 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from safetensors.torch import load_file
 
     from vitcli.model import ood as ood_rule
-    from vitcli.model.outputs import parse_temperature
     from vitcli.model.validate import check_finite
     from vitcli.model.vit import VisionTransformer
 
@@ -307,17 +330,7 @@ def load_model(path: str | Path, *, device: str = "cpu",
     checked = check_model_file(path)  # before anything is allocated
     metadata, config = checked.metadata, checked.config
     names, pre = checked.class_names, checked.preprocessing
-    header = checked.header
-    try:
-        temperature = parse_temperature(metadata)
-        ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
-                                      num_classes=config.num_classes,
-                                      feature_dim=config.head_in_dim, depth=config.depth)
-    except ood_rule.NewerMethodError as exc:
-        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
-                       "(upgrade vitcli)") from None
-    except (TypeError, ValueError) as exc:
-        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
+    temperature, ood_info = checked.temperature, checked.ood_info
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

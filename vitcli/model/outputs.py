@@ -10,31 +10,15 @@ one `unknown` rule, whichever runtime answers.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from vitcli.model.validate import TEMPERATURE_KEY, parse_temperature  # noqa: F401 (re-export)
+
 if TYPE_CHECKING:
     from vitcli.model.ood import OodStats
-
-TEMPERATURE_KEY = "temperature"
-
-
-def parse_temperature(metadata: dict[str, str]) -> float:
-    """The stored softmax temperature; 1 for files written before calibration existed."""
-    text = metadata.get(TEMPERATURE_KEY)
-    if text is None:
-        return 1.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"temperature {text!r} is not a number") from None
-    if not (math.isfinite(value) and 1e-3 <= value <= 1e3):
-        raise ValueError(f"temperature {text} is outside 0.001-1000")
-    return value
-
 
 def logits_and_features(model: nn.Module, x: Tensor, blocks: tuple[int, ...] | None = None
                         ) -> tuple[Tensor, Tensor]:

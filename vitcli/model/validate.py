@@ -13,7 +13,9 @@ so a file one of them refuses is refused by all, with the same one-line reason:
    ranges tiling the data section, which ends where the file ends;
 5. the tensors agree with the config (names, shapes, floating-point dtypes), compared
    against the model built on the 'meta' device, which allocates nothing;
-6. after loading, every weight finite (the first NaN/inf is named).
+6. the calibration (a temperature in 0.001-1000) and the unknown rule (vitcli.model.ood:
+   its method, threshold, promise, blocks, and the shapes of its statistics);
+7. after loading, every weight finite (the first NaN/inf is named).
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2":
                "BOOL": 1}
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 MAX_TENSORS = 100_000
+
+
+TEMPERATURE_KEY = "temperature"
+
+
+def parse_temperature(metadata: dict[str, str]) -> float:
+    """The stored softmax temperature; 1 for files written before calibration existed."""
+    text = metadata.get(TEMPERATURE_KEY)
+    if text is None:
+        return 1.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"temperature {text!r} is not a number") from None
+    if not (math.isfinite(value) and 1e-3 <= value <= 1e3):
+        raise ValueError(f"temperature {text} is outside 0.001-1000")
+    return value
 
 
 def check_layout(path: Path, header: dict[str, Any], data_size: int) -> None:
