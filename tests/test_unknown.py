@@ -109,6 +109,39 @@ def test_onnx_gives_the_same_answers_as_pytorch(trained):
         assert ((os_ > trust.ood.threshold) == (ts > trust.ood.threshold)).all(), kind
 
 
+@pytest.mark.slow
+def test_export_reports_whether_int8_keeps_the_unknown_answers(trained, tmp_path: Path):
+    """int8 blocks feed the float32 score too, so the int8 file's unknown answers can drift
+    (a newcomer saw 4 of 100 against 1): `vit export --int8 --data` counts both, at the same
+    threshold, and how often they agree."""
+    import re
+
+    from vitcli.deploy.backends import open_onnx
+
+    path, _, trust, sets, labels, _ = trained
+    data = tmp_path / "data"
+    for i, (pixels, label) in enumerate(zip(sets["in"], labels)):  # class folders
+        (data / KNOWN[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(data / KNOWN[label] / f"{i:03d}.png")
+    for i, pixels in enumerate(sets["photo crops"][:20]):  # some that should be unknown
+        Image.fromarray(pixels).save(data / KNOWN[i % len(KNOWN)] / f"photo_{i:02d}.png")
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(path), "-o", str(out),
+                                      "--int8", "--data", str(data)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    found = re.search(r"unknown answers: ONNX fp32 calls (\d+) of (\d+) unknown, int8 (\d+); "
+                      r"the same answer on ([\d.]+)%", text)
+    assert found, text
+    fp32, int8 = open_onnx(out), open_onnx(out.with_suffix(".int8.onnx"))
+    batch = fp32.preprocessing.normalize(np.concatenate([sets["in"], sets["photo crops"][:20]]))
+    a, b = fp32.outputs(batch)[1] > trust.ood.threshold, int8.outputs(batch)[1] > trust.ood.threshold
+    assert [int(g) for g in found.groups()[:3]] == [a.sum(), len(batch), b.sum()]
+    assert float(found.group(4)) == pytest.approx(100 * (a == b).mean(), abs=0.01)
+    assert a.sum() >= 10  # the photo crops: there is something to agree on
+    assert ("warning:" in text) == bool((a != b).any())
+
+
 def test_the_threshold_passes_its_quantile_of_new_in_distribution_images():
     """Rank ceil(q·(n + 1)) of n validation scores: a new image from the same distribution
     passes with probability rank / (n + 1) >= q (split conformal). numpy's "higher"

@@ -97,6 +97,13 @@ def show_report(report: ExportReport) -> None:
         table.add_row("ONNX int8", f"{d.int8_accuracy:.2%}",
                       f"{d.int8_agreement:.2%} vs ONNX fp32")
     console.print(table)
+    if d.int8_unknown_agreement is not None:
+        line = (f"unknown answers: ONNX fp32 calls {d.unknown_fp32} of {d.images} unknown, "
+                f"int8 {d.unknown_int8}; the same answer on {d.int8_unknown_agreement:.2%}")
+        if d.int8_unknown_agreement < 1:
+            line = (f"[yellow]warning:[/] {line}; int8 moves the unknown score too (use "
+                    "model.onnx where the unknown answer must match the model file's)")
+        console.print(line, highlight=False)
     if d.skipped:
         console.print(f"{plural(d.skipped, 'unreadable file')} in the data "
                       f"{'was' if d.skipped == 1 else 'were'} skipped")

@@ -377,10 +377,19 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
 
         report.int8_max_prob_diff = float(np.abs(softmax(ref) - softmax(got)).max())
         if data is not None and report.data is not None:
-            top_fp32 = fp32.logits(data.inputs).argmax(1)
-            top_int8 = open_onnx(tmp).logits(data.inputs).argmax(1)
+            int8 = open_onnx(tmp)
+            (logits_fp32, score_fp32), (logits_int8, score_int8) = (
+                fp32.outputs(data.inputs), int8.outputs(data.inputs))
+            top_fp32, top_int8 = logits_fp32.argmax(1), logits_int8.argmax(1)
             report.data.int8_agreement = float((top_fp32 == top_int8).mean())
             report.data.int8_accuracy = float((top_int8 == data.labels).mean())
+            if score_fp32 is not None and score_int8 is not None:
+                # the int8 blocks feed the (float32) score too: its answers can drift
+                threshold = fp32.ood_threshold
+                report.data.unknown_fp32 = int((score_fp32 > threshold).sum())
+                report.data.unknown_int8 = int((score_int8 > threshold).sum())
+                report.data.int8_unknown_agreement = float(
+                    ((score_fp32 > threshold) == (score_int8 > threshold)).mean())
 
     atomic_write(dst, write)
     report.int8_path, report.int8_size_bytes = dst, dst.stat().st_size

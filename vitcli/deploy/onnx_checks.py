@@ -49,6 +49,9 @@ class DataCheck:
     ties: int  # disagreements on numerical ties (top-2 logits within TIE_MARGIN)
     int8_accuracy: float | None = None
     int8_agreement: float | None = None  # int8 top-1 == fp32 ONNX top-1
+    unknown_fp32: int | None = None  # images fp32 ONNX calls unknown (models with the rule)
+    unknown_int8: int | None = None  # images int8 calls unknown, at the same threshold
+    int8_unknown_agreement: float | None = None  # the same unknown answer from both
     skipped: int = 0  # unreadable files in the data
 
 
