@@ -135,6 +135,11 @@ def test_info_says_the_training_metadata_in_words(tmp_path, tiny_model, validati
     assert "validation top-1 98.75%" in text and "saved at epoch 23" in text
     assert "notes by a script, tags x, y" in text
     assert not any(c in result.stdout for c in '{}"'), result.stdout
+    # a fixed order, whatever order the file's header holds them in
+    rows = [line for line in result.stdout.splitlines() if "│" in line]
+    order = [i for label in ("saved at epoch", "validation top-1", "validation images", "notes")
+             for i, row in enumerate(rows) if f"│ {label}" in row]
+    assert order == sorted(order) and len(order) == 4, rows
     raw = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
     assert raw["extra"]["validation"] == validation  # the machine-readable form is unchanged
 

@@ -567,6 +567,9 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
 
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "nope: no such folder" in result.output  # mistyped
+    (tmp_path / "plain").mkdir()
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path / "plain")])
     assert result.exit_code == 2 and "not a vitcli run folder" in result.output
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--freeze", "backbone"])
     assert result.exit_code == 2 and "--init" in result.output

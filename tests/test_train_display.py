@@ -55,8 +55,11 @@ def test_the_start_names_the_preset_and_why():
     start(d, preset="vit-s16", preset_reason="--model")  # given: named, no reason needed
     assert "model vit-s16, 32 px" in " ".join(out.getvalue().split())
     d, out = display()
-    start(d, preset=None, preset_reason="")  # --init: no preset to name
+    start(d, preset=None, preset_reason="")  # no preset and no --init (an older event)
     assert "model 32 px, patch 8" in " ".join(out.getvalue().split())
+    d, out = display()
+    start(d, preset=None, preset_reason="", init="runs/a/weights/best.safetensors")
+    assert "model from runs/a/weights/best.safetensors, 32 px" in " ".join(out.getvalue().split())
 
 
 def test_a_log_gets_progress_with_time_left_from_the_first_step():

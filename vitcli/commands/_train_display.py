@@ -138,7 +138,7 @@ class Display:
         preset = f.get("preset")  # which preset and why: "vit-pico (chosen for 28-px images)"
         why = f.get("preset_reason") or ""
         named = (f"{escape(preset)}{f' ({escape(why)})' if why and why != '--model' else ''}, "
-                 if preset else "")
+                 if preset else f"from {escape(str(f['init']))}, " if f.get("init") else "")
         print_(f"[bold]model[/] {named}{c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
                f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {plural(c.in_channels, 'channel')}, "
                f"{plural(c.num_classes, 'class', 'classes')}", highlight=False, soft_wrap=True)

@@ -82,7 +82,10 @@ def info(
     else:
         top.add_row("format", f"vitcli model file v{summary['format_version']}"
                     f" (written by vitcli {summary['vitcli_version']})")
-    for key, value in summary["extra"].items():
+    known = list(LABELS) + ["temperature", "ood"]  # a fixed order, whatever the file's
+    for key, value in sorted(summary["extra"].items(),
+                             key=lambda kv: (known.index(kv[0]) if kv[0] in known
+                                             else len(known), kv[0])):
         top.add_row(safe(LABELS.get(key, key)), safe(_readable(key, value)))
     arch = Table(title="architecture", title_justify="left", show_header=False)
     for key, value in config.to_dict().items():

@@ -248,7 +248,7 @@ class Trainer:
         self.session_start_step = self.step
         self.emit("start", run_dir=self.run_dir, config=self.data.config,
                   preset=self.data.preset, preset_reason=self.data.preset_reason,
-                  preprocessing=self.data.preprocessing, description=self.data.description,
+                  init=self.options.init, preprocessing=self.data.preprocessing, description=self.data.description,
                   num_train=len(self.data.train_labels), num_val=self.num_val,
                   epochs=self.planned_epochs, steps_per_epoch=self.steps_per_epoch,
                   batch_size=self.batch, optimizer=self.options.optimizer,

@@ -46,6 +46,8 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
     if not (run_dir / "args.json").exists():
         from vitcli.errors import UsageError
 
+        if not run_dir.is_dir():
+            raise UsageError(f"--resume {run_dir}: no such folder")
         raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
     try:
         saved = read_json(run_dir / "args.json")["options"]
