@@ -114,8 +114,9 @@ def test_defaults_in_one_style(name: str) -> None:
 
 
 def default_only_lines(text: str) -> list[str]:
-    """The help lines whose only content is (part of) a `[default: …]`: an option's help
-    column read row by row, each row's text placed in the option's whole help text."""
+    """The help lines whose only content is (part of) a `[default: …]` or a `[required]`: an
+    option's help column read row by row, each row's text placed in the option's whole help
+    text."""
     blocks: list[list[str]] = []
     for line in text.splitlines():
         inner = line.strip()
@@ -133,7 +134,8 @@ def default_only_lines(text: str) -> list[str]:
     alone = []
     for rows in blocks:
         joined = " ".join(rows)
-        defaults = [m.span() for m in re.finditer(r"\[default: [^\]]*\]", joined)]
+        defaults = [m.span() for m in re.finditer(r"\[default: [^\]]*\]|\[required\]",
+                                                  joined)]
         at = 0
         for row in rows:
             start = joined.index(row, at)
@@ -150,16 +152,34 @@ def test_default_fragments_are_found() -> None:
              "│ --seed   N  Seed. [default: 0]         │\n"
              "│ --size   N  Input size in px. [default:│\n"
              "│             the preset's]              │\n"
+             "╰────────────╯\n"
+             "╭─ Arguments ──╮\n"
+             "│ *  DATA  A folder of class sub-folders,  │\n"
+             "│          or a saved dataset.             │\n"
+             "│          [required]                      │\n"
+             "│ *  OUT   A folder. [required]            │\n"
              "╰────────────╯\n")
-    assert default_only_lines(panel) == ["[default: 256]", "the preset's]"]
+    assert default_only_lines(panel) == ["[default: 256]", "the preset's]", "[required]"]
 
 
 @pytest.mark.parametrize("name", ["", *NAMES])
 def test_no_line_holds_only_a_default(name: str) -> None:
-    """At 80 columns `[default: 256]` once sat alone on a line under its option's help (and
-    long defaults wrapped into lines of their own): a default ends a line of help text."""
+    """At 80 columns `[default: 256]` and `[required]` once sat alone on a line under their
+    option's or argument's help (and long defaults wrapped into lines of their own): they end
+    a line of help text."""
     alone = default_only_lines(render(name))
-    assert not alone, f"`vit {name} --help` has lines holding only a default: {alone}"
+    assert not alone, f"`vit {name} --help` has lines holding only a default or " \
+                      f"[required]: {alone}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_required_parameters_still_say_so(name: str) -> None:
+    """`[required]` moved into the help text, not dropped: once per required parameter, and
+    the `*` before its name stays."""
+    text = render(name)
+    required = [p for p in command(name).params if p.required]
+    assert text.count("[required]") == len(required), text
+    assert text.count("│ *") == len(required), text
 
 
 def test_val_split_needs_at_least_10_images_per_class() -> None:

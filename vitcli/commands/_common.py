@@ -148,17 +148,22 @@ class VitCommand(TyperCommand):
         """Help texts are plain text, never Rich markup: "[adamw; tiny: muon]" must show, so
         they are escaped for the length of the rendering only.
 
-        The default Typer shows goes at the end of the help text, in its words ("[default:
-        256]"), for the same length: Typer sets it beside the text as a second column, which
-        drops to a line of its own whenever the text wraps."""
-        params = [p for p in self.get_params(ctx) if getattr(p, "help", None)]
+        The default and the `[required]` Typer shows go at the end of the help text, in its
+        words ("[default: 256]", "[required]"), for the same length: Typer sets them beside
+        the text as further columns, which drop to a line of their own whenever the text
+        wraps. The `*` before a required parameter's name stays."""
+        params = [p for p in self.get_params(ctx)
+                  if getattr(p, "help", None) or getattr(p, "required", False)]
         saved = (self.help, [(p.help, p.show_default) for p in params])
         try:
             self.help = _escape_markup(self.help or "")
             for p in params:
                 p.help = _escape_markup(_with_default(p, ctx))
+                if p.required:  # styled as Typer styles it; the text is escaped markup
+                    p.help = f"{p.help} [dim red]\\[required][/]".lstrip()
                 p.show_default = False
-            return super().format_help(ctx, formatter)
+            with _no_required_column():
+                return super().format_help(ctx, formatter)
         finally:
             self.help = saved[0]
             for p, (text, show) in zip(params, saved[1]):
@@ -176,6 +181,28 @@ class VitCommand(TyperCommand):
             if param.param_type_name == "argument":
                 pieces.append(param.metavar if param.required else f"[{param.metavar}]")
         return pieces
+
+
+@contextmanager
+def _no_required_column() -> Iterator[None]:
+    """Typer's help without the `[required]` it adds after a parameter's help text (as a
+    column of its own, which lands alone on a line when the text wraps): VitCommand puts it
+    at the end of the text instead."""
+    from typer import rich_utils
+
+    original = rich_utils._get_parameter_help
+
+    def help_without_required(**kwargs: Any) -> Any:
+        columns = original(**kwargs)
+        columns.renderables = [r for r in columns.renderables
+                               if getattr(r, "plain", None) != rich_utils.REQUIRED_LONG_STRING]
+        return columns
+
+    rich_utils._get_parameter_help = help_without_required
+    try:
+        yield
+    finally:
+        rich_utils._get_parameter_help = original
 
 
 def _with_default(param: Any, ctx: Any) -> str:
