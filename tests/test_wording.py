@@ -73,3 +73,86 @@ def test_counts_of_images_agree_with_one_image():
     assert why.startswith("1 image at batch 256 is 1 step an epoch"), why
     _, why = epochs_for(TrainOptions(data="x"), 500, 256)
     assert why.startswith("500 images at batch 256 are 2 steps an epoch"), why
+
+
+# --------------------------------------------------------------- the unknown threshold
+
+
+def test_scores_print_with_two_decimals_or_enough_to_compare():
+    """One way to print an unknown score or threshold (vitcli.errors.format_score): 2
+    decimals, more only where 2 would make a score above the threshold look equal to it."""
+    from vitcli.errors import format_score, score_decimals
+
+    assert format_score(15.05) == "15.05" and format_score(3) == "3.00"
+    assert format_score(150.0512) == "150.05"
+    assert score_decimals(15.05, [15.06, 3.0, 15.05]) == 2  # 15.05 is not beyond 15.05
+    d = score_decimals(15.049, [15.051])
+    assert d == 3 and float(format_score(15.051, d)) > float(format_score(15.049, d))
+
+
+def _eval_report(threshold: float):
+    import numpy as np
+
+    from vitcli.evaluation.evaluate import EvalReport, compute_metrics
+
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
+    metrics = compute_metrics(logits, np.array([0, 1, 1]), ["a", "b"])
+    return EvalReport(metrics=metrics, model_path="m.safetensors", data="d", split=None,
+                      description="d", device="cpu", preprocessing={}, seconds=1.0,
+                      unknown_share=1 / 3, unknown_threshold=threshold)
+
+
+def test_eval_states_the_threshold_it_compares_with(capsys):
+    """eval said "called unknown (score > 15.1)" for a threshold of 15.05: an image scoring
+    15.06 is unknown, which 15.1 misstates. It prints the threshold as predict does."""
+    from vitcli.commands._common import console
+    from vitcli.commands.evaluate import _summary_table
+
+    console.print(_summary_table(_eval_report(15.05)))
+    out = capsys.readouterr().out
+    assert "called unknown (score > 15.05)" in out, out
+
+
+def test_predict_prints_the_threshold_as_eval_does(capsys, monkeypatch):
+    """predict's score line and table heading: the same digits as eval, and enough of them
+    that a score just above the threshold does not read as equal to it."""
+    from vitcli.commands._common import console
+    from vitcli.commands.predict import MANY, _show
+    from vitcli.deploy.predict import Prediction
+
+    monkeypatch.setattr(console, "_width", 160)  # the heading on one line (the private
+    # field: setting the width property would pin the restored width for later tests)
+
+    def result(i: int, score: float) -> Prediction:
+        return Prediction(Path(f"images/{i}.png"), labels=["a", "b"],
+                          probabilities=[0.9, 0.1], score=score, threshold=15.049,
+                          unknown=score > 15.049)
+
+    _show([result(0, 15.051)], many=False)
+    assert "score 15.051 > threshold 15.049" in capsys.readouterr().out
+    _show([result(i, 15.06 + i) for i in range(MANY + 1)], many=True)
+    out = capsys.readouterr().out
+    assert "(> 15.05: unknown)" in out and " 15.06" in out, out
+    _show([result(0, 15.051)] + [result(i, 9.0) for i in range(1, MANY + 1)], many=True)
+    out = capsys.readouterr().out
+    assert "(> 15.049: unknown)" in out and " 15.051" in out and " 9.000" in out, out
+
+
+# Files whose threshold wording is being rewritten elsewhere; they call format_score next.
+THRESHOLD_WORDING_ELSEWHERE = {"vitcli/model/ood.py", "vitcli/commands/_train_display.py"}
+
+
+def test_every_score_and_threshold_goes_through_format_score():
+    """train/eval/info printed the threshold as 15.1 and predict as 15.05: no f-string
+    formats an unknown score or threshold itself (`{threshold:.3g}`); format_score does."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE.parent).as_posix()
+        if name in THRESHOLD_WORDING_ELSEWHERE or name == "vitcli/errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FormattedValue) and node.format_spec is not None:
+                source = ast.unparse(node.value)
+                if "threshold" in source or "score" in source.lower():
+                    found.append(f"{name}:{node.lineno}: {{{source}:...}}")
+    assert not found, "scores formatted by hand:\n" + "\n".join(found)

@@ -2,10 +2,13 @@
 
 Library code raises :class:`VitError` with a message that names the problem and the file;
 the CLI turns it into one line on stderr and an exit code. Anything else is a bug and keeps
-its traceback.
+its traceback. Here too, at the bottom of the layers, the few wordings every layer shares:
+counts (`plural`) and unknown scores (`format_score`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 USAGE = 2  # the command line itself is wrong (bad option value, impossible size)
 FAILURE = 1  # the command ran and failed (missing file, corrupt model, ...)
@@ -16,6 +19,29 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
     (plural(1, "class", "classes")). Every count a user reads goes through this: never a
     hedged 'step(s)'. Here, at the bottom of the layers, so that every module can use it."""
     return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+SCORE_DECIMALS = 2  # unknown scores and their threshold, everywhere a person reads them
+
+
+def score_decimals(threshold: float, scores: Iterable[float] = ()) -> int:
+    """The decimals to show an unknown threshold and the scores beside it with: 2, or more
+    where 2 would round a score above the threshold down to it (15.051 > 15.049 is not
+    "15.05 > 15.05"); at most 8, finer than a float32 score's last digit."""
+    decimals = SCORE_DECIMALS
+    above = [s for s in scores if s > threshold]
+    while decimals < 8 and any(
+            float(f"{s:.{decimals}f}") <= float(f"{threshold:.{decimals}f}") for s in above):
+        decimals += 1
+    return decimals
+
+
+def format_score(value: float, decimals: int = SCORE_DECIMALS) -> str:
+    """An unknown score or threshold (a Mahalanobis distance) as every command prints it:
+    fixed decimals, 2 unless `score_decimals` asks for more ('15.05', never 15.1 in one
+    command and 15.05 in another). Where a score is shown beside the threshold, format both
+    with `score_decimals(threshold, scores)`. JSON and CSV keep the exact numbers."""
+    return f"{value:.{decimals}f}"
 
 
 class VitError(Exception):

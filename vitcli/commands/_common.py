@@ -15,7 +15,9 @@ from rich.markup import escape as _escape_markup
 from rich.segment import Segment
 from typer.core import TyperCommand
 
+from vitcli.errors import format_score as format_score  # re-exported: scores print so
 from vitcli.errors import plural as plural  # re-exported: the commands count with it
+from vitcli.errors import score_decimals as score_decimals  # re-exported, with format_score
 from vitcli.files import model_label as model_label  # re-exported: commands name models so
 
 # What must never reach a terminal raw from a name: C0 controls (ESC starts every escape

@@ -147,6 +147,7 @@ def render(report: EvalReport, *, show: int = 20) -> None:
 def _summary_table(report: EvalReport) -> Table:
     from rich.table import Table
 
+    from vitcli.commands._common import format_score
     from vitcli.commands._common import safe as escape
 
     m = report.metrics
@@ -169,7 +170,7 @@ def _summary_table(report: EvalReport) -> Table:
         table.add_row("NLL", f"{c.nll_before:.4f} → {c.nll_after:.4f}")
         table.add_row("Brier score", f"{c.brier_before:.4f} → {c.brier_after:.4f}")
     if report.unknown_share is not None:
-        table.add_row(f"called unknown (score > {report.unknown_threshold:.3g})",
+        table.add_row(f"called unknown (score > {format_score(report.unknown_threshold)})",
                       f"{report.unknown_share:.2%}")
     if report.absent_classes:
         shown = ", ".join(report.absent_classes[:5])

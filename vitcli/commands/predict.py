@@ -205,7 +205,7 @@ def _show(results: list[Prediction], many: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from vitcli.commands._common import console, plain, safe
+    from vitcli.commands._common import console, format_score, plain, safe, score_decimals
     from vitcli.files import shown_path
 
     ok = [r for r in results if r.ok]
@@ -215,8 +215,10 @@ def _show(results: list[Prediction], many: bool) -> None:
             # table's width, which broke long paths mid-word on narrow or piped output.
             console.print(Text(plain(r.path), style="bold"), soft_wrap=True)
             if r.unknown:  # the answer first; the classes below are what it resembles most
-                console.print(Text(plain(f"unknown (nearest: {r.labels[0]}, score {r.score:.2f} "
-                                         f"> threshold {r.threshold:.2f})"), style="yellow"),
+                d = score_decimals(r.threshold, [r.score])
+                console.print(Text(plain(f"unknown (nearest: {r.labels[0]}, score "
+                                         f"{format_score(r.score, d)} > threshold "
+                                         f"{format_score(r.threshold, d)})"), style="yellow"),
                               soft_wrap=True)
             table = Table(box=box.SIMPLE_HEAD)
             table.add_column("#", justify="right")
@@ -239,8 +241,10 @@ def _show(results: list[Prediction], many: bool) -> None:
     if runners_up:
         table.add_column("next best")
     scored = any(r.score is not None for r in ok)
+    decimals = max([score_decimals(r.threshold, [r.score]) for r in ok
+                    if r.score is not None and r.threshold is not None], default=2)
     if scored:  # the threshold in the heading: a score means nothing without it
-        limits = {f"{r.threshold:.2f}" for r in ok if r.threshold is not None}
+        limits = {format_score(r.threshold, decimals) for r in ok if r.threshold is not None}
         table.add_column("unknown score" + (f" (> {limits.pop()}: unknown)"
                                             if len(limits) == 1 else ""), justify="right")
     for r in ok:
@@ -252,7 +256,8 @@ def _show(results: list[Prediction], many: bool) -> None:
             row.append(", ".join(f"{safe(label)} {p:.2f}" for label, p in
                                  zip(r.labels[1:], r.probabilities[1:])))
         if scored:
-            row.append(f"{r.score:.2f}" if r.score is not None else "")  # aligned decimals
+            # aligned decimals, enough that a score beside the threshold compares as it does
+            row.append(format_score(r.score, decimals) if r.score is not None else "")
         table.add_row(*row)
     console.print(table)
 
@@ -290,7 +295,9 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
             label = r.label if i == 0 and has else r.labels[i] if has else ""
             row += [label, f"{r.probabilities[i]:.6f}" if has else ""]
         if scored:
-            row += ([r.labels[0], f"{r.score:.6g}", f"{r.threshold:.6g}"]
+            # the exact numbers (shortest round trip), as in JSON: 6 digits made 15.0500012
+            # and its threshold 15.0500004 one number
+            row += ([r.labels[0], repr(float(r.score)), repr(float(r.threshold))]
                     if r.score is not None and r.labels else ["", "", ""])
         writer.writerow(row + [r.error or ""])
     # surrogateescape: a name that is not UTF-8 keeps its exact bytes in the table.
