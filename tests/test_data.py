@@ -366,3 +366,27 @@ def test_a_mistyped_folder_is_not_taken_for_a_hub_name(tmp_path: Path, monkeypat
     assert str(err.value) == "examples/shape: no such folder (did you mean examples/shapes?)"
     with pytest.raises(VitError, match=r"^examples/zzz: no such folder$"):
         sources.open_source("examples/zzz")
+
+
+def test_skipped_entries_are_counted_by_kind_in_one_wording():
+    """One wording for what the listing and the decoder left out, for every command: a
+    notes.txt is a file that is not an image, a .png Pillow cannot read an unreadable image."""
+    from vitcli.data.discovery import (
+        BROKEN_LINK,
+        IGNORED,
+        NOT_IMAGE,
+        UNREADABLE,
+        Skipped,
+        skipped_summary,
+        skipped_words,
+    )
+
+    assert skipped_words([NOT_IMAGE]) == "1 file that is not an image"
+    assert skipped_words([NOT_IMAGE + IGNORED] * 2) == "2 files that are not images"
+    decoder = "not an image file (or a format Pillow cannot read)"  # a broken .png
+    assert skipped_words([decoder]) == "1 unreadable image"
+    assert skipped_words([BROKEN_LINK, NOT_IMAGE, decoder, f"{UNREADABLE} (Permission "
+                          "denied)"]) == ("1 broken link, 1 file that is not an image, 1 "
+                                          "unreadable image and 1 unreadable folder")
+    line = skipped_summary([Skipped("a/notes.txt", NOT_IMAGE)])
+    assert line == "skipped 1 file that is not an image: a/notes.txt"

@@ -378,3 +378,17 @@ def test_a_class_missing_from_the_data_reads_dash_not_zero(tiny_model_file, imag
                 and row.strip().startswith("│ triangle"))
     cells = [c.strip() for c in line.strip("│ ").split("│")]
     assert cells[0] == "triangle" and cells[2:] == ["—", "—", "0"], cells
+
+
+def test_eval_calls_a_text_file_a_file_that_is_not_an_image(tiny_model_file, image_folder,
+                                                              tmp_path, monkeypatch):
+    """'skipped 1 unreadable image (first: square/notes.txt: not an image file; ignored)': a
+    .txt is no image at all. The warning counts skipped files by kind, as every command."""
+    (image_folder / "square" / "notes.txt").write_text("seen on 3 May")
+    (image_folder / "circle" / "broken.png").write_bytes(b"not a png")
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder)],
+                  tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    err = " ".join(result.stderr.split())
+    assert "skipped 1 file that is not an image and 1 unreadable image" in err, err
+    assert "unreadable images" not in err and "; ignored" not in err

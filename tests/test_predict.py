@@ -355,3 +355,29 @@ def test_unknown_scores_have_two_decimals(capsys):
     results[0].unknown = True
     _show(results[:1], many=False)
     assert "score 6.00 > threshold 8.00" in capsys.readouterr().out
+
+
+def test_a_folder_count_agrees_with_the_closing_error(models, tmp_path: Path):
+    """'33 images in DIR/' then 'error: 1 of 34 inputs could not be predicted': both lines
+    count the images read (a notes.txt beside them is skipped with a note, no input)."""
+    import shutil
+
+    _, _, images = models
+    st = models[0]
+    folder = shutil.copytree(images, tmp_path / "photos")  # 10 images
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(app, ["predict", str(folder), "--model", str(st)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert f"10 of 11 images in {folder}{os.sep} (1 could not be predicted)" in result.stdout
+    assert "skipped 1 file that is not an image" in result.stderr
+    assert result.stderr.rstrip().endswith("error: 1 of 11 images could not be predicted")
+
+
+def test_the_closing_error_names_inputs_apart_from_images():
+    from vitcli.commands.predict import failure_line
+
+    assert failure_line(34, 1) == "1 of 34 images could not be predicted"
+    assert failure_line(1, 1, 1) == "1 of 1 image could not be predicted; no image in 1 input"
+    assert failure_line(0, 0, 2, 1) == "no image in 2 inputs; 1 entry could not be read"

@@ -121,7 +121,7 @@ def predict(
                      unknown=rule)
     results += predicted
     if not as_json:
-        _show(results, many)
+        _show(results, many, images=len(paths))
     if csv_path is not None:
         with writing(csv_path):
             write_csv(csv_path, results)
@@ -148,9 +148,29 @@ def predict(
 
         raise typer.Exit(FAILURE)
     if failed:
-        raise VitError(f"{failed:,} of {plural(len(results), 'input')} could not be predicted")
+        named = {Path(os.fspath(item)) for item in inputs}
+        missing = results[:len(results) - len(predicted)]  # what collect_images gave back
+        raise VitError(failure_line(len(paths), sum(not r.ok for r in predicted),
+                                    sum(m.path in named for m in missing),
+                                    sum(m.path not in named for m in missing)))
     if not results:
         raise VitError("no images to predict")
+
+
+def failure_line(images: int, failed_images: int, empty_inputs: int = 0,
+                 unreadable: int = 0) -> str:
+    """The closing error, counting what the lines above count: images as the table does (a
+    folder's notes.txt is no image and no input: it is skipped with a note), then the inputs
+    that gave no image (an empty folder, a glob matching nothing) and the entries inside a
+    folder that could not be read. '1 of 34 images could not be predicted'."""
+    parts = []
+    if failed_images:
+        parts.append(f"{failed_images:,} of {plural(images, 'image')} could not be predicted")
+    if empty_inputs:
+        parts.append(f"no image in {plural(empty_inputs, 'input')}")
+    if unreadable:
+        parts.append(f"{plural(unreadable, 'entry', 'entries')} could not be read")
+    return "; ".join(parts)
 
 
 def _on_off(value: str | None) -> bool | None:
@@ -199,8 +219,9 @@ def _report_failure(result: Prediction) -> None:
     print_error(result.error or f"{result.path}: failed")
 
 
-def _show(results: list[Prediction], many: bool) -> None:
-    """A table per image for a few images, one summary table for many."""
+def _show(results: list[Prediction], many: bool, images: int | None = None) -> None:
+    """A table per image for a few images, one summary table for many; `images`: how many
+    images were read (the table's rows plus those that could not be predicted)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -232,7 +253,11 @@ def _show(results: list[Prediction], many: bool) -> None:
     # The folder once, on a line of its own (never wrapped); the rows name files within it,
     # so that long folder names do not fold every row into four lines.
     where = f" in {root}{os.sep}" if root is not None else ""
-    console.print(Text(plain(f"{plural(len(ok), 'image')}{where}"), style="bold"), soft_wrap=True)
+    failed = 0 if images is None else images - len(ok)  # each named by an error line above
+    count = (f"{len(ok):,} of {plural(images, 'image')}" if failed and images is not None
+             else plural(len(ok), "image"))
+    tail = f" ({failed:,} could not be predicted)" if failed else ""
+    console.print(Text(plain(f"{count}{where}{tail}"), style="bold"), soft_wrap=True)
     table = Table(box=box.SIMPLE_HEAD)
     table.add_column("image", overflow="fold")  # the whole path, wrapped, never cut short
     table.add_column("label")

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitcli.errors import VitError
+from vitcli.errors import VitError, plural
 from vitcli.images import is_image_path
 
 # Reasons an entry is left out (Skipped.reason starts with one of these).
@@ -34,6 +35,9 @@ VANISHED = "vanished while listed"
 LOOP = "link loop or folder already listed"
 NOT_IMAGE = "not an image file"
 BROKEN_LINK = "broken link"
+NOT_REGULAR = "not a regular file"
+CANNOT_READ = "cannot be read"
+IGNORED = "; ignored"  # added after a listing's reason where a data set reports it
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def _kind(entry: os.DirEntry[str], skipped: list[Skipped]) -> os.stat_result | N
         reason = BROKEN_LINK if entry.is_symlink() else VANISHED
         skipped.append(Skipped(entry.path, reason))
     except OSError as exc:
-        skipped.append(Skipped(entry.path, f"cannot be read ({exc.strerror or exc})"))
+        skipped.append(Skipped(entry.path, f"{CANNOT_READ} ({exc.strerror or exc})"))
     return None
 
 
@@ -156,7 +160,7 @@ def _walk(root: str, found: list[FileStat], seen: set[tuple[int, int]],
             seen.add(key)
             stack.append(iter(_scan(entry.path, skipped) or []))
         elif not stat.S_ISREG(info.st_mode):
-            skipped.append(Skipped(entry.path, "not a regular file"))
+            skipped.append(Skipped(entry.path, NOT_REGULAR))
         elif is_image_path(Path(entry.name)):
             found.append(FileStat(entry.path, info.st_size, info.st_mtime_ns))
         else:
@@ -223,13 +227,49 @@ def list_classes(folder: str | os.PathLike[str]) -> ClassListing:
     return listing
 
 
+# What a skipped entry is, by its reason: (one, many) in words. A reason the listing did not
+# give (a file with an image's name that Pillow could not decode) is an unreadable image.
+_KINDS = {
+    NOT_IMAGE: ("file that is not an image", "files that are not images"),
+    NOT_REGULAR: ("entry that is not a regular file", "entries that are not regular files"),
+    BROKEN_LINK: ("broken link", "broken links"),
+    LOOP: ("folder link listed already", "folder links listed already"),
+    VANISHED: ("entry that vanished while listed", "entries that vanished while listed"),
+    UNREADABLE: ("unreadable folder", "unreadable folders"),
+    CANNOT_READ: ("entry that cannot be read", "entries that cannot be read"),
+}
+_UNREADABLE_IMAGE = ("unreadable image", "unreadable images")
+
+
+def _kind_of(reason: str) -> tuple[str, str]:
+    reason = reason.removesuffix(IGNORED)
+    if reason in _KINDS:  # exact: a decoder's "not an image file (or a format …)" is not
+        return _KINDS[reason]
+    for start in (UNREADABLE, CANNOT_READ):  # these carry the system's words in brackets
+        if reason.startswith(start + " ("):
+            return _KINDS[start]
+    return _UNREADABLE_IMAGE
+
+
+def skipped_words(reasons: Iterable[str]) -> str:
+    """What was skipped, counted by kind: '1 file that is not an image', '2 unreadable
+    images', '1 file that is not an image, 1 broken link and 2 unreadable images'.
+
+    `reasons` are the reasons of the entries the listing left out (Skipped.reason, or
+    "<reason>; ignored") and the messages of images that could not be decoded; every
+    command words its skipped files with this, so a notes.txt is never an 'unreadable
+    image' in one and an 'entry' in another.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for reason in reasons:
+        kind = _kind_of(reason)
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = [plural(n, one, many) for (one, many), n in counts.items()]
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
 def skipped_summary(skipped: list[Skipped], *, limit: int = 3) -> str:
-    """One line that counts the skipped entries by reason and names the first few."""
-    by_reason: dict[str, int] = {}
-    for s in skipped:
-        by_reason[s.reason] = by_reason.get(s.reason, 0) + 1
-    counts = ", ".join(f"{n} {reason}" for reason, n in by_reason.items())
+    """One line that counts the skipped entries by kind and names the first few."""
     first = ", ".join(display(s.path) for s in skipped[:limit])
     more = ", …" if len(skipped) > limit else ""
-    return f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} ({counts}): " \
-           f"{first}{more}"
+    return f"skipped {skipped_words(s.reason for s in skipped)}: {first}{more}"

@@ -20,6 +20,7 @@ import numpy as np
 
 from vitcli.data.cache import ImageSource
 from vitcli.data.discovery import (
+    IGNORED,
     FileStat,
     class_folders,
     display,
@@ -151,7 +152,7 @@ def from_folder(root: Path, cache_dir: Path | None = None) -> DataSource:
         labels = np.asarray([index[listing.class_names[i]] for i in listing.labels], np.int64)
         splits[split] = _rows(paths, labels, lambda rows, p=paths: [p[i] for i in rows],
                               listing_fingerprint(listing.files))
-        ignored += [(s.path, f"{s.reason}; ignored") for s in listing.skipped]
+        ignored += [(s.path, f"{s.reason}{IGNORED}") for s in listing.skipped]
     return DataSource(splits=splits, class_names=class_names, ignored=ignored, label=label)
 
 

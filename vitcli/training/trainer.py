@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vitcli.errors import VitError, plural
+from vitcli.errors import VitError
 from vitcli.training.loop import NonFiniteLoss as NonFiniteLoss  # re-exported
 from vitcli.training.loop import TrainResult
 from vitcli.training.recipe import TrainOptions
@@ -148,9 +148,11 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         if balance is not None:
             emit("message", level=balance[0], text=balance[1])
         if prepared.bad_files:
-            emit("message", level="warning", text=(
-                f"{plural(len(prepared.bad_files), 'file')} skipped (unreadable or not images); "
-                f"listed in {run_dir / 'bad_files.txt'}"))
+            from vitcli.data.discovery import skipped_words
+
+            skipped = skipped_words(reason for _, reason in prepared.bad_files)
+            emit("message", level="warning",
+                 text=f"skipped {skipped}; listed in {run_dir / 'bad_files.txt'}")
         with _graceful_interrupt(lambda: emit("interrupt")) as stop_requested:
             result = trainer.fit(stop_requested)
         finished = True
