@@ -174,6 +174,12 @@ def test_cli_exit_codes_contact_sheets_json_and_escaped_names(planted: Path, tmp
                                   "--cache-dir", str(tmp_path / "cache")])
     assert ok.exit_code == 0, ok.output
     assert "clean" in ok.stdout and not list((tmp_path / "out2").glob("groups/*.png"))
+    # no groups: no sheets and no groups/ folder, so none is pointed at ('0 contact sheets in
+    # out2/groups' named a folder that was never made)
+    assert not (tmp_path / "out2" / "groups").exists()
+    assert "0 contact sheets" not in ok.stdout and "groups" + os.sep not in ok.stdout
+    assert "no duplicate groups, no contact sheets" in " ".join(ok.stdout.split())
+    assert f"6 contact sheets in {out / 'groups'}" in " ".join(result.stdout.split())
     # the summary breaks between facts ("bits 8 / 600" once wrapped inside one)
     facts = next(line for line in ok.stdout.splitlines() if line.startswith("colour modes"))
     assert "; bit depths 8-bit " in facts
@@ -327,3 +333,11 @@ def test_cli_lists_group_members_relative_to_the_folder_given(planted: Path, tmp
                                       "--cache-dir", str(tmp_path / "cache")])
     members = [line for line in result.stdout.splitlines() if line.startswith("   ") and " · " in line]
     assert members and all(line.split(" · ")[-1].startswith(("train/", "val/")) for line in members)
+
+
+def test_the_last_line_says_where_the_sheets_are_or_that_there_are_none():
+    from vitcli.commands.audit import _sheets_words
+
+    assert _sheets_words(0, 0, Path("o/groups")) == "no duplicate groups, no contact sheets"
+    assert _sheets_words(1, 1, Path("o/groups")) == "1 contact sheet in [bold]o/groups[/]"
+    assert _sheets_words(200, 250, Path("o/groups")).endswith("(the first 200 of 250 groups)")

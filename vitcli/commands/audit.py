@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, JsonOpt, OutDirOpt, plural
+from vitcli.commands._common import DeviceOpt, JsonOpt, OutDirOpt, plural, safe
 
 if TYPE_CHECKING:
     from vitcli.data.audit import AuditReport
@@ -75,12 +75,20 @@ def audit(
             atomic_write(json_path, lambda tmp: shutil.copyfile(written["json"], tmp))
     render(report)
     console.print(f"report in [bold]{safe(str(written['report']))}[/], "
-                  f"{plural(len(written['sheets']), 'contact sheet')} in "
-                  f"[bold]{safe(str(out / 'groups'))}[/]"
+                  + _sheets_words(len(written["sheets"]), len(report.groups), out / "groups")
                   + (f", JSON in [bold]{safe(str(json_path))}[/]" if json_path else ""),
                   highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
+
+
+def _sheets_words(sheets: int, groups: int, folder: Path) -> str:
+    """Where the contact sheets are: none is said as none, never '0 contact sheets in
+    DIR/groups' of a folder that was not made; fewer sheets than groups are said too."""
+    if not sheets:
+        return "no duplicate groups, no contact sheets"
+    of = f" (the first {sheets:,} of {groups:,} groups)" if groups > sheets else ""
+    return f"{plural(sheets, 'contact sheet')} in [bold]{safe(str(folder))}[/]{of}"
 
 
 def _add_model_groups(report: AuditReport, model: Path, device: str, cache_dir: str | None,
