@@ -233,7 +233,7 @@ _KINDS = {
     NOT_IMAGE: ("file that is not an image", "files that are not images"),
     NOT_REGULAR: ("entry that is not a regular file", "entries that are not regular files"),
     BROKEN_LINK: ("broken link", "broken links"),
-    LOOP: ("folder link listed already", "folder links listed already"),
+    LOOP: ("link loop or folder listed already", "link loops or folders listed already"),
     VANISHED: ("entry that vanished while listed", "entries that vanished while listed"),
     UNREADABLE: ("unreadable folder", "unreadable folders"),
     CANNOT_READ: ("entry that cannot be read", "entries that cannot be read"),
