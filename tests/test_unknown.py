@@ -428,7 +428,7 @@ def test_the_every_block_rule_round_trips_and_its_blocks_are_checked(tmp_path: P
                         has_score=True)
     result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert ("Mahalanobis distance on the features of blocks 1, 2; unknown beyond 4 (a new "
+    assert ("Mahalanobis distance on the features of blocks 1, 2; unknown beyond 4.00 (a new "
             "image like the validation images passes with probability ≥ 97.5%)") in text, text
     # with the count recorded, the promise is what the threshold's rank gives: 12 validation
     # images cannot reach 97.5 % (the largest of 12 passes 12/13 = 92.3 %)

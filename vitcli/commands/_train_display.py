@@ -20,6 +20,7 @@ from rich.table import Table
 from vitcli.commands._common import console as out_console
 from vitcli.commands._common import plural
 from vitcli.commands._common import safe as escape
+from vitcli.errors import format_score
 
 LOG_EVERY_S = 30.0  # without a terminal (a log file), a progress line at most this often
 EPOCH_LINES_EVERY_S = 5.0  # runs of many short epochs: at most one epoch line this often
@@ -113,7 +114,7 @@ class Display:
                 c = t.calibration
                 print_(f"calibrated on {plural(t.val_images, 'validation image')}: temperature "
                        f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
-                       f"unknown beyond score {t.ood.threshold:.4g} "
+                       f"unknown beyond score {format_score(t.ood.threshold)} "
                        + describe_promise(t.val_images, t.ood.quantile), highlight=False,
                        soft_wrap=True)
         elif kind == "step":

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from vitcli.errors import format_score
+
 METHOD = "mahalanobis_blocks"  # what vit train fits now
 FEATURE = "pooled_tokens_of_blocks_before_norm"  # model.outputs.logits_and_features
 LAST_BLOCK_METHOD = "mahalanobis"  # files written before: the last block's features only
@@ -256,7 +258,7 @@ def describe_rule(rule: dict[str, Any]) -> str:
     where = ("the last block's features" if blocks is None else
              f"the features of block{'s' if len(blocks) > 1 else ''} "
              f"{', '.join(str(b + 1) for b in blocks)}")
-    return (f"Mahalanobis distance on {where}; unknown beyond {rule['threshold']:.4g} "
+    return (f"Mahalanobis distance on {where}; unknown beyond {format_score(rule['threshold'])} "
             + describe_promise(rule["validation_images"], rule["quantile"]))
 
 
