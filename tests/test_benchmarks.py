@@ -9,45 +9,40 @@ import sys
 from tests.test_train import ROOT, repo_env
 
 
-def test_data_throughput_runs_with_the_default_small_image_model():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "data_throughput.py"), "--images", "40",
-         "--batch", "8", "--steps", "1", "--threads", "1"],
-        env=repo_env(), capture_output=True, text=True, timeout=300)
+def run_benchmark(script: str, *args: str) -> str:
+    """Run benchmarks/SCRIPT with ARGS against this checkout; its stdout once it succeeded."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                            env=repo_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_data_throughput_runs_with_the_default_small_image_model():
+    out = run_benchmark("data_throughput.py", "--images", "40", "--batch", "8", "--steps", "1",
+                        "--threads", "1")
     # 32-px images: vit-pico's 5×5 grid of 7-px patches at 35 px, width 80.
-    assert "train step, default ViT 4×80 35 px" in result.stdout
-    assert "augment light (every step)" in result.stdout
+    assert "train step, default ViT 4×80 35 px" in out
+    assert "augment light (every step)" in out
 
 
 def test_linear_probe_benchmark_prints_both_sides():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "linear_probe.py"), "--quick"],
-        env=repo_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "cached features (one forward pass + head)" in result.stdout
-    assert "forward pass every epoch" in result.stdout and "measured" in result.stdout
-    assert "best val top-1: cached" in result.stdout
+    out = run_benchmark("linear_probe.py", "--quick")
+    assert "cached features (one forward pass + head)" in out
+    assert "forward pass every epoch" in out and "measured" in out
+    assert "best val top-1: cached" in out
 
 
 def test_pretrained_cost_benchmark_runs_a_family_architecture():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "pretrained_cost.py"), "--quick",
-         "--threads", "1"],
-        env=repo_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "toy DINOv2" in result.stdout and "ms per image" in result.stdout
+    out = run_benchmark("pretrained_cost.py", "--quick", "--threads", "1")
+    assert "toy DINOv2" in out and "ms per image" in out
 
 
 def test_ood_scores_benchmark_compares_the_rules_on_every_kind():
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "ood_scores.py"), "--seeds", "1",
-         "--steps", "3", "--per-class", "8", "--threads", "1"],
-        env=repo_env(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    out = run_benchmark("ood_scores.py", "--seeds", "1", "--steps", "3", "--per-class", "8",
+                        "--threads", "1")
     for kind in ("false unknown", "noise", "unrelated", "pink noise", "photo crops", "cross"):
-        assert kind in result.stdout, kind
+        assert kind in out, kind
     for rule in ("max-softmax", "energy", "last block", "relative", "every block"):
-        assert f"\n{rule} " in result.stdout, rule
+        assert f"\n{rule} " in out, rule
     # 8 validation images: too few for 97.5 %, the largest score, 1 / 9 expected
-    assert "8 validation images (expected false unknown 11.1%)" in result.stdout
+    assert "8 validation images (expected false unknown 11.1%)" in out
