@@ -570,3 +570,6 @@ def test_info_refuses_the_metadata_predict_refuses(tmp_path: Path, tiny_model, e
         onnx.save(graph, str(tmp_path / "bad.onnx"))
         shown = runner.invoke(app, ["info", str(tmp_path / "bad.onnx")])
         assert shown.exit_code == 1 and "corrupt vitcli metadata" in shown.output, shown.output
+        refused = runner.invoke(app, ["predict", str(tmp_path), "--model",
+                                      str(tmp_path / "bad.onnx")])  # the same check
+        assert refused.exit_code == 1 and refused.output == shown.output, refused.output

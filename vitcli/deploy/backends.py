@@ -172,13 +172,7 @@ def read_onnx_info(path: str | Path) -> OnnxFileInfo:
         raise VitError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
     metadata = {p.key: p.value for p in model.metadata_props}
     check_onnx_metadata(path, metadata)
-    from vitcli.model.validate import parse_temperature
-
-    try:  # what `vit info` shows must be what open_onnx accepts
-        parse_temperature(metadata)
-    except ValueError as exc:
-        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
-    _onnx_threshold(path, metadata,
+    _onnx_threshold(path, metadata,  # as open_onnx checks it
                     has_score=any(o.name == ONNX_SCORE for o in model.graph.output))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     values = 0
@@ -275,9 +269,8 @@ def _onnx_threshold(path: Path, metadata: dict[str, str], *, has_score: bool) ->
         return None
     try:
         return parse_rule(text)["threshold"]
-    except NewerMethodError as exc:
-        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
-                       "(upgrade vitcli)") from None
+    except NewerMethodError as exc:  # not corrupt: its message says what to do
+        raise VitError(f"{path}: {exc}") from None
     except ValueError as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
 
@@ -291,7 +284,10 @@ def _ort_reason(exc: Exception, path: Path) -> str:
 
 
 def check_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Refuse an ONNX file that vitcli did not export (no labels, no preprocessing)."""
+    """Refuse an ONNX file that vitcli did not export (no labels, no preprocessing), or
+    whose metadata a vitcli model file could not hold."""
+    from vitcli.model.validate import parse_temperature
+
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise VitError(f"{path}: an ONNX file but not one exported by vitcli (no vitcli "
                        "metadata: labels and preprocessing are unknown); export it with "
@@ -304,3 +300,7 @@ def check_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
         raise VitError(f"{path}: model file format {version} is newer than this vitcli "
                        f"understands ({FORMAT_VERSION}); upgrade vitcli")
     load_json(metadata.get("class_names", "[]"), source=f"{path}: class_names")
+    try:  # the graph divides by it already; a value a model file may not hold is corrupt
+        parse_temperature(metadata)
+    except ValueError as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None

@@ -288,9 +288,8 @@ def _check_trust(path: Path, metadata: dict[str, str], header: dict[str, Any],
         ood_info = ood_rule.parse_ood(metadata, {k: v["shape"] for k, v in header.items()},
                                       num_classes=config.num_classes,
                                       feature_dim=config.head_in_dim, depth=config.depth)
-    except ood_rule.NewerMethodError as exc:
-        raise VitError(f"{path}: {exc}; a newer vitcli may have written it "
-                       "(upgrade vitcli)") from None
+    except ood_rule.NewerMethodError as exc:  # not corrupt: its message says what to do
+        raise VitError(f"{path}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     return temperature, ood_info

@@ -221,7 +221,8 @@ def parse_rule(text: str) -> dict[str, Any]:
     method = info.get("method")
     if method not in (METHOD, LAST_BLOCK_METHOD):
         raise NewerMethodError(f"out-of-distribution method {method!r} is not one this vitcli "
-                               f"knows ({METHOD!r}, {LAST_BLOCK_METHOD!r})")
+                               f"knows ({METHOD!r}, {LAST_BLOCK_METHOD!r}); a newer vitcli may "
+                               "have written it (upgrade vitcli)")
     threshold = info.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or threshold < 0:
