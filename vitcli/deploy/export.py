@@ -370,14 +370,14 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
         add_metadata(tmp, mf, {"precision": f"int8 dynamic ({what} weights)"})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)
         ref = fp32.logits(x)
-        got = open_onnx(tmp).logits(x)
+        int8 = open_onnx(tmp)
+        got = int8.logits(x)
         if got.shape != ref.shape or not np.isfinite(got).all():
             raise VitError("int8 model gives malformed output; nothing was written")
         from vitcli.evaluation.evaluate import softmax
 
         report.int8_max_prob_diff = float(np.abs(softmax(ref) - softmax(got)).max())
         if data is not None and report.data is not None:
-            int8 = open_onnx(tmp)
             (logits_fp32, score_fp32), (logits_int8, score_int8) = (
                 fp32.outputs(data.inputs), int8.outputs(data.inputs))
             top_fp32, top_int8 = logits_fp32.argmax(1), logits_int8.argmax(1)
@@ -385,11 +385,11 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
             report.data.int8_accuracy = float((top_int8 == data.labels).mean())
             if score_fp32 is not None and score_int8 is not None:
                 # the int8 blocks feed the (float32) score too: its answers can drift
-                threshold = fp32.ood_threshold
-                report.data.unknown_fp32 = int((score_fp32 > threshold).sum())
-                report.data.unknown_int8 = int((score_int8 > threshold).sum())
-                report.data.int8_unknown_agreement = float(
-                    ((score_fp32 > threshold) == (score_int8 > threshold)).mean())
+                unknown_fp32 = score_fp32 > fp32.ood_threshold
+                unknown_int8 = score_int8 > fp32.ood_threshold
+                report.data.unknown_fp32 = int(unknown_fp32.sum())
+                report.data.unknown_int8 = int(unknown_int8.sum())
+                report.data.int8_unknown_agreement = float((unknown_fp32 == unknown_int8).mean())
 
     atomic_write(dst, write)
     report.int8_path, report.int8_size_bytes = dst, dst.stat().st_size
