@@ -141,12 +141,18 @@ def mahalanobis_numpy(features: np.ndarray, stats: OodStats) -> np.ndarray:
     return np.sqrt(d2.min(axis=1))
 
 
+def threshold_rank(n: int, quantile: float) -> int:
+    """Which of n sorted validation scores `threshold_for` takes (1-based): ceil(q·(n + 1)),
+    at most n, at least 1 (1e-9: q·(n + 1) a whole number)."""
+    return max(min(math.ceil(quantile * (n + 1) - 1e-9), n), 1)
+
+
 def pass_probability(n: int | None, quantile: float) -> float:
     """What `threshold_for` promises a new in-distribution image: rank / (n + 1) ≥ quantile,
     or n / (n + 1) with fewer than 39 images (at 97.5 %); the quantile when n is unknown."""
     if not n:
         return quantile
-    return min(math.ceil(quantile * (n + 1) - 1e-9), n) / (n + 1)
+    return threshold_rank(n, quantile) / (n + 1)
 
 
 def threshold_for(scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
@@ -164,8 +170,7 @@ def threshold_for(scores: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> flo
     n = len(scores)
     if not n:
         raise ValueError("no scores to set a threshold from")
-    rank = min(math.ceil(quantile * (n + 1) - 1e-9), n)  # 1-based; 1e-9: q·(n+1) whole
-    return float(scores[max(rank, 1) - 1])
+    return float(scores[threshold_rank(n, quantile) - 1])
 
 
 # ------------------------------------------------------------------------ validation
