@@ -141,7 +141,33 @@ def test_info_says_the_training_metadata_in_words(tmp_path, tiny_model, validati
              for i, row in enumerate(rows) if f"│ {label}" in row]
     assert order == sorted(order) and len(order) == 4, rows
     raw = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
-    assert raw["extra"]["validation"] == validation  # the machine-readable form is unchanged
+    assert raw["extra"]["validation"] == json.loads(validation)  # an object, not its text
+
+
+def test_info_json_gives_numbers_booleans_and_objects_typed(tmp_path, tiny_model):
+    """`vit info --json` gave "epoch": "23" and "validation": "{\"source\": ...}": the
+    stored text of safetensors' str → str metadata. Each value is typed as JSON has it;
+    names and versions, and text that is not JSON, stay text."""
+    from vitcli.model.checkpoint import save_model
+
+    extra = {"epoch": "23", "val_top1": "0.987500", "validation": '{"source": "split"}',
+             "flag": "true", "nothing": "", "source": "timm:vit_tiny", "notes": "not json",
+             "vitcli_version": "2", "huge": "1e999", "quoted": '"x"'}
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=["a", "b", "c"],
+                      extra=extra, temperature=1.5)
+    result = runner.invoke(app, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    raw = json.loads(result.stdout)
+    assert raw["format_version"] == 1 and raw["vitcli_version"] == "2"
+    assert raw["extra"] == {"epoch": 23, "val_top1": 0.9875, "validation": {"source": "split"},
+                            "flag": True, "nothing": None, "source": "timm:vit_tiny",
+                            "notes": "not json", "huge": "1e999", "quoted": '"x"',
+                            "temperature": 1.5}
+    assert isinstance(raw["parameters"], int) and isinstance(raw["config"]["depth"], int)
+    table = runner.invoke(app, ["info", str(path)], env={"COLUMNS": "200"})
+    text = " ".join(table.stdout.replace("│", " ").split())  # people's view unchanged
+    assert "saved at epoch 23" in text and "validation top-1 98.75%" in text
+    assert "huge 1e999" in text and "flag true" in text
 
 
 def test_patchify_writes_both_pictures_and_prints_counts(tmp_path, image_file):

@@ -316,6 +316,31 @@ def test_info_reads_an_onnx_files_vitcli_metadata(models, tmp_path: Path):
     for key in ("class_names", "config", "preprocessing", "parameters"):
         assert ja[key] == jb[key], key
     assert jb["onnx_opset"] >= 17 and jb["int8"] is False
+    assert ja["format_version"] == jb["format_version"] == 1
+
+
+def test_info_json_of_an_onnx_file_types_its_metadata_as_for_a_model_file(models, tmp_path):
+    """ONNX metadata_props are str → str too: `vit info model.onnx --json` decodes them by
+    the same rule as the .safetensors file's (numbers, objects, null where empty)."""
+    import json
+
+    import onnx as onnx_lib
+
+    _, onnx, _ = models
+    proto = onnx_lib.load(str(onnx))
+    stored = {"epoch": "4", "val_top1": "", "validation": '{"source": "val_split", '
+              '"fraction": 0.2, "seed": 1}', "temperature": "0.75"}
+    for key, value in stored.items():
+        proto.metadata_props.add(key=key, value=value)
+    edited = tmp_path / "edited.onnx"
+    onnx_lib.save(proto, str(edited))
+    result = CliRunner().invoke(app, ["info", str(edited), "--json"])
+    assert result.exit_code == 0, result.output
+    raw = json.loads(result.stdout)
+    assert raw["format_version"] == 1 and raw["int8"] is False
+    assert {k: raw["extra"][k] for k in stored} == {
+        "epoch": 4, "val_top1": None, "temperature": 0.75,
+        "validation": {"source": "val_split", "fraction": 0.2, "seed": 1}}
     table = CliRunner().invoke(app, ["info", str(onnx)], env={"COLUMNS": "120"})
     assert table.exit_code == 0 and "ONNX, opset" in table.stdout
     foreign = tmp_path / "junk.onnx"

@@ -14,11 +14,22 @@ def info(
                                           "ONNX file written by `vit export`.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Show a model file's architecture, classes, preprocessing and parameter count."""
+    """Show a model file's architecture, classes, preprocessing and parameter count.
+
+    --json prints one object: file, format_version (a number), vitcli_version, parameters,
+    gflops, config and preprocessing (objects), class_names (a list), extra (the other
+    stored metadata, each value typed: numbers, booleans, objects, null where empty, text
+    otherwise) and, for an ONNX file, onnx_opset, onnx_ir_version and int8 (a boolean).
+    """
     from vitcli.commands._common import console, safe
     from vitcli.deploy.backends import is_onnx_path
     from vitcli.errors import VitError
-    from vitcli.model.checkpoint import check_model_file, count_file_params, parse_metadata
+    from vitcli.model.checkpoint import (
+        check_model_file,
+        count_file_params,
+        parse_metadata,
+        typed_metadata,
+    )
     from vitcli.model.config import count_params, gflops
     from vitcli.model.validate import check_finite_file
 
@@ -45,18 +56,19 @@ def info(
             raise VitError(f"{model}: the stored weights ({params:,} values) do not match the "
                            f"stored config ({count_params(config):,} parameters); the file is "
                            "corrupt")
+    typed = typed_metadata(metadata)  # numbers, booleans and objects as JSON has them
+    shown = {"format", "format_version", "vitcli_version", "config", "class_names",
+             "preprocessing"}  # their own fields below; the rest is `extra`
     summary = {
         "file": str(model),
-        "format_version": metadata.get("format_version"),
-        "vitcli_version": metadata.get("vitcli_version"),
+        "format_version": typed.get("format_version"),
+        "vitcli_version": typed.get("vitcli_version"),
         "parameters": params,
         "gflops": round(gflops(config), 3),
         "config": config.to_dict(),
         "class_names": names,
         "preprocessing": pre.to_dict(),
-        "extra": {k: v for k, v in metadata.items() if k not in {
-            "format", "format_version", "vitcli_version", "config", "class_names",
-            "preprocessing"}},
+        "extra": {k: v for k, v in typed.items() if k not in shown},
         **onnx_facts,
     }
     if as_json:
@@ -83,7 +95,8 @@ def info(
         top.add_row("format", f"vitcli model file v{summary['format_version']}"
                     f" (written by vitcli {summary['vitcli_version']})")
     known = list(LABELS) + ["temperature", "ood"]  # a fixed order, whatever the file's
-    for key, value in sorted(summary["extra"].items(),
+    stored = {k: v for k, v in metadata.items() if k not in shown}  # the text, for _readable
+    for key, value in sorted(stored.items(),
                              key=lambda kv: (known.index(kv[0]) if kv[0] in known
                                              else len(known), kv[0])):
         top.add_row(safe(LABELS.get(key, key)), safe(_readable(key, value)))
@@ -95,8 +108,8 @@ def info(
         prep.add_row(key, ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple)
                      else safe(value))
     console.print(top, arch, prep)
-    shown = ", ".join(safe(n) for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
-    console.print(f"[bold]classes ({len(names)}):[/] {shown}")
+    listed = ", ".join(safe(n) for n in names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
+    console.print(f"[bold]classes ({len(names)}):[/] {listed}")
 
 
 # The metadata keys `vit train` and `vit convert` write, named for people (--json keeps the keys).

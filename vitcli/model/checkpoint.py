@@ -1,6 +1,6 @@
 """The self-describing model file: safetensors weights + JSON metadata, never pickle.
 
-Metadata keys (all strings, as safetensors requires):
+Metadata keys (all strings, as safetensors requires; `typed_metadata` decodes them):
   format          "vitcli"
   format_version  "1"
   config          ViTConfig as JSON
@@ -240,6 +240,40 @@ def parse_metadata(path: str | Path,
         # is a broken file here: exit 1, naming the file.
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     return config, names, pre
+
+
+# Metadata values that are text whatever they look like: a version "2" stays "2".
+TEXT_KEYS = frozenset({"format", "vitcli_version", "source", "precision"})
+
+
+def typed_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """The metadata with every value typed as a JSON reader expects it: numbers as numbers,
+    `true`/`false` as booleans, objects and lists as such, empty text as null.
+
+    safetensors and ONNX metadata hold text only, so vitcli stores numbers and objects as
+    JSON text ("0.987500", '{"source": "split"}'); a consumer of `vit info --json` should
+    not have to know which key to parse. Names and versions (TEXT_KEYS), text that is not
+    JSON, and numbers JSON cannot hold (1e999) stay as stored. The one decoding rule for
+    every format: `vit info --json` of a model file and of its ONNX export agree.
+    """
+    import json
+
+    typed: dict[str, Any] = {}
+    for key, text in metadata.items():
+        typed[key] = text
+        if key in TEXT_KEYS:
+            continue
+        if not text.strip():
+            typed[key] = None  # e.g. val_top1 of a run without validation images
+            continue
+        try:
+            value = load_json(text, source=key)
+            json.dumps(value, allow_nan=False)  # 1e999 parses as inf: not JSON's
+        except (VitError, ValueError):
+            continue  # plain text
+        if not isinstance(value, str):  # '"x"' is text either way; keep it as stored
+            typed[key] = value
+    return typed
 
 
 def _json_of(text: str, kind: type, key: str) -> Any:
