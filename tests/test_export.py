@@ -51,6 +51,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("export")
     data = make_image_folder(root / "shapes", per_class=12, seed=3)
     model = train_quickly(data, root / "model.safetensors")
+    (data / "circle" / "notes.txt").write_text("drawn by hand")  # files --data skips
+    (data / "square" / "zz_broken.png").write_bytes(b"not a png")
     report = export_onnx(model, root / "out" / "model.onnx", int8=True, data=data)
     return model, data, report
 
@@ -92,6 +94,11 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
     _, _, report = exported
     d = report.data
     assert d is not None and d.images == 36
+    from vitcli.data.discovery import skipped_words
+
+    assert [Path(p).name for p, _ in d.bad_files] == ["notes.txt", "zz_broken.png"]
+    assert skipped_words(r for _, r in d.bad_files) == \
+        "1 file that is not an image and 1 unreadable image"
     assert d.agreement == 1.0 and d.onnx_accuracy == d.torch_accuracy
     assert d.torch_accuracy > 0.6  # the fitted model is better than chance (1/3)
     assert report.int8_path == report.path.with_suffix(".int8.onnx")
@@ -337,6 +344,69 @@ def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
     assert "int8 from the fused attention (onnxruntime QAttention)" in " ".join(
         result.stdout.split())
     assert out.exists() and out.with_suffix(".int8.onnx").exists()
+    # skipped files in the words of every command (discovery.skipped_words), not its own
+    # '2 unreadable files in the data were skipped'
+    assert ("warning: skipped 1 file that is not an image and 1 unreadable image (first: "
+            "circle/notes.txt: not an image file)") in " ".join(result.stderr.split())
+    assert "were skipped" not in result.output
+
+
+def test_export_checks_the_model_file_once(tiny_model_file: Path, tmp_path: Path, monkeypatch):
+    """export ran check_model_file itself, then again inside load_model (each reading the
+    header twice): one check now, whose result the loading uses."""
+    import vitcli.deploy.export as export
+    import vitcli.model.checkpoint as checkpoint
+
+    headers, checks = [], []
+    real_header, real_check = checkpoint.read_header, checkpoint.check_model_file
+    monkeypatch.setattr(checkpoint, "read_header",
+                        lambda path: headers.append(path) or real_header(path))
+    monkeypatch.setattr(checkpoint, "check_model_file",
+                        lambda path: checks.append(path) or real_check(path))
+
+    class Loaded(Exception):
+        """Raised where the graph would be written: the model is loaded by then."""
+
+    def stop(mf, *_args):
+        assert mf.class_names == CLASSES  # really loaded, from the checked file
+        raise Loaded
+
+    monkeypatch.setattr(export, "_torch_export", stop)
+    with pytest.raises(Loaded):
+        export.export_onnx(tiny_model_file, tmp_path / "m.onnx")
+    assert len(checks) == 1 and len(headers) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [tiny_model_file.name]  # no .onnx, no temp
+
+
+@pytest.mark.parametrize("damage", ["truncated", "depth"])
+def test_a_corrupt_model_file_is_one_line_before_a_model_is_built(
+        tiny_model_file: Path, tmp_path: Path, monkeypatch, damage: str):
+    """Checked once still means checked first: nothing is allocated for a broken file."""
+    import json
+
+    import safetensors.torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    if damage == "truncated":
+        bad.write_bytes(tiny_model_file.read_bytes()[:-64])
+    else:  # a config with a block the weights lack
+        with safe_open(str(tiny_model_file), "pt") as f:
+            meta = dict(f.metadata())
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta["config"] = json.dumps({**json.loads(meta["config"]), "depth": 3})
+        save_file(tensors, str(bad), metadata=meta)
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the weights of a corrupt file were read")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", never)
+    result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(bad)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0]
+    assert "Traceback" not in result.output and not bad.with_suffix(".onnx").exists()
 
 
 def test_latency_warm_up_lasts_until_calls_stop_getting_faster():

@@ -187,6 +187,19 @@ def test_newest_training_run_is_the_default_model(models, tmp_path: Path, monkey
     assert code == 0 and "newer" in err and json.loads(out)["label"] in CLASSES
 
 
+def test_the_pytorch_back_end_checks_the_model_file_once(models, monkeypatch):
+    """open_torch parsed the metadata, then load_model checked the whole file again."""
+    import vitcli.model.checkpoint as checkpoint
+    from vitcli.deploy.backends import open_backend
+
+    st, _, _ = models
+    reads = []
+    real = checkpoint.read_header
+    monkeypatch.setattr(checkpoint, "read_header", lambda path: reads.append(path) or real(path))
+    backend = open_backend(st, device="cpu", precision="fp32")
+    assert backend.class_names == CLASSES and len(reads) == 1
+
+
 def test_foreign_and_corrupt_model_files_are_one_line_errors(models, tmp_path: Path):
     import onnx
     from onnx import TensorProto, helper

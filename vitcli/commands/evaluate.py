@@ -104,18 +104,12 @@ def evaluate(
             write_json(report, json_path)
 
     if report.bad_files:
-        from vitcli.data.discovery import IGNORED, skipped_words
-        from vitcli.files import shown_path
+        from vitcli.data.discovery import skipped_note
 
-        path, reason = report.bad_files[0]
-        reason = reason[len(path):].lstrip(": ") if reason.startswith(path) else reason
-        first = f"{shown_path(path, data)}: {reason.removesuffix(IGNORED)}"
         # counted by kind, in the words of every command: a notes.txt is a file that is not
         # an image, not an "unreadable image"
-        skipped = skipped_words(r for _, r in report.bad_files)
         err_console.print(
-            f"[yellow]warning:[/] skipped {escape(skipped)} "
-            f"({'first: ' if len(report.bad_files) > 1 else ''}{escape(first)}); "
+            f"[yellow]warning:[/] {escape(skipped_note(report.bad_files, data))}; "
             f"all listed in {escape(str(written['bad_files']))}", highlight=False,
             soft_wrap=True)
     for warning in report.warnings:

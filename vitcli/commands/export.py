@@ -51,15 +51,17 @@ def export(
             report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
                                  precision=precision,
                                  log=lambda msg: status.update(safe(msg)))
-    show_report(report)
+    show_report(report, data)
 
 
-def show_report(report: ExportReport) -> None:
-    """The files written, the parity checks, and (with --data) agreement and accuracy."""
+def show_report(report: ExportReport, data: Path | None = None) -> None:
+    """The files written, the parity checks, and (with --data) agreement and accuracy; files
+    of `data` that were left out are counted in the words every command uses."""
     from rich import box
     from rich.table import Table
 
-    from vitcli.commands._common import console, safe
+    from vitcli.commands._common import console, err_console, safe
+    from vitcli.data.discovery import skipped_note
 
     files = Table(title="written", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("file", "size", "batch-1 latency"):
@@ -86,6 +88,9 @@ def show_report(report: ExportReport) -> None:
     d = report.data
     if d is None:
         return
+    if d.bad_files:  # before the table, as eval warns before its results
+        err_console.print(f"[yellow]warning:[/] {safe(skipped_note(d.bad_files, data))}",
+                          highlight=False, soft_wrap=True)
     table = Table(title=safe(d.description) or plural(d.images, "image"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("back end", "accuracy", "top-1 agreement"):
@@ -104,9 +109,6 @@ def show_report(report: ExportReport) -> None:
             line = (f"[yellow]warning:[/] {line}; int8 moves the unknown score too (use "
                     "model.onnx where the unknown answer must match the model file's)")
         console.print(line, highlight=False)
-    if d.skipped:
-        console.print(f"{plural(d.skipped, 'unreadable file')} in the data "
-                      f"{'was' if d.skipped == 1 else 'were'} skipped")
 
 
 def _mb(size: int) -> str:

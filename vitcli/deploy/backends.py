@@ -17,7 +17,7 @@ import numpy as np
 
 from vitcli.errors import VitError
 from vitcli.files import check_regular_file, load_json
-from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata, read_metadata
+from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 
@@ -208,13 +208,15 @@ def open_backend(path: str | Path, device: str = "auto", precision: str = "auto"
 
 def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> TorchBackend:
     """Load a .safetensors model file onto `device` (imports torch) to run at `precision`."""
-    parse_metadata(path, read_metadata(path))  # a clear error before importing torch
+    from vitcli.model.checkpoint import check_model_file, load_checked
+
+    # Checked once; a header or metadata it refuses is refused before torch is imported.
+    checked = check_model_file(path)
 
     from vitcli.devices import choose_precision, resolve_device
-    from vitcli.model.checkpoint import load_model
 
     target = resolve_device(device)
-    model_file = load_model(path, device=str(target))
+    model_file = load_checked(checked, device=str(target))
     chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
     return TorchBackend(path=path, model_file=model_file, device=target, precision=chosen)
 

@@ -104,14 +104,13 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     matrix units. The ONNX graph itself is fp32 and is checked against PyTorch fp32.
     """
     from vitcli.devices import check_precision, cpu_bf16_units
-    from vitcli.model.checkpoint import load_model
+    from vitcli.model.checkpoint import check_model_file, load_checked
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
     # The model file first: an ONNX --model is refused as such (checkpoint.refusal_message)
     # before --out, whose default is that very file, would be "the same file as --model".
-    from vitcli.model.checkpoint import check_model_file
-
+    # Checked once: load_checked below loads what this check passed.
     checked = check_model_file(model_path)
     out_path = Path(out) if out else default_output(model_path)
     if out_path.suffix.lower() != ".onnx":
@@ -134,7 +133,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     from vitcli.model.config import check_fits
 
     check_fits(checked.config, max(fixed or 2, 2), training=False, what="--batch")
-    mf = load_model(model_path, device="cpu")
+    mf = load_checked(checked, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
         raise VitError(f"{model_path}: {size / 1e9:.1f} GB of weights is over ONNX's 2 GB "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +52,9 @@ class DataCheck:
     unknown_fp32: int | None = None  # images fp32 ONNX calls unknown (models with the rule)
     unknown_int8: int | None = None  # images int8 calls unknown, at the same threshold
     int8_unknown_agreement: float | None = None  # the same unknown answer from both
-    skipped: int = 0  # unreadable files in the data
+    # (path, reason) of each file in --data left out: not an image, unreadable, ... (the
+    # reasons vitcli.data.discovery.skipped_words counts, as every command words them)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
 def random_inputs(mf: ModelFile, batch: int, seed: int) -> np.ndarray:
@@ -134,7 +136,7 @@ class Labelled:
     inputs: np.ndarray  # float32 (N, C, S, S)
     labels: np.ndarray  # int64 (N,)
     description: str
-    skipped: int
+    bad_files: list[tuple[str, str]]  # (path, reason) of each file left out
 
 
 def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -> Labelled:
@@ -147,7 +149,7 @@ def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -
     labels = map_labels(images.class_names, mf.class_names, images.labels, data=f"--data {data}")
     inputs = mf.preprocessing.normalize(images.pixels)  # (N, C, S, S)
     return Labelled(inputs=inputs, labels=labels, description=images.description,
-                    skipped=len(bad))
+                    bad_files=list(bad))
 
 
 def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
@@ -165,7 +167,7 @@ def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
                      torch_accuracy=float((ref.argmax(1) == data.labels).mean()),
                      onnx_accuracy=float((got.argmax(1) == data.labels).mean()),
                      agreement=float((~differ).mean()), ties=int(differ.sum()),
-                     skipped=data.skipped)
+                     bad_files=data.bad_files)
 
 
 def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,

@@ -201,7 +201,12 @@ def refusal_message(path: Path, head: bytes, size: int) -> str:
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The vitcli metadata of a model file (no torch), or a VitError if it is not one."""
-    _, metadata = read_header(path)
+    return vitcli_metadata(path, read_header(path)[1])
+
+
+def vitcli_metadata(path: str | Path, metadata: dict[str, str]) -> dict[str, str]:
+    """`metadata` (read_header's) if it is a vitcli model file's this vitcli can read, else
+    a VitError naming `path`."""
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise VitError(
             f"{path}: a safetensors file but not a vitcli model file (no vitcli metadata); "
@@ -303,8 +308,8 @@ def check_model_file(path: str | Path) -> CheckedFile:
     from vitcli.model.validate import check_against_config
 
     path = Path(path)
-    header, _ = read_header(path)  # 1, 2 and 4
-    metadata = read_metadata(path)
+    header, stored = read_header(path)  # 1, 2 and 4: the file is read once
+    metadata = vitcli_metadata(path, stored)
     config, names, pre = parse_metadata(path, metadata)  # 3
     check_against_config(path, header, config)  # 5
     temperature, ood_info = _check_trust(path, metadata, header, config)  # 6
@@ -352,6 +357,14 @@ def load_model(path: str | Path, *, device: str = "cpu",
     With `image_size`, the position embedding is resampled for that input size and the
     preprocessing follows.
     """
+    # every check before anything is allocated
+    return load_checked(check_model_file(path), device=device, image_size=image_size)
+
+
+def load_checked(checked: CheckedFile, *, device: str = "cpu",
+                 image_size: int | None = None) -> ModelFile:
+    """load_model for a file check_model_file has passed: a caller that needed the checked
+    config first (export sizes its batch by it) does not check the file a second time."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -359,9 +372,7 @@ def load_model(path: str | Path, *, device: str = "cpu",
     from vitcli.model.validate import check_finite
     from vitcli.model.vit import VisionTransformer
 
-    path = Path(path)
-    checked = check_model_file(path)  # before anything is allocated
-    metadata, config = checked.metadata, checked.config
+    path, metadata, config = checked.path, checked.metadata, checked.config
     names, pre = checked.class_names, checked.preprocessing
     temperature, ood_info = checked.temperature, checked.ood_info
     try:
