@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from vitcli.training.budget import FINISH_SECONDS, EpochTimes, batch_for_steps, steps_in_budget
+from vitcli.training.budget import (
+    FINISH_SECONDS,
+    EpochTimes,
+    batch_for_steps,
+    overrun_line,
+    steps_in_budget,
+)
 
 
 def _seconds_used(total: int, *, step: int, epoch_start: int, steps_per_epoch: int,
@@ -68,3 +74,31 @@ def test_epoch_times_forget_the_first_epoch_once_a_second_one_ends():
 ])
 def test_batch_for_steps_halves_until_enough_steps_would_fit(batch, steps, expected):
     assert batch_for_steps(batch, steps, 300) == expected
+
+
+# ------------------------------------------------------- a budget the run could not keep
+
+
+def test_a_budget_spent_by_the_first_step_is_said_with_what_the_run_really_took():
+    line = overrun_line(minutes=0.01, setup_s=1.2, first_step_s=0.5, training_s=0.9,
+                        total_s=6.4)
+    assert line == ("--time-budget 0.01 min (0.6 s) was shorter than start-up: the first "
+                    "step ended at 1.7 s (1.2 s of it reading the data and building the "
+                    "model), and the run took 7.6 s")
+
+
+def test_a_run_well_past_its_budget_says_where_the_time_went():
+    line = overrun_line(minutes=0.5, setup_s=8.0, first_step_s=0.3, training_s=38.0,
+                        total_s=44.0)
+    assert line == ("the run took 52 s, well past --time-budget 0.5 min (30 s): set-up "
+                    "8.0 s, training 38 s, final plots and calibration 6.0 s")
+    # a resumed run has no start-up of its own to blame: only the overrun is said
+    resumed = overrun_line(minutes=0.01, setup_s=1.0, first_step_s=None, training_s=5.0,
+                           total_s=6.0)
+    assert resumed is not None and resumed.startswith("the run took 7.0 s, well past")
+
+
+@pytest.mark.parametrize("total_s", [29.0, 30.0, 33.0])
+def test_a_budget_kept_within_a_tenth_and_a_second_says_nothing(total_s):
+    assert overrun_line(minutes=0.5, setup_s=1.0, first_step_s=0.2, training_s=total_s - 2,
+                        total_s=total_s) is None

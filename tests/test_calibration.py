@@ -134,3 +134,101 @@ def test_no_validation_error_sets_laplaces_confidence_not_certainty(scale):
     one_wrong = labels.copy()
     one_wrong[0] = (labels[0] + 1) % 5  # one error: the NLL has a minimum, fitted as before
     assert cal.fit_temperature(logits, one_wrong) != pytest.approx(t, rel=1e-3)
+
+
+# ----------------------------------------------- a fitted T that makes calibration worse
+
+
+def one_confident_mistake():
+    """10 images, 2 classes: nine right at 90 %, one wrong at 99 %. Accuracy is 90 %, and the
+    one mistake rules the NLL: the fit softens every image (T ≈ 1.7), which takes the nine
+    right ones further below their 100 % and the ECE from 18.9 % to 28.9 %."""
+    logits = np.array([[np.log(9.0), 0.0]] * 9 + [[np.log(99.0), 0.0]])
+    labels = np.array([0] * 9 + [1])
+    return logits, labels
+
+
+def test_a_fitted_temperature_that_raises_the_ece_is_not_kept():
+    """A 0.01-minute run on few validation images stored a T that took its ECE from 3.5 % to
+    6.3 %: the fitted T is kept only when it makes neither the ECE nor the NLL worse."""
+    logits, labels = one_confident_mistake()
+    fitted = cal.fit_temperature(logits, labels)
+    assert fitted > 1.2  # the NLL alone asks for it
+    assert cal.nll(logits, labels, fitted) < cal.nll(logits, labels)
+    choice = cal.choose_temperature(logits, labels)
+    assert choice.temperature == 1.0 and choice.fitted == pytest.approx(fitted)
+    assert not choice.kept_fit and choice.images == 10
+    assert choice.ece_at_1 == pytest.approx(0.189) and choice.ece_fitted > 0.28
+    assert choice.reason == (f"the fitted T = {fitted:.3g} would raise the validation ECE "
+                             "from 18.9% to 28.9%")
+    assert choice.summary() == "T = 1 kept, since " + choice.reason
+    record = choice.to_dict()
+    assert record["temperature"] == 1.0 and record["fitted_temperature"] == pytest.approx(fitted)
+    assert record["kept_fit"] is False and record["fitted"]["ece"] > record["at_1"]["ece"]
+
+
+def test_a_fitted_temperature_that_lowers_the_ece_is_kept_and_said():
+    logits, labels = overconfident()
+    choice = cal.choose_temperature(logits, labels)
+    assert choice.kept_fit and choice.reason == ""
+    assert choice.temperature == pytest.approx(cal.fit_temperature(logits, labels))
+    assert choice.ece_fitted < choice.ece_at_1 and choice.nll_fitted < choice.nll_at_1
+    assert choice.summary().startswith(f"T = {choice.temperature:.3g} fitted on 3,000 "
+                                       "validation images: ECE ")
+
+
+@pytest.mark.parametrize("n, reason", [(0, "there are no validation images"),
+                                       (1, "1 validation image is too few to fit one "
+                                           "(10 needed)"),
+                                       (5, "5 validation images are too few")])
+def test_too_few_images_keep_one_and_say_why(n, reason):
+    logits, labels = overconfident(n=max(n, 1))
+    choice = cal.choose_temperature(logits[:n], labels[:n])
+    assert choice.temperature == 1.0 and reason in choice.reason
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_stored_temperature_never_makes_the_validation_calibration_worse(seed):
+    """Whatever the validation set (small, barely trained, all right or all wrong), what is
+    stored has an ECE and an NLL no worse than T = 1 on the images it was chosen on."""
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(10, 40)), int(rng.integers(2, 6))
+    logits = rng.normal(0, rng.uniform(0.3, 4.0), (n, k))
+    labels = rng.integers(0, k, n) if seed % 3 else logits.argmax(1)  # every third all right
+    choice = cal.choose_temperature(logits, labels)
+    t = choice.temperature
+    assert cal.ece(cal.probabilities(logits, t), labels) <= cal.ece(cal.probabilities(logits),
+                                                                     labels) + 1e-12
+    assert cal.nll(logits, labels, t) <= cal.nll(logits, labels) + 1e-12
+    assert (t == choice.fitted) == choice.kept_fit or choice.fitted == 1.0
+
+
+def test_training_stores_t_1_and_says_why_in_the_file_and_vit_info(tmp_path: Path,
+                                                                   tiny_model_file: Path,
+                                                                   monkeypatch):
+    """The end of `vit train` (training/calibrate.py) goes through the same rule: a fit that
+    would raise the validation ECE leaves T = 1 in the model file, whose `calibration` entry
+    says why, and `vit info` shows that sentence."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+    from vitcli.model.checkpoint import load_model, read_metadata
+    from vitcli.training.calibrate import calibrate_model_file
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8)
+    data = SimpleNamespace(train_pixels=pixels[:18], train_labels=np.arange(18) % 3,
+                           val_pixels=pixels[18:], val_labels=np.arange(12) % 3)
+    # Whatever the NLL fit finds, a T of 0.05 turns a random model's probabilities into
+    # near-certainty on a third of the images right: it must not be stored.
+    monkeypatch.setattr(cal, "fit_temperature", lambda logits, labels: cal.T_MIN)
+    trust = calibrate_model_file(tiny_model_file, data, device="cpu")
+    assert trust is not None and trust.temperature == 1.0 and not trust.choice.kept_fit
+    assert trust.calibration.ece_after == trust.calibration.ece_before
+    assert load_model(tiny_model_file).temperature == 1.0
+    said = read_metadata(tiny_model_file)["calibration"]
+    assert said.startswith("T = 1 kept, since the fitted T = 0.05 would raise the validation")
+    shown = CliRunner().invoke(app, ["info", str(tiny_model_file)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and said in shown.output, shown.output

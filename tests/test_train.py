@@ -586,8 +586,12 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--ema-decay", "2"])
     assert result.exit_code == 2 and "--ema-decay" in result.output  # would diverge
     run = new_run_dir(tmp_path / "runs")
+    (run / "args.json").write_text(json.dumps(
+        {"options": TrainOptions(data=str(tmp_path), epochs=5).to_dict()}))
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "9", "--ema"])
-    assert result.exit_code == 2 and "--ema, --epochs cannot change" in result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert ("--ema (the run's: off), --epochs 9 (the run's: 5) cannot change"
+            in " ".join(result.output.split())), result.output
 
 
 def test_device_mistakes_are_usage_errors(monkeypatch):
@@ -965,3 +969,93 @@ def test_the_class_balance_note_names_two_different_classes_or_none():
     level, line = imbalance_note(np.repeat([0, 1, 2], [80, 8, 40]), names, weights)
     assert "'circle' has 80 training images, 'square' 8 (ratio 10:1)" in line
     assert imbalance_note(np.repeat([0, 1, 2], 80), names, TrainOptions(data="x")) is None
+
+
+# ------------------------------------------------- a time budget shorter than start-up
+
+
+def test_a_budget_shorter_than_start_up_stops_at_the_first_step_and_says_so(
+        tmp_path: Path, bars: Path, monkeypatch):
+    """`vit train --time-budget 0.01` went on measuring the speed for steps past its budget
+    and took 7.6 s without a word: it now stops at the first step, says in one line that the
+    budget was shorter than start-up and how long the run took, and records it in state.json
+    (with the calibration, which the model file and `vit info` also say)."""
+    from vitcli.cli import app
+    from vitcli.model.checkpoint import read_metadata
+
+    monkeypatch.setenv("COLUMNS", "300")
+    o = options(tmp_path, bars, epochs=10_000, batch_size=6, time_budget=0.001)  # 0.06 s
+    run = CliRunner().invoke(app, ["train", *cli_flags(o), "--time-budget", "0.001"])
+    assert run.exit_code == 0 and "Traceback" not in run.output, run.output
+    said = [line for line in run.output.splitlines() if "--time-budget 0.001 min" in line
+            and "start-up" in line]
+    assert len(said) == 1, run.output
+    assert said[0].startswith("warning: --time-budget 0.001 min (0.1 s) was shorter than "
+                              "start-up: the first step ended at ")
+    assert "reading the data and building the model), and the run took " in said[0]
+    state = json.loads((tmp_path / "runs" / "exp" / "state.json").read_text())
+    assert state["step"] == 1  # the budget was spent: no step past the first one
+    budget = state["time_budget"]
+    assert budget["kept"] is False and budget["note"] == said[0].removeprefix("warning: ")
+    assert budget["budget_s"] == pytest.approx(0.06)
+    assert budget["spent_s"] >= budget["setup_s"] + budget["first_step_s"] > 0.06
+    assert budget["spent_s"] == pytest.approx(budget["setup_s"] + budget["end_s"], abs=2e-3)
+    # The calibration's record agrees with the model file: 3 validation images fit no T.
+    meta = read_metadata(tmp_path / "runs" / "exp" / "weights" / "best.safetensors")
+    calibration = state["calibration"]
+    assert meta["calibration"] == calibration["summary"] and float(meta["temperature"]) == 1.0
+    assert "3 validation images are too few to fit one" in calibration["reason"]
+    assert "temperature 1 kept (ECE" in " ".join(run.output.split())
+
+
+def test_a_budget_the_run_keeps_is_recorded_and_not_warned_about(tmp_path: Path, bars: Path):
+    said = []
+    result = train(options(tmp_path, bars, epochs=1, time_budget=5.0),
+                   on_event=lambda kind, **f: said.append(f.get("text", "")))
+    assert result.budget_note is None and not any("--time-budget" in s for s in said), said
+    budget = load_state(result.run_dir).info["time_budget"]
+    assert budget["kept"] is True and budget["note"] is None
+    assert budget["spent_s"] < 60 and budget["first_step_s"] <= budget["training_s"]
+
+
+# ------------------------------------------------------------ --resume repeating options
+
+
+def test_resume_accepts_the_runs_own_data_however_it_is_named(tmp_path: Path, bars: Path,
+                                                              monkeypatch):
+    """`vit train --resume RUN --data SAME` was refused although --data named the folder the
+    run recorded: an option repeated with its own value is accepted (paths compared
+    resolved), and a different one is refused in one line naming what the run used."""
+    from vitcli.cli import app
+
+    first = train(options(tmp_path, bars, epochs=2), on_event=ctrl_c_after_epoch_1)
+    assert first.stopped == "interrupted"
+    monkeypatch.chdir(bars.parent)
+    other = bar_folder(tmp_path / "other", per_class=4)
+    refused = CliRunner().invoke(app, ["train", "--resume", str(first.run_dir), "--data",
+                                       str(other), "--epochs", "2", "--ema"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert refused.output.count("\n") == 1 and refused.output.startswith("error:")
+    assert (f"--data {other} (the run's: {bars}), --ema (the run's: off) cannot change"
+            in " ".join(refused.output.split())), refused.output  # --epochs 2 is the run's
+    again = CliRunner().invoke(app, ["train", "--resume", str(first.run_dir), "--data",
+                                     "./bars/", "--epochs", "2", "--threads", "1"])
+    assert again.exit_code == 0, again.output
+    assert load_state(first.run_dir).info["step"] == first.steps * 2  # it trained on
+
+
+def test_resume_compares_paths_resolved_and_names_the_runs_folder(tmp_path: Path):
+    from vitcli.training.trainer import check_unchanged
+
+    data = tmp_path / "data"
+    data.mkdir()
+    run = tmp_path / "runs" / "exp3"
+    saved = TrainOptions(data=str(data), epochs=5, project=str(tmp_path / "runs"), lr=0.004)
+    check_unchanged(saved, {"data": str(tmp_path / "x" / ".." / "data"), "epochs": 5,
+                            "project": str(tmp_path / "runs"), "name": "exp3", "lr": 0.004},
+                    run)
+    with pytest.raises(UsageError, match=re.escape(
+            f"--data {tmp_path} (the run's: {data}) cannot change")):
+        check_unchanged(saved, {"data": str(tmp_path)}, run)
+    with pytest.raises(UsageError, match=r"--name exp4 \(the run's: not set\)"):
+        check_unchanged(saved, {"name": "exp4"}, run)

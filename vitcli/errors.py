@@ -3,7 +3,7 @@
 Library code raises :class:`VitError` with a message that names the problem and the file;
 the CLI turns it into one line on stderr and an exit code. Anything else is a bug and keeps
 its traceback. Here too, at the bottom of the layers, the few wordings every layer shares:
-counts (`plural`) and unknown scores (`format_score`).
+counts (`plural`), durations (`format_duration`) and unknown scores (`format_score`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,20 @@ def plural(n: int, noun: str, nouns: str | None = None) -> str:
     (plural(1, "class", "classes")). Every count a user reads goes through this: never a
     hedged 'step(s)'. Here, at the bottom of the layers, so that every module can use it."""
     return f"{n:,} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def format_duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '2 h 07 min': seconds for short runs, never '0.0 min'."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 SCORE_DECIMALS = 2  # unknown scores and their threshold, everywhere a person reads them

@@ -20,24 +20,10 @@ from rich.table import Table
 from vitcli.commands._common import console as out_console
 from vitcli.commands._common import plural
 from vitcli.commands._common import safe as escape
-from vitcli.errors import format_score
+from vitcli.errors import format_duration, format_score
 
 LOG_EVERY_S = 30.0  # without a terminal (a log file), a progress line at most this often
 EPOCH_LINES_EVERY_S = 5.0  # runs of many short epochs: at most one epoch line this often
-
-
-def format_duration(seconds: float) -> str:
-    """'42 s', '3 min 05 s', '2 h 07 min': seconds for short runs, never '0.0 min'."""
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, sec = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 class Display:
@@ -111,9 +97,8 @@ class Display:
             else:
                 from vitcli.model.ood import describe_promise
 
-                c = t.calibration
-                print_(f"calibrated on {plural(t.val_images, 'validation image')}: temperature "
-                       f"{t.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%}); "
+                print_(f"calibrated on {plural(t.val_images, 'validation image')}: "
+                       f"{_temperature_words(t)}; "
                        f"unknown beyond score {format_score(t.ood.threshold)} "
                        + describe_promise(t.val_images, t.ood.quantile), highlight=False,
                        soft_wrap=True)
@@ -198,6 +183,17 @@ class Display:
             self.progress.console.print(line, highlight=False, soft_wrap=True)
 
 
+def _temperature_words(trust: Any) -> str:
+    """'temperature 2.31 (ECE 8.1% → 2.0%)', or 'temperature 1 kept, since ...' with the
+    reason the fitted one was not stored (vitcli.evaluation.calibration.choose_temperature)."""
+    c, choice = trust.calibration, getattr(trust, "choice", None)
+    if choice is None or choice.kept_fit:
+        return f"temperature {trust.temperature:.3g} (ECE {c.ece_before:.1%} → {c.ece_after:.1%})"
+    # the ECE is in the reason when it is the reason; otherwise it is given here
+    ece = "" if choice.ece_fitted > choice.ece_at_1 else f" (ECE {c.ece_before:.1%})"
+    return f"temperature 1 kept{ece}, since {choice.reason}"
+
+
 def print_summary(console: Console, result: Any) -> None:
     """The closing table: how the run ended, best accuracy, where the files are."""
     table = Table(title="training summary", show_header=False, title_justify="left")
@@ -206,7 +202,9 @@ def print_summary(console: Console, result: Any) -> None:
                               "time_budget": "time budget reached",
                               "interrupted": "interrupted (state saved)"}[result.stopped])
     table.add_row("epochs / steps", f"{result.epochs} / {result.steps:,}")
-    table.add_row("time", format_duration(result.seconds))
+    setup = getattr(result, "setup_seconds", 0.0)  # reading the data, building the model
+    table.add_row("time", format_duration(result.seconds + setup) + (
+        f" ({format_duration(setup)} of it set-up)" if setup >= 0.05 else ""))
     if getattr(result, "probe", ""):
         table.add_row("linear probe", result.probe)
     if result.best_top1 is not None:

@@ -109,8 +109,8 @@ def train(
     project: Annotated[str | None, _opt("--project", help="Where run folders are made: one "
                                         f"folder for each run. [default: {_D.project}]")] = None,
     resume: Annotated[Path | None, _opt("--resume", help="Continue the run in this folder "
-                                        "(its own options; --device and --threads "
-                                        "may change).")] = None,
+                                        "(its own options, which may be repeated; "
+                                        "--device and --threads may change).")] = None,
     init: Annotated[str | None, _opt("--init", help="Start from pretrained weights: a vitcli "
                                      "model file, a Hub id (transformers or timm/ repository) "
                                      "or a name from `vit models --pretrained`.",
@@ -172,20 +172,17 @@ def train(
         threads = workers  # --workers: the old name
     given = {k: v for k, v in locals().items() if k in TrainOptions.__dataclass_fields__
              and v is not None}
-    ignored = sorted(k for k, v in given.items() if k not in ("device", "threads")
-                     and v is not False)  # --ema and --compile are False when not given
-    if resume is not None and ignored:
-        from vitcli.errors import UsageError
-
-        raise UsageError(f"--resume continues a run with its own options; "
-                         f"{', '.join('--' + k.replace('_', '-') for k in ignored)} cannot "
-                         "change (only --device and --threads may)")
     main = int(os.environ.get("RANK", "0")) == 0
     display = Display(enabled=main)
     try:
         with display:
             if resume is not None:
-                result = resume_run(resume, device=device, threads=threads, on_event=display)
+                # Options repeated with --resume must be the run's own (checked there);
+                # --ema and --compile read False when not given.
+                again = {k: v for k, v in given.items() if k not in ("device", "threads")
+                         and not (k in ("ema", "compile") and v is False)}
+                result = resume_run(resume, device=device, threads=threads, given=again,
+                                    on_event=display)
             else:
                 result = train_run(TrainOptions(**given), on_event=display)
     except KeyboardInterrupt:

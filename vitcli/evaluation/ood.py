@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vitcli.evaluation.calibration import Calibration, fit_temperature, measure
+from vitcli.evaluation.calibration import (
+    Calibration,
+    TemperatureChoice,
+    choose_temperature,
+    measure,
+)
 from vitcli.evaluation.evaluate import predict_logits
 from vitcli.model.ood import (
     DEFAULT_QUANTILE,
@@ -51,6 +56,7 @@ class Trust:
     ood: OodStats | None
     val_images: int
     calibration: Calibration | None = None  # on the validation images, before and after T
+    choice: TemperatureChoice | None = None  # the fitted T, and why it was stored or not
 
 
 def features_and_logits(model: nn.Module, pixels: np.ndarray, *, mean: Sequence[float],
@@ -89,7 +95,8 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
     most MAX_FIT_IMAGES of) the training images, unaugmented; the temperature and threshold
     from the validation images, which the means never saw, so that the threshold passes
     `quantile` of new in-distribution images rather than of memorised ones
-    (vitcli.model.ood.threshold_for).
+    (vitcli.model.ood.threshold_for). The fitted T is kept only where it makes the validation
+    calibration no worse (vitcli.evaluation.calibration.choose_temperature).
     """
     if val_pixels is None or val_labels is None or len(val_labels) == 0:
         return Trust(temperature=1.0, ood=None, val_images=0)
@@ -106,6 +113,7 @@ def fit_trust(model: nn.Module, *, train_pixels: np.ndarray, train_labels: np.nd
     val_logits, val_scores = outputs_on(model, stats, val_pixels, **kw)
     stats.threshold = threshold_for(val_scores, quantile)
     stats.validation_images = len(val_scores)
-    temperature = fit_temperature(val_logits, val_labels)
-    return Trust(temperature=temperature, ood=stats, val_images=len(val_labels),
-                 calibration=measure(val_logits, val_labels, temperature))
+    choice = choose_temperature(val_logits, val_labels)
+    return Trust(temperature=choice.temperature, ood=stats, val_images=len(val_labels),
+                 calibration=measure(val_logits, val_labels, choice.temperature),
+                 choice=choice)

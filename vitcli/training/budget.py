@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vitcli.errors import format_duration
+
 FINISH_SECONDS = 2.0  # the least a budget keeps back for the final plots
 SMALLEST_BATCH = 32  # a busy machine's time budget halves the batch down to this, no further
+# A run that ends more than this fraction of its budget, and OVERRUN_SECONDS, past it says so.
+OVERRUN_FRACTION = 0.1
+OVERRUN_SECONDS = 1.0
 
 
 def steps_in_budget(*, budget_s: float, elapsed_s: float, step: int, epoch_start: int,
@@ -80,3 +85,30 @@ class EpochTimes:
     @property
     def mean_end_seconds(self) -> float:
         return self.end_seconds / max(self.epochs, 1)
+
+
+def overrun_line(*, minutes: float, setup_s: float, first_step_s: float | None,
+                 training_s: float, total_s: float) -> str | None:
+    """One line when a run did not keep its --time-budget of `minutes`, else None.
+
+    A budget is a promise about when the run ends; one it cannot keep is said, not hidden
+    behind "time budget reached". `setup_s` is the set-up before training (reading the data,
+    building the model), which the budget counts; `first_step_s`, `training_s` (the last
+    epoch end done) and `total_s` (the final plots and calibration done) count from the start
+    of training. A budget spent by a new run's first step (`first_step_s`; None for a resumed
+    run) was shorter than start-up itself, which no schedule can fit (`vit train
+    --time-budget 0.01` once took 7.6 s without a word); any run that ends more than
+    OVERRUN_FRACTION and OVERRUN_SECONDS past its budget says where the time went.
+    """
+    budget_s = minutes * 60
+    given = f"--time-budget {minutes:g} min ({format_duration(budget_s)})"
+    took = format_duration(setup_s + total_s)
+    if first_step_s is not None and setup_s + first_step_s >= budget_s:
+        return (f"{given} was shorter than start-up: the first step ended at "
+                f"{format_duration(setup_s + first_step_s)} ({format_duration(setup_s)} of it "
+                f"reading the data and building the model), and the run took {took}")
+    if setup_s + total_s > budget_s * (1 + OVERRUN_FRACTION) + OVERRUN_SECONDS:
+        return (f"the run took {took}, well past {given}: set-up {format_duration(setup_s)}, "
+                f"training {format_duration(training_s)}, final plots and calibration "
+                f"{format_duration(total_s - training_s)}")
+    return None

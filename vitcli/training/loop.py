@@ -31,6 +31,7 @@ from vitcli.training.runs import (
     TrainState,
     flatten_optimizer,
     get_rng_states,
+    record_in_state,
     save_state,
     set_rng_states,
     unflatten_optimizer,
@@ -83,6 +84,8 @@ class TrainResult:
     # --resume of a run that had ended: nothing trained, nothing read or rewritten (the data
     # was not read, so num_train and num_val are 0)
     already_ended: bool = False
+    budget_note: str | None = None  # the line said when the run did not keep --time-budget
+    setup_seconds: float = 0.0  # this session's set-up before `seconds` began
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
@@ -176,6 +179,10 @@ class Trainer:
         self.sec_per_step: float | None = None
         self.epoch_times = EpochTimes()  # this session's, for refitting a time budget
         self.first_fit: int | None = None  # steps the budget's first fit allowed
+        self.first_step_s: float | None = None  # elapsed() when the run's first step ended
+        # Before fit: reading the data, building the model (set by trainer._run). The budget
+        # counts it: --time-budget is minutes for the whole run, as the user's clock sees it.
+        self.setup_seconds = 0.0
         # CPU threads: chosen from the free cores and re-measured (vitcli/training/threads.py);
         # under torchrun each process keeps the count it was started with unless --threads.
         self.tuner: ThreadTuner | None = None
@@ -291,17 +298,20 @@ class Trainer:
             if self.env.is_main:
                 self._save_state()
             stopped = "interrupted"
+        training_s = self.elapsed()
         if self.env.is_main:
             self._finish_files()
             if stopped != "interrupted":  # a resumed run calibrates when it ends
                 self._calibrate()
+        note = self._account_for_budget(stopped, training_s)
         result = TrainResult(
             run_dir=self.run_dir, stopped=stopped, epochs=self.epochs_done, steps=self.step,
             seconds=self.elapsed(), best_top1=self.best_top1, best_epoch=self.best_epoch,
             best_path=self.run_dir / "weights" / "best.safetensors",
             last_path=self.run_dir / "weights" / "last.safetensors", last_row=self.last_row,
             num_train=len(self.data.train_labels), num_val=self.num_val,
-            val_split=self.data.val_split, options=self.options, probe=probe)
+            val_split=self.data.val_split, options=self.options, probe=probe,
+            budget_note=note, setup_seconds=self.setup_seconds)
         self.emit("end", result=result)
         return result
 
@@ -316,6 +326,10 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training so far, earlier sessions of a resumed run included."""
         return self.seconds_before + time.perf_counter() - self.clock
+
+    def budget_spent(self) -> float:
+        """Seconds of the --time-budget used: this session's set-up and all training so far."""
+        return self.setup_seconds + self.elapsed()
 
     # ------------------------------------------------------------------------ one epoch
 
@@ -373,6 +387,8 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
         self.mutating = False
+        if self.step == 1 and self.first_step_s is None:  # start-up: what no budget can fit
+            self.first_step_s = self.elapsed()
         self.pending.append(loss.detach())
         self.epoch_images += len(batch) * self.env.world_size
         if self.tuner is not None:  # CPU: the step is done when its ops return
@@ -383,8 +399,10 @@ class Trainer:
     def _flush(self, epoch: int, done: int) -> None:
         """Check and count the losses of the last steps; agree with the other ranks on stopping."""
         losses = torch.stack(self.pending).float().cpu()
-        over = bool(self.options.time_budget and self.budget_fitted
-                    and self.elapsed() > self.options.time_budget * 60)
+        # A spent budget stops the run, fitted or not: a budget shorter than start-up once
+        # went on measuring the speed for a dozen steps past it.
+        over = bool(self.options.time_budget
+                    and self.budget_spent() > self.options.time_budget * 60)
         total, interrupt, over_any = all_reduce_mean(
             [float(losses.sum()), float(self.stop_requested()), float(over)], self.env)
         if not math.isfinite(total):
@@ -407,7 +425,7 @@ class Trainer:
                   eta_s=per_step * (total_steps - self.step),
                   budget_fitted=self.budget_fitted,
                   # known from the first step: the minutes given less the time spent so far
-                  budget_left_s=(max(0.0, self.options.time_budget * 60 - self.elapsed())
+                  budget_left_s=(max(0.0, self.options.time_budget * 60 - self.budget_spent())
                                  if self.options.time_budget else None))
         if self.options.time_budget and self.sec_per_step is None:
             self._probe()  # (epoch ends may have fitted the budget already, less exactly)
@@ -427,6 +445,33 @@ class Trainer:
 
     # ------------------------------------------------------------------- the time budget
 
+    def _account_for_budget(self, stopped: str, training_s: float) -> str | None:
+        """Say, and record in state.json, when the run did not keep its --time-budget.
+
+        The record (state.json `time_budget`) holds the budget and where the time went, kept
+        or not; the line is said only when it was not (vitcli.training.budget.overrun_line).
+        """
+        if not self.options.time_budget or stopped == "interrupted":
+            return None
+        from vitcli.training.budget import overrun_line
+
+        total_s = self.elapsed()
+        first = self.first_step_s if self.session_start_step == 0 else None  # a new run's
+        note = overrun_line(minutes=self.options.time_budget, setup_s=self.setup_seconds,
+                            first_step_s=first, training_s=training_s, total_s=total_s)
+        if note:
+            self.emit("message", level="warning", text=note)
+        if self.env.is_main:
+            # seconds from the start of training; set-up came before it
+            record_in_state(self.run_dir, {"time_budget": {
+                "minutes": self.options.time_budget, "budget_s": self.options.time_budget * 60,
+                "setup_s": round(self.setup_seconds, 3),
+                "first_step_s": None if first is None else round(first, 3),
+                "training_s": round(training_s, 3), "end_s": round(total_s, 3),
+                "spent_s": round(self.setup_seconds + total_s, 3),
+                "kept": note is None, "note": note}})
+        return note
+
     def _probe(self) -> None:
         """Time PROBE_STEPS steps (after 2 warm-up steps), then fit the schedule to the budget."""
         done = self.step - self.session_start_step
@@ -442,7 +487,7 @@ class Trainer:
     def _steps_fitting(self, sec_per_step: float, end_seconds: float) -> int:
         """The schedule's total steps that end this run within its --time-budget."""
         return steps_in_budget(
-            budget_s=self.options.time_budget * 60, elapsed_s=self.elapsed(), step=self.step,
+            budget_s=self.options.time_budget * 60, elapsed_s=self.budget_spent(), step=self.step,
             epoch_start=self.epochs_done * self.steps_per_epoch,
             steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
             end_seconds=end_seconds)
@@ -541,7 +586,7 @@ class Trainer:
             self.first_fit = 0  # say it once
         else:
             return None
-        need = MIN_STEPS * sec_per_step / 60 + (self.elapsed() / 60 if first else 0)
+        need = MIN_STEPS * sec_per_step / 60 + (self.budget_spent() / 60 if first else 0)
         busy = _busy_clause()
         return (f"{why} in --time-budget {self.options.time_budget:g} min "
                 f"({sec_per_step * 1000:,.0f} ms a step{busy}). About {MIN_STEPS} steps are "
@@ -704,6 +749,9 @@ class Trainer:
 
         trust = calibrate_model_file(self.run_dir / "weights" / "best.safetensors", self.data,
                                      self.device, seed=self.options.seed)
+        if trust is not None and trust.choice is not None:  # beside the run's other facts
+            record_in_state(self.run_dir, {"calibration": {**trust.choice.to_dict(),
+                                                           "summary": trust.choice.summary()}})
         self.emit("calibrated", trust=trust)
 
     def _finish_files(self) -> None:

@@ -5,7 +5,8 @@
       metrics.csv               one row per epoch
       weights/best.safetensors  the best model on validation top-1 (a vitcli model file)
       weights/last.safetensors  the model at the last epoch end
-      state.json                training state: step, epoch, schedule, RNG, best metric, ...
+      state.json                training state: step, epoch, schedule, RNG, best metric, ...;
+                                at the end, the time budget kept or not and the calibration
       state-<step>.safetensors  the state's tensors: model, optimiser moments, EMA, RNG
       curves.png, confusion_matrix.png, bad_files.txt
 
@@ -152,6 +153,18 @@ def save_state(run_dir: Path, state: TrainState) -> Path:
         if old.name != tensor_name:
             old.unlink(missing_ok=True)
     return path
+
+
+def record_in_state(run_dir: Path, facts: dict[str, Any]) -> None:
+    """Add what the end of a run found (the time budget kept or not, the calibration) to
+    state.json, beside the step, seconds and best metric it holds; atomically, and not at
+    all when the run never saved a state. A resumed run's next save starts them afresh."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return
+    info = read_json(path)
+    if isinstance(info, dict):
+        write_json(path, {**info, **facts})
 
 
 def load_state(run_dir: Path) -> TrainState:

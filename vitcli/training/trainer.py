@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,8 +39,14 @@ def train(options: TrainOptions, *, on_event: EventCallback | None = None) -> Tr
 
 
 def resume(run_dir: str | Path, *, device: str | None = None, threads: int | None = None,
+           given: dict[str, Any] | None = None,
            on_event: EventCallback | None = None) -> TrainResult:
-    """Continue the run in `run_dir` from its saved state, with its own options."""
+    """Continue the run in `run_dir` from its saved state, with its own options.
+
+    `given` holds other TrainOptions fields named again with --resume (the run's command
+    line repeated, say): accepted when each names what the run already has (paths compared
+    resolved), refused in one line naming the run's own value when one differs.
+    """
     from vitcli.training.runs import read_json
 
     run_dir = Path(run_dir)
@@ -59,9 +66,61 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
     except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
         # A stored value out of range is a damaged file here, not a command-line mistake.
         raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None
+    check_unchanged(options, given or {}, run_dir)
     options.device = device or options.device
     options.threads = options.threads if threads is None else threads
     return _run(options, run_dir=run_dir, on_event=on_event)
+
+
+MAY_CHANGE = ("device", "threads")  # what --resume may change; every other option is the run's
+_PATHS = ("data", "val", "init", "cache_dir", "project")
+
+
+def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path) -> None:
+    """Refuse options given with --resume that differ from the run's own, in one line.
+
+    A resumed run continues exactly as it began (its data, schedule and optimiser state go
+    together), so an option may be repeated but not changed. Paths count as the same when
+    they resolve to the same place (`--data ./shapes` for a run that recorded
+    /home/me/shapes); --name and --project may also name the run folder being resumed.
+    """
+    changed = [(key, value) for key, value in sorted(given.items())
+               if key not in MAY_CHANGE and not _same(key, value, getattr(saved, key), run_dir)]
+    if not changed:
+        return
+    from vitcli.errors import UsageError
+
+    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(getattr(saved, key))})"
+                       for key, value in changed)
+    raise UsageError(f"--resume {run_dir} keeps the run's own options: {listed} cannot "
+                     "change; only --device and --threads may (start a new run to change "
+                     "the others)")
+
+
+def _same(key: str, value: Any, saved: Any, run_dir: Path) -> bool:
+    if value == saved:
+        return True
+    if key == "name":
+        return value == run_dir.name
+    if key in _PATHS and isinstance(value, str):
+        here = Path(value).expanduser().resolve()
+        if key == "project" and here == run_dir.resolve().parent:
+            return True
+        return isinstance(saved, str) and Path(saved).expanduser().resolve() == here
+    return False
+
+
+def _flag(key: str, value: Any) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
 def _run(options: TrainOptions, *, run_dir: Path | None,
@@ -77,6 +136,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
     )
     from vitcli.training.setup import imbalance_note, prepare, resolved_summary
 
+    started = time.perf_counter()
     env = init_distributed(options.device)
 
     def emit(kind: str, **fields: Any) -> None:
@@ -132,6 +192,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             if created and env.is_main:
                 _remove_unstarted(run_dir)
             raise
+        trainer.setup_seconds = time.perf_counter() - started  # recorded with a --time-budget
         if state is not None:
             trainer.load_state(state)
             then = args["resolved"].get("data_fingerprint")
