@@ -83,8 +83,7 @@ def test_a_budget_spent_by_the_first_step_is_said_with_what_the_run_really_took(
     line = overrun_line(minutes=0.01, setup_s=1.2, first_step_s=0.5, training_s=0.9,
                         total_s=6.4)
     assert line == ("--time-budget 0.01 min (0.6 s) was shorter than start-up: the first "
-                    "step ended at 1.7 s (1.2 s of it reading the data and building the "
-                    "model), and the run took 7.6 s")
+                    "step ended at 1.7 s (set-up 1.2 s) and the run took 7.6 s")
 
 
 def test_a_run_well_past_its_budget_says_where_the_time_went():

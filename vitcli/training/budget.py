@@ -105,8 +105,8 @@ def overrun_line(*, minutes: float, setup_s: float, first_step_s: float | None,
     took = format_duration(setup_s + total_s)
     if first_step_s is not None and setup_s + first_step_s >= budget_s:
         return (f"{given} was shorter than start-up: the first step ended at "
-                f"{format_duration(setup_s + first_step_s)} ({format_duration(setup_s)} of it "
-                f"reading the data and building the model), and the run took {took}")
+                f"{format_duration(setup_s + first_step_s)} (set-up "
+                f"{format_duration(setup_s)}) and the run took {took}")
     if setup_s + total_s > budget_s * (1 + OVERRUN_FRACTION) + OVERRUN_SECONDS:
         return (f"the run took {took}, well past {given}: set-up {format_duration(setup_s)}, "
                 f"training {format_duration(training_s)}, final plots and calibration "
