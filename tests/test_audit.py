@@ -341,3 +341,58 @@ def test_the_last_line_says_where_the_sheets_are_or_that_there_are_none():
     assert _sheets_words(0, 0, Path("o/groups")) == "no duplicate groups, no contact sheets"
     assert _sheets_words(1, 1, Path("o/groups")) == "1 contact sheet in [bold]o/groups[/]"
     assert _sheets_words(200, 250, Path("o/groups")).endswith("(the first 200 of 250 groups)")
+
+
+def test_an_empty_class_folder_is_a_finding_and_the_rest_is_audited(tmp_path: Path):
+    """`vit audit` refused a data set with one empty class folder ('class 'x' has no image
+    files'): it now names it, in the words `vit train` refuses it with, and audits the rest."""
+    from vitcli.cli import app
+    from vitcli.data.discovery import empty_class_words
+
+    root = clean_folder(tmp_path / "data")
+    (root / "train" / "owl").mkdir()  # empty
+    (root / "val" / "owl" / "deep").mkdir(parents=True)  # empty at any depth
+    (root / "val" / "owl" / "notes.txt").write_text("to do")
+    report = audit(root, cache_dir=tmp_path / "cache")
+    assert [(e.split, e.name) for e in report.empty_classes] == [("train", "owl"),
+                                                                 ("validation", "owl")]
+    assert report.class_names == CLASSES and len(report.readable) == 3 * 5 + 3 * 2
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["audit", str(root), "--out", str(out), "--cache-dir",
+                                      str(tmp_path / "cache")], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output  # reported, not failing
+    fact = empty_class_words("owl")
+    assert fact == "class 'owl' has no image files"
+    lines = result.stdout.splitlines()
+    assert f"warning: train/owl: {fact}" in lines and f"warning: val/owl: {fact}" in lines
+    assert ("vit train refuses empty class folders: add images to them or remove them"
+            in lines)
+    md = (out / "report.md").read_text()
+    assert "## Empty class folders (2)" in md and f"<code>train/owl</code>: {fact}" in md
+    data = json.loads((out / "audit.json").read_text())
+    assert [(e["split"], e["class"]) for e in data["empty_classes"]] == [
+        ("train", "owl"), ("validation", "owl")]
+    # vit train refuses the same folder, saying the same fact
+    train = CliRunner().invoke(app, ["train", "--data", str(root), "--epochs", "1",
+                                     "--project", str(tmp_path / "runs")])
+    assert train.exit_code == 1 and "Traceback" not in train.output
+    assert train.stderr.strip() == (f"error: {root / 'train' / 'owl'}: {fact}; "
+                                    "add images to it or remove it")
+
+
+def test_an_audit_refuses_only_when_there_is_nothing_to_audit(tmp_path: Path):
+    from vitcli.cli import app
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "train" / "cat" / "a.png")
+    report = audit(root, cache_dir=tmp_path / "cache")  # one image: something to audit
+    assert len(report.files) == 1 and report.splits == ["train"]
+    assert len(report.empty_classes) == 5
+    (root / "train" / "cat" / "a.png").unlink()
+    result = CliRunner().invoke(app, ["audit", str(root), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.count("\n") == 1 and "no image files in its class sub-folders" \
+        in result.stderr

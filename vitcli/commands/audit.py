@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 SHOW_GROUPS = 10  # groups listed file by file in the terminal; all of them in --out
 SHOW_FILES = 6  # files listed per group in the terminal
+SHOW_EMPTY = 5  # empty class folders named in the terminal; all of them in --out
 
 
 def audit(
@@ -38,7 +39,8 @@ def audit(
     """Find duplicates, leakage and images under two labels; report counts, balance and sizes.
 
     Exit 0 when clean, 1 when an image (exactly or nearly) is in two splits or under two
-    labels, so it can gate a pipeline; near-duplicates within a class are reported only.
+    labels, so it can gate a pipeline; near-duplicates within a class and empty class
+    folders (which `vit train` refuses) are reported only.
     --out, else a new runs/audit/<name> folder, gets report.md, audit.json and a contact
     sheet per group (groups/group-NNN.png).
     """
@@ -145,6 +147,17 @@ def render(report: AuditReport) -> None:
         console.print("colour modes " + ", ".join(f"{safe(k)} {v:,}" for k, v in s["modes"].items())
                       + "; bit depths " + ", ".join(f"{k}-bit {v:,}" for k, v in s["bits"].items()),
                       highlight=False)
+    empty = report.empty_classes
+    for folder in empty[:SHOW_EMPTY]:  # in the words `vit train` refuses it with
+        console.print(f"[yellow]warning:[/] {safe(folder.message(report.data))}",
+                      highlight=False)
+    if len(empty) > SHOW_EMPTY:
+        console.print(f"… {plural(len(empty) - SHOW_EMPTY, 'more empty class folder')} in "
+                      "the report", highlight=False)
+    if empty:
+        from vitcli.data.sources import empty_class_advice
+
+        console.print(empty_class_advice(len(empty)), highlight=False)
     bad = report.unreadable
     if bad:
         console.print(f"[yellow]{plural(len(bad), 'unreadable file')}[/], first: "
@@ -156,10 +169,12 @@ def render(report: AuditReport) -> None:
     copies = len(report.groups) - alike
     # Look-alikes by the model's features are reported, never failing: counted apart from
     # the exact and near copies, so that the counts match the groups listed below.
-    console.print(f"{plural(copies, 'duplicate group')}, {failing:,} of them across splits "
-                  "or classes (these fail the audit)"
-                  + (f"; {plural(alike, 'look-alike group')} by the model's features "
-                     "(reported only)" if alike else ""), highlight=False)
+    copies_words = (f"{plural(copies, 'duplicate group')}, {failing:,} of them across "
+                    "splits or classes (these fail the audit)" if copies
+                    else "no duplicate groups")  # not '0 groups, 0 of them across …'
+    console.print(copies_words + (f"; {plural(alike, 'look-alike group')} by the model's "
+                                  "features (reported only)" if alike else ""),
+                  highlight=False)
     for n, group in enumerate(report.groups[:SHOW_GROUPS], 1):
         style = "red" if group.fails else "yellow"
         console.print(f"[{style}]{n}. {group_title(group)}[/]", highlight=False)

@@ -17,6 +17,7 @@ labels) or *across splits* (train/validation leakage). The last two fail the aud
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -41,7 +42,7 @@ from vitcli.data.duplicates import (
     find_groups,
 )
 from vitcli.data.perceptual import SIGNATURE_BYTES, dhash, phash, signature
-from vitcli.data.sources import SplitRows, open_source
+from vitcli.data.sources import EmptyClass, SplitRows, open_source
 from vitcli.errors import VitError, plural
 from vitcli.files import atomic_write, read_json_file
 
@@ -63,6 +64,7 @@ class AuditReport:
     groups: list[Group]
     ignored: list[tuple[str, str]]  # non-image files in class folders
     thresholds: dict[str, Any] = field(default_factory=dict)
+    empty_classes: list[EmptyClass] = field(default_factory=list)  # reported, not read
 
     @property
     def readable(self) -> list[FileRecord]:
@@ -132,6 +134,8 @@ class AuditReport:
             "unreadable": [{"path": f.path, "split": f.split, "class": f.label,
                             "reason": f.error} for f in self.unreadable],
             "ignored": [{"path": p, "reason": r} for p, r in self.ignored],
+            "empty_classes": [{"path": e.path, "split": e.split, "class": e.name}
+                              for e in self.empty_classes],
             "thresholds": self.thresholds,
             "groups": [{"kind": g.kind, "match": g.match, "scope": g.scope, "fails": g.fails,
                         "files": [member(i) for i in g.members]} for g in self.groups],
@@ -147,19 +151,26 @@ def _top(counter: Counter, n: int = 5) -> dict[str, int]:
 
 def audit(data: str | Path, *, val: str | Path | None = None, cache_dir: Path | None = None,
           progress: Progress | None = None) -> AuditReport:
-    """Read every image of `data` (and `val`) and find its duplicates; see the module doc."""
-    source = open_source(data, cache_dir)
+    """Read every image of `data` (and `val`) and find its duplicates; see the module doc.
+
+    A class folder without images is a finding (`empty_classes`), not a reason to stop: the
+    rest is audited. Refused only when no class folder holds an image at all.
+    """
+    source = open_source(data, cache_dir, allow_empty_classes=True)
     parts: dict[str, tuple[SplitRows, list[str]]] = {
         name: (rows, source.class_names) for name, rows in source.splits.items()}
     ignored = list(source.ignored)
+    empty = list(source.empty_classes)
     description = source.label
     if val is not None:
-        extra = open_source(val, cache_dir)
+        extra = open_source(val, cache_dir, allow_empty_classes=True)
         name = next((s for s in ("validation", "test", "train") if s in extra.splits),
                     next(iter(extra.splits)))
         split = "validation" if "validation" not in parts else "--val"
         parts[split] = (extra.splits[name], extra.class_names)
         ignored += extra.ignored
+        empty += [dataclasses.replace(e, split=split) for e in extra.empty_classes
+                  if e.split == name]
         description += f" and {extra.label} as {split}"
     class_names = list(source.class_names)
     for _, names in parts.values():
@@ -177,7 +188,7 @@ def audit(data: str | Path, *, val: str | Path | None = None, cache_dir: Path | 
     return AuditReport(
         data=str(data), description=f"{description}: {plural(len(files), 'image')}",
         class_names=class_names, splits=list(parts), files=files, groups=groups,
-        ignored=ignored,
+        ignored=ignored, empty_classes=empty,
         thresholds={"near_hash_bits": NEAR_HASH_BITS, "near_thumbnail_cosine": NEAR_THUMB_COSINE,
                     "near_chroma": NEAR_CHROMA,
                     "hash_bits": 64})

@@ -18,7 +18,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from vitcli.data.audit import AuditReport, Group
-from vitcli.data.discovery import display
+from vitcli.data.discovery import display, empty_class_words
+from vitcli.data.sources import empty_class_advice
 from vitcli.files import atomic_write, shown_path
 
 SHEET_MAX = 8  # members drawn per sheet; the rest are named in the report
@@ -174,6 +175,12 @@ def markdown(report: AuditReport, data: dict[str, Any]) -> str:
                                                        s["bits"].items())
                   + "; formats: " + ", ".join(f"{k} ({v:,})" for k, v in s["formats"].items()),
                   ""]
+    if report.empty_classes:  # in the words `vit train` refuses them with
+        lines += [f"## Empty class folders ({len(report.empty_classes):,})", ""]
+        lines += [f"- {_code(shown_path(e.path, report.data))}: "
+                  + html.escape(visible(empty_class_words(e.name)), quote=False)
+                  for e in report.empty_classes]
+        lines += ["", f"{empty_class_advice(len(report.empty_classes))}.", ""]
     if report.unreadable:
         lines += [f"## Unreadable files ({len(report.unreadable):,})", ""]
         lines += [f"- {_code(shown_path(f.path, report.data))}: {html.escape(visible(f.error))}"

@@ -184,11 +184,20 @@ def class_folders(folder: str | os.PathLike[str]) -> list[str]:
     return out
 
 
-def list_classes(folder: str | os.PathLike[str]) -> ClassListing:
+def empty_class_words(name: str) -> str:
+    """"class 'x' has no image files": the one wording of an empty class folder, the fact
+    `vit train` refuses and `vit audit` reports (a class folder holding no image file at
+    any depth, as list_classes finds it)."""
+    return f"class {display(name)!r} has no image files"
+
+
+def list_classes(folder: str | os.PathLike[str], *, allow_empty: bool = False) -> ClassListing:
     """The images of `folder/<class>/...` (files inside a class folder at any depth).
 
     Classes are the visible sub-folders, sorted by their bytes; a class's label is its
-    position in that order. Raises VitError when no class folder holds a single image.
+    position in that order; a class folder without images is named in `empty_classes`.
+    Raises VitError when no class folder holds a single image, unless `allow_empty` (an
+    audit reports such a folder rather than refusing it).
     """
     root = os.fspath(folder)
     classes = class_folders(root)
@@ -221,10 +230,15 @@ def list_classes(folder: str | os.PathLike[str]) -> ClassListing:
         listing.class_names.append(name)
         listing.files += files
         listing.labels += [label] * len(files)
-    if not listing.files:
-        raise VitError(f"{display(root)}: no image files in its class sub-folders "
-                       f"(expected {display(root)}/<class>/<image>)")
+    if not listing.files and not allow_empty:
+        raise VitError(no_images_message(root))
     return listing
+
+
+def no_images_message(folder: str | os.PathLike[str]) -> str:
+    """Why a folder of class folders that hold no image at all is refused."""
+    return (f"{display(folder)}: no image files in its class sub-folders "
+            f"(expected {display(folder)}/<class>/<image>)")
 
 
 # What a skipped entry is, by its reason: (one, many) in words. A reason the listing did not

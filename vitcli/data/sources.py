@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,9 @@ from vitcli.data.discovery import (
     FileStat,
     class_folders,
     display,
+    empty_class_words,
     list_classes,
+    no_images_message,
     sort_key,
     walk_images,
 )
@@ -66,10 +68,44 @@ class DataSource:
     class_names: list[str]
     ignored: BadFiles  # non-image files found in class folders
     label: str  # "folder imgs/" or "dataset mnist", for messages
+    # class folders without images (folders only, with allow_empty_classes; else refused)
+    empty_classes: list[EmptyClass] = field(default_factory=list)
 
 
-def open_source(data: str | Path, cache_dir: Path | None = None) -> DataSource:
-    """Recognise what --data is and list its splits."""
+@dataclass(frozen=True)
+class EmptyClass:
+    """A class folder that holds no image file, in one split of a folder."""
+
+    split: str
+    name: str
+    path: str  # the folder, absolute
+
+    def message(self, root: str | os.PathLike[str] | None = None) -> str:
+        """"data/train/cat: class 'cat' has no image files", the folder shown relative to
+        `root` (files.shown_path); text, not yet escaped for a terminal."""
+        from vitcli.files import shown_path
+
+        return f"{display(shown_path(self.path, root))}: {empty_class_words(self.name)}"
+
+
+def empty_class_advice(count: int) -> str:
+    """What to do about `count` empty class folders, which `vit train` refuses."""
+    if count == 1:
+        return f"vit train refuses an empty class folder: {EMPTY_FIX}"
+    return "vit train refuses empty class folders: add images to them or remove them"
+
+
+EMPTY_FIX = "add images to it or remove it"
+
+
+def open_source(data: str | Path, cache_dir: Path | None = None, *,
+                allow_empty_classes: bool = False) -> DataSource:
+    """Recognise what --data is and list its splits.
+
+    A folder with an empty class folder is refused (a classifier cannot learn or be scored
+    on a class without images) unless `allow_empty_classes`, where the DataSource names it
+    in `empty_classes` and the other classes are listed as usual: `vit audit` reports it.
+    """
     path = Path(data).expanduser()
     if path.is_dir():
         # What save_to_disk writes (a DatasetDict, or a Dataset's state + info), not one
@@ -77,7 +113,7 @@ def open_source(data: str | Path, cache_dir: Path | None = None) -> DataSource:
         if (path / "dataset_dict.json").is_file() or (
                 (path / "state.json").is_file() and (path / "dataset_info.json").is_file()):
             return from_saved_dataset(path)
-        return from_folder(path, cache_dir)
+        return from_folder(path, cache_dir, allow_empty_classes=allow_empty_classes)
     if path.exists():
         raise VitError(f"{data}: is a file; --data needs a folder of class sub-folders, "
                        "a dataset saved with save_to_disk, or a Hub dataset name")
@@ -116,7 +152,8 @@ def hub_offline() -> bool:
 # ------------------------------------------------------------------------------- folders
 
 
-def from_folder(root: Path, cache_dir: Path | None = None) -> DataSource:
+def from_folder(root: Path, cache_dir: Path | None = None, *,
+                allow_empty_classes: bool = False) -> DataSource:
     """A folder of class sub-folders, or of split folders of class sub-folders.
 
     The split folders are chosen here from the top level only (so a class called "test"
@@ -136,24 +173,31 @@ def from_folder(root: Path, cache_dir: Path | None = None) -> DataSource:
         raise VitError(f"{display(root)}: no class sub-folders with images (expected "
                        f"{display(root)}/<class>/<image> or train/ and val/ folders of class "
                        "folders)")
-    listings = {split: list_classes(folder) for split, folder in tops.items()}
+    listings = {split: list_classes(folder, allow_empty=allow_empty_classes)
+                for split, folder in tops.items()}
+    if not any(listing.files for listing in listings.values()):  # nothing at all to read
+        raise VitError(no_images_message(next(iter(tops.values()))))
     class_names = sorted({n for lst in listings.values() for n in lst.class_names},
                          key=sort_key)
     splits: dict[str, SplitRows] = {}
     ignored: BadFiles = []
+    empty: list[EmptyClass] = []
     for split, folder in tops.items():
         listing = listings[split]
-        if listing.empty_classes:
-            name = listing.empty_classes[0]
-            raise VitError(f"{display(os.path.join(folder, name))}: class {display(name)!r} "
-                           "has no image files")
+        empty += [EmptyClass(split, name, os.path.join(folder, name))
+                  for name in listing.empty_classes]
+        if empty and not allow_empty_classes:
+            raise VitError(f"{empty[0].message()}; {EMPTY_FIX}")
+        if not listing.files:  # every class of this split is empty: named in `empty`
+            continue
         index = {name: class_names.index(name) for name in listing.class_names}
         paths = [f.path for f in listing.files]
         labels = np.asarray([index[listing.class_names[i]] for i in listing.labels], np.int64)
         splits[split] = _rows(paths, labels, lambda rows, p=paths: [p[i] for i in rows],
                               listing_fingerprint(listing.files))
         ignored += [(s.path, f"{s.reason}{IGNORED}") for s in listing.skipped]
-    return DataSource(splits=splits, class_names=class_names, ignored=ignored, label=label)
+    return DataSource(splits=splits, class_names=class_names, ignored=ignored, label=label,
+                      empty_classes=empty)
 
 
 def listing_fingerprint(files: list[FileStat]) -> str:

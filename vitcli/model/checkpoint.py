@@ -47,7 +47,6 @@ class ModelFile:
     config: ViTConfig
     class_names: list[str]
     preprocessing: Preprocessing
-    temperature: float = 1.0
     ood_info: dict[str, Any] | None = None  # vitcli.model.ood.parse_ood's checked rule
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
