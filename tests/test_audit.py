@@ -285,10 +285,13 @@ def test_model_features_group_look_alikes_without_failing(planted: Path, tmp_pat
     assert all(not g["fails"] and g["match"] == "features" for g in model)
     assert len(data["groups"]) == 6 + len(model)  # the planted groups are all still there
     # the summary counts copies and look-alikes apart, matching the groups it lists
-    line = next(x for x in result.stdout.splitlines() if "duplicate group" in x)
-    assert line.startswith("6 duplicate groups, ")
-    if model:
-        assert f"; {len(model)} look-alike group" in line
+    lines = result.stdout.splitlines()
+    at = next(i for i, x in enumerate(lines) if "duplicate group" in x)
+    assert lines[at].startswith("6 duplicate groups, ")
+    if model:  # on a line of its own: each whole at 80 columns
+        assert lines[at].endswith(";") and lines[at + 1].startswith(
+            f"{len(model)} look-alike group")
+        assert max(len(x) for x in lines[at:at + 2]) <= 80
     clean = clean_folder(tmp_path / "clean", seed=4)
     ok = CliRunner().invoke(app, ["audit", str(clean), "--out", str(tmp_path / "o2"), "--model",
                                   str(tiny_model_file), "--device", "cpu", "--cache-dir",

@@ -182,6 +182,31 @@ def test_patchify_writes_both_pictures_and_prints_counts(tmp_path, image_file):
     assert "P·P·C = 8·8·3 = 192 values" in text
 
 
+def test_patchify_says_what_it_wrote_in_phrases_whole_at_80_columns(tmp_path, image_file):
+    """'wrote /long/out/photo_sequence.png  (the sequence the encoder reads)' wrapped
+    inside the phrase at 80 columns: the phrase comes first, the path after it."""
+    out = tmp_path / "a-rather-long-folder-name-for-the-pictures" / "of-the-patchify-run"
+    result = runner.invoke(app, ["patchify", str(image_file), "--patch", "8", "--size", "32",
+                                 "--out", str(out)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert max(len(line) for line in lines) <= 80
+    for phrase, name in (("wrote the patch grid, numbered by token:", "photo_grid.png"),
+                         ("wrote the token sequence the encoder reads:", "photo_sequence.png")):
+        at = lines.index(phrase)  # whole, and the path (too long to join it) right after
+        assert "".join(lines[at + 1:at + 3]).startswith(str(out / name)), lines[at:]
+
+
+def test_fit_or_break_breaks_between_the_parts_only():
+    from vitcli.commands._common import fit_or_break
+
+    assert fit_or_break("cpu, precision fp32", "(asked for)", 80) == \
+        "cpu, precision fp32 (asked for)"
+    long = "(auto: AMX-BF16 does not pay below width 192, and this model is 32 wide)"
+    assert fit_or_break("cpu, 96 images/s, precision fp32", long, 80) == \
+        f"cpu, 96 images/s, precision fp32\n{long}"
+
+
 def test_patchify_shows_what_shifted_patch_tokens_project(tmp_path, image_file):
     result = run("patchify", image_file, "--preset", "vit-pico", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -169,6 +169,36 @@ def _run(args: list[str], cwd: Path, monkeypatch):
     return CliRunner().invoke(app, args)
 
 
+def test_eval_lines_read_whole_at_80_columns(tiny_model_file, image_folder, tmp_path,
+                                             monkeypatch):
+    """The confusion matrix's note was its caption, wrapped to a 3-class table's width
+    ('... also in' / 'confusion_matrix.png'); the header and the skipped-files warning
+    wrapped mid-phrase too. Each now breaks between its facts."""
+    (image_folder / "square" / "notes.txt").write_text("seen on 3 May")
+    (image_folder / "circle" / "broken.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    assert tiny_model_file.parent == image_folder.parent == tmp_path  # names as typed here
+    result = CliRunner().invoke(app, ["eval", "--model", tiny_model_file.name, "--data",
+                                      image_folder.name, "--precision", "auto", "--device",
+                                      "cpu"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    out = [line.rstrip() for line in result.stdout.splitlines()]
+    assert "rows: true class, columns: predicted; also in confusion_matrix.png" in out
+    assert out[0] == f"{tiny_model_file.name} on folder {image_folder.name}/: 24 images; 3 classes"
+    import torch
+
+    from vitcli.devices import choose_precision
+
+    reason = choose_precision("auto", torch.device("cpu"), embed_dim=32).reason
+    assert reason and any(line.endswith(f"({reason})") for line in out[1:3]), out[:3]
+    err = [line.rstrip() for line in result.stderr.splitlines()]
+    assert "warning: skipped 1 file that is not an image and 1 unreadable image" in err, err
+
+
 def test_cli_eval_sections_files_and_json(tiny_model_file, image_folder, tmp_path, monkeypatch):
     (image_folder / "circle" / "broken.png").write_bytes(b"not a png")
     result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),

@@ -337,8 +337,15 @@ def test_export_command_reports_int8_and_data(exported, tmp_path: Path):
     model, data, _ = exported
     out = tmp_path / "cli.onnx"
     result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(model), "-o", str(out),
-                                      "--int8", "--data", str(data), "--precision", "bf16"])
+                                      "--int8", "--data", str(data), "--precision", "bf16"],
+                                env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.stderr
+    # each fact whole at 80 columns ('onnx.checker full check' / 'passed' once)
+    lines = [line.rstrip() for line in result.stdout.splitlines()]
+    assert "onnx.checker full check passed" in lines
+    assert any(line.startswith("max |Δlogit| ") and line.endswith("(batch 8)") for line in lines)
+    assert any(line.startswith("int8 vs fp32 on random inputs: max |Δprobability| ")
+               for line in lines)
     assert "PyTorch bf16 autocast" in result.stdout and "PyTorch fp32 eager" in result.stdout
     assert "verified" in result.stdout and "ONNX int8" in result.stdout
     assert "int8 from the fused attention (onnxruntime QAttention)" in " ".join(

@@ -70,6 +70,19 @@ class SafeConsole(Console):
 console = SafeConsole()  # results
 err_console = SafeConsole(stderr=True)  # progress, warnings
 
+
+def fit_or_break(first: str, second: str, width: int | None = None) -> str:
+    """`first second` on one line where it fits `width` (the terminal's), else `second` on
+    the next line: a long line broken at its natural place instead of inside a phrase.
+
+    Both parts are printable text (escaped, without markup): their length is what the
+    terminal shows.
+    """
+    from rich.cells import cell_len
+
+    joined = f"{first} {second}"
+    return joined if cell_len(joined) <= (width or console.width) else f"{first}\n{second}"
+
 ModelOpt = Annotated[
     Path | None,
     typer.Option("--model", "-m", help="A vitcli model file (.safetensors).", show_default=False),

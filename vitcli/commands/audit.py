@@ -172,9 +172,10 @@ def render(report: AuditReport) -> None:
     copies_words = (f"{plural(copies, 'duplicate group')}, {failing:,} of them across "
                     "splits or classes (these fail the audit)" if copies
                     else "no duplicate groups")  # not '0 groups, 0 of them across …'
-    console.print(copies_words + (f"; {plural(alike, 'look-alike group')} by the model's "
-                                  "features (reported only)" if alike else ""),
-                  highlight=False)
+    console.print(copies_words + (";" if alike else ""), highlight=False)
+    if alike:  # a line of its own: together they wrapped mid-phrase at 80 columns
+        console.print(f"{plural(alike, 'look-alike group')} by the model's features "
+                      "(reported only)", highlight=False)
     for n, group in enumerate(report.groups[:SHOW_GROUPS], 1):
         style = "red" if group.fails else "yellow"
         console.print(f"[{style}]{n}. {group_title(group)}[/]", highlight=False)

@@ -34,7 +34,7 @@ def convert(
                      show_default=False)] = None,
 ) -> None:
     """Convert pre-trained ViT weights into a vitcli model file."""
-    from vitcli.commands._common import console, err_console, plural, safe
+    from vitcli.commands._common import console, err_console, fit_or_break, plural, safe
     from vitcli.convert import convert as run_convert
     from vitcli.convert import download_from_hub, parse_labels
     from vitcli.errors import UsageError
@@ -53,8 +53,9 @@ def convert(
                                   allow_pickle=allow_pickle, source_name=from_hub)
     c = converted.config
     console.print(f"[bold]{safe(converted.source)}[/] → {safe(path)}")
-    console.print(f"  ViT {c.embed_dim} wide, {plural(c.depth, 'block')}, "
-                  f"{plural(c.num_heads, 'head')}, {c.patch_size} px patches, "
-                  f"{c.image_size} px images, {plural(c.num_classes, 'class', 'classes')}")
+    shape = fit_or_break(f"  ViT {c.embed_dim} wide, {plural(c.depth, 'block')}, "
+                         f"{plural(c.num_heads, 'head')},", f"{c.patch_size} px patches, "
+                         f"{c.image_size} px images, {plural(c.num_classes, 'class', 'classes')}")
+    console.print(shape.replace("\n", "\n  "), highlight=False)  # a broken line stays indented
     for note in converted.notes:
         console.print(f"  note: {safe(note)}")

@@ -104,14 +104,16 @@ def evaluate(
             write_json(report, json_path)
 
     if report.bad_files:
+        from vitcli.commands._common import fit_or_break
         from vitcli.data.discovery import skipped_note
 
         # counted by kind, in the words of every command: a notes.txt is a file that is not
         # an image, not an "unreadable image"
-        err_console.print(
-            f"[yellow]warning:[/] {escape(skipped_note(report.bad_files, data))}; "
-            f"all listed in {escape(str(written['bad_files']))}", highlight=False,
-            soft_wrap=True)
+        count, first = skipped_note(report.bad_files, data)
+        where = f"{first}; all listed in {written['bad_files']}"
+        err_console.print("[yellow]warning:[/] " + fit_or_break(
+            escape(count), escape(where), err_console.width - len("warning: ")),
+            highlight=False, soft_wrap=True)
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False,
                           soft_wrap=True)
@@ -123,19 +125,26 @@ def evaluate(
 
 def render(report: EvalReport, *, show: int = 20) -> None:
     """Print the summary, per-class, confusion, most-confused and misclassified tables."""
-    from vitcli.commands._common import console
+    from vitcli.commands._common import console, fit_or_break
     from vitcli.commands._common import safe as escape
 
     m = report.metrics
     data = report.description or f"{report.data}: {plural(m.num_images, 'image')}"
+    # What was evaluated, then how it ran: the precision's reason (up to 70 characters)
+    # moves to a line of its own where the terminal is too narrow for it.
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
-                  f"{plural(len(m.class_names), 'class', 'classes')}, {report.device}, "
-                  f"precision {report.precision}"
-                  f"{f' ({report.precision_reason})' if report.precision_reason else ''}, "
-                  f"{m.num_images / max(report.seconds, 1e-9):,.0f} images/s", highlight=False)
+                  f"{plural(len(m.class_names), 'class', 'classes')}", highlight=False)
+    ran = escape(f"{report.device}, {m.num_images / max(report.seconds, 1e-9):,.0f} "
+                 f"images/s, precision {report.precision}")
+    if report.precision_reason:
+        ran = fit_or_break(ran, escape(f"({report.precision_reason})"))
+    console.print(ran, highlight=False)
     console.print(_summary_table(report))
     console.print(_per_class_table(m))
-    console.print(_confusion_table(m))
+    table, notes = _confusion_table(m)
+    console.print(table)
+    for note in notes:  # under the table, at the terminal's width (a caption wraps at the
+        console.print(note, highlight=False)  # table's, mid-phrase for a 3-class matrix)
     if m.most_confused:
         console.print(_most_confused_table(m))
     console.print(_misclassified_table(m, show, report.data) if m.misclassified
@@ -209,7 +218,8 @@ def _per_class_table(m: Metrics) -> Table:
     return table
 
 
-def _confusion_table(m: Metrics) -> Table:
+def _confusion_table(m: Metrics) -> tuple[Table, list[str]]:
+    """The confusion matrix (true rows, predicted columns) and the lines that explain it."""
     import numpy as np
     from rich.table import Table
 
@@ -219,17 +229,16 @@ def _confusion_table(m: Metrics) -> Table:
     support = m.confusion.sum(axis=1)
     if k <= CONFUSION_MAX_CLASSES:
         keep = np.arange(k)
-        caption = "rows: true class, columns: predicted; also in confusion_matrix.png"
+        notes = ["rows: true class, columns: predicted; also in confusion_matrix.png"]
     else:
         keep = np.sort(np.argsort(-support, kind="stable")[:CONFUSION_MAX_CLASSES])
-        caption = (f"the {len(keep)} most frequent of {k} classes (rows: true, columns: "
-                   "predicted); the full matrix is in confusion_matrix.png")
+        notes = [f"the {len(keep)} most frequent of {k} classes (rows: true, columns: "
+                 "predicted)", "the full matrix is in confusion_matrix.png"]
     # Long names would squeeze the count columns to "…": number the columns instead.
     numbered = any(len(m.class_names[j]) > 8 for j in keep)
     if numbered:
-        caption += "; columns numbered as the rows"
-    table = Table(title="confusion matrix", title_justify="left", caption=caption,
-                  caption_justify="left")
+        notes.append("columns numbered as the rows")
+    table = Table(title="confusion matrix", title_justify="left")
     table.add_column("true \\ predicted", no_wrap=True)
     for n, j in enumerate(keep, 1):
         table.add_column(str(n) if numbered else escape(m.class_names[j]), justify="right")
@@ -242,7 +251,7 @@ def _confusion_table(m: Metrics) -> Table:
                          f"[red]{text}[/]" if count else f"[dim]{text}[/]")
         label = escape(m.class_names[i])
         table.add_row(f"{n}. {label}" if numbered else label, *cells)
-    return table
+    return table, notes
 
 
 def _most_confused_table(m: Metrics) -> Table:

@@ -60,8 +60,9 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
     from rich import box
     from rich.table import Table
 
-    from vitcli.commands._common import console, err_console, safe
+    from vitcli.commands._common import console, err_console, fit_or_break, safe
     from vitcli.data.discovery import skipped_note
+    from vitcli.deploy.onnx_checks import ATOL, RTOL
 
     files = Table(title="written", title_justify="left", box=box.SIMPLE_HEAD)
     for col in ("file", "size", "batch-1 latency"):
@@ -76,21 +77,26 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
         files.add_row("(PyTorch bf16 autocast, for reference)", "",
                       _ms(report.latency_ms["pytorch bf16"]))
     console.print(files)
-    parity = ", ".join(f"batch {p.batch}: max |Δlogit| {p.max_abs_diff:.1e}"
-                       for p in report.parity)
-    console.print(f"[green]verified[/] opset {report.opset}, batch {report.batch} "
-                  f"({report.exporter} exporter), onnx.checker full check passed; "
-                  f"onnxruntime = PyTorch within rtol 1e-3, atol 1e-4 ({parity})",
-                  highlight=False)
+    # Broken between facts where the terminal is narrow (they wrapped mid-phrase at 80).
+    verified = fit_or_break(f"verified opset {report.opset}, batch {report.batch} "
+                            f"({report.exporter} exporter);", "onnx.checker full check passed")
+    console.print("[green]verified[/]" + verified.removeprefix("verified"), highlight=False)
+    parity = ", ".join(f"{p.max_abs_diff:.1e} (batch {p.batch})" for p in report.parity)
+    console.print(fit_or_break(f"onnxruntime = PyTorch within rtol {RTOL:.0e}, atol {ATOL:.0e};"
+                               .replace("e-0", "e-"),
+                               f"max |Δlogit| {parity}"), highlight=False)
     if report.int8_max_prob_diff is not None:
-        console.print(f"int8 from the {report.int8_graph}; vs fp32 on random inputs: "
-                      f"max |Δprobability| {report.int8_max_prob_diff:.3f}", highlight=False)
+        console.print(f"int8 from the {safe(report.int8_graph)}", highlight=False)
+        console.print(f"int8 vs fp32 on random inputs: max |Δprobability| "
+                      f"{report.int8_max_prob_diff:.3f}", highlight=False)
     d = report.data
     if d is None:
         return
     if d.bad_files:  # before the table, as eval warns before its results
-        err_console.print(f"[yellow]warning:[/] {safe(skipped_note(d.bad_files, data))}",
-                          highlight=False, soft_wrap=True)
+        count, first = skipped_note(d.bad_files, data)
+        err_console.print("[yellow]warning:[/] " + fit_or_break(
+            safe(count), safe(first), err_console.width - len("warning: ")),
+            highlight=False, soft_wrap=True)
     table = Table(title=safe(d.description) or plural(d.images, "image"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("back end", "accuracy", "top-1 agreement"):
@@ -103,12 +109,15 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
                       f"{d.int8_agreement:.2%} vs ONNX fp32")
     console.print(table)
     if d.int8_unknown_agreement is not None:
-        line = (f"unknown answers: ONNX fp32 calls {d.unknown_fp32} of {d.images} unknown, "
-                f"int8 {d.unknown_int8}; the same answer on {d.int8_unknown_agreement:.2%}")
+        lines = [f"unknown answers: ONNX fp32 calls {d.unknown_fp32} of {d.images} unknown, "
+                 f"int8 {d.unknown_int8};",
+                 f"the same answer on {d.int8_unknown_agreement:.2%} of the images"]
         if d.int8_unknown_agreement < 1:
-            line = (f"[yellow]warning:[/] {line}; int8 moves the unknown score too (use "
-                    "model.onnx where the unknown answer must match the model file's)")
-        console.print(line, highlight=False)
+            lines[0] = f"[yellow]warning:[/] {lines[0]}"
+            lines[1] += "; int8 moves the unknown score too:"
+            lines.append("use model.onnx where the unknown answer must match the model file's")
+        for line in lines:
+            console.print(line, highlight=False)
 
 
 def _mb(size: int) -> str:

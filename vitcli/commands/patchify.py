@@ -48,8 +48,12 @@ def patchify(
     console.print(_summary(result))
     if console.color_system:  # piped output gets no blank colour blocks
         console.print(_preview(result.colours))
-    console.print(f"[green]wrote[/] {safe(result.grid_path)}  (grid, numbers = token index)")
-    console.print(f"[green]wrote[/] {safe(result.sequence_path)}  (the sequence the encoder reads)")
+    # What each picture is first, then its path: at 80 columns a long path moves to the
+    # next line whole, instead of splitting the phrase after it.
+    console.print(f"[green]wrote[/] the patch grid, numbered by token: "
+                  f"{safe(result.grid_path)}", highlight=False)
+    console.print(f"[green]wrote[/] the token sequence the encoder reads: "
+                  f"{safe(result.sequence_path)}", highlight=False)
     from vitcli.model.patches import grid_warning
 
     warning = grid_warning(result.config.image_size, result.config.patch_size)

@@ -57,7 +57,7 @@ def predict(
         show_default=False)] = None,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""
-    from vitcli.commands._common import err_console, model_label, safe
+    from vitcli.commands._common import err_console, fit_or_break, model_label, safe
     from vitcli.deploy.backends import is_onnx_path, open_backend
     from vitcli.deploy.predict import (
         collect_images,
@@ -141,7 +141,8 @@ def predict(
         source = ctx.get_parameter_source("precision")  # fp32 unasked is not "asked for"
         why = "the default" if source is not None and source.name == "DEFAULT" else chosen.reason
         where = backend.device  # type: ignore[attr-defined]
-        err_console.print(f"PyTorch on {where}, precision {chosen.name} ({why})", highlight=False)
+        err_console.print(fit_or_break(f"PyTorch on {where}, precision {chosen.name}",
+                                       f"({why})", err_console.width), highlight=False)
     failed = sum(not r.ok for r in results)
     if failed and len(results) == 1:  # its own error line is the one line: exit 1, no other
         from vitcli.errors import FAILURE

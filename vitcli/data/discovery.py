@@ -290,15 +290,15 @@ def skipped_summary(skipped: list[Skipped], *, limit: int = 3) -> str:
 
 
 def skipped_note(bad_files: list[tuple[str, str]],
-                 folder: str | os.PathLike[str] | None = None) -> str:
-    """'skipped 2 unreadable images (first: cat/x.png: truncated)': the files a command
-    left out of labelled data, counted by kind (skipped_words) with the first one named
-    relative to `folder`, the data folder the user gave. Eval and `export --data` say it
-    so; text, not yet escaped for a terminal."""
+                 folder: str | os.PathLike[str] | None = None) -> tuple[str, str]:
+    """('skipped 2 unreadable images', '(first: cat/x.png: truncated)'): the files a
+    command left out of labelled data, counted by kind (skipped_words), and the first one
+    named relative to `folder`, the data folder the user gave. Eval and `export --data` say
+    it so, on two lines where one is too narrow; text, not yet escaped for a terminal."""
     from vitcli.files import shown_path
 
     path, reason = bad_files[0]
     reason = reason[len(path):].lstrip(": ") if reason.startswith(path) else reason
     first = f"{shown_path(path, folder)}: {reason.removesuffix(IGNORED)}"
     lead = "first: " if len(bad_files) > 1 else ""
-    return f"skipped {skipped_words(r for _, r in bad_files)} ({lead}{first})"
+    return f"skipped {skipped_words(r for _, r in bad_files)}", f"({lead}{first})"
