@@ -109,12 +109,14 @@ def finetune(args: argparse.Namespace, work: Path) -> list[tuple[int, dict[str, 
 
 
 def summary(name: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+    from vitcli.errors import plural
+
     if not rows:
         return
     diffs = [100 * (s["bf16"] - s["fp32"]) for _, s in rows]
     spread = [100 * s[p] for _, s in rows for p in PRECISIONS]
     print(f"{name}: bf16 - fp32 = {np.mean(diffs):+.2f} points on average over "
-          f"{len(rows)} seed(s) (each: {', '.join(f'{d:+.2f}' for d in diffs)}); accuracies "
+          f"{plural(len(rows), 'seed')} (each: {', '.join(f'{d:+.2f}' for d in diffs)}); accuracies "
           f"range {min(spread):.2f}-{max(spread):.2f} %")
 
 

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from vitcli.data.image_set import load_data
+    from vitcli.errors import plural
     from vitcli.model.checkpoint import save_model
     from vitcli.model.preprocess import Preprocessing
     from vitcli.model.vit import create_model
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         decoded = time.perf_counter() - clock
         c = model.config
         _warm_up(tmp_path)
-        print(f"{_cpu()}, {args.threads} thread(s), "
+        print(f"{_cpu()}, {plural(args.threads, 'thread')}, "
               f"torch {torch.__version__}; load {_load()}")
         print(f"data: {args.images:,} generated {args.size}-px images, {args.classes} classes, "
               f"{args.val_split:g} held out for validation (written in {made:.1f} s, decoded "

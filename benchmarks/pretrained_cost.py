@@ -90,6 +90,7 @@ def main() -> None:
                                                      depth=2, num_heads=2, init_values=1e-5,
                                                      num_classes=0))}
         args.repeats = 1
+    from vitcli.errors import plural
     from vitcli.model.config import ViTConfig, count_params, gflops
 
     cpu = next((line.split(":", 1)[1].strip() for line in
@@ -97,7 +98,8 @@ def main() -> None:
                 if line.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() \
         else "CPU"
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"{cpu}, {args.threads} thread(s), torch {torch.__version__}, float32; load {load}")
+    print(f"{cpu}, {plural(args.threads, 'thread')}, torch {torch.__version__}, float32; "
+          f"load {load}")
     from vitcli.devices import cpu_bf16_units
 
     bf16 = bool(cpu_bf16_units()) and not args.no_bf16

@@ -97,26 +97,39 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
                       params=count_file_params(header))
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options; each one's help says its default (`--help` is how people learn them)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="folder of class sub-folders (optionally train/ and test/)")
     src.add_argument("--npz", help=".npz with x_train, y_train, x_test, y_test")
-    ap.add_argument("--train-size", type=int, default=4000, help="stratified, seeded sample")
-    ap.add_argument("--test-size", type=int, default=0, help="cap the test set (0 = all)")
-    ap.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-size", type=int, default=4000, help="training images: a "
+                    "stratified, seeded sample (default: %(default)s; 0 = all)")
+    ap.add_argument("--test-size", type=int, default=0, help="cap the test set, stratified "
+                    "(default: %(default)s = all)")
+    ap.add_argument("--minutes", type=float, default=2.0, help="training budget per model, "
+                    "in minutes (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads, the same for "
+                    "both models (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the sample, the test cap, "
+                    "the CNN and `vit train` (default: %(default)s)")
     ap.add_argument("--model", default=None, help="vitcli preset for the ViT side "
                     "(default: what `vit train` picks for the data)")
     ap.add_argument("--patch-embed", default=None, help="the ViT's `vit train --patch-embed` "
                     "(default: the preset's)")
     ap.add_argument("--optimizer", default=None, help="the ViT's `vit train --optimizer` "
                     "(default: the recipe's)")
-    ap.add_argument("--only", choices=["cnn", "vit"], help="train just one of the two")
-    ap.add_argument("--cnn", choices=["tuned", "simple"], default="tuned", help="the CNN peer")
+    ap.add_argument("--only", choices=["cnn", "vit"], help="train just one of the two "
+                    "(default: both)")
+    ap.add_argument("--cnn", choices=["tuned", "simple"], default="tuned", help="the CNN "
+                    "peer (default: %(default)s)")
     ap.add_argument("--cnn-widths", default="16,24,32", help="tuned CNN base widths; the best "
-                    "counts (each trains for the whole budget)")
+                    "counts (each trains for the whole budget; default: %(default)s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)

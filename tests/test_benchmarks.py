@@ -3,9 +3,14 @@ their figures are for people to read, not for tests to time)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from tests.conftest import make_image_folder
 from tests.test_train import ROOT, repo_env
 
 
@@ -46,3 +51,71 @@ def test_ood_scores_benchmark_compares_the_rules_on_every_kind():
         assert f"\n{rule} " in out, rule
     # 8 validation images: too few for 97.5 %, the largest score, 1 / 9 expected
     assert "8 validation images (expected false unknown 11.1%)" in out
+
+
+# ------------------------------------------------------------ benchmarks/inference.py
+
+
+def load_script(name: str):
+    """benchmarks/NAME.py as a module (the folder is not a package), for its pure parts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_goal_is_met_only_when_every_round_clears_it():
+    """Rounds of 1.85× and 5.53× printed 'goal int8 ≥ 2.5× … 3.69× met' (their median)."""
+    bench = load_script("inference")
+    assert bench.goal_verdict([1.85, 5.53], 2.5) == "UNSETTLED (1 of 2 rounds clear it)"
+    assert bench.goal_verdict([2.6, 2.5, 3.1], 2.5) == "met"
+    assert bench.goal_verdict([2.0, 2.4, 2.49], 2.5) == "MISSED"
+    assert bench.goal_verdict([0.9, 1.1, 1.2], 1.0) == "UNSETTLED (2 of 3 rounds clear it)"
+
+
+def test_the_speed_up_shows_its_rounds_spread_and_warns_when_they_disagree():
+    bench = load_script("inference")
+    spread = bench.Spread.of([1.85, 5.53, 2.10])
+    assert (spread.median, spread.low, spread.high) == (2.10, 1.85, 5.53)
+    assert str(spread) == "2.10× (1.85–5.53)"
+    steady = bench.Spread.of([2.0, 2.3])  # 15 % apart: no warning
+    assert bench.disagreement_warning({"ONNX Runtime int8": steady}) is None
+    warning = bench.disagreement_warning({"ONNX Runtime int8": spread,
+                                          "ONNX Runtime fp32": steady}, load=3.2)
+    assert warning is not None and "ONNX Runtime int8 1.85–5.53×" in warning
+    assert "fp32" not in warning and "load average 3.2" in warning
+    assert "quieter machine" in warning and "--rounds" in warning
+
+
+@pytest.mark.slow
+def test_inference_benchmark_reports_honestly_in_80_columns(tmp_path: Path, tiny_model_file: Path):
+    """A width-32 model runs at fp32 under auto, whatever the CPU: the report says so; the
+    speed-ups carry their range; the verdicts state their rule; no line (but the one naming
+    the data folder) is wider than 80 columns, with --data too."""
+    data = make_image_folder(tmp_path / "shapes", per_class=3)
+    out = run_benchmark("inference.py", "--model", str(tiny_model_file), "--data", str(data),
+                        "--runs", "3", "--rounds", "2", "--batch", "4", "--threads", "1")
+    assert "1 thread" in out and "(s)" not in out
+    assert "--precision auto` run this model at fp32 here" in out.replace("\n  ", " ")
+    assert re.search(r"ONNX Runtime int8 +[\d.]+ +[\d.]+× \([\d.]+–[\d.]+\)", out), out
+    assert "goals (met = every round clears it; MISSED = none does" in out
+    assert re.search(r"int8 ≥ 2\.5× PyTorch fp32 eager at batch 1: [\d.]+× \([\d.]+–[\d.]+\) "
+                     r"(met|MISSED|UNSETTLED)", out.replace("\n  ", " ")), out
+    assert "accuracy on" in out and "vs fp32" in out
+    wide = [line for line in out.splitlines() if len(line) > 80 and str(data) not in line]
+    assert not wide, wide
+
+
+def test_small_data_help_says_every_default():
+    """`--help` showed no defaults, and --threads and --seed had no help at all."""
+    bench = load_script("small_data")
+    parser = bench.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+    text = " ".join(parser.format_help().split())  # as read, across line breaks
+    for default in ("(default: 2.0)", "(default: 4000", "default: 16,24,32)",
+                    "(default: 2)", "(default: 0)", "(default: tuned)"):
+        assert default in text, default

@@ -8,7 +8,11 @@ from pathlib import Path
 
 from vitcli.errors import plural
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vitcli"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "vitcli"
+# Every Python file whose strings a user reads: the package, and the scripts people run
+# (benchmarks printed "2 thread(s)" after the package had stopped saying it).
+USER_FACING = [PACKAGE, ROOT / "benchmarks", ROOT / "examples"]
 HEDGED = re.compile(r"[A-Za-z]\((?:s|es)\)")  # image(s), core(s), match(es)
 
 
@@ -26,11 +30,16 @@ def _strings(tree: ast.AST) -> list[tuple[int, str]]:
 def test_no_hedged_plural_in_any_message():
     """'1 CPU thread(s) (1 of 2 core(s) free)', 'heat maps for 2 image(s)': every count a user
     reads says '1 thread', '2 cores', '2 images' (vitcli.errors.plural)."""
-    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}"
-             for path in sorted(PACKAGE.rglob("*.py"))
+    found = [f"{path.relative_to(ROOT)}:{line}: {text!r}"
+             for folder in USER_FACING for path in sorted(folder.rglob("*.py"))
              for line, text in _strings(ast.parse(path.read_text(encoding="utf-8")))
              if HEDGED.search(text)]
     assert not found, "hedged plurals:\n" + "\n".join(found)
+
+
+def test_the_check_reads_the_benchmarks():
+    scripts = {path.name for folder in USER_FACING for path in folder.rglob("*.py")}
+    assert {"inference.py", "small_data.py", "make_shapes.py", "cli.py"} <= scripts
 
 
 def test_the_check_finds_a_hedged_plural():
