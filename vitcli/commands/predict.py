@@ -45,10 +45,10 @@ def predict(
         "(.safetensors models only).", show_default=False)] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help=(
-        "fp32, bf16 or auto (PyTorch files). fp32 gives exactly the probabilities of the "
-        "exported ONNX file and of an imported model's source; bf16, or auto (bf16 on a "
-        "CPU with bf16 units for wide models), is faster, probabilities within ~1e-2 of "
-        "them."))] = "fp32",
+        "fp32, bf16 or auto (PyTorch files). fp32 gives the probabilities of the exported "
+        "ONNX file and of an imported model's source, to within float rounding (about "
+        "1e-6); bf16, or auto (bf16 on a CPU with bf16 units for wide models), is faster, "
+        "within ~1e-2 of them."))] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(
