@@ -32,8 +32,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vitcli.deploy.export import ExportReport
+    from vitcli.devices import Precision
+    from vitcli.model.checkpoint import ModelFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -177,8 +183,8 @@ def make_random_model(preset: str, workdir: Path) -> Path:
 # -------------------------------------------------------------------------- reporting
 
 
-def print_report(mf, threads: int, rows: list, report, args: argparse.Namespace,
-                 auto) -> None:
+def print_report(mf: ModelFile, threads: int, rows: list, report: ExportReport,
+                 args: argparse.Namespace, auto: Precision) -> None:
     """Back ends as rows (latency, speed-up with its range, throughput, size), then
     accuracy with --data, which PyTorch row `auto` runs, and the goals' verdicts."""
     c = mf.config
