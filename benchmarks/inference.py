@@ -130,6 +130,14 @@ def say(text: str = "") -> None:
 
 
 def main() -> None:
+    args = parse_args()
+    # The exported files (and a random model) live only as long as the run.
+    with tempfile.TemporaryDirectory(prefix="vit-bench-") as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    """Export, let the back ends take turns, print the report (files go to `workdir`)."""
     import torch
 
     from vitcli.deploy.backends import open_onnx, open_torch
@@ -137,10 +145,8 @@ def main() -> None:
     from vitcli.deploy.onnx_checks import median_seconds, random_inputs
     from vitcli.devices import choose_precision, cpu_bf16_units
 
-    args = parse_args()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    workdir = Path(tempfile.mkdtemp(prefix="vit-bench-"))
     model = args.model or make_random_model(args.preset, workdir)
     compare = f", comparing on {args.data}" if args.data else ""
     print(f"exporting {model} (fp32 + int8{compare})", file=sys.stderr)

@@ -109,6 +109,19 @@ def test_inference_benchmark_reports_honestly_in_80_columns(tmp_path: Path, tiny
     assert not wide, wide
 
 
+def test_inference_benchmark_leaves_no_files_behind(tmp_path: Path, monkeypatch):
+    """It made a vit-bench-* folder (ONNX files, a random model) in the temp dir every run
+    and never removed it."""
+    bench = load_script("inference")
+    seen = []
+    monkeypatch.setattr(bench, "parse_args", lambda: None)
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(bench, "measure", lambda args, workdir: seen.append(workdir)
+                        or (workdir / "model.onnx").write_bytes(b"x"))
+    bench.main()
+    assert seen and seen[0].parent == tmp_path and not list(tmp_path.iterdir())
+
+
 def test_small_data_help_says_every_default():
     """`--help` showed no defaults, and --threads and --seed had no help at all."""
     bench = load_script("small_data")
