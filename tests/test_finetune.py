@@ -348,3 +348,20 @@ def test_cli_init_refuses_architecture_flags_before_reading_data(tmp_path: Path,
     assert result.exit_code == 2, result.output
     assert named in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_init_checks_the_source_file_once(tiny_model, tiny_model_file, monkeypatch):
+    """`vit train --init`: the config and the weights come from one check of the file
+    (checkpoint.check_model_file, then load_checked), not a second read of its header."""
+    import vitcli.model.checkpoint as checkpoint
+    from vitcli.training.finetune import checked_source
+
+    reads = []
+    real = checkpoint.read_header
+    monkeypatch.setattr(checkpoint, "read_header", lambda p: reads.append(p) or real(p))
+    checked = checked_source(tiny_model_file)
+    config, _, _ = init_config(checked, image_size=None)
+    report = init_from(_fresh(), checked)
+    assert len(reads) == 1 and config == tiny_model.config
+    assert report.lines[0].endswith(f"from {tiny_model_file}")
+    assert len(report.loaded) == len(tiny_model.state_dict())

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcli.errors import VitError
+from vitcli.model.checkpoint import CheckedFile, check_model_file, load_checked
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import DropPath, VisionTransformer, resample_pos_embed
@@ -123,24 +124,31 @@ def adapt_shifted_patch_embed(state: dict[str, Tensor], *, patch: int, channels:
 # ------------------------------------------------------------------------------ loading
 
 
-def _source(path: str | Path) -> tuple[ViTConfig, dict[str, Tensor], Preprocessing, list[str]]:
-    """Config, weights, preprocessing and class names of a vitcli model file."""
-    from vitcli.model.checkpoint import load_model
+def checked_source(source: str | Path | CheckedFile) -> CheckedFile:
+    """The source model file, checked once (checkpoint.check_model_file): `vit train --init`
+    passes the same CheckedFile to init_config and init_from, so the file is read and
+    validated once, as `vit export` and `vit predict` do (checkpoint.load_checked)."""
+    return source if isinstance(source, CheckedFile) else check_model_file(source)
 
-    loaded = load_model(path)
+
+def _source(source: str | Path | CheckedFile
+            ) -> tuple[ViTConfig, dict[str, Tensor], Preprocessing, list[str]]:
+    """Config, weights, preprocessing and class names of a vitcli model file."""
+    loaded = load_checked(checked_source(source))
     return loaded.config, loaded.model.state_dict(), loaded.preprocessing, loaded.class_names
 
 
-def init_config(path: str | Path, **overrides: Any) -> tuple[ViTConfig, Preprocessing, list[str]]:
-    """The config, preprocessing and class names to train with when starting from `path`.
+def init_config(source: str | Path | CheckedFile,
+                **overrides: Any) -> tuple[ViTConfig, Preprocessing, list[str]]:
+    """The config, preprocessing and class names to train with when starting from `source`
+    (a model file's path, or the CheckedFile of one: then nothing is read again).
 
     Keeps the source architecture and its normalisation (the weights expect those inputs)
     unless overridden: image_size, patch_size, num_classes, in_channels, dropout, ... .
     Overrides that are None are ignored, so a command can pass its options straight through.
     """
-    from vitcli.model.checkpoint import parse_metadata, read_metadata
-
-    config, names, pre = parse_metadata(path, read_metadata(path))
+    checked = checked_source(source)
+    config, names, pre = checked.config, checked.class_names, checked.preprocessing
     changes = {k: v for k, v in overrides.items() if v is not None}
     new = config.replace(**changes)
     mean, std = pre.mean, pre.std
@@ -157,15 +165,18 @@ def init_config(path: str | Path, **overrides: Any) -> tuple[ViTConfig, Preproce
     return new, pre, names
 
 
-def init_from(model: VisionTransformer, path: str | Path) -> InitReport:
-    """Load every matching weight from a vitcli model file into `model`; report what changed.
+def init_from(model: VisionTransformer, source: str | Path | CheckedFile) -> InitReport:
+    """Load every matching weight from a vitcli model file (a path, or its CheckedFile)
+    into `model`; report what changed.
 
     `model` already has the config the trainer chose (new num_classes / image_size /
     patch_size / channels). The head is replaced when the class count differs, the position
     embedding resampled for a new grid, the patch kernel resized for a new patch size and
     adapted for a new channel count. Weights the source lacks keep their fresh init.
     """
-    src_config, state, _, _ = _source(path)
+    checked = checked_source(source)
+    path = checked.path
+    src_config, state, _, _ = _source(checked)
     config = model.config
     if src_config.embed_dim != config.embed_dim:
         raise VitError(f"{path}: width {src_config.embed_dim} does not match the model's "

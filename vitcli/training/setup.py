@@ -60,13 +60,15 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     init_pre: Preprocessing | None = None
     preset: tuple[str | None, str] = (None, "")
     init = resolve_init(options.init, env, notes) if resumed is None else None
+    init_file = None  # --init's model file, checked once for the config and the weights
     if resumed is not None:
         config, pre = resumed
         load_pre = pre  # grey runs decode straight to L: the same pixels as RGB's first channel
     elif init:
-        from vitcli.training.finetune import init_config
+        from vitcli.training.finetune import checked_source, init_config
 
-        config, init_pre, _ = init_config(init, image_size=options.img_size,
+        init_file = checked_source(init)
+        config, init_pre, _ = init_config(init_file, image_size=options.img_size,
                                           patch_size=options.patch,
                                           drop_path=options.drop_path_for(options.img_size or 224))
         load_pre = init_pre
@@ -121,7 +123,7 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     if init:
         from vitcli.training.finetune import init_from
 
-        notes.extend(init_from(model, init).lines)
+        notes.extend(init_from(model, init_file or init).lines)
     if options.freeze == "backbone":
         from vitcli.training.finetune import freeze_backbone
 
