@@ -337,7 +337,11 @@ def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_fo
                   tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "precision bf16" in result.stdout
-    assert json.loads((tmp_path / "r.json").read_text())["precision"] == "bf16"
+    written = json.loads((tmp_path / "r.json").read_text())
+    # one name per meaning: "precision" is the classification metric only
+    assert written["compute_precision"] == "bf16" and "precision" not in written
+    assert written["compute_precision_reason"] == "asked for"
+    assert set(written["macro_avg"]) == {"precision", "recall", "f1", "support"}
     bad = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
                 "--precision", "half"], tmp_path, monkeypatch)
     assert bad.exit_code != 0 and "--precision must be one of" in bad.stderr

@@ -286,7 +286,10 @@ class EvalReport:
             "split": self.split,
             "description": self.description,
             "device": self.device,
-            "precision": self.precision,
+            # "compute_precision": the arithmetic the model ran in (fp32, or bf16 autocast);
+            # "precision" below (per_class, macro_avg, weighted_avg) is the metric
+            "compute_precision": self.precision,
+            "compute_precision_reason": self.precision_reason or None,
             "preprocessing": self.preprocessing,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.metrics.num_images / max(self.seconds, 1e-9), 1),
