@@ -441,3 +441,24 @@ def test_fp32_matches_the_onnx_file_to_within_float_rounding(models):
     help_text = " ".join(render("predict").replace("│", " ").split())
     assert "exactly" not in help_text
     assert "to within float rounding (about 1e-6)" in help_text
+
+
+def test_json_and_csv_record_the_precision_and_stderr_says_it(models, tmp_path: Path):
+    """--json and --csv carry what the probabilities were computed in, on both back ends;
+    the closing stderr line says it in --json mode too (stdout holds only the records)."""
+    import csv
+
+    st, onnx, images = models
+    for model, args, want in [(st, [], "fp32"), (st, ["--precision", "bf16"], "bf16"),
+                              (onnx, [], "fp32")]:
+        table = tmp_path / f"{want}-{Path(model).suffix[1:]}.csv"
+        code, out, err = run(str(images / "circle"), "-m", str(model), "--json",
+                             "--csv", str(table), *args)
+        assert code == 0, err
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [r["compute_precision"] for r in records] == [want] * 3
+        assert f"precision {want}" in err and err.count("\n") == 1
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["compute_precision"] for r in rows] == [want] * 3
+    assert "onnxruntime on cpu, precision fp32 (as exported)" in err

@@ -136,13 +136,9 @@ def predict(
                                        model_name=model_label(model))
         err_console.print(f"heat maps for {plural(len(explained), 'image')} in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
-    chosen = getattr(backend, "precision", None)  # PyTorch only: ONNX runs as exported
-    if chosen is not None and not as_json and ok:
-        source = ctx.get_parameter_source("precision")  # fp32 unasked is not "asked for"
-        why = "the default" if source is not None and source.name == "DEFAULT" else chosen.reason
-        where = backend.device  # type: ignore[attr-defined]
-        err_console.print(fit_or_break(f"PyTorch on {where}, precision {chosen.name}",
-                                       f"({why})", err_console.width), highlight=False)
+    if ok:  # on stderr in every mode (--json too): what the answers were computed in
+        err_console.print(fit_or_break(*_precision_line(ctx, backend), err_console.width),
+                          highlight=False)
     failed = sum(not r.ok for r in results)
     if failed and len(results) == 1:  # its own error line is the one line: exit 1, no other
         from vitcli.errors import FAILURE
@@ -297,8 +293,23 @@ def common_folder(paths: list[Path]) -> Path | None:
     return None if str(root) in ("", ".", os.sep) else root
 
 
+def _precision_line(ctx: typer.Context, backend: Backend) -> tuple[str, str]:
+    """'PyTorch on cpu, precision fp32' and why: the choice (PyTorch), or as exported (ONNX)."""
+    from vitcli.deploy.backends import TorchBackend  # no torch: backends imports it lazily
+
+    if not isinstance(backend, TorchBackend):  # an ONNX file runs as it was exported
+        return (f"onnxruntime on cpu, precision {backend.compute_precision}",
+                "(as exported)")
+    source = ctx.get_parameter_source("precision")  # fp32 unasked is not "asked for"
+    chosen = backend.precision
+    why = ("the default" if source is not None and source.name == "DEFAULT" or chosen is None
+           else chosen.reason)
+    return f"PyTorch on {backend.device}, precision {backend.compute_precision}", f"({why})"
+
+
 def write_csv(path: Path, results: list[Prediction]) -> None:
-    """image, label, probability, then label_2/probability_2 … and an error column."""
+    """image, label, probability, then label_2/probability_2 …, the unknown columns (when
+    the file has the rule), compute_precision (fp32, bf16 or int8) and an error column."""
     import csv
     import io
 
@@ -313,7 +324,7 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
     writer = csv.writer(buffer)
     # label is the answer (`unknown` beyond the threshold); nearest is then the top class
     writer.writerow(header + (["nearest", "unknown_score", "threshold"] if scored else [])
-                    + ["error"])
+                    + ["compute_precision", "error"])
     for r in results:
         row: list[str] = [str(r.path)]
         for i in range(k):
@@ -325,7 +336,7 @@ def write_csv(path: Path, results: list[Prediction]) -> None:
             # and its threshold 15.0500004 one number
             row += ([r.labels[0], repr(float(r.score)), repr(float(r.threshold))]
                     if r.score is not None and r.labels else ["", "", ""])
-        writer.writerow(row + [r.error or ""])
+        writer.writerow(row + [r.compute_precision or "", r.error or ""])
     # surrogateescape: a name that is not UTF-8 keeps its exact bytes in the table.
     atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",
                                                   errors="surrogateescape"))

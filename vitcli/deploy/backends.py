@@ -20,10 +20,25 @@ from vitcli.files import check_regular_file, load_json
 from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
+from vitcli.model.validate import PRECISION_KEY, check_metadata_keys
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUT = "logits"  # already divided by the model file's temperature
 ONNX_SCORE = "ood_score"  # the unknown score (vitcli.model.ood), when the file has the rule
+
+
+def int8_precision(fused: bool) -> str:
+    """The `precision` metadata of an `--int8` export (quantized from the fused-attention
+    graph, or from the standard one where that could not be written)."""
+    return f"int8 dynamic ({'linear and fused attention' if fused else 'linear'} weights)"
+
+
+ONNX_PRECISIONS = frozenset({int8_precision(True), int8_precision(False)})
+
+
+def onnx_precision(metadata: dict[str, str]) -> str:
+    """"int8" for an ONNX file whose metadata records an int8 export, else "fp32"."""
+    return "int8" if metadata.get(PRECISION_KEY) in ONNX_PRECISIONS else "fp32"
 
 
 class Backend(Protocol):
@@ -48,6 +63,12 @@ class Backend(Protocol):
         """Scores above this are `unknown`; None when the file has no unknown rule."""
         ...
 
+    @property
+    def compute_precision(self) -> str:
+        """The arithmetic the model runs in: "fp32", "bf16" (autocast) or "int8" (an int8
+        ONNX file); what predict records beside its answers."""
+        ...
+
 
 @dataclass
 class OnnxBackend:
@@ -61,6 +82,12 @@ class OnnxBackend:
     session: Any = field(repr=False)
     name: str = "onnxruntime"
     ood_threshold: float | None = None  # from the metadata; the graph gives the score
+
+    @property
+    def compute_precision(self) -> str:
+        """"int8" for an `--int8` export (its metadata says so; checked when opened), else
+        "fp32": an ONNX file runs at the precision it was exported in."""
+        return onnx_precision(self.metadata)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]
@@ -113,6 +140,10 @@ class TorchBackend:
     def ood_threshold(self) -> float | None:
         ood = self.model_file.ood
         return None if ood is None else ood.threshold
+
+    @property
+    def compute_precision(self) -> str:
+        return "fp32" if self.precision is None else self.precision.name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]
@@ -184,6 +215,10 @@ def read_onnx_info(path: str | Path) -> OnnxFileInfo:
         values += count
         quantized |= init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) \
             and count > 1
+    if quantized != (onnx_precision(metadata) == "int8"):  # the weights say otherwise
+        said = metadata.get(PRECISION_KEY, "no precision (fp32)")
+        raise VitError(f"{path}: corrupt vitcli metadata ({PRECISION_KEY}: {said!r}, but the "
+                       f"graph holds {'int8' if quantized else 'no int8'} weights)")
     return OnnxFileInfo(metadata=metadata, opset=opset, ir_version=model.ir_version,
                         stored_values=values, quantized=quantized)
 
@@ -304,5 +339,7 @@ def check_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
     load_json(metadata.get("class_names", "[]"), source=f"{path}: class_names")
     try:  # the graph divides by it already; a value a model file may not hold is corrupt
         parse_temperature(metadata)
+        # the keys a model file holds, by the same rules; `precision` as export writes it
+        check_metadata_keys(metadata, precisions=ONNX_PRECISIONS)
     except ValueError as exc:
         raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vitcli.deploy.backends import ONNX_INPUT, ONNX_OUTPUT, ONNX_SCORE, open_onnx
+from vitcli.deploy.backends import (
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    ONNX_SCORE,
+    PRECISION_KEY,
+    int8_precision,
+    open_onnx,
+)
 from vitcli.deploy.onnx_checks import (
     DataCheck,
     Labelled,
@@ -236,7 +243,9 @@ def onnx_metadata(mf: ModelFile) -> dict[str, str]:
     from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION
 
     return {
-        **mf.metadata,
+        # every key the model file holds (checked when it was read) but a precision: the
+        # ONNX file's own is written by export, for an int8 file only
+        **{k: v for k, v in mf.metadata.items() if k != PRECISION_KEY},
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "vitcli_version": __version__,
@@ -365,8 +374,7 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
             quantize_int8(src, tmp, exclude=score_nodes(src))
         report.int8_graph = (FUSED_GRAPH if fused
                              else f"standard graph (fused attention unavailable: {why_not})")
-        what = "linear and fused attention" if fused else "linear"
-        add_metadata(tmp, mf, {"precision": f"int8 dynamic ({what} weights)"})
+        add_metadata(tmp, mf, {PRECISION_KEY: int8_precision(fused)})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)
         ref = fp32.logits(x)
         int8 = open_onnx(tmp)

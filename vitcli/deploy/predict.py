@@ -47,6 +47,7 @@ class Prediction:
     score: float | None = None  # the unknown score, when the rule is on (vitcli.model.ood)
     threshold: float | None = None  # scores above it are unknown
     unknown: bool = False  # beyond the threshold: the label is "unknown", labels[0] the nearest
+    compute_precision: str | None = None  # fp32, bf16 or int8 (Backend.compute_precision)
 
     @property
     def label(self) -> str:
@@ -72,6 +73,8 @@ class Prediction:
         record["topk"] = [{"label": label, "index": index, "probability": p}
                           for label, index, p in zip(self.labels, self.indices,
                                                      self.probabilities)]
+        if self.compute_precision is not None:  # what the probabilities were computed in
+            record["compute_precision"] = self.compute_precision
         return record
 
 
@@ -210,7 +213,8 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
             probs = softmax(logits)  # (B, classes)
             for row, (path, (idx, p)) in enumerate(zip(good, top_k(probs, names, topk))):
                 labels = [names[i] if i < len(names) else str(i) for i in idx]
-                result = Prediction(path, labels=labels, probabilities=p, indices=idx)
+                result = Prediction(path, labels=labels, probabilities=p, indices=idx,
+                                    compute_precision=backend.compute_precision)
                 if threshold is not None and scores is not None:
                     result.score, result.threshold = float(scores[row]), threshold
                     result.unknown = result.score > threshold

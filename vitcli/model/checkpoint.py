@@ -219,6 +219,12 @@ def vitcli_metadata(path: str | Path, metadata: dict[str, str]) -> dict[str, str
         raise VitError(
             f"{path}: model file format {version} is newer than this vitcli understands "
             f"({FORMAT_VERSION}); upgrade vitcli")
+    from vitcli.model.validate import check_metadata_keys
+
+    try:  # every other key vitcli writes (a model file records no precision)
+        check_metadata_keys(metadata)
+    except ValueError as exc:
+        raise VitError(f"{path}: corrupt vitcli metadata ({exc})") from None
     return metadata
 
 

@@ -14,13 +14,18 @@ so a file one of them refuses is refused by all, with the same one-line reason:
 5. the tensors agree with the config (names, shapes, floating-point dtypes), compared
    against the model built on the 'meta' device, which allocates nothing;
 6. the calibration (a temperature in 0.001-1000) and the unknown rule (vitcli.model.ood:
-   its method, threshold, promise, blocks, and the shapes of its statistics);
+   its method, threshold, promise, blocks, and the shapes of its statistics), and every
+   other key vitcli writes (`check_metadata_keys`: epoch, val_top1, validation, ...); keys
+   vitcli does not know are kept as they are (shown escaped, copied into an ONNX export);
 7. after loading, every weight finite (the first NaN/inf is named).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +59,77 @@ def parse_temperature(metadata: dict[str, str]) -> float:
     if not (math.isfinite(value) and 1e-3 <= value <= 1e3):
         raise ValueError(f"temperature {text} is outside 0.001-1000")
     return value
+
+
+# ------------------------------------------------------------------- the other keys
+
+# vitcli_version as vitcli writes it (a PEP 440 version: 0.1.0, 1.2.0rc1, 0.1.0+local.3)
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.+_-]?[0-9A-Za-z]+)*")
+VALIDATION_SOURCES = ("split", "val", "val_split", "none")  # vitcli.training.loop writes them
+PRECISION_KEY = "precision"  # only an int8 ONNX export records one (vitcli.deploy.export)
+_TEXT_LIMITS = {"calibration": 1_000, "source": 8_192}  # sentences and paths: any text
+
+
+def check_metadata_keys(metadata: dict[str, str], *,
+                        precisions: Collection[str] = ()) -> None:
+    """Refuse a value vitcli could not have written under a key it writes; a ValueError
+    naming the key (the caller adds the file). `precisions`: the `precision` values this
+    kind of file may hold (an ONNX file's int8 descriptions; none for a model file, whose
+    weights are float and whose precision is chosen when it runs).
+
+    The config, class names, preprocessing, temperature and unknown rule have their own
+    parsers (checkpoint.parse_metadata, parse_temperature, vitcli.model.ood); keys vitcli
+    does not write pass untouched.
+    """
+    version = metadata.get("format_version")
+    if version is not None and not (version.isascii() and version.isdigit()
+                                    and int(version) >= 1):
+        raise ValueError(f"format_version {version!r} is not a version number")
+    text = metadata.get("vitcli_version")
+    if text is not None and not (len(text) <= 64 and _VERSION.fullmatch(text)):
+        raise ValueError(f"vitcli_version {text[:64]!r} is not a version")
+    text = metadata.get("epoch")
+    if text is not None and not (text.isascii() and text.isdigit() and 1 <= int(text) <= 10**9):
+        raise ValueError(f"epoch {text[:64]!r} is not an epoch number")
+    text = metadata.get("val_top1")
+    if text:  # empty: a run without validation images
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 <= value <= 1:
+            raise ValueError(f"val_top1 {text[:64]!r} is not an accuracy in 0-1")
+    if "validation" in metadata:
+        _check_validation(metadata["validation"])
+    for key, limit in _TEXT_LIMITS.items():
+        if len(metadata.get(key, "")) > limit:
+            raise ValueError(f"{key} is {len(metadata[key]):,} characters long (at most "
+                             f"{limit:,})")
+    text = metadata.get(PRECISION_KEY)
+    if text is not None and text not in precisions:
+        where = (f"one of {', '.join(repr(p) for p in sorted(precisions))}" if precisions
+                 else "recorded only by an int8 ONNX export")
+        raise ValueError(f"{PRECISION_KEY} {text[:64]!r} is not a precision vitcli writes "
+                         f"({where})")
+
+
+def _check_validation(text: str) -> None:
+    """The `validation` entry: how training chose its validation images (JSON object)."""
+    try:
+        how = json.loads(text)
+    except ValueError:
+        how = None
+    source = how.get("source") if isinstance(how, dict) else None
+    if source not in VALIDATION_SOURCES:
+        raise ValueError(f"validation {text[:80]!r} is not how vitcli records the validation "
+                         f"images (source one of {', '.join(VALIDATION_SOURCES)})")
+    if source == "val_split":
+        fraction, seed = how.get("fraction"), how.get("seed", 0)
+        if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                and 0 < fraction < 1):
+            raise ValueError(f"validation fraction {fraction!r} is not in (0, 1)")
+        if not (isinstance(seed, int) and not isinstance(seed, bool)):
+            raise ValueError(f"validation seed {seed!r} is not a whole number")
 
 
 def check_layout(path: Path, header: dict[str, Any], data_size: int) -> None:
