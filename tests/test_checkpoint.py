@@ -16,6 +16,7 @@ from conftest import CLASSES
 from vitcli.errors import VitError
 from vitcli.files import atomic_write
 from vitcli.model.checkpoint import (
+    check_model_file,
     load_model,
     read_header,
     read_metadata,
@@ -334,3 +335,66 @@ def test_pickle_named_safetensors_is_refused_with_a_working_conversion_hint(tmp_
         read_header(path)
     assert "Rename it to weights.pt" in str(info.value)
     assert f"vit convert {tmp_path / 'weights.pt'} --allow-pickle" in str(info.value)
+
+
+KNOWN_KEYS_BAD = [("precision", "bf17"), ("precision", "fp32"), ("epoch", "x"), ("epoch", "0"),
+                  ("val_top1", "1.5"), ("val_top1", "nan"), ("format_version", "0"),
+                  ("validation", '{"source": "elsewhere"}'),
+                  ("validation", '{"source": "val_split", "fraction": 2, "seed": 0}'),
+                  ("validation", "[1, 2]"), ("vitcli_version", "[red]0.1"),
+                  ("calibration", "x" * 2000)]
+
+
+@pytest.mark.parametrize(("key", "value"), KNOWN_KEYS_BAD)
+def test_a_key_vitcli_writes_is_refused_with_a_value_it_never_writes(tmp_path, tiny_model,
+                                                                     key, value):
+    """Every key vitcli writes is checked when read (a model file records no precision:
+    it is chosen when the model runs); the error names the file and the key."""
+    import re
+
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      extra={key: value})
+    with pytest.raises(VitError, match=rf"^{re.escape(str(path))}: corrupt vitcli metadata "
+                                       rf"\({key} "):
+        check_model_file(path)
+
+
+def test_keys_as_vitcli_writes_them_and_unknown_keys_pass_untouched(tmp_path, tiny_model):
+    from vitcli.deploy.export import onnx_metadata
+
+    extra = {"epoch": "3", "val_top1": "", "calibration": "T = 1 kept, since it did not pay",
+             "validation": '{"source": "val_split", "fraction": 0.2, "seed": 1}',
+             "source": "timm checkpoint vit.pt", "notes": "[red]anything at all",
+             "vitcli_version": "0.2.0rc1+local.3"}
+    path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,
+                      extra=extra)
+    assert {k: check_model_file(path).metadata[k] for k in extra} == extra
+    # the unknown key travels into the ONNX file's metadata; a model file's precision never
+    mf = load_model(path)
+    mf.metadata["precision"] = "bf17"  # as if it had got past the check
+    meta = onnx_metadata(mf)
+    assert meta["notes"] == "[red]anything at all" and "precision" not in meta
+    for val_top1 in ("0.987500", "1.000000", "0"):
+        save_model(path, tiny_model, class_names=CLASSES, extra={"val_top1": val_top1})
+        check_model_file(path)
+
+
+def test_every_command_refuses_a_stray_precision_in_one_line(tmp_path, tiny_model,
+                                                             image_folder):
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+
+    path = save_model(tmp_path / "bf17.safetensors", tiny_model, class_names=CLASSES,
+                      extra={"precision": "bf17"})
+    runner = CliRunner()
+    for args in (["info", str(path)], ["predict", str(image_folder), "-m", str(path)],
+                 ["eval", "-m", str(path), "--data", str(image_folder),
+                  "--out", str(tmp_path / "ev")],
+                 ["export", "--onnx", "-m", str(path)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.startswith(f"error: {path}: corrupt vitcli metadata "
+                                        "(precision 'bf17'"), result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "bf17.onnx").exists() and not (tmp_path / "ev").exists()

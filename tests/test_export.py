@@ -105,11 +105,10 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
     assert report.int8_path.exists() and report.int8_size_bytes < report.size_bytes
     assert d.int8_agreement is not None and d.int8_agreement >= 0.85
     assert abs(d.int8_accuracy - d.onnx_accuracy) <= 0.15
-    from vitcli.devices import cpu_bf16_units
-
-    # --precision auto: PyTorch bf16 is listed beside fp32 where the CPU has bf16 units.
-    bf16 = {"pytorch bf16"} if cpu_bf16_units() else set()
-    assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8", *bf16}
+    # --precision auto: no PyTorch bf16 row for a 32-wide model, which auto runs in fp32
+    # on any CPU (bf16 pays from width 192); the caption says why
+    assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8"}
+    assert not report.latency.bf16_listed and report.latency.bf16.startswith("auto: ")
 
 
 @pytest.mark.slow
@@ -438,3 +437,106 @@ def test_latency_warm_up_lasts_until_calls_stop_getting_faster():
         onnx_checks.time.perf_counter = original
     assert median == pytest.approx(0.01)
     assert len(calls) == 6 + 3  # 0.4, 0.15, 0.05, 0.02, 0.01, 0.01 (no faster), then 3 timed
+
+
+@pytest.mark.slow
+def test_int8_files_precision_is_checked_and_recorded_by_predict(exported, tmp_path: Path):
+    """An int8 file's `precision` is one export writes; edited to 'bf17' it is refused by
+    info and predict in one line; as written, predict records int8 in its JSON."""
+    import json
+
+    from tests.test_predict import edited_onnx
+
+    _, data, report = exported
+    image = str(data / "circle" / "000.png")
+    runner = CliRunner()
+    assert runner.invoke(app, ["info", str(report.int8_path)]).exit_code == 0
+    result = runner.invoke(app, ["predict", image, "-m", str(report.int8_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["compute_precision"] == "int8"
+    assert "precision int8 (as exported)" in result.stderr
+    bad = edited_onnx(report.int8_path, tmp_path / "bf17.onnx", precision="bf17")
+    for args in (["info", str(bad)], ["predict", image, "-m", str(bad)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.output
+        assert result.stderr.startswith(f"error: {bad}: corrupt vitcli metadata (precision "
+                                        "'bf17' is not a precision vitcli writes")
+
+
+@pytest.mark.parametrize(("precision", "units", "width", "listed", "why"), [
+    ("auto", "AMX-BF16", 192, True, "auto: AMX-BF16 at width 192"),
+    ("auto", "AMX-BF16", 32, False, "does not pay below width 192"),
+    ("auto", None, 192, False, "this CPU has no bf16 matrix units"),
+    ("bf16", None, 32, True, "asked for"),
+    ("bf16", "AMX-BF16", 32, True, "asked for"),
+    ("fp32", "AMX-BF16", 192, False, None),
+])
+def test_latency_lists_bf16_only_where_auto_would_run_this_model_in_bf16(
+        monkeypatch, precision, units, width, listed, why):
+    """--precision auto: the bf16 row only when auto would run THIS model (its width) in
+    bf16 here (devices.choose_precision), not whenever the CPU has bf16 units."""
+    import vitcli.devices as devices
+    from vitcli.deploy.export import bf16_reference
+
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: units)
+    got_listed, got_why = bf16_reference(precision, width)
+    assert got_listed is listed
+    assert (got_why is None) if why is None else (why in got_why)
+
+
+def _latency_output(capsys, monkeypatch, **kwargs) -> str:
+    from vitcli.commands.export import show_latency
+    from vitcli.deploy.onnx_checks import Latency
+
+    monkeypatch.setenv("COLUMNS", "80")
+    show_latency(Latency(**kwargs))
+    return capsys.readouterr().out
+
+
+def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypatch):
+    out = _latency_output(
+        capsys, monkeypatch, ms={"pytorch": 105.71, "pytorch bf16": 293.77,
+                                 "onnx fp32": 24.55, "onnx int8": 15.0},
+        runs={"pytorch": 20, "pytorch bf16": 7, "onnx fp32": 20, "onnx int8": 20},
+        threads=2, bf16="auto: AMX-BF16 at width 192", bf16_listed=True)
+    lines = out.splitlines()
+    assert all(len(line.rstrip()) <= 80 for line in lines), out
+    assert "speed-up over PyTorch fp32 eager" in out
+    rows = {line.split("  ")[1].strip(): line.split()[-1] for line in lines
+            if line.strip().startswith(("PyTorch", "ONNX"))}
+    assert rows == {"PyTorch fp32 eager": "1.00×", "PyTorch bf16 autocast": "0.36×",
+                    "ONNX Runtime fp32": "4.31×", "ONNX Runtime int8": "7.05×"}
+    assert "median of 7-20 timed runs" in out and "2 threads for PyTorch and onnxruntime" in out
+    assert "warning: PyTorch bf16 (what --precision auto picks) is slower than fp32" in out
+    out = _latency_output(capsys, monkeypatch, ms={"pytorch": 10.0, "onnx fp32": 5.0},
+                          runs={"pytorch": 20, "onnx fp32": 20}, threads=1,
+                          bf16="auto: AMX-BF16 does not pay below width 192, and this "
+                               "model is 80 wide")
+    assert "bf16 autocast" not in out and "median of 20 timed runs, 1 thread for" in out
+    assert "no PyTorch bf16 row: --precision auto runs this model in fp32" in out
+    assert all(len(line.rstrip()) <= 80 for line in out.splitlines()), out
+
+
+@pytest.mark.slow
+def test_latency_times_pytorch_through_predicts_back_end(exported, monkeypatch):
+    """The PyTorch rows are timed through vit predict's TorchBackend (one way to run a
+    model), on the thread count the table states, given to onnxruntime too."""
+    import torch
+
+    import vitcli.deploy.onnx_checks as checks
+    from vitcli.deploy.backends import TorchBackend
+    from vitcli.model.checkpoint import load_model
+
+    model, _, report = exported
+    calls: list[str] = []
+    real = TorchBackend.logits
+    monkeypatch.setattr(TorchBackend, "logits",
+                        lambda self, x: calls.append(self.compute_precision) or real(self, x))
+    before = torch.get_num_threads()
+    latency = checks.measure_latency(load_model(model), report.path, report.int8_path, None,
+                                     runs=3, bf16=True, threads=1)
+    assert set(calls) == {"fp32", "bf16"} and len(calls) >= 2 * (3 + 2)
+    assert latency.threads == 1 and torch.get_num_threads() == before
+    assert set(latency.ms) == {"pytorch", "pytorch bf16", "onnx fp32", "onnx int8"}
+    assert all(n >= 3 for n in latency.runs.values())
+    assert latency.speedup("pytorch") == 1.0

@@ -462,3 +462,52 @@ def test_json_and_csv_record_the_precision_and_stderr_says_it(models, tmp_path: 
             rows = list(csv.DictReader(f))
         assert [r["compute_precision"] for r in rows] == [want] * 3
     assert "onnxruntime on cpu, precision fp32 (as exported)" in err
+
+
+def edited_onnx(path: Path, out: Path, **metadata: str) -> Path:
+    """A copy of an ONNX file with metadata keys set (as a user could set them by hand)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("precision", "bf17", "precision 'bf17' is not a precision vitcli writes"),
+    ("epoch", "-1", "epoch '-1' is not an epoch number"),
+    ("val_top1", "high", "val_top1 'high' is not an accuracy"),
+    ("validation", "{}", "validation '{}' is not how vitcli records"),
+    ("vitcli_version", "\x1b[31m1", "vitcli_version"),
+])
+def test_an_onnx_file_with_a_bad_value_under_a_known_key_is_refused(models, tmp_path, key,
+                                                                    value, reason):
+    """The ONNX file's metadata keys get the model file's checks (and `precision` only the
+    values `vit export --int8` writes): info and predict refuse it in one line."""
+    _, onnx, images = models
+    bad = edited_onnx(onnx, tmp_path / "bad.onnx", **{key: value})
+    for args in (["info", str(bad)], ["predict", str(images / "wide.jpg"), "-m", str(bad)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.stderr.startswith(f"error: {bad}: corrupt vitcli metadata ({key} ")
+        assert reason in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_onnx_files_precision_must_match_its_weights_and_unknown_keys_pass(models,
+                                                                            tmp_path):
+    from vitcli.deploy.backends import int8_precision
+
+    _, onnx, images = models
+    claims = edited_onnx(onnx, tmp_path / "claims.onnx", precision=int8_precision(True))
+    result = CliRunner().invoke(app, ["info", str(claims)])
+    assert result.exit_code == 1 and "the graph holds no int8 weights" in result.stderr
+    noted = edited_onnx(onnx, tmp_path / "noted.onnx", notes="by hand")
+    result = CliRunner().invoke(app, ["info", str(noted), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["extra"]["notes"] == "by hand"
+    code, _, _ = run(str(images / "wide.jpg"), "-m", str(noted))
+    assert code == 0

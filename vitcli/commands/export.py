@@ -12,6 +12,7 @@ from vitcli.deploy.export import DEFAULT_OPSET, MAX_FIXED_BATCH, MIN_OPSET
 
 if TYPE_CHECKING:
     from vitcli.deploy.export import ExportReport
+    from vitcli.deploy.onnx_checks import Latency
 
 
 def export(
@@ -65,18 +66,14 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
     from vitcli.deploy.onnx_checks import ATOL, RTOL
 
     files = Table(title="written", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("file", "size", "batch-1 latency"):
+    for col in ("file", "size"):
         files.add_column(col, justify="left" if col == "file" else "right")
-    files.add_row(safe(report.path), _mb(report.size_bytes),
-                  _ms(report.latency_ms.get("onnx fp32")))
+    files.add_row(safe(report.path), _mb(report.size_bytes))
     if report.int8_path and report.int8_size_bytes:
-        files.add_row(safe(report.int8_path), _mb(report.int8_size_bytes),
-                      _ms(report.latency_ms.get("onnx int8")))
-    files.add_row("(PyTorch fp32 eager, for reference)", "", _ms(report.latency_ms.get("pytorch")))
-    if "pytorch bf16" in report.latency_ms:
-        files.add_row("(PyTorch bf16 autocast, for reference)", "",
-                      _ms(report.latency_ms["pytorch bf16"]))
+        files.add_row(safe(report.int8_path), _mb(report.int8_size_bytes))
     console.print(files)
+    if report.latency is not None:
+        show_latency(report.latency)
     # Broken between facts where the terminal is narrow (they wrapped mid-phrase at 80).
     verified = fit_or_break(f"verified opset {report.opset}, batch {report.batch} "
                             f"({report.exporter} exporter);", "onnx.checker full check passed")
@@ -118,6 +115,51 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
             lines.append("use model.onnx where the unknown answer must match the model file's")
         for line in lines:
             console.print(line, highlight=False)
+
+
+# The rows of the latency table, in order: back end, and what it is beside the name.
+LATENCY_ROWS = (("pytorch", "PyTorch fp32 eager"), ("pytorch bf16", "PyTorch bf16 autocast"),
+                ("onnx fp32", "ONNX Runtime fp32"), ("onnx int8", "ONNX Runtime int8"))
+
+
+def show_latency(latency: Latency) -> None:
+    """Each back end's batch-1 latency and its speed-up over PyTorch fp32 eager (the way
+    `vit predict` runs a .safetensors file by default), with the threads and runs under it;
+    why bf16 is listed or not, and a warning where it came out slower than fp32."""
+    from rich import box
+    from rich.table import Table
+
+    from vitcli.commands._common import console, fit_or_break, safe
+
+    table = Table(title="batch-1 latency", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("back end")
+    table.add_column("median", justify="right")
+    table.add_column("speed-up over PyTorch fp32 eager", justify="right")
+    for name, label in LATENCY_ROWS:
+        if name in latency.ms:
+            table.add_row(label, _ms(latency.ms[name]), f"{latency.speedup(name):.2f}×")
+    console.print(table)
+    counts = sorted(set(latency.runs.values()))
+    runs = (plural(counts[0], "timed run") if len(counts) == 1
+            else f"{counts[0]}-{counts[-1]} timed runs")  # fewer where a run is slow
+    console.print(fit_or_break(f"batch 1, median of {runs},",
+                               f"{plural(latency.threads, 'thread')} for PyTorch and onnxruntime"),
+                  highlight=False)
+    if latency.bf16 is None:
+        return
+    reason = f"({safe(latency.bf16.removeprefix('auto: '))})"
+    if not latency.bf16_listed:  # auto keeps this model in fp32 here: no bf16 row
+        console.print(fit_or_break("no PyTorch bf16 row: --precision auto runs this model in "
+                                   "fp32", reason), highlight=False)
+        return
+    why = "what --precision auto picks" if latency.bf16.startswith("auto") else "asked for"
+    if latency.speedup("pytorch bf16") >= 1:
+        console.print(fit_or_break(f"PyTorch bf16 autocast: {why}", reason), highlight=False)
+        return
+    console.print("[yellow]warning:[/] " + fit_or_break(
+        f"PyTorch bf16 ({why}) is slower than fp32 here;",
+        "for single images, vit predict --precision fp32 is faster",
+        console.width - len("warning: ")), highlight=False)
 
 
 def _mb(size: int) -> str:

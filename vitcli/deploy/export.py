@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from vitcli.deploy.backends import (
 from vitcli.deploy.onnx_checks import (
     DataCheck,
     Labelled,
+    Latency,
     Parity,
     compare_on_data,
     load_labelled,
@@ -66,8 +67,14 @@ class ExportReport:
     int8_size_bytes: int | None = None
     int8_max_prob_diff: float | None = None  # vs fp32 on the random parity batch
     int8_graph: str | None = None  # what int8 was quantized from, and why if not fused
-    latency_ms: dict[str, float] = field(default_factory=dict)  # batch 1, per back end
+    latency: Latency | None = None  # batch 1, per back end, timed as vit predict runs them
     data: DataCheck | None = None
+
+
+    @property
+    def latency_ms(self) -> dict[str, float]:
+        """{back end: median batch-1 ms} ("pytorch" is fp32 eager, the reference)."""
+        return self.latency.ms if self.latency is not None else {}
 
 
 def default_output(model_path: Path) -> Path:
@@ -106,11 +113,13 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
                 log: Callable[[str], None] | None = None) -> ExportReport:
     """Export a .safetensors model file to a verified ONNX file (and an int8 one).
 
-    `precision` says which PyTorch references the latency table lists beside the ONNX
-    files: fp32 always; bf16 autocast too for `bf16`, and for `auto` on a CPU with bf16
-    matrix units. The ONNX graph itself is fp32 and is checked against PyTorch fp32.
+    `precision` says which PyTorch rows the latency table lists beside the ONNX files:
+    fp32 eager always (the reference of every speed-up; `vit predict`'s default); bf16
+    autocast too for `bf16`, and for `auto` when auto would run this model in bf16 here
+    (devices.choose_precision: a CPU with bf16 units, a model at least 192 wide). The ONNX
+    graph itself is fp32 and is checked against PyTorch fp32.
     """
-    from vitcli.devices import check_precision, cpu_bf16_units
+    from vitcli.devices import check_precision
     from vitcli.model.checkpoint import check_model_file, load_checked
 
     say = log or (lambda _msg: None)
@@ -133,13 +142,13 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
         raise UsageError(f"--opset {opset}: the installed onnx knows opsets up to {newest}")
     fixed = parse_batch(batch)
     precision = check_precision(precision)
-    bf16_row = precision == "bf16" or (precision == "auto" and cpu_bf16_units() is not None)
     refuse_overwrite(out_path, "--out", {"--model": model_path})
     if int8:
         refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
     from vitcli.model.config import check_fits
 
     check_fits(checked.config, max(fixed or 2, 2), training=False, what="--batch")
+    bf16_row, bf16_why = bf16_reference(precision, checked.config.embed_dim)
     mf = load_checked(checked, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
@@ -167,8 +176,26 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
         say("quantizing to int8")
         add_int8(result, mf, labelled, say)
     say("timing batch-1 latency")
-    result.latency_ms = measure_latency(mf, result.path, result.int8_path, fixed, bf16=bf16_row)
+    result.latency = measure_latency(mf, result.path, result.int8_path, fixed, bf16=bf16_row,
+                                     bf16_why=bf16_why)
     return result
+
+
+def bf16_reference(precision: str, embed_dim: int) -> tuple[bool, str | None]:
+    """Whether the latency table lists PyTorch bf16 autocast, and why (or why not).
+
+    `bf16`: always. `auto`: only where `vit predict --precision auto` and `vit eval` would
+    run this model in bf16 on this CPU (devices.choose_precision); otherwise the reason
+    auto keeps fp32, for the caption. `fp32`: never, and no reason to give.
+    """
+    import torch
+
+    from vitcli.devices import choose_precision
+
+    if precision == "fp32":
+        return False, None
+    chosen = choose_precision(precision, torch.device("cpu"), embed_dim=embed_dim)
+    return chosen.name == "bf16", chosen.reason
 
 
 def _torch_export(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> str:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitcli.deploy.backends import open_onnx
+from vitcli.deploy.backends import TorchBackend, open_onnx
 from vitcli.errors import VitError, plural
 
 if TYPE_CHECKING:
@@ -70,29 +70,32 @@ def torch_logits(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
                  bf16: bool = False) -> np.ndarray:
     """PyTorch logits / T for a float32 batch (B, C, H, W), as the ONNX graph gives them.
 
-    `bf16` runs the model under CPU bf16 autocast (the latency table's bf16 row); parity
-    checks always compare against fp32.
+    `bf16` runs the model under CPU bf16 autocast; parity checks always compare against fp32.
     """
     return torch_outputs(mf, batch, chunk, bf16)[0]
+
+
+def torch_backend(mf: ModelFile, bf16: bool = False) -> TorchBackend:
+    """`vit predict`'s PyTorch back end (backends.TorchBackend) for a loaded model file, on
+    the CPU in fp32 (its default) or bf16 autocast: export checks and times the model the
+    way predict runs it, one path for both."""
+    import torch
+
+    from vitcli.devices import Precision
+
+    precision = Precision("bf16", "asked for") if bf16 else None
+    return TorchBackend(path=mf.path or Path("model"), model_file=mf,
+                        device=torch.device("cpu"), precision=precision)
 
 
 def torch_outputs(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
                   bf16: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """PyTorch logits / T (B, K) and unknown scores (B,) or None, in chunks to bound memory."""
-    import torch
-
-    from vitcli.model.outputs import model_outputs
-
-    net = model_outputs(mf)
-    logits, scores = [], []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for i in range(0, len(batch), chunk):
-            out = net(torch.from_numpy(batch[i:i + chunk]))
-            logit, score = out if isinstance(out, tuple) else (out, None)
-            logits.append(logit.float().numpy())
-            if score is not None:
-                scores.append(score.float().numpy())
-    return np.concatenate(logits), (np.concatenate(scores) if scores else None)
+    backend = torch_backend(mf, bf16)
+    parts = [backend.outputs(batch[i:i + chunk]) for i in range(0, len(batch), chunk)]
+    logits = np.concatenate([p[0] for p in parts])
+    scores = [p[1] for p in parts if p[1] is not None]
+    return logits, (np.concatenate(scores) if scores else None)
 
 
 def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
@@ -170,20 +173,59 @@ def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
                      bad_files=data.bad_files)
 
 
+REFERENCE = "pytorch"  # PyTorch fp32 eager: what every speed-up in the table is over
+
+
+@dataclass
+class Latency:
+    """Batch-1 latency of each back end, timed as `vit predict` runs it (median ms)."""
+
+    ms: dict[str, float]  # "pytorch", "pytorch bf16", "onnx fp32", "onnx int8" → median ms
+    runs: dict[str, int]  # timed runs behind each median (after a warm-up)
+    threads: int  # PyTorch's and onnxruntime's intra-op threads, the same for both
+    bf16: str | None = None  # why the bf16 row is listed ("asked for", auto's choice) or
+    # left out (auto runs this model in fp32 here, and why)
+    bf16_listed: bool = False
+
+    def speedup(self, name: str) -> float:
+        """PyTorch fp32 eager's latency over `name`'s: above 1 is faster than the reference."""
+        return self.ms[REFERENCE] / self.ms[name]
+
+
 def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,
-                    runs: int = 20, bf16: bool = False) -> dict[str, float]:
-    """Median batch-1 milliseconds of PyTorch (fp32, and bf16 autocast when `bf16`), fp32
-    ONNX and (if written) int8 ONNX."""
-    x = random_inputs(mf, fixed or 1, seed=1)
-    fp32 = open_onnx(fp32_path)
-    runners: dict[str, Callable[[], object]] = {
-        "pytorch": lambda: torch_logits(mf, x), "onnx fp32": lambda: fp32.logits(x)}
-    if bf16:
-        runners["pytorch bf16"] = lambda: torch_logits(mf, x, bf16=True)
-    if int8_path:
-        int8 = open_onnx(int8_path)
-        runners["onnx int8"] = lambda: int8.logits(x)
-    return {name: 1000 * median_seconds(run, runs) for name, run in runners.items()}
+                    runs: int = 20, bf16: bool = False, bf16_why: str | None = None,
+                    threads: int | None = None) -> Latency:
+    """Median batch-1 latency of PyTorch fp32 eager (the reference), PyTorch bf16 autocast
+    when `bf16`, fp32 ONNX and (if written) int8 ONNX, each on `threads` intra-op threads
+    (default: PyTorch's own count, given to onnxruntime too).
+
+    PyTorch runs through `vit predict`'s back end (backends.TorchBackend, `torch_backend`):
+    the reference is what a user of predict gets, not a second way to run the model.
+    """
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = random_inputs(mf, fixed or 1, seed=1)
+        runners: dict[str, Callable[[], object]] = {}
+        fp32_torch = torch_backend(mf)
+        runners[REFERENCE] = lambda: fp32_torch.logits(x)
+        if bf16:
+            bf16_torch = torch_backend(mf, bf16=True)
+            runners["pytorch bf16"] = lambda: bf16_torch.logits(x)
+        fp32 = open_onnx(fp32_path, threads=threads)
+        runners["onnx fp32"] = lambda: fp32.logits(x)
+        if int8_path:
+            int8 = open_onnx(int8_path, threads=threads)
+            runners["onnx int8"] = lambda: int8.logits(x)
+        timed = {name: time_runs(run, runs) for name, run in runners.items()}
+    finally:
+        torch.set_num_threads(previous)
+    return Latency(ms={name: 1000 * float(np.median(t)) for name, t in timed.items()},
+                   runs={name: len(t) for name, t in timed.items()}, threads=threads,
+                   bf16=bf16_why, bf16_listed=bf16)
 
 
 WARMUP_MAX = 10  # calls at most before median_seconds starts timing
@@ -191,7 +233,14 @@ WARMUP_MAX = 10  # calls at most before median_seconds starts timing
 
 def median_seconds(run: Callable[[], object], runs: int, warmup: int = 2,
                    budget_s: float = 2.0) -> float:
-    """Median wall time of `run()` after a warm-up (first calls allocate and plan).
+    """Median wall time of `run()` over `time_runs`' timed calls."""
+    return float(np.median(time_runs(run, runs, warmup, budget_s)))
+
+
+def time_runs(run: Callable[[], object], runs: int, warmup: int = 2,
+              budget_s: float = 2.0) -> list[float]:
+    """Wall times (s) of up to `runs` calls of `run()` after a warm-up (first calls allocate
+    and plan).
 
     The warm-up lasts at least `warmup` calls and goes on (up to WARMUP_MAX) while a call
     still runs more than twice as fast as the one before: bf16 autocast on the CPU builds
@@ -212,4 +261,4 @@ def median_seconds(run: Callable[[], object], runs: int, warmup: int = 2,
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return times
