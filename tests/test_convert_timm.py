@@ -305,7 +305,7 @@ def test_timm_clip_quickgelu_probabilities_equal_transformers(tmp_path):
     result = runner.invoke(app, ["predict", *map(str, paths), "--model", str(out), "--topk", "3",
                                  "--json"])
     assert result.exit_code == 0, result.output
-    rows = {Path(r["image"]).name: r for r in map(json.loads, result.output.splitlines())}
+    rows = {Path(r["image"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     for path in paths:
         row = rows[path.name]
         x = torch.from_numpy(timm_eval(Image.open(path).convert("RGB"), cfg))[None]

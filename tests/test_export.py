@@ -294,6 +294,7 @@ def test_fixed_batch_export_runs_any_number_of_images(exported, tmp_path: Path):
     model, _, _ = exported
     report = export_onnx(model, tmp_path / "fixed.onnx", batch="4", precision="fp32")
     assert set(report.latency_ms) == {"pytorch", "onnx fp32"}  # fp32 asked: no bf16 row
+    assert report.latency.batch == 4 and report.latency.bf16 is None  # timed at its batch
     # batch 1 and 8 are still checked: padded to 4, and in two chunks of 4
     assert [p.batch for p in report.parity] == [1, 4, 8] and all(p.ok for p in report.parity)
     assert ort.InferenceSession(str(report.path)).get_inputs()[0].shape[0] == 4

@@ -131,7 +131,8 @@ def show_latency(latency: Latency) -> None:
 
     from vitcli.commands._common import console, fit_or_break, safe
 
-    table = Table(title="batch-1 latency", title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=f"batch-{latency.batch} latency", title_justify="left",
+                  box=box.SIMPLE_HEAD)
     table.add_column("back end")
     table.add_column("median", justify="right")
     table.add_column("speed-up over PyTorch fp32 eager", justify="right")
@@ -142,7 +143,7 @@ def show_latency(latency: Latency) -> None:
     counts = sorted(set(latency.runs.values()))
     runs = (plural(counts[0], "timed run") if len(counts) == 1
             else f"{counts[0]}-{counts[-1]} timed runs")  # fewer where a run is slow
-    console.print(fit_or_break(f"batch 1, median of {runs},",
+    console.print(fit_or_break(f"batch {latency.batch}, median of {runs},",
                                f"{plural(latency.threads, 'thread')} for PyTorch and onnxruntime"),
                   highlight=False)
     if latency.bf16 is None:
@@ -152,9 +153,11 @@ def show_latency(latency: Latency) -> None:
         console.print(fit_or_break("no PyTorch bf16 row: --precision auto runs this model in "
                                    "fp32", reason), highlight=False)
         return
-    why = "what --precision auto picks" if latency.bf16.startswith("auto") else "asked for"
+    auto = latency.bf16.startswith("auto")
+    why = "what --precision auto picks" if auto else "asked for"
     if latency.speedup("pytorch bf16") >= 1:
-        console.print(fit_or_break(f"PyTorch bf16 autocast: {why}", reason), highlight=False)
+        console.print(fit_or_break(f"PyTorch bf16 autocast: {why}", reason) if auto
+                      else f"PyTorch bf16 autocast: {safe(latency.bf16)}", highlight=False)
         return
     console.print("[yellow]warning:[/] " + fit_or_break(
         f"PyTorch bf16 ({why}) is slower than fp32 here;",

@@ -186,6 +186,7 @@ class Latency:
     bf16: str | None = None  # why the bf16 row is listed ("asked for", auto's choice) or
     # left out (auto runs this model in fp32 here, and why)
     bf16_listed: bool = False
+    batch: int = 1  # images a call: 1, or a fixed-batch graph's N (every back end the same)
 
     def speedup(self, name: str) -> float:
         """PyTorch fp32 eager's latency over `name`'s: above 1 is faster than the reference."""
@@ -195,9 +196,10 @@ class Latency:
 def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,
                     runs: int = 20, bf16: bool = False, bf16_why: str | None = None,
                     threads: int | None = None) -> Latency:
-    """Median batch-1 latency of PyTorch fp32 eager (the reference), PyTorch bf16 autocast
-    when `bf16`, fp32 ONNX and (if written) int8 ONNX, each on `threads` intra-op threads
-    (default: PyTorch's own count, given to onnxruntime too).
+    """Median batch-1 latency (batch N for a graph fixed at N) of PyTorch fp32 eager (the
+    reference), PyTorch bf16 autocast when `bf16`, fp32 ONNX and (if written) int8 ONNX,
+    each on `threads` intra-op threads (default: PyTorch's own count, given to onnxruntime
+    too).
 
     PyTorch runs through `vit predict`'s back end (backends.TorchBackend, `torch_backend`):
     the reference is what a user of predict gets, not a second way to run the model.
@@ -225,7 +227,7 @@ def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixe
         torch.set_num_threads(previous)
     return Latency(ms={name: 1000 * float(np.median(t)) for name, t in timed.items()},
                    runs={name: len(t) for name, t in timed.items()}, threads=threads,
-                   bf16=bf16_why, bf16_listed=bf16)
+                   bf16=bf16_why, bf16_listed=bf16, batch=len(x))
 
 
 WARMUP_MAX = 10  # calls at most before median_seconds starts timing
