@@ -452,6 +452,12 @@ def test_int8_files_precision_is_checked_and_recorded_by_predict(exported, tmp_p
     image = str(data / "circle" / "000.png")
     runner = CliRunner()
     assert runner.invoke(app, ["info", str(report.int8_path)]).exit_code == 0
+    # what the first vitcli with --int8 wrote is still read as int8
+    older = edited_onnx(report.int8_path, tmp_path / "older.onnx",
+                        precision="int8 dynamic (MatMul/Gemm weights)")
+    assert runner.invoke(app, ["info", str(older)]).exit_code == 0
+    result = runner.invoke(app, ["predict", image, "-m", str(older), "--json"])
+    assert json.loads(result.stdout)["compute_precision"] == "int8"
     result = runner.invoke(app, ["predict", image, "-m", str(report.int8_path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["compute_precision"] == "int8"

@@ -33,7 +33,9 @@ def int8_precision(fused: bool) -> str:
     return f"int8 dynamic ({'linear and fused attention' if fused else 'linear'} weights)"
 
 
-ONNX_PRECISIONS = frozenset({int8_precision(True), int8_precision(False)})
+# every `precision` an --int8 export has written: today's two, and the first version's
+ONNX_PRECISIONS = frozenset({int8_precision(True), int8_precision(False),
+                             "int8 dynamic (MatMul/Gemm weights)"})
 
 
 def onnx_precision(metadata: dict[str, str]) -> str:
