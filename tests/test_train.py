@@ -411,9 +411,14 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
     assert next(f for kind, f in events if kind == "start")["precision"].startswith("bf16")
     assert seen and all(on for training, on, _ in seen if training)
 
-    # A run folder from before --precision resumes as it trained then: fp32 on a CPU.
+    # A run folder from before --precision resumes as it trained then: fp32 on a CPU. Such
+    # a folder has no precision anywhere (test_resume: a damaged one is refused).
     del args["options"]["precision"], args["resolved"]["precision"]
+    del args["resolved"]["precision_reason"]
     (old / "args.json").write_text(json.dumps(args))
+    state = json.loads((old / "state.json").read_text())
+    del state["precision"]
+    (old / "state.json").write_text(json.dumps(state))
     seen.clear()
     assert resume(old).steps == 6
     assert seen and not any(on for training, on, _ in seen if training)
@@ -521,7 +526,7 @@ def test_ctrl_c_on_the_cli_saves_state_and_says_how_to_resume(tmp_path, bars):
     assert "Traceback" not in out + err
     step = load_state(run).info["step"]
     assert f"state saved at step {step}" in out
-    assert f"vit train --resume {run}" in out
+    assert f"vit train --resume {run}" in " ".join(out.replace(" \\\n", " ").split())
     assert 1 <= step < 400  # stopped where it was, not at the end of the schedule
 
 
@@ -552,7 +557,8 @@ def test_cli_trains_with_only_data_and_patch(tmp_path: Path, bars: Path, monkeyp
     assert (run / "weights" / "best.safetensors").is_file()
     # The summary names the `vit eval` that re-measures the default 10 % held out of --data;
     # run as printed, it gives the best epoch's validation figures.
-    command = re.search(r"vit eval (.+)$", result.output, re.MULTILINE).group(1)
+    pasted = result.output.replace(" \\\n", " ")  # a long command's lines, as a shell joins them
+    command = " ".join(re.search(r"vit eval (.+)$", pasted, re.MULTILINE).group(1).split())
     assert command.endswith(f"--data {bars} --val-split 0.1 --seed 0")
     evaluated = CliRunner().invoke(app, ["eval", *shlex.split(command), "--json", "e.json"])
     assert evaluated.exit_code == 0, evaluated.output
@@ -587,8 +593,9 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--ema-decay", "2"])
     assert result.exit_code == 2 and "--ema-decay" in result.output  # would diverge
     run = new_run_dir(tmp_path / "runs")
-    (run / "args.json").write_text(json.dumps(
-        {"options": TrainOptions(data=str(tmp_path), epochs=5).to_dict()}))
+    (run / "args.json").write_text(json.dumps(  # as a run records them: choices resolved
+        {"options": TrainOptions(data=str(tmp_path), epochs=5).with_defaults_for(32).to_dict(),
+         "resolved": {"precision": "fp32"}}))
     result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", "9", "--ema"])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert ("--ema (the run's: off), --epochs 9 (the run's: 5) cannot change"
@@ -883,7 +890,8 @@ def test_resuming_a_run_that_ended_says_so_and_changes_nothing(tmp_path: Path, b
     best = result.run_dir / "weights" / "best.safetensors"
     before = best.read_bytes()
     said = []
-    again = resume(result.run_dir, on_event=lambda kind, **f: said.append(f.get("text", "")))
+    again = resume(result.run_dir, on_event=lambda kind, **f: said.append(
+        f"{f.get('text', '')} {f.get('command', '')}"))
     assert again.steps == result.steps and again.stopped == "completed"
     assert any("already ended at step" in s and "--init" in s for s in said), said
     assert best.read_bytes() == before  # no new calibration, no rewrite
@@ -900,7 +908,8 @@ def test_a_run_stopped_by_patience_has_ended_too(tmp_path: Path):
             "best_epoch": 7, "schedule": {"total_steps": 120, "warmup_steps": 4,
                                           "peak_lr": 1e-3}}
     patient = TrainOptions(data="imgs", patience=3)
-    said, result = _ended(tmp_path, SimpleNamespace(info=info), patient)
+    said, result, command = _ended(tmp_path, SimpleNamespace(info=info), patient)
+    assert command.startswith("vit train --data imgs --init ")
     assert "already ended at step 40 (epoch 10, stopped early by --patience 3)" in said
     assert result.stopped == "early_stop" and result.already_ended
     assert _ended(tmp_path, SimpleNamespace(info={**info, "bad_epochs": 2}), patient) is None
@@ -920,9 +929,9 @@ def test_cli_resume_of_an_ended_run_says_only_that(tmp_path: Path, bars: Path, m
     run = CliRunner().invoke(app, ["train", "--resume", str(result.run_dir)])
     assert run.exit_code == 0, run.output
     lines = [line for line in run.output.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+    assert len(lines) == 2, lines  # the sentence, then the command to copy on its own line
     assert lines[0].startswith(f"{result.run_dir} already ended at step {result.steps}")
-    assert f"vit train --data {bars} --init {result.run_dir}" in lines[0]
+    assert lines[1] == f"  vit train --data {bars} --init {result.run_dir}/weights/best.safetensors"
     assert "training summary" not in run.output and "schedule" not in run.output
 
 
@@ -1038,7 +1047,7 @@ def test_resume_accepts_the_runs_own_data_however_it_is_named(tmp_path: Path, ba
                                        str(other), "--epochs", "2", "--ema"])
     assert refused.exit_code == 2 and "Traceback" not in refused.output
     assert refused.output.count("\n") == 1 and refused.output.startswith("error:")
-    assert (f"--data {other} (the run's: {bars}), --ema (the run's: off) cannot change"
+    assert (f"--data {other} (the run's: bars), --ema (the run's: off) cannot change"
             in " ".join(refused.output.split())), refused.output  # --epochs 2 is the run's
     again = CliRunner().invoke(app, ["train", "--resume", str(first.run_dir), "--data",
                                      "./bars/", "--epochs", "2", "--threads", "1"])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from vitcli.errors import UsageError, plural
+from vitcli.errors import UsageError, check_choice, plural
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -127,10 +127,7 @@ def bf16_units_from_flags(flags: list[str] | set[str]) -> str | None:
 
 def check_precision(name: str) -> str:
     """`name` lower-cased if it is one of PRECISIONS, else a one-line UsageError."""
-    key = str(name or "").lower()
-    if key not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
-    return key
+    return check_choice("--precision", name, PRECISIONS)
 
 
 def choose_precision(requested: str, device: torch.device, *, embed_dim: int,

@@ -35,6 +35,31 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def canonical_choice(value: object, choices: Iterable[str]) -> object:
+    """`value` as the choice it names, whatever its case ("AdamW" → "adamw", "BF16" →
+    "bf16"); anything that names no choice comes back unchanged, for the check to refuse as
+    it was typed. The one rule for every option with a fixed set of values: case does not
+    matter and the lower-case name is what is stored (as Ultralytics, timm and torch take
+    "AdamW" or "CPU")."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in choices:
+            return key
+    return value
+
+
+def check_choice(flag: str, value: object, choices: Iterable[str]) -> str:
+    """The canonical name of `value` among `choices` (case ignored), or a UsageError
+    "--flag must be one of a, b, c, not 'x'" naming the value as it was given."""
+    choices = tuple(choices)
+    key = canonical_choice(value, choices)
+    if not isinstance(key, str) or key not in choices:
+        if len(choices) == 1:
+            raise UsageError(f"{flag} accepts only {choices[0]!r}, not {value!r}")
+        raise UsageError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+    return key
+
+
 SCORE_DECIMALS = 2  # unknown scores and their threshold, everywhere a person reads them
 
 

@@ -76,13 +76,15 @@ class Display:
             if self.bar_name != "features":
                 self._bar("features", f["total"])
             self.progress.update(self.task, completed=f["done"], total=f["total"])
-        elif kind == "message":
+        elif kind == "message":  # wrapped at words to the terminal; a command on its own line
             style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
-            print_(style + escape(f["text"]), highlight=False, soft_wrap=True)  # paths unbroken
+            print_(style + escape(f["text"]), highlight=False)
+            if f.get("command"):
+                print_command(self.console, f["command"])
         elif kind == "start":
             self._start(f)
         elif kind == "batch":  # a busy machine's time budget: the run goes on at a smaller batch
-            print_("[yellow]warning:[/] " + escape(f["text"]), highlight=False, soft_wrap=True)
+            print_("[yellow]warning:[/] " + escape(f["text"]), highlight=False)
             self.budget_shown = False  # the new batch's schedule is said again
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True
@@ -93,15 +95,14 @@ class Display:
             t = f["trust"]
             if t is None:
                 print_("no validation images: probabilities left uncalibrated (T = 1) and no "
-                       "unknown rule", highlight=False, soft_wrap=True)
+                       "unknown rule", highlight=False)
             else:
                 from vitcli.model.ood import describe_promise
 
                 print_(f"calibrated on {plural(t.val_images, 'validation image')}: "
                        f"{_temperature_words(t)}; "
                        f"unknown beyond score {format_score(t.ood.threshold)} "
-                       + describe_promise(t.val_images, t.ood.quantile), highlight=False,
-                       soft_wrap=True)
+                       + describe_promise(t.val_images, t.ood.quantile), highlight=False)
         elif kind == "step":
             self._step(f)
         elif kind == "interrupt":
@@ -118,8 +119,7 @@ class Display:
         self.num_classes = c.num_classes
         resumed = f" (resumed at step {f['resumed_step']:,})" if f["resumed_step"] else ""
         print_(f"[bold]run[/] {escape(str(f['run_dir']))}{resumed}")
-        print_(f"[bold]data[/] {escape(f['description'])}", highlight=False,
-               soft_wrap=True)  # one line in a log, however long the folder name
+        print_(f"[bold]data[/] {escape(f['description'])}", highlight=False)
         grid = c.image_size // c.patch_size
         preset = f.get("preset")  # which preset and why: "vit-pico (chosen for 28-px images)"
         why = f.get("preset_reason") or ""
@@ -127,21 +127,21 @@ class Display:
                  if preset else f"from {escape(str(f['init']))}, " if f.get("init") else "")
         print_(f"[bold]model[/] {named}{c.image_size} px, patch {c.patch_size} ({grid}×{grid} grid), "
                f"{c.depth}×{c.embed_dim} ({plural(c.num_heads, 'head')}), {plural(c.in_channels, 'channel')}, "
-               f"{plural(c.num_classes, 'class', 'classes')}", highlight=False, soft_wrap=True)
+               f"{plural(c.num_classes, 'class', 'classes')}", highlight=False)
         procs = f" × {f['world_size']} processes" if f["world_size"] > 1 else ""
-        precision = f", precision {f['precision']}" if f.get("precision") else ""
+        precision = f", precision {escape(f['precision'])}" if f.get("precision") else ""
         threads = (f", {plural(f['threads'], 'CPU thread')} ({escape(f['threads_reason'])})"
                    if f.get("threads") else "")
         print_(f"[bold]training[/] batch {f['batch_size']}, {f['optimizer']} lr {f['lr']:.3g} "
-               f"({f['schedule']} decay), {f['device']}{procs}{precision}{threads}", highlight=False,
-               soft_wrap=True)
+               f"({f['schedule']} decay), {f['device']}{procs}{precision}{threads}",
+               highlight=False)
         if f.get("time_budget"):
             plan = (f"{plural(f['steps_per_epoch'], 'step')} an epoch; the number of steps is fitted "
                     f"to --time-budget {f['time_budget']:g} min once the speed is measured")
         else:
             plan = (f"{plural(f['epochs'], 'epoch')} × {plural(f['steps_per_epoch'], 'step')} = "
                     f"{plural(f['total_steps'], 'step')} ({escape(f['epochs_reason'])})")
-        print_(f"[bold]schedule[/] {plan}", highlight=False, soft_wrap=True)
+        print_(f"[bold]schedule[/] {plan}", highlight=False)
         self._bar("training", None if f.get("time_budget") else f["total_steps"],
                   f["resumed_step"], info="first step running…")  # a budget fits its total later
 
@@ -163,8 +163,7 @@ class Display:
         if now - self.last_log >= LOG_EVERY_S:  # a log gets a line now and then, not a bar
             self.last_log = now
             steps = f"/{f['total_steps']:,}" if fitted else ""
-            self.progress.console.print(f"step {f['step']:,}{steps}  {info}",
-                                        highlight=False, soft_wrap=True)
+            self.progress.console.print(f"step {f['step']:,}{steps}  {info}", highlight=False)
 
     def _epoch_end(self, f: dict[str, Any]) -> None:
         r = f["row"]
@@ -219,9 +218,39 @@ def print_summary(console: Console, result: Any) -> None:
     console.print(table)
     command = eval_command(result)
     if command:
-        console.print(f"re-measure the best model on its validation images: "
-                      f"[bold]{escape(command)}[/]", highlight=False,
-                      soft_wrap=True)  # a command to copy: never wrapped
+        console.print("re-measure the best model on its validation images:", highlight=False)
+        print_command(console, command)
+
+
+def print_command(console: Console, command: str) -> None:
+    """A command to copy, on lines of its own below the sentence that introduces it: broken
+    only before an option, with the shell's ` \\` continuation, so that it fits the terminal
+    and still runs as one command when pasted (a terminal breaks a long line mid-word)."""
+    for line in command_lines(command, console.width):
+        console.print(f"[bold]{escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
+def command_lines(command: str, width: int, indent: str = "  ") -> list[str]:
+    """`command` (shell words) as indented lines of at most `width` columns where it can be:
+    each option stays with its value; every line but the last ends in ` \\`."""
+    units: list[str] = []
+    for word in shlex.split(command):
+        if word.startswith("-") or not units:
+            units.append(shlex.quote(word))
+        else:
+            units[-1] += " " + shlex.quote(word)
+    # an option whose value fills a line alone goes on the line before it
+    units = [part for unit in units for part in (
+        unit.split(" ", 1) if len(indent * 3 + unit) + 2 > width and unit.startswith("-")
+        else [unit])]
+    lines, line = [], indent + units[0]
+    for unit in units[1:]:
+        if len(line) + 1 + len(unit) + 2 > width:  # room for " \\"
+            lines.append(line + " \\")
+            line = indent * 3 + unit
+        else:
+            line += " " + unit
+    return [*lines, line]
 
 
 def eval_command(result: Any) -> str | None:

@@ -172,13 +172,11 @@ def failure_line(images: int, failed_images: int, empty_inputs: int = 0,
 
 def _on_off(value: str | None) -> bool | None:
     """--unknown on|off as True/False; None when not given."""
-    from vitcli.errors import UsageError
+    from vitcli.errors import check_choice
 
     if value is None:
         return None
-    if value.lower() not in ("on", "off"):
-        raise UsageError(f"--unknown must be on or off, not {value!r}")
-    return value.lower() == "on"
+    return check_choice("--unknown", value, ("on", "off")) == "on"
 
 
 def _run(backend: Backend, paths: list[Path], topk: int, batch_size: int,

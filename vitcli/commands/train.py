@@ -162,8 +162,7 @@ def train(
     Ctrl-C saves the state; `vit train --resume runs/train/NAME` continues it. Under
     `torchrun --nproc_per_node N -m vitcli train ...` it trains on N processes.
     """
-    from vitcli.commands._common import safe
-    from vitcli.commands._train_display import Display, print_summary
+    from vitcli.commands._train_display import Display, print_command, print_summary
     from vitcli.errors import VitError
     from vitcli.training.trainer import resume as resume_run
     from vitcli.training.trainer import train as train_run
@@ -191,9 +190,9 @@ def train(
                 display.console.print("[yellow]interrupted[/] before training started; "
                                       "nothing was saved")
             else:
-                display.console.print(f"[yellow]interrupted.[/] Resume from the last saved "
-                                      f"state with: vit train --resume {safe(display.run_dir)}",
-                                      soft_wrap=True)
+                display.console.print("[yellow]interrupted.[/] Resume from the last saved "
+                                      "state with:")
+                print_command(display.console, f"vit train --resume {display.run_dir}")
         raise typer.Exit(130) from None
     except VitError as exc:
         if not main:  # under torchrun every rank meets the same error: rank 0 alone says it
@@ -203,8 +202,8 @@ def train(
         return
     print_summary(display.console, result)
     if result.stopped == "interrupted":
-        display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps}. "
-                              f"Resume with: [bold]vit train --resume {safe(result.run_dir)}[/]",
-                              soft_wrap=True)  # a command to copy: never wrapped
+        display.console.print(f"[yellow]interrupted:[/] state saved at step {result.steps:,}. "
+                              "Resume with:")
+        print_command(display.console, f"vit train --resume {result.run_dir}")
         raise typer.Exit(130)
 

@@ -16,6 +16,8 @@ from vitcli.errors import UsageError, plural
 Pooling = Literal["cls", "mean", "map", "cls_mean"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
 POOLINGS = ("cls", "mean", "map", "cls_mean")
+POS_EMBEDS = ("learned", "sincos")
+PATCH_EMBEDS = ("linear", "overlap", "shifted")
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 # timm's `global_pool` names → ours (what an importer of timm's config.json needs).
 TIMM_GLOBAL_POOL = {"token": "cls", "avg": "mean", "map": "map", "token_avg": "cls_mean"}
@@ -114,9 +116,9 @@ class ViTConfig:
             raise UsageError("fc_norm is not supported with a distillation token")
         if self.fc_norm and self.pooling == "cls_mean":
             raise UsageError("fc_norm is not supported with pooling 'cls_mean'")
-        if self.pos_embed not in ("learned", "sincos"):
+        if self.pos_embed not in POS_EMBEDS:
             raise UsageError(f"pos_embed must be 'learned' or 'sincos', not {self.pos_embed!r}")
-        if self.patch_embed not in ("linear", "overlap", "shifted"):
+        if self.patch_embed not in PATCH_EMBEDS:
             raise UsageError(
                 f"patch_embed must be 'linear', 'overlap' or 'shifted', not {self.patch_embed!r}"
             )

@@ -19,8 +19,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitcli.errors import UsageError, plural
-from vitcli.model.config import TINY_IMAGE_MAX, ViTConfig, get_preset
+from vitcli.devices import PRECISIONS
+from vitcli.errors import UsageError, canonical_choice, check_choice, plural
+from vitcli.model.config import (
+    PATCH_EMBEDS,
+    POOLINGS,
+    POS_EMBEDS,
+    TINY_IMAGE_MAX,
+    ViTConfig,
+    get_preset,
+)
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
@@ -71,6 +79,16 @@ FEW_STEPS = MIN_STEPS // 2  # a --time-budget that fits fewer is warned about, w
 
 
 EMA_DECAY = 0.999  # TrainOptions.ema_decay: a different value without --ema is refused
+AUGMENTS = ("none", "light", "strong")  # = vitcli.data.augment.AUGMENT_LEVELS (a test checks)
+
+
+def choice_fields() -> dict[str, tuple[str, ...]]:
+    """Every TrainOptions field with a fixed set of values, and the values: case is ignored
+    and the lower-case name kept (errors.canonical_choice), checked in TrainOptions.check."""
+    return {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "augment": AUGMENTS,
+            "class_weights": CLASS_WEIGHTS, "sampler": SAMPLERS, "precision": PRECISIONS,
+            "freeze": ("backbone",), "patch_embed": PATCH_EMBEDS, "pooling": POOLINGS,
+            "pos_embed": POS_EMBEDS}
 
 
 @dataclass
@@ -126,6 +144,19 @@ class TrainOptions:
     pooling: str | None = None
     pos_embed: str | None = None
 
+    def __post_init__(self) -> None:
+        # One rule for case in every choice (--optimizer AdamW, --precision BF16, --device
+        # CPU): the canonical lower-case name is what the run uses and args.json records.
+        for name, choices in choice_fields().items():
+            setattr(self, name, canonical_choice(getattr(self, name), choices))
+        if isinstance(self.device, str):
+            self.device = self.device.strip().lower()
+        if isinstance(self.model, str):
+            from vitcli.model.config import PRESETS
+
+            key = self.model.lower().replace("_", "-").replace("/", "")
+            self.model = key if key in PRESETS else self.model
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -166,8 +197,10 @@ class TrainOptions:
             raise UsageError(f"--time-budget must be positive minutes, not {self.time_budget}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"--patience must be at least 1, not {self.patience}")
-        if self.freeze not in (None, "backbone"):
-            raise UsageError(f"--freeze accepts only 'backbone', not {self.freeze!r}")
+        for name, choices in choice_fields().items():  # None: not given, chosen by the recipe
+            if getattr(self, name) is not None or name in ("precision", "class_weights",
+                                                           "sampler"):
+                check_choice("--" + name.replace("_", "-"), getattr(self, name), choices)
         if self.freeze and not self.init:
             raise UsageError("--freeze backbone needs --init MODEL (a frozen random backbone "
                              "learns nothing)")
@@ -180,23 +213,9 @@ class TrainOptions:
             if ignored:
                 raise UsageError(f"{', '.join(ignored)} cannot change the architecture of "
                                  f"--init {self.init}; only --img-size and --patch can")
-        if self.optimizer is not None:
-            check_optimizer(self.optimizer)
-        if self.schedule not in (None, *SCHEDULES):
-            raise UsageError(f"--schedule must be one of {', '.join(SCHEDULES)}, "
-                             f"not {self.schedule!r}")
-        from vitcli.devices import check_precision
-
-        check_precision(self.precision)
         if self.val and self.val_split is not None:
             raise UsageError("give either --val or --val-split, not both (--val-split 0 "
                              "with --val says both 'no validation' and 'validate on --val')")
-        if self.class_weights not in CLASS_WEIGHTS:
-            raise UsageError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, "
-                             f"not {self.class_weights!r}")
-        if self.sampler not in SAMPLERS:
-            raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, "
-                             f"not {self.sampler!r}")
         if self.class_weights == "auto" and self.sampler == "balanced":
             raise UsageError("give --class-weights auto or --sampler balanced, not both: "
                              "together they correct the imbalance twice")
@@ -237,7 +256,8 @@ class TrainOptions:
                 raise UsageError(f"{flag} must be in [{low:,g}, {high:,g}]{why}, not {value:,g}")
         if self.patch and self.img_size and self.patch > self.img_size:
             raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")
-        if self.device.split(":")[0].lower() not in ("auto", "cpu", "cuda", "mps"):
+        if not isinstance(self.device, str) or \
+                self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
             raise UsageError(f"--device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
 
     def _check_contradictions(self) -> None:
@@ -307,10 +327,9 @@ def epochs_for(options: TrainOptions, num_images: int, batch: int) -> tuple[int,
                     f"{needed} epochs make the {MIN_STEPS} steps a model needs to learn")
 
 
-def check_optimizer(name: str) -> None:
-    """Refuse an --optimizer that vitcli does not have, in one line."""
-    if name not in OPTIMIZERS:
-        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+def check_optimizer(name: str) -> str:
+    """The --optimizer named (any case), or a one-line UsageError if vitcli has no such one."""
+    return check_choice("--optimizer", name, OPTIMIZERS)
 
 
 def has_muon() -> bool:

@@ -47,29 +47,31 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
     line repeated, say): accepted when each names what the run already has (paths compared
     resolved), refused in one line naming the run's own value when one differs.
     """
-    from vitcli.training.runs import read_json
+    import dataclasses
+
+    from vitcli.errors import UsageError
+    from vitcli.training.resume import paths_from_here, recorded_precision, saved_options
 
     run_dir = Path(run_dir)
+    # In the order a user reads them: the folder, its files, then the options given with it
+    # (a value no run could have, then one that differs from the run's).
     if not (run_dir / "args.json").exists():
-        from vitcli.errors import UsageError
-
         if not run_dir.is_dir():
             raise UsageError(f"--resume {run_dir}: no such folder")
         raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
-    try:
-        saved = read_json(run_dir / "args.json")["options"]
-        saved.setdefault("optimizer", "adamw")  # written before --optimizer: an AdamW run
-        saved.setdefault("schedule", "cosine")  # written before --schedule: a cosine run
-        saved.setdefault("precision", "auto")  # written before --precision: see _run
-        options = TrainOptions.from_dict(saved)
-        options.check()  # a hand-edited value of the wrong type fails here, as one line
-    except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
-        # A stored value out of range is a damaged file here, not a command-line mistake.
-        raise VitError(f"{run_dir / 'args.json'}: corrupt run options ({exc!r})") from None
-    check_unchanged(options, given or {}, run_dir)
-    options.device = device or options.device
+    options, args = saved_options(run_dir)
+    kept = recorded_precision(run_dir, args)
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(TrainOptions.__dataclass_fields__))
+    if unknown:
+        raise UsageError(f"--resume: no such option: {', '.join(unknown)}")
+    merged = dataclasses.replace(options, **given)  # given values in their canonical form
+    merged.check()  # an impossible value is said as such, not as a change
+    check_unchanged(options, {key: getattr(merged, key) for key in given}, run_dir)
+    options = paths_from_here(options)
+    options.device = (device or options.device).lower()
     options.threads = options.threads if threads is None else threads
-    return _run(options, run_dir=run_dir, on_event=on_event)
+    return _run(options, run_dir=run_dir, on_event=on_event, kept=kept)
 
 
 MAY_CHANGE = ("device", "threads")  # what --resume may change; every other option is the run's
@@ -90,7 +92,7 @@ def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path) -
         return
     from vitcli.errors import UsageError
 
-    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(getattr(saved, key))})"
+    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(key, getattr(saved, key))})"
                        for key, value in changed)
     raise UsageError(f"--resume {run_dir} keeps the run's own options: {listed} cannot "
                      "change; only --device and --threads may (start a new run to change "
@@ -115,16 +117,24 @@ def _flag(key: str, value: Any) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def _shown(value: Any) -> str:
+def _shown(key: str, value: Any) -> str:
+    """The run's value as a user would type it: a recorded path relative to the current
+    folder when it lies inside it (resume.paths_from_here's rule)."""
     if value is None:
         return "not set"
     if isinstance(value, bool):
         return "on" if value else "off"
+    if key in _PATHS and isinstance(value, str):
+        import os
+
+        from vitcli.files import shown_path
+
+        return shown_path(value, os.getcwd()) if os.path.isabs(value) else value
     return str(value)
 
 
-def _run(options: TrainOptions, *, run_dir: Path | None,
-         on_event: EventCallback | None) -> TrainResult:
+def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback | None,
+         kept: tuple[str, str] | None = None) -> TrainResult:
     from vitcli.training.distributed import broadcast, init_distributed, shutdown_distributed
     from vitcli.training.loop import Trainer, augment_level
     from vitcli.training.runs import (
@@ -155,12 +165,14 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             try:
                 resumed = (ViTConfig.from_dict(args["resolved"]["config"]),
                            Preprocessing.from_dict(args["resolved"]["preprocessing"]))
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise VitError(f"{run_dir / 'args.json'}: corrupt run settings ({exc!r})") \
-                    from None
+            except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
+                from vitcli.training.resume import damage
+
+                raise VitError(f"{run_dir / 'args.json'}: corrupt run settings: "
+                               f"{damage(exc)}") from None
             ended = _ended(run_dir, state, options)
             if ended is not None:  # said alone, before any data is read or header printed
-                emit("message", level="info", text=ended[0])
+                emit("message", level="info", text=ended[0], command=ended[2])
                 finished = True
                 return ended[1]
         prepared = prepare(options, env, emit, resumed=resumed)
@@ -172,7 +184,7 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
                            if run_dir is None and getattr(options, name) is None)
         options = options.with_defaults_for(prepared.config.image_size)
         precision = _precision(options, env.device, prepared.config.embed_dim,
-                               args["resolved"] if run_dir is not None else None)
+                               resumed=run_dir is not None, kept=kept)
         level = augment_level(options, len(prepared.train_labels))
         created = run_dir is None
         if run_dir is None:
@@ -194,7 +206,13 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
             raise
         trainer.setup_seconds = time.perf_counter() - started  # recorded with a --time-budget
         if state is not None:
-            trainer.load_state(state)
+            try:
+                trainer.load_state(state)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                from vitcli.training.resume import damage
+
+                raise VitError(f"{run_dir / 'state.json'}: corrupt training state: "
+                               f"{damage(exc)}") from None
             then = args["resolved"].get("data_fingerprint")
             if then and then != prepared.data_fingerprint:
                 emit("message", level="warning", text=(
@@ -222,10 +240,11 @@ def _run(options: TrainOptions, *, run_dir: Path | None,
         shutdown_distributed(env, wait_for_all=finished)
 
 
-def _ended(run_dir: Path, state: Any, options: TrainOptions) -> tuple[str, TrainResult] | None:
-    """(the one line to say, the run's result) when the saved state is at the end of its
-    schedule, or was stopped early by --patience: --resume then has nothing to do, and
-    rewrites nothing (no new calibration)."""
+def _ended(run_dir: Path, state: Any,
+           options: TrainOptions) -> tuple[str, TrainResult, str] | None:
+    """(what to say, the run's result, the command that trains further) when the saved
+    state is at the end of its schedule, or was stopped early by --patience: --resume then
+    has nothing to do, and rewrites nothing (no new calibration)."""
     import shlex
 
     from vitcli.training.optim import WarmupDecay
@@ -242,33 +261,33 @@ def _ended(run_dir: Path, state: Any, options: TrainOptions) -> tuple[str, Train
     again = shlex.join(["vit", "train", "--data", options.data or "DATA", "--init", str(best)])
     why = f", stopped early by --patience {options.patience}" if step < total else ""
     line = (f"{run_dir} already ended at step {step:,} (epoch {info.get('epochs_done', '?')}"
-            f"{why}): "
-            f"nothing to resume. To train further, start a new run from its weights: {again}")
+            f"{why}): nothing to resume. To train further, start a new run from its weights:")
     result = TrainResult(
         run_dir=run_dir, stopped="early_stop" if why else "completed",
         epochs=int(info.get("epochs_done", 0)), steps=step, seconds=float(info.get("seconds", 0.0)), best_top1=info.get("best_top1"),
         best_epoch=info.get("best_epoch"), best_path=best,
         last_path=run_dir / "weights" / "last.safetensors", last_row=None, num_train=0,
         num_val=0, options=options, already_ended=True)
-    return line, result
+    return line, result, again
 
 
-def _precision(options: TrainOptions, device: Any, embed_dim: int,
-               resolved: dict[str, Any] | None) -> Any:
+def _precision(options: TrainOptions, device: Any, embed_dim: int, *, resumed: bool,
+               kept: tuple[str, str] | None) -> Any:
     """The run's precision: chosen now for a new run, the recorded one for a resumed run.
 
-    A resumed run keeps what it trained at, whatever `auto` would pick on this machine (the
-    optimiser state and the loss curve continue as they were). Runs saved before
-    --precision trained as `autocast_dtype` did then: bf16 on CUDA, fp32 elsewhere.
+    A resumed run keeps what it trained at (`kept`, checked by resume.recorded_precision),
+    whatever `auto` would pick on this machine: the optimiser state and the loss curve
+    continue as they were. Runs saved before --precision (kept is None) trained as
+    `autocast_dtype` did then: bf16 on CUDA, fp32 elsewhere.
     """
     from vitcli.devices import Precision, autocast_dtype, choose_precision
 
-    if resolved is None:
+    if not resumed:
         return choose_precision(options.precision, device, embed_dim=embed_dim)
-    recorded = resolved.get("precision")
-    if recorded in ("fp32", "bf16"):
-        then = resolved.get("precision_reason", "")
-        return Precision(recorded, "kept from the run" + (f"; then {then}" if then else ""))
+    if kept is not None:
+        from vitcli.training.resume import kept_reason
+
+        return Precision(kept[0], kept_reason(kept[1]))
     legacy = "bf16" if autocast_dtype(device) is not None else "fp32"
     return Precision(legacy, "run saved before --precision: as it trained then")
 

@@ -1,0 +1,130 @@
+"""What `vit train --resume` reads from a run folder, checked before anything is written.
+
+A run folder holds what its run trained with: args.json's `options` (what was asked, with
+the recipe's choices filled in) and `resolved` (what was decided: the architecture, the
+preprocessing, the precision). A resumed run continues with exactly those, so a value that
+is damaged there (hand-edited, truncated) is refused in one line naming the file, never
+replaced by a default that would quietly train the rest of the run differently. The one
+fallback is for run folders written before an option existed: they lack its keys entirely.
+
+The precision has one source of truth, args.json's `resolved.precision`; state.json repeats
+it beside the tensors it describes, and the two must agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vitcli.errors import VitError
+from vitcli.training.recipe import TrainOptions
+
+# Options the recipe fills in when a run starts (TrainOptions.with_defaults_for) and
+# args.json records resolved: null there would let the recipe decide again, perhaps otherwise.
+RECORDED = ("optimizer", "schedule", "batch_size", "lr", "label_smoothing")
+# Options a run folder may lack because it was written before the option existed, and the
+# value such a run trained with.
+BEFORE_THE_OPTION = {"optimizer": "adamw", "schedule": "cosine"}
+PRECISION_NAMES = ("fp32", "bf16")
+_LOCAL_PATHS = ("data", "val", "init", "cache_dir")
+
+
+def damage(exc: BaseException) -> str:
+    """An exception met while reading a file, as words (never a Python repr)."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"no {exc.args[0]!r} entry"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def saved_options(run_dir: Path) -> tuple[TrainOptions, dict[str, Any]]:
+    """(the run's options, args.json as read): checked as a new run's are, or a VitError
+    'RUN/args.json: corrupt run options: …'."""
+    from vitcli.training.runs import read_json
+
+    path = run_dir / "args.json"
+    args = read_json(path)
+    try:
+        if not isinstance(args, dict) or not isinstance(args.get("options"), dict):
+            raise ValueError("no options object")
+        saved = dict(args["options"])
+        for key in RECORDED:
+            if key in saved and saved[key] is None:
+                raise ValueError(f"{key} is null; a run records the value it trains with")
+        for key, value in BEFORE_THE_OPTION.items():
+            saved.setdefault(key, value)
+        saved.setdefault("precision", "auto")  # before --precision: see recorded_precision
+        options = TrainOptions.from_dict(saved)
+        options.check()  # a hand-edited value of the wrong type fails here, as one line
+    except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
+        # A stored value out of range is a damaged file here, not a command-line mistake.
+        raise VitError(f"{path}: corrupt run options: {damage(exc)}") from None
+    if not isinstance(args.get("resolved"), dict):
+        raise VitError(f"{path}: corrupt run settings: no resolved object")
+    return options, args
+
+
+def recorded_precision(run_dir: Path, args: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, why it was chosen) that the run trained at, from args.json; None for a run
+    saved before --precision (no precision anywhere in its folder).
+
+    A value other than fp32 or bf16 (bf17, BF16, null, "") is a damaged file, and so is a
+    state.json whose precision differs from args.json's: either is one VitError naming the
+    file, before anything is rewritten.
+    """
+    from vitcli.training.runs import STATE_FILE, read_json
+
+    path, resolved = run_dir / "args.json", args["resolved"]
+    state_path = run_dir / STATE_FILE
+    state = read_json(state_path) if state_path.is_file() else {}
+    in_state = isinstance(state, dict) and "precision" in state
+    if not (in_state or "precision" in resolved or "precision_reason" in resolved
+            or "precision" in args["options"]):
+        return None  # written before --precision existed
+    if "precision" not in resolved:
+        raise VitError(f"{path}: corrupt run settings: no recorded precision (resolved."
+                       "precision), though the run was saved with --precision")
+    name = resolved["precision"]
+    if name not in PRECISION_NAMES:
+        raise VitError(f"{path}: corrupt run settings: the recorded precision "
+                       f"(resolved.precision) is {_quoted(name)}, not fp32 or bf16")
+    reason = resolved.get("precision_reason", "")
+    if not isinstance(reason, str):
+        raise VitError(f"{path}: corrupt run settings: resolved.precision_reason is "
+                       f"{_quoted(reason)}, not text")
+    if in_state and state["precision"] != name:
+        raise VitError(f"{state_path}: corrupt training state: its precision is "
+                       f"{_quoted(state['precision'])}, but args.json records {name}")
+    return name, reason
+
+
+def kept_reason(reason: str) -> str:
+    """Why a resumed run runs at the precision it recorded, in the words of its start:
+    'kept from the run, where auto chose it: AMX-BF16 at width 192'."""
+    if reason.startswith("auto: "):
+        return f"kept from the run, where auto chose it: {reason.removeprefix('auto: ')}"
+    if reason.startswith("asked for"):
+        return "kept from the run, which asked for it"
+    return "kept from the run"
+
+
+def paths_from_here(options: TrainOptions) -> TrainOptions:
+    """The options with the run's recorded absolute paths shown relative to the current
+    folder when they lie inside it (files.shown_path's rule), as the user would type them:
+    `folder shapes/`, not `folder /home/me/project/shapes/`. The same places: reading
+    them from here is the same as reading the absolute paths."""
+    import dataclasses
+
+    from vitcli.files import shown_path
+
+    here = os.getcwd()
+    paths = {key: shown_path(value, here) for key in _LOCAL_PATHS
+             if isinstance(value := getattr(options, key), str) and os.path.isabs(value)}
+    return dataclasses.replace(options, **paths)
+
+
+def _quoted(value: Any) -> str:
+    if value is None:
+        return "null"
+    return f"{value!r}" if isinstance(value, str) else str(value)
