@@ -107,6 +107,8 @@ def test_bad_run_options_are_said_in_words_not_as_a_python_repr(stopped_run):
         (lambda a: a.pop("resolved"), "corrupt run settings: no resolved object"),
         (lambda a: a["resolved"].__setitem__("precision_reason", 5),
          "precision_reason is 5, not text"),
+        (lambda a: a["resolved"].__setitem__("data_fingerprint", 7),
+         "resolved.data_fingerprint is 7, not text"),
     ]
     good = (stopped_run / "args.json").read_text()
     for change, words in cases:
@@ -118,11 +120,24 @@ def test_bad_run_options_are_said_in_words_not_as_a_python_repr(stopped_run):
         assert not re.search(r"\w+Error\(", result.output), result.output
 
 
-def test_damaged_state_counters_are_one_line(stopped_run):
-    edit_json(stopped_run / "state.json", lambda s: s.pop("batch_size"))
+@pytest.mark.parametrize("key, value, words", [
+    ("batch_size", None, "no 'batch_size' entry"),  # None: the key removed
+    ("seconds", "abc", "seconds is 'abc', not a number of 0 or more"),
+    ("step", -3, "step is -3, not a whole number of 0 or more"),
+    ("best_top1", "high", "best_top1 is 'high', not a number"),
+    ("budget_fitted", "yes", "budget_fitted is 'yes', not true or false"),
+    ("schedule", [], "schedule is [], not an object"),
+])
+def test_damaged_state_counters_are_one_line_before_anything_runs(stopped_run, key, value,
+                                                                  words):
+    """A missing counter was a KeyError traceback; "seconds": "abc" failed mid-run."""
+    edit_json(stopped_run / "state.json",
+              lambda s: s.pop(key) if value is None else s.__setitem__(key, value))
+    before = files_of(stopped_run)
     result = invoke("--resume", str(stopped_run))
     assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
-    assert "state.json: corrupt training state: no 'batch_size' entry" in result.output
+    assert f"state.json: corrupt training state: {words}" in result.output, result.output
+    assert files_of(stopped_run) == before
 
 
 def test_a_run_from_before_the_precision_option_still_resumes(stopped_run, monkeypatch):
@@ -227,8 +242,7 @@ def test_every_choice_option_takes_any_case_and_keeps_the_lower_case_name():
             for typed in (value.upper(), value.title(), value):
                 opts = TrainOptions(data="x", **{name: typed})
                 assert getattr(opts, name) == value, (name, typed)
-        with pytest.raises(UsageError, match=f"--{name.replace('_', '-')} (must be one of|"
-                                             "accepts only)"):
+        with pytest.raises(UsageError, match=f"--{name.replace('_', '-')} (must be|accepts)"):
             TrainOptions(data="x", **{name: "Nonsense"}).check()
     assert TrainOptions(data="x", device="CUDA:1").device == "cuda:1"
     assert TrainOptions(data="x", model="ViT-Ti16").model == "vit-ti16"
@@ -265,7 +279,7 @@ def test_other_commands_take_their_choices_in_any_case(tiny_model_file, image_fo
     assert evaluated.exit_code == 0, evaluated.output
     refused = runner.invoke(app, ["predict", str(image), "--model", str(tiny_model_file),
                                   "--unknown", "maybe"])
-    assert refused.exit_code == 2 and "--unknown must be one of on, off, not 'maybe'" \
+    assert refused.exit_code == 2 and "--unknown must be on or off, not 'maybe'" \
         in refused.output
 
 

@@ -50,12 +50,15 @@ def canonical_choice(value: object, choices: Iterable[str]) -> object:
 
 def check_choice(flag: str, value: object, choices: Iterable[str]) -> str:
     """The canonical name of `value` among `choices` (case ignored), or a UsageError
-    "--flag must be one of a, b, c, not 'x'" naming the value as it was given."""
+    "--flag must be one of a, b, c, not 'x'" ("must be a or b" for two) naming the value as
+    it was given."""
     choices = tuple(choices)
     key = canonical_choice(value, choices)
     if not isinstance(key, str) or key not in choices:
         if len(choices) == 1:
             raise UsageError(f"{flag} accepts only {choices[0]!r}, not {value!r}")
+        if len(choices) == 2:
+            raise UsageError(f"{flag} must be {choices[0]} or {choices[1]}, not {value!r}")
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
     return key
 

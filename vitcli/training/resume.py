@@ -8,7 +8,8 @@ replaced by a default that would quietly train the rest of the run differently. 
 fallback is for run folders written before an option existed: they lack its keys entirely.
 
 The precision has one source of truth, args.json's `resolved.precision`; state.json repeats
-it beside the tensors it describes, and the two must agree.
+it beside the tensors it describes, and the two must agree. state.json's counters are
+checked for their types before the run starts, not met mid-run.
 """
 
 from __future__ import annotations
@@ -60,12 +61,60 @@ def saved_options(run_dir: Path) -> tuple[TrainOptions, dict[str, Any]]:
     except (KeyError, TypeError, ValueError, AttributeError, VitError) as exc:
         # A stored value out of range is a damaged file here, not a command-line mistake.
         raise VitError(f"{path}: corrupt run options: {damage(exc)}") from None
-    if not isinstance(args.get("resolved"), dict):
+    resolved = args.get("resolved")
+    if not isinstance(resolved, dict):
         raise VitError(f"{path}: corrupt run settings: no resolved object")
+    for key in ("data_fingerprint", "preset", "preset_reason"):  # compared or shown
+        if resolved.get(key) is not None and not isinstance(resolved[key], str):
+            raise VitError(f"{path}: corrupt run settings: resolved.{key} is "
+                           f"{_quoted(resolved[key])}, not text")
     return options, args
 
 
-def recorded_precision(run_dir: Path, args: dict[str, Any]) -> tuple[str, str] | None:
+# state.json's counters and the type each must have when present (a missing one is said
+# where it is read); a hand-edited "seconds": "abc" failed mid-run with a TypeError.
+_WHOLE, _NUMBER = (int,), (int, float)
+STATE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (types, may be null)
+    "version": (_WHOLE, False), "step": (_WHOLE, False), "epochs_done": (_WHOLE, False),
+    "bad_epochs": (_WHOLE, False), "loss_count": (_WHOLE, False),
+    "batch_size": (_WHOLE, False), "steps_per_epoch": (_WHOLE, False),
+    "ema_updates": (_WHOLE, False), "best_epoch": (_WHOLE, True),
+    "seconds": (_NUMBER, False), "loss_sum": (_NUMBER, False), "best_top1": (_NUMBER, True),
+    "budget_fitted": ((bool,), False), "fill_last": ((bool,), False),
+    "schedule": ((dict,), False), "optimizer": ((dict,), False), "rng": ((dict,), False),
+}
+
+
+def saved_state_info(run_dir: Path) -> dict[str, Any] | None:
+    """state.json's facts with each counter of the right type, or None when the run has not
+    saved one yet (said later, where the state is loaded); a VitError naming the file."""
+    import math
+
+    from vitcli.training.runs import STATE_FILE, read_json
+
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise VitError(f"{path}: corrupt training state: not a JSON object")
+    for key, (types, nullable) in STATE_FIELDS.items():
+        if key not in info or (nullable and info[key] is None):
+            continue
+        value = info[key]
+        wrong = (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+                 or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                     and (not math.isfinite(value) or value < 0)))
+        if wrong:
+            kind = {_WHOLE: "a whole number of 0 or more", _NUMBER: "a number of 0 or more",
+                    (bool,): "true or false", (dict,): "an object"}[types]
+            raise VitError(f"{path}: corrupt training state: {key} is {_quoted(value)}, "
+                           f"not {kind}")
+    return info
+
+
+def recorded_precision(run_dir: Path, args: dict[str, Any],
+                       state: dict[str, Any] | None) -> tuple[str, str] | None:
     """(name, why it was chosen) that the run trained at, from args.json; None for a run
     saved before --precision (no precision anywhere in its folder).
 
@@ -73,12 +122,12 @@ def recorded_precision(run_dir: Path, args: dict[str, Any]) -> tuple[str, str] |
     state.json whose precision differs from args.json's: either is one VitError naming the
     file, before anything is rewritten.
     """
-    from vitcli.training.runs import STATE_FILE, read_json
+    from vitcli.training.runs import STATE_FILE
 
     path, resolved = run_dir / "args.json", args["resolved"]
     state_path = run_dir / STATE_FILE
-    state = read_json(state_path) if state_path.is_file() else {}
-    in_state = isinstance(state, dict) and "precision" in state
+    state = state or {}
+    in_state = "precision" in state
     if not (in_state or "precision" in resolved or "precision_reason" in resolved
             or "precision" in args["options"]):
         return None  # written before --precision existed

@@ -50,7 +50,12 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
     import dataclasses
 
     from vitcli.errors import UsageError
-    from vitcli.training.resume import paths_from_here, recorded_precision, saved_options
+    from vitcli.training.resume import (
+        paths_from_here,
+        recorded_precision,
+        saved_options,
+        saved_state_info,
+    )
 
     run_dir = Path(run_dir)
     # In the order a user reads them: the folder, its files, then the options given with it
@@ -60,7 +65,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
             raise UsageError(f"--resume {run_dir}: no such folder")
         raise UsageError(f"--resume {run_dir}: not a vitcli run folder (no args.json)")
     options, args = saved_options(run_dir)
-    kept = recorded_precision(run_dir, args)
+    kept = recorded_precision(run_dir, args, saved_state_info(run_dir))
     given = dict(given or {})
     unknown = sorted(set(given) - set(TrainOptions.__dataclass_fields__))
     if unknown:
