@@ -177,5 +177,5 @@ def test_muon_on_a_torch_without_it_and_unknown_optimizers_are_one_line(monkeypa
     monkeypatch.delattr(torch.optim, "Muon", raising=False)
     with pytest.raises(UsageError, match="needs torch 2.9 or newer"):
         build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="muon")
-    with pytest.raises(UsageError, match="adamw, muon"):
+    with pytest.raises(UsageError, match="must be adamw or muon, not .sgd."):
         build_optimizer(model, lr=1e-3, weight_decay=0.05, kind="sgd")
