@@ -994,6 +994,15 @@ def test_a_budget_shorter_than_start_up_stops_at_the_first_step_and_says_so(
     from vitcli.model.checkpoint import read_metadata
 
     monkeypatch.setenv("COLUMNS", "300")
+    import vitcli.training.setup
+
+    prepare = vitcli.training.setup.prepare
+
+    def slow_prepare(*args, **kwargs):  # warm caches (earlier tests) set up in < 0.06 s
+        time.sleep(0.1)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(vitcli.training.setup, "prepare", slow_prepare)
     o = options(tmp_path, bars, epochs=10_000, batch_size=6, time_budget=0.001)  # 0.06 s
     run = CliRunner().invoke(app, ["train", *cli_flags(o), "--time-budget", "0.001"])
     assert run.exit_code == 0 and "Traceback" not in run.output, run.output
