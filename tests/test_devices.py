@@ -27,7 +27,7 @@ def test_auto_picks_bf16_on_a_cpu_with_bf16_units_for_wide_models_only(units):
     wide = choose_precision("auto", CPU, embed_dim=BF16_MIN_EMBED_DIM, bf16_units=units)
     assert wide.name == "bf16" and wide.dtype is torch.bfloat16 and units in wide.reason
     narrow = choose_precision("auto", CPU, embed_dim=BF16_MIN_EMBED_DIM - 1, bf16_units=units)
-    assert narrow.name == "fp32" and narrow.dtype is None and "does not pay" in narrow.reason
+    assert narrow.name == "fp32" and narrow.dtype is None and "from width 192 up" in narrow.reason
 
 
 def test_auto_is_fp32_on_a_cpu_without_bf16_units_whatever_the_width():

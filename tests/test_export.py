@@ -472,7 +472,7 @@ def test_int8_files_precision_is_checked_and_recorded_by_predict(exported, tmp_p
 
 @pytest.mark.parametrize(("precision", "units", "width", "listed", "why"), [
     ("auto", "AMX-BF16", 192, True, "auto: AMX-BF16 at width 192"),
-    ("auto", "AMX-BF16", 32, False, "does not pay below width 192"),
+    ("auto", "AMX-BF16", 32, False, "bf16 from width 192 up"),
     ("auto", None, 192, False, "this CPU has no bf16 matrix units"),
     ("bf16", None, 32, True, "asked for"),
     ("bf16", "AMX-BF16", 32, True, "asked for"),
@@ -517,7 +517,7 @@ def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypa
     assert "warning: PyTorch bf16 (what --precision auto picks) is slower than fp32" in out
     out = _latency_output(capsys, monkeypatch, ms={"pytorch": 10.0, "onnx fp32": 5.0},
                           runs={"pytorch": 20, "onnx fp32": 20}, threads=1,
-                          bf16="auto: AMX-BF16 does not pay below width 192, and this "
+                          bf16="auto: bf16 from width 192 up on AMX-BF16, and this "
                                "model is 80 wide")
     assert "bf16 autocast" not in out and "median of 20 timed runs, 1 thread for" in out
     assert "no PyTorch bf16 row: --precision auto runs this model in fp32" in out

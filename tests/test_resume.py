@@ -307,7 +307,7 @@ def test_every_line_of_vit_train_reads_at_80_columns(stopped_run, monkeypatch):
         for line in output.splitlines():
             assert len(line) <= 80, f"{len(line)} columns: {line!r}"
     text = " ".join(" ".join(runs).split())  # lines joined at their breaks
-    for sentence in ("precision fp32 (auto: AMX-BF16 does not pay below width 192, and this "
+    for sentence in ("precision fp32 (auto: bf16 from width 192 up on AMX-BF16, and this "
                      "model is 32 wide)",
                      "precision bf16 (kept from the run, which asked for it)",
                      "unknown beyond score",
