@@ -97,7 +97,7 @@ def test_temperature_travels_into_the_onnx_graph(tmp_path: Path, tiny_model):
     from vitcli.deploy.backends import open_backend
     from vitcli.deploy.export import export_onnx
     from vitcli.deploy.onnx_checks import random_inputs
-    from vitcli.evaluation.evaluate import softmax
+    from vitcli.evaluation.metrics import softmax
     from vitcli.model.checkpoint import load_model, save_model
 
     path = save_model(tmp_path / "m.safetensors", tiny_model, class_names=CLASSES,

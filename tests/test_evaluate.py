@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 
 from vitcli.errors import VitError
-from vitcli.evaluation.evaluate import (
-    compute_metrics,
-    confusion_matrix,
-    map_labels,
-    predict_logits,
-    top_k_accuracy,
-)
+from vitcli.evaluation.evaluate import map_labels, predict_logits
+from vitcli.evaluation.metrics import compute_metrics, confusion_matrix, top_k_accuracy
 
 NAMES = ["a", "b", "c", "d"]
 # Six images; logits are log-probabilities so the loss is -mean(log p[true]).

@@ -93,7 +93,7 @@ def test_onnx_gives_the_same_answers_as_pytorch(trained):
     import onnx
 
     from vitcli.deploy.backends import ONNX_SCORE, open_backend
-    from vitcli.evaluation.evaluate import softmax
+    from vitcli.evaluation.metrics import softmax
 
     path, onnx_path, trust, sets, _, _ = trained
     graph = onnx.load(str(onnx_path)).graph

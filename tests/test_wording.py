@@ -102,7 +102,8 @@ def test_scores_print_with_two_decimals_or_enough_to_compare():
 def _eval_report(threshold: float):
     import numpy as np
 
-    from vitcli.evaluation.evaluate import EvalReport, compute_metrics
+    from vitcli.evaluation.evaluate import EvalReport
+    from vitcli.evaluation.metrics import compute_metrics
 
     logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     metrics = compute_metrics(logits, np.array([0, 1, 1]), ["a", "b"])

@@ -19,7 +19,8 @@ from vitcli.commands._common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from vitcli.evaluation.evaluate import EvalReport, Metrics
+    from vitcli.evaluation.evaluate import EvalReport
+    from vitcli.evaluation.metrics import Metrics
 
 CONFUSION_MAX_CLASSES = 12  # a wider Rich matrix no longer fits a terminal
 PER_CLASS_MAX_ROWS = 40

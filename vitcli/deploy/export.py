@@ -408,7 +408,7 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
         got = int8.logits(x)
         if got.shape != ref.shape or not np.isfinite(got).all():
             raise VitError("int8 model gives malformed output; nothing was written")
-        from vitcli.evaluation.evaluate import softmax
+        from vitcli.evaluation.metrics import softmax
 
         report.int8_max_prob_diff = float(np.abs(softmax(ref) - softmax(got)).max())
         if data is not None and report.data is not None:

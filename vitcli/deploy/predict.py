@@ -26,7 +26,8 @@ from vitcli.data.discovery import (
 )
 from vitcli.deploy.backends import Backend
 from vitcli.errors import UsageError, VitError
-from vitcli.evaluation.evaluate import check_finite_outputs, softmax
+from vitcli.evaluation.evaluate import check_finite_outputs
+from vitcli.evaluation.metrics import softmax
 from vitcli.images import is_image_path
 from vitcli.model.ood import UNKNOWN
 

@@ -666,7 +666,8 @@ class Trainer:
         """(loss, top-1, top-5) on the validation set, each rank predicting its share."""
         if self.data.val_pixels is None:
             return None
-        from vitcli.evaluation.evaluate import compute_metrics, predict_logits
+        from vitcli.evaluation.evaluate import predict_logits
+        from vitcli.evaluation.metrics import compute_metrics
 
         model = self.ema.module if self.ema is not None else self.model
         pre = self.data.preprocessing

@@ -265,7 +265,8 @@ def write_plots(run_dir: Path, rows: list[dict[str, Any]], data: Prepared, *,
     The best model is read back from its file, so the figure shows exactly what
     `vit eval` on the same data would.
     """
-    from vitcli.evaluation.evaluate import compute_metrics, predict_logits
+    from vitcli.evaluation.evaluate import predict_logits
+    from vitcli.evaluation.metrics import compute_metrics
     from vitcli.evaluation.plots import plot_confusion, plot_curves
     from vitcli.model.checkpoint import load_model
 
