@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from vitcli.model.config import ViTConfig, get_preset
+from vitcli.model.config import ViTConfig
+from vitcli.model.presets import get_preset
 from vitcli.model.vit import VisionTransformer
 
 CASES = [("vit-ti16", 224, 8), ("vit-nano", 32, 64)]  # preset, image size, default batch

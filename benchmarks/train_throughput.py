@@ -51,7 +51,7 @@ def _rss_kib() -> int:
 
 def build(impl: str, preset: str):
     """The model of `impl` with the preset's architecture; returns (model, forward fn)."""
-    from vitcli.model.config import get_preset
+    from vitcli.model.presets import get_preset
 
     c = get_preset(preset).config.replace(num_classes=NUM_CLASSES)
     if impl == "vitcli":
@@ -196,7 +196,7 @@ def user_train(args: argparse.Namespace, preset: str, batch: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from vitcli.model.config import get_preset
+    from vitcli.model.presets import get_preset
     from vitcli.training.recipe import TrainOptions
     from vitcli.training.trainer import train
 

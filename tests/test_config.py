@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from vitcli.errors import UsageError
-from vitcli.model.config import (
-    PRESETS,
-    ViTConfig,
-    count_macs,
-    count_params,
-    get_preset,
-    gflops,
-    nearest_sizes,
-)
+from vitcli.model.config import ViTConfig, count_macs, count_params, gflops, nearest_sizes
+from vitcli.model.presets import PRESETS, get_preset
 from vitcli.model.vit import VisionTransformer, num_params
 
 # Published counts at 224 px with a 1000-class head, as timm counts them.

@@ -9,7 +9,8 @@ import torch
 from conftest import TINY
 
 from vitcli.errors import UsageError
-from vitcli.model.config import PRESETS, ViTConfig
+from vitcli.model.config import ViTConfig
+from vitcli.model.presets import PRESETS
 from vitcli.model.vit import (
     VisionTransformer,
     create_model,

@@ -22,7 +22,8 @@ def models(
     from rich.table import Table
 
     from vitcli.commands._common import console
-    from vitcli.model.config import PRESETS, count_params, gflops
+    from vitcli.model.config import count_params, gflops
+    from vitcli.model.presets import PRESETS
 
     table = Table(title="vitcli model presets", box=box.SIMPLE_HEAD, pad_edge=False,
                   padding=(0, 1), collapse_padding=True)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from vitcli.errors import UsageError, plural
-from vitcli.model.config import TINY_IMAGE_MAX
+from vitcli.model.presets import TINY_IMAGE_MAX
 
 AUGMENT_LEVELS = ("none", "light", "strong")
 GEOMETRIC_OPS = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")

@@ -19,16 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vitcli.errors import UsageError, VitError, plural
 from vitcli.images import open_image
-from vitcli.model.config import (
-    PRESETS,
-    Preset,
-    ViTConfig,
-    count_params,
-    get_preset,
-    gflops,
-    size_mismatch,
-)
+from vitcli.model.config import ViTConfig, count_params, gflops, size_mismatch
 from vitcli.model.preprocess import Preprocessing
+from vitcli.model.presets import PRESETS, Preset, get_preset
 
 MAX_PATCHES = 4096  # beyond this the pictures are unreadable and huge
 _MIN_CELL_PX = 44  # a grid cell this wide holds a 3-4 digit number legibly

@@ -378,7 +378,7 @@ def create_model(name: str | None = None, **overrides: object) -> VisionTransfor
 
     >>> create_model("vit-b16", num_classes=10)
     """
-    from vitcli.model.config import get_preset
+    from vitcli.model.presets import get_preset
 
     base = get_preset(name).config if name else ViTConfig()
     return VisionTransformer(base.replace(**overrides))

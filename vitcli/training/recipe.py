@@ -21,15 +21,9 @@ from typing import Any
 
 from vitcli.devices import PRECISIONS
 from vitcli.errors import UsageError, canonical_choice, check_choice, plural
-from vitcli.model.config import (
-    PATCH_EMBEDS,
-    POOLINGS,
-    POS_EMBEDS,
-    TINY_IMAGE_MAX,
-    ViTConfig,
-    get_preset,
-)
+from vitcli.model.config import PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
+from vitcli.model.presets import TINY_IMAGE_MAX, get_preset
 
 SMALL_IMAGE_MAX = 64  # px; at or below this, images are trained at (about) their own size
 # Model options layered over the preset for small images trained from scratch (the small-data
@@ -152,7 +146,7 @@ class TrainOptions:
         if isinstance(self.device, str):
             self.device = self.device.strip().lower()
         if isinstance(self.model, str):
-            from vitcli.model.config import PRESETS
+            from vitcli.model.presets import PRESETS
 
             key = self.model.lower().replace("_", "-").replace("/", "")
             self.model = key if key in PRESETS else self.model
