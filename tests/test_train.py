@@ -1065,7 +1065,7 @@ def test_resume_accepts_the_runs_own_data_however_it_is_named(tmp_path: Path, ba
 
 
 def test_resume_compares_paths_resolved_and_names_the_runs_folder(tmp_path: Path):
-    from vitcli.training.trainer import check_unchanged
+    from vitcli.training.resume import check_unchanged
 
     data = tmp_path / "data"
     data.mkdir()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vitcli.devices import Precision
-from vitcli.errors import UsageError, VitError, plural
+from vitcli.errors import UsageError, VitError, check_choice, plural
 from vitcli.model.checkpoint import save_model, unwrap_model
 from vitcli.training.budget import EpochTimes, batch_for_steps, steps_in_budget
 from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
@@ -95,9 +95,7 @@ def augment_level(options: TrainOptions, num_train: int) -> str:
 
     probe = options.freeze == "backbone"
     level = options.augment or ("none" if probe else default_level(num_train))
-    if level not in AUGMENT_LEVELS:
-        raise UsageError(f"--augment must be one of {', '.join(AUGMENT_LEVELS)}, not {level!r}")
-    return level
+    return check_choice("--augment", level, AUGMENT_LEVELS)
 
 
 class Trainer:

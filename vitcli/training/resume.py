@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vitcli.errors import VitError
+from vitcli.devices import PRECISIONS
+from vitcli.errors import UsageError, VitError
 from vitcli.training.recipe import TrainOptions
 
 # Options the recipe fills in when a run starts (TrainOptions.with_defaults_for) and
@@ -27,8 +28,10 @@ RECORDED = ("optimizer", "schedule", "batch_size", "lr", "label_smoothing")
 # Options a run folder may lack because it was written before the option existed, and the
 # value such a run trained with.
 BEFORE_THE_OPTION = {"optimizer": "adamw", "schedule": "cosine"}
-PRECISION_NAMES = ("fp32", "bf16")
-_LOCAL_PATHS = ("data", "val", "init", "cache_dir")
+PRECISION_NAMES = tuple(p for p in PRECISIONS if p != "auto")  # what a run trains at
+_LOCAL_PATHS = ("data", "val", "init", "cache_dir")  # recorded absolute, shown from here
+MAY_CHANGE = ("device", "threads")  # what --resume may change; every other option is the run's
+_PATHS = (*_LOCAL_PATHS, "project")  # compared resolved by check_unchanged
 
 
 def damage(exc: BaseException) -> str:
@@ -165,12 +168,66 @@ def paths_from_here(options: TrainOptions) -> TrainOptions:
     them from here is the same as reading the absolute paths."""
     import dataclasses
 
+    paths = {key: path_from_here(value) for key in _LOCAL_PATHS
+             if isinstance(value := getattr(options, key), str)}
+    return dataclasses.replace(options, **paths)
+
+
+def path_from_here(path: str) -> str:
+    """A recorded absolute path relative to the current folder when it lies inside it
+    (files.shown_path's rule); any other path as it is."""
     from vitcli.files import shown_path
 
-    here = os.getcwd()
-    paths = {key: shown_path(value, here) for key in _LOCAL_PATHS
-             if isinstance(value := getattr(options, key), str) and os.path.isabs(value)}
-    return dataclasses.replace(options, **paths)
+    return shown_path(path, os.getcwd()) if os.path.isabs(path) else path
+
+
+def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path) -> None:
+    """Refuse options given with --resume that differ from the run's own, in one line.
+
+    A resumed run continues exactly as it began (its data, schedule and optimiser state go
+    together), so an option may be repeated but not changed. Paths count as the same when
+    they resolve to the same place (`--data ./shapes` for a run that recorded
+    /home/me/shapes); --name and --project may also name the run folder being resumed.
+    """
+    changed = [(key, value) for key, value in sorted(given.items())
+               if key not in MAY_CHANGE and not _same(key, value, getattr(saved, key), run_dir)]
+    if not changed:
+        return
+    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(key, getattr(saved, key))})"
+                       for key, value in changed)
+    raise UsageError(f"--resume {run_dir} keeps the run's own options: {listed} cannot "
+                     "change; only --device and --threads may (start a new run to change "
+                     "the others)")
+
+
+def _same(key: str, value: Any, saved: Any, run_dir: Path) -> bool:
+    if value == saved:
+        return True
+    if key == "name":
+        return value == run_dir.name
+    if key in _PATHS and isinstance(value, str):
+        here = Path(value).expanduser().resolve()
+        if key == "project" and here == run_dir.resolve().parent:
+            return True
+        return isinstance(saved, str) and Path(saved).expanduser().resolve() == here
+    return False
+
+
+def _flag(key: str, value: Any) -> str:
+    flag = "--" + key.replace("_", "-")
+    return flag if value is True else f"{flag} {value}"
+
+
+def _shown(key: str, value: Any) -> str:
+    """The run's value as a user would type it: a recorded path relative to the current
+    folder when it lies inside it (path_from_here)."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if key in _PATHS and isinstance(value, str):
+        return path_from_here(value)
+    return str(value)
 
 
 def _quoted(value: Any) -> str:

@@ -51,6 +51,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
 
     from vitcli.errors import UsageError
     from vitcli.training.resume import (
+        check_unchanged,
         paths_from_here,
         recorded_precision,
         saved_options,
@@ -77,65 +78,6 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
     options.device = (device or options.device).lower()
     options.threads = options.threads if threads is None else threads
     return _run(options, run_dir=run_dir, on_event=on_event, kept=kept)
-
-
-MAY_CHANGE = ("device", "threads")  # what --resume may change; every other option is the run's
-_PATHS = ("data", "val", "init", "cache_dir", "project")
-
-
-def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path) -> None:
-    """Refuse options given with --resume that differ from the run's own, in one line.
-
-    A resumed run continues exactly as it began (its data, schedule and optimiser state go
-    together), so an option may be repeated but not changed. Paths count as the same when
-    they resolve to the same place (`--data ./shapes` for a run that recorded
-    /home/me/shapes); --name and --project may also name the run folder being resumed.
-    """
-    changed = [(key, value) for key, value in sorted(given.items())
-               if key not in MAY_CHANGE and not _same(key, value, getattr(saved, key), run_dir)]
-    if not changed:
-        return
-    from vitcli.errors import UsageError
-
-    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(key, getattr(saved, key))})"
-                       for key, value in changed)
-    raise UsageError(f"--resume {run_dir} keeps the run's own options: {listed} cannot "
-                     "change; only --device and --threads may (start a new run to change "
-                     "the others)")
-
-
-def _same(key: str, value: Any, saved: Any, run_dir: Path) -> bool:
-    if value == saved:
-        return True
-    if key == "name":
-        return value == run_dir.name
-    if key in _PATHS and isinstance(value, str):
-        here = Path(value).expanduser().resolve()
-        if key == "project" and here == run_dir.resolve().parent:
-            return True
-        return isinstance(saved, str) and Path(saved).expanduser().resolve() == here
-    return False
-
-
-def _flag(key: str, value: Any) -> str:
-    flag = "--" + key.replace("_", "-")
-    return flag if value is True else f"{flag} {value}"
-
-
-def _shown(key: str, value: Any) -> str:
-    """The run's value as a user would type it: a recorded path relative to the current
-    folder when it lies inside it (resume.paths_from_here's rule)."""
-    if value is None:
-        return "not set"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if key in _PATHS and isinstance(value, str):
-        import os
-
-        from vitcli.files import shown_path
-
-        return shown_path(value, os.getcwd()) if os.path.isabs(value) else value
-    return str(value)
 
 
 def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback | None,
