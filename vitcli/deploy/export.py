@@ -70,7 +70,6 @@ class ExportReport:
     latency: Latency | None = None  # batch 1, per back end, timed as vit predict runs them
     data: DataCheck | None = None
 
-
     @property
     def latency_ms(self) -> dict[str, float]:
         """{back end: median batch-1 ms} ("pytorch" is fp32 eager, the reference)."""
