@@ -7,8 +7,9 @@ PyTorch eager fp32 (the reference), PyTorch under bf16 autocast (only where the 
 matrix units), onnxruntime fp32 and onnxruntime int8 (both from `vit export --onnx --int8`),
 all with the same number of threads: four rows on a CPU with bf16 units, three elsewhere.
 The script also says which of the two PyTorch rows `vit eval` and `vit predict --precision
-auto` run for this model here (`vitcli.devices.choose_precision`: bf16 only for models at
-least BF16_MIN_EMBED_DIM wide). Reports batch-1 latency and batch-32 throughput, and with
+auto` run for this model here, at batch 1 and at --batch (`vitcli.devices.choose_precision`:
+bf16 only for batches of at least BF16_MIN_MACS multiply-accumulates). Reports batch-1
+latency and batch-32 throughput, and with
 --data each one's accuracy and top-1 agreement.
 
 The back ends take turns over --rounds rounds (the speed of a shared machine drifts by
@@ -144,6 +145,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     from vitcli.deploy.export import export_onnx
     from vitcli.deploy.onnx_checks import median_seconds, random_inputs
     from vitcli.devices import choose_precision, cpu_bf16_units
+    from vitcli.model.config import call_macs
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -173,7 +175,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> None:
     speedups = {name: [float(r) for r in np.divide(base, latency[name])] for name in backends}
     rows = [(name, 1000 * float(np.median(latency[name])), speedups[name],
              args.batch / float(np.median(batch_s[name])), sizes[name]) for name in backends]
-    auto = choose_precision("auto", torch.device("cpu"), embed_dim=mf.config.embed_dim)
+    auto = [choose_precision("auto", torch.device("cpu"), macs=call_macs(mf.config, batch))
+            for batch in (1, args.batch)]
     print_report(mf, threads, rows, report, args, auto)
 
 
@@ -190,9 +193,10 @@ def make_random_model(preset: str, workdir: Path) -> Path:
 
 
 def print_report(mf: ModelFile, threads: int, rows: list, report: ExportReport,
-                 args: argparse.Namespace, auto: Precision) -> None:
+                 args: argparse.Namespace, auto: list[Precision]) -> None:
     """Back ends as rows (latency, speed-up with its range, throughput, size), then
-    accuracy with --data, which PyTorch row `auto` runs, and the goals' verdicts."""
+    accuracy with --data, which PyTorch row `auto` runs (at batch 1, at --batch), and the
+    goals' verdicts."""
     c = mf.config
     print(f"\n{c.image_size} px, patch {c.patch_size}, width {c.embed_dim}, depth {c.depth}, "
           f"{plural(len(mf.class_names), 'class', 'classes')}; {plural(threads, 'thread')}")
@@ -208,9 +212,10 @@ def print_report(mf: ModelFile, threads: int, rows: list, report: ExportReport,
     say("ms and img/s: median of the rounds; speed-up: median of the rounds' own speed-ups "
         "over PyTorch eager fp32 (lowest–highest round), which is not the ratio of the ms "
         "column when the rounds disagree")
-    row = BF16 if auto.name == "bf16" else REFERENCE  # auto is bf16 only with bf16 units
-    say(f"`vit eval` and `vit predict --precision auto` run this model at {auto.name} "
-        f"here ({auto.reason}): the \"{row}\" row")
+    for batch, chosen in zip((1, args.batch), auto, strict=True):
+        row = BF16 if chosen.name == "bf16" else REFERENCE  # bf16 only with bf16 units
+        say(f"at batch {batch}, `vit eval` and `vit predict --precision auto` run this model "
+            f"at {chosen.name} here ({chosen.reason}): the \"{row}\" row")
     d = report.data
     if d is not None:
         print()

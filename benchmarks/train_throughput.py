@@ -69,11 +69,13 @@ def build(impl: str, preset: str):
     return ViTForImageClassification(hf), c
 
 
-def auto_precision(device, embed_dim: int):
-    """What `--precision auto` picks for this model on this machine."""
+def auto_precision(device, config, batch: int, *, training: bool):
+    """What `--precision auto` picks for this model on this machine, for a training step
+    or a forward pass of `batch` images."""
     from vitcli.devices import choose_precision
+    from vitcli.model.config import call_macs
 
-    return choose_precision("auto", device, embed_dim=embed_dim)
+    return choose_precision("auto", device, macs=call_macs(config, batch, training=training))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -98,7 +100,9 @@ def worker(args: argparse.Namespace) -> None:
     # The peer runs as its users run it on this device: fp32 eager on a CPU, bf16 autocast
     # on a GPU (as before); vitcli at fp32, or at what --precision auto picks.
     if args.impl == "vitcli-auto":
-        amp = auto_precision(device, c.embed_dim).dtype
+        training = args.task != "eval"
+        amp = auto_precision(device, c, batch if training else args.eval_batch,
+                             training=training).dtype
     elif args.impl == "vitcli-fp32" or device.type != "cuda":
         amp = None
     else:
@@ -159,6 +163,10 @@ def eval_worker(args: argparse.Namespace, model, c, device, amp, baseline: int) 
                           dtype=np.uint8)  # (B, S, S, C), as vit eval holds decoded images
     x = torch.randn(batch, c.in_channels, c.image_size, c.image_size).to(device)
     precision = "bf16" if amp is not None else "fp32"
+    if args.impl == "vitcli-auto" and amp is not None:  # as vit eval stores them
+        from vitcli.devices import bf16_weights
+
+        bf16_weights(model)
 
     def run() -> None:
         if args.impl == "vitcli-auto":  # vit eval: normalisation on the device, then the model

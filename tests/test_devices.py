@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from vitcli.devices import (
-    BF16_MIN_EMBED_DIM,
+    BF16_MIN_MACS,
     bf16_units_from_flags,
+    bf16_weights,
     check_precision,
     choose_precision,
+    gmac,
 )
 from vitcli.errors import UsageError
 
@@ -23,29 +25,56 @@ def test_bf16_units_are_read_from_cpu_flags():
 
 
 @pytest.mark.parametrize("units", ["AMX-BF16", "AVX512-BF16"])
-def test_auto_picks_bf16_on_a_cpu_with_bf16_units_for_wide_models_only(units):
-    wide = choose_precision("auto", CPU, embed_dim=BF16_MIN_EMBED_DIM, bf16_units=units)
-    assert wide.name == "bf16" and wide.dtype is torch.bfloat16 and units in wide.reason
-    narrow = choose_precision("auto", CPU, embed_dim=BF16_MIN_EMBED_DIM - 1, bf16_units=units)
-    assert narrow.name == "fp32" and narrow.dtype is None and "from width 192 up" in narrow.reason
+def test_auto_picks_bf16_on_a_cpu_with_bf16_units_for_big_enough_batches_only(units):
+    big = choose_precision("auto", CPU, macs=BF16_MIN_MACS, bf16_units=units)
+    assert big.name == "bf16" and big.dtype is torch.bfloat16
+    assert big.reason == f"auto: {units}, 1 GMAC a batch"
+    assert choose_precision("auto", CPU, macs=BF16_MIN_MACS - 1, bf16_units=units).name == "fp32"
+    small = choose_precision("auto", CPU, macs=BF16_MIN_MACS // 2, bf16_units=units)
+    assert small.name == "fp32" and small.dtype is None
+    assert small.reason == f"auto: 0.5 GMAC a batch, below the 1 GMAC from which {units} pays"
 
 
-def test_auto_is_fp32_on_a_cpu_without_bf16_units_whatever_the_width():
-    for width in (64, 192, 1024):
-        chosen = choose_precision("auto", CPU, embed_dim=width, bf16_units=None)
+@pytest.mark.parametrize(("preset", "batch", "training", "name"), [
+    # measured on 2 AMX cores (docs/precision.md): bf16 slower at the fp32 rows, faster at
+    # the bf16 ones
+    ("vit-ti16", 1, False, "bf16"),  # 1.25 GMAC: 1.3-1.5x
+    ("vit-micro", 1, False, "fp32"),  # 0.17 GMAC: 0.75-0.87x
+    ("vit-micro", 8, False, "bf16"),  # 1.3 GMAC: 1.4x
+    ("vit-pico", 64, False, "fp32"),  # 0.44 GMAC: 0.94x
+    ("vit-pico", 32, True, "fp32"),  # 0.66 GMAC a step: 0.86x
+    ("vit-pico", 256, True, "bf16"),  # 5.3 GMAC a step: 1.2x
+])
+def test_auto_follows_the_measured_work_per_call(preset, batch, training, name):
+    from vitcli.model.config import call_macs
+    from vitcli.model.presets import get_preset
+
+    config = get_preset(preset).config
+    macs = call_macs(config, batch, training=training)
+    assert choose_precision("auto", CPU, macs=macs, bf16_units="AMX-BF16").name == name
+
+
+def test_gmac_reads_at_every_size():
+    assert [gmac(m) for m in (6_838_240, 1_253_683_200, 17_563_828_224 * 3)] == \
+        ["0.0068", "1.3", "53"]
+
+
+def test_auto_is_fp32_on_a_cpu_without_bf16_units_whatever_the_work():
+    for macs in (10**6, 10**9, 10**12):
+        chosen = choose_precision("auto", CPU, macs=macs, bf16_units=None)
         assert chosen.name == "fp32" and "no bf16" in chosen.reason
 
 
 def test_explicit_precisions_are_obeyed_and_names_are_checked():
-    assert choose_precision("fp32", CPU, embed_dim=768, bf16_units="AMX-BF16").name == "fp32"
-    slow = choose_precision("BF16", CPU, embed_dim=32, bf16_units=None)
+    assert choose_precision("fp32", CPU, macs=10**12, bf16_units="AMX-BF16").name == "fp32"
+    slow = choose_precision("BF16", CPU, macs=10**6, bf16_units=None)
     assert slow.name == "bf16" and "slow" in slow.reason  # asked for: done, and said
     assert check_precision("Auto") == "auto"
     with pytest.raises(UsageError, match="--precision must be one of auto, fp32, bf16"):
-        choose_precision("fp16", CPU, embed_dim=192)
+        choose_precision("fp16", CPU, macs=10**9)
     with pytest.raises(UsageError, match="MPS"):
-        choose_precision("bf16", torch.device("mps"), embed_dim=192)
-    assert choose_precision("auto", torch.device("mps"), embed_dim=768).name == "fp32"
+        choose_precision("bf16", torch.device("mps"), macs=10**9)
+    assert choose_precision("auto", torch.device("mps"), macs=10**12).name == "fp32"
 
 
 def test_bf16_autocast_runs_a_vit_at_fp32_accuracy():
@@ -57,7 +86,7 @@ def test_bf16_autocast_runs_a_vit_at_fp32_accuracy():
     model = VisionTransformer(ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2,
                                         num_heads=2, num_classes=5)).eval()
     x = torch.randn(64, 3, 16, 16)
-    chosen = choose_precision("bf16", CPU, embed_dim=32)
+    chosen = choose_precision("bf16", CPU, macs=10**6)
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=chosen.dtype):
@@ -65,3 +94,24 @@ def test_bf16_autocast_runs_a_vit_at_fp32_accuracy():
     assert got.dtype == torch.bfloat16 and next(model.parameters()).dtype == torch.float32
     assert (got.float().argmax(1) == ref.argmax(1)).float().mean() >= 0.9
     torch.testing.assert_close(got.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_bf16_weights_give_autocasts_answers_bit_for_bit_and_leave_norms_fp32():
+    """Stored in bf16, the matrix weights are what autocast casts them to at every call."""
+    import copy
+
+    from vitcli.model.config import ViTConfig
+    from vitcli.model.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2,
+                                        num_heads=2, num_classes=5)).eval()
+    stored = bf16_weights(copy.deepcopy(model))
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), stored(x))
+    dtypes = {name: p.dtype for name, p in stored.named_parameters()}
+    assert dtypes["blocks.0.attn.qkv.weight"] == torch.bfloat16
+    assert dtypes["blocks.0.norm1.weight"] == torch.float32
+    assert dtypes["pos_embed"] == torch.float32 and dtypes["cls_token"] == torch.float32
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched

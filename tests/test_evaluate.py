@@ -187,8 +187,10 @@ def test_eval_lines_read_whole_at_80_columns(tiny_model_file, image_folder, tmp_
     import torch
 
     from vitcli.devices import choose_precision
+    from vitcli.model.config import call_macs
 
-    reason = choose_precision("auto", torch.device("cpu"), embed_dim=32).reason
+    macs = call_macs(auto_config(tiny_model_file), 24)  # the folder's 24 images, one batch
+    reason = choose_precision("auto", torch.device("cpu"), macs=macs).reason
     assert reason and any(line.endswith(f"({reason})") for line in out[1:3]), out[:3]
     err = [line.rstrip() for line in result.stderr.splitlines()]
     assert "warning: skipped 1 file that is not an image and 1 unreadable image" in err, err
@@ -313,6 +315,12 @@ def test_cli_eval_output_mistakes_are_caught_before_reading(tiny_model_file, ima
     assert "Traceback" not in result.output
 
 
+def auto_config(path):
+    from vitcli.model.checkpoint import check_model_file
+
+    return check_model_file(path).config
+
+
 def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_folder, tmp_path,
                                                        monkeypatch):
     """bf16 autocast gives the fp32 top-1 on (nearly) every image; the choice is in the JSON."""
@@ -323,9 +331,22 @@ def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_fo
     assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
     agree = (np.diag(fp32.metrics.confusion).sum(), np.diag(bf16.metrics.confusion).sum())
     assert abs(int(agree[0]) - int(agree[1])) <= 1
-    auto = evaluate(tiny_model_file, image_folder, device="cpu")  # 32 wide: fp32 everywhere
+    auto = evaluate(tiny_model_file, image_folder, device="cpu")  # tiny: fp32 everywhere
     assert auto.precision == "fp32" and auto.precision_reason.startswith("auto")
     assert auto.metrics.top1 == fp32.metrics.top1
+    # on a CPU with bf16 units `auto` weighs the batch it will run: --batch-size 256 of
+    # this model is enough work for bf16 here, the folder's 24 images are not
+    import vitcli.devices as devices
+    from vitcli.model.config import call_macs
+
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
+    monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(auto_config(tiny_model_file), 100))
+    few = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
+    assert few.precision == "fp32" and "below the" in few.precision_reason
+    monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(auto_config(tiny_model_file), 20))
+    enough = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
+    assert enough.precision == "bf16" and enough.precision_reason.startswith("auto: AMX-BF16")
+    assert np.array_equal(enough.raw_logits, bf16.raw_logits)  # the bf16 weights: same numbers
 
     result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
                    "--precision", "bf16", "--json", str(tmp_path / "r.json")],

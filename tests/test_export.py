@@ -105,8 +105,9 @@ def test_int8_agrees_with_fp32_on_labelled_images(exported):
     assert report.int8_path.exists() and report.int8_size_bytes < report.size_bytes
     assert d.int8_agreement is not None and d.int8_agreement >= 0.85
     assert abs(d.int8_accuracy - d.onnx_accuracy) <= 0.15
-    # --precision auto: no PyTorch bf16 row for a 32-wide model, which auto runs in fp32
-    # on any CPU (bf16 pays from width 192); the caption says why
+    # --precision auto: no PyTorch bf16 row for a tiny model, which auto runs in fp32 on
+    # any CPU (a batch of it is far below the 1 GMAC from which bf16 pays); the caption
+    # says why
     assert set(report.latency_ms) == {"pytorch", "onnx fp32", "onnx int8"}
     assert not report.latency.bf16_listed and report.latency.bf16.startswith("auto: ")
 
@@ -470,23 +471,25 @@ def test_int8_files_precision_is_checked_and_recorded_by_predict(exported, tmp_p
                                         "'bf17' is not a precision vitcli writes")
 
 
-@pytest.mark.parametrize(("precision", "units", "width", "listed", "why"), [
-    ("auto", "AMX-BF16", 192, True, "auto: AMX-BF16 at width 192"),
-    ("auto", "AMX-BF16", 32, False, "bf16 from width 192 up"),
-    ("auto", None, 192, False, "this CPU has no bf16 matrix units"),
-    ("bf16", None, 32, True, "asked for"),
-    ("bf16", "AMX-BF16", 32, True, "asked for"),
-    ("fp32", "AMX-BF16", 192, False, None),
+@pytest.mark.parametrize(("precision", "units", "preset", "batch", "listed", "why"), [
+    ("auto", "AMX-BF16", "vit-ti16", 1, True, "auto: AMX-BF16, 1.3 GMAC a batch"),
+    ("auto", "AMX-BF16", "vit-micro", 1, False, "0.17 GMAC a batch, below the 1 GMAC"),
+    ("auto", "AMX-BF16", "vit-micro", 32, True, "auto: AMX-BF16, 5.3 GMAC a batch"),
+    ("auto", None, "vit-ti16", 1, False, "this CPU has no bf16 matrix units"),
+    ("bf16", None, "vit-pico", 1, True, "asked for"),
+    ("bf16", "AMX-BF16", "vit-pico", 1, True, "asked for"),
+    ("fp32", "AMX-BF16", "vit-ti16", 1, False, None),
 ])
 def test_latency_lists_bf16_only_where_auto_would_run_this_model_in_bf16(
-        monkeypatch, precision, units, width, listed, why):
-    """--precision auto: the bf16 row only when auto would run THIS model (its width) in
-    bf16 here (devices.choose_precision), not whenever the CPU has bf16 units."""
+        monkeypatch, precision, units, preset, batch, listed, why):
+    """--precision auto: the bf16 row only when auto would run THIS model at the table's
+    batch in bf16 here (devices.choose_precision), not whenever the CPU has bf16 units."""
     import vitcli.devices as devices
     from vitcli.deploy.export import bf16_reference
+    from vitcli.model.presets import get_preset
 
     monkeypatch.setattr(devices, "cpu_bf16_units", lambda: units)
-    got_listed, got_why = bf16_reference(precision, width)
+    got_listed, got_why = bf16_reference(precision, get_preset(preset).config, batch)
     assert got_listed is listed
     assert (got_why is None) if why is None else (why in got_why)
 
@@ -505,7 +508,7 @@ def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypa
         capsys, monkeypatch, ms={"pytorch": 105.71, "pytorch bf16": 293.77,
                                  "onnx fp32": 24.55, "onnx int8": 15.0},
         runs={"pytorch": 20, "pytorch bf16": 7, "onnx fp32": 20, "onnx int8": 20},
-        threads=2, bf16="auto: AMX-BF16 at width 192", bf16_listed=True)
+        threads=2, bf16="auto: AMX-BF16, 1.3 GMAC a batch", bf16_listed=True)
     lines = out.splitlines()
     assert all(len(line.rstrip()) <= 80 for line in lines), out
     assert "speed-up over PyTorch fp32 eager" in out
@@ -517,8 +520,8 @@ def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypa
     assert "warning: PyTorch bf16 (what --precision auto picks) is slower than fp32" in out
     out = _latency_output(capsys, monkeypatch, ms={"pytorch": 10.0, "onnx fp32": 5.0},
                           runs={"pytorch": 20, "onnx fp32": 20}, threads=1,
-                          bf16="auto: bf16 from width 192 up on AMX-BF16, and this "
-                               "model is 80 wide")
+                          bf16="auto: 0.0068 GMAC a batch, below the 1 GMAC from "
+                               "which AMX-BF16 pays")
     assert "bf16 autocast" not in out and "median of 20 timed runs, 1 thread for" in out
     assert "no PyTorch bf16 row: --precision auto runs this model in fp32" in out
     assert all(len(line.rstrip()) <= 80 for line in out.splitlines()), out

@@ -511,3 +511,35 @@ def test_an_onnx_files_precision_must_match_its_weights_and_unknown_keys_pass(mo
     assert result.exit_code == 0 and json.loads(result.stdout)["extra"]["notes"] == "by hand"
     code, _, _ = run(str(images / "wide.jpg"), "-m", str(noted))
     assert code == 0
+
+
+def test_auto_is_weighed_on_the_first_batch_and_bf16_runs_autocasts_numbers(
+        tiny_model_file, monkeypatch):
+    """`auto` depends on a batch's work (devices.choose_precision), so the PyTorch back end
+    decides on its first batch and keeps that choice; its bf16 copy stores the matrix
+    weights in bf16 (the same numbers autocast would cast) and leaves the model file's
+    fp32 model, which explanations read, as it was."""
+    import numpy as np
+    import torch
+
+    import vitcli.devices as devices
+    from vitcli.deploy.backends import open_backend
+    from vitcli.model.config import call_macs
+
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
+    one = open_backend(tiny_model_file, device="cpu", precision="auto")
+    monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(one.config, 4))
+    x = np.random.default_rng(0).standard_normal(
+        (8, 3, one.config.image_size, one.config.image_size)).astype(np.float32)
+    one.logits(x[:1])
+    assert one.compute_precision == "fp32" and "below the" in one.precision.reason
+    many = open_backend(tiny_model_file, device="cpu", precision="auto")
+    got = many.logits(x)
+    assert many.compute_precision == "bf16" and many.precision.reason.startswith("auto: AMX")
+    many.logits(x[:1])
+    assert many.compute_precision == "bf16"  # decided once
+    model = many.model_file.model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(torch.from_numpy(x)).float().numpy()
+    np.testing.assert_array_equal(got, want)

@@ -159,8 +159,8 @@ def test_a_run_from_before_the_precision_option_still_resumes(stopped_run, monke
 def test_resume_says_how_the_kept_precision_was_chosen(stopped_run):
     from vitcli.training.resume import kept_reason
 
-    assert kept_reason("auto: AMX-BF16 at width 192") == \
-        "kept from the run, where auto chose it: AMX-BF16 at width 192"
+    assert kept_reason("auto: AMX-BF16, 1.3 GMAC a batch") == \
+        "kept from the run, where auto chose it: AMX-BF16, 1.3 GMAC a batch"
     assert kept_reason("asked for; this CPU has no bf16 units, so it is slow") == \
         "kept from the run, which asked for it"
     events = []
@@ -307,8 +307,8 @@ def test_every_line_of_vit_train_reads_at_80_columns(stopped_run, monkeypatch):
         for line in output.splitlines():
             assert len(line) <= 80, f"{len(line)} columns: {line!r}"
     text = " ".join(" ".join(runs).split())  # lines joined at their breaks
-    for sentence in ("precision fp32 (auto: bf16 from width 192 up on AMX-BF16, and this "
-                     "model is 32 wide)",
+    for sentence in ("precision fp32 (auto: ",
+                     "GMAC a batch, below the 1 GMAC from which AMX-BF16 pays)",
                      "precision bf16 (kept from the run, which asked for it)",
                      "unknown beyond score",
                      "already ended at step 6 (epoch 2): nothing to resume. To train further, "

@@ -67,12 +67,15 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 # ---------------------------------------------------------------------------- precision
 
 PRECISIONS = ("auto", "fp32", "bf16")
-# On a CPU with bf16 matrix units, auto runs bf16 from this width up: there it was measured to
-# pay and to keep fp32's accuracy (docs/precision.md; ViT-Ti/16, width 192, on 2 cores of a
-# Xeon with AMX: training 1.77x, evaluation 2.45x). Narrower models stay fp32, the arithmetic
-# the small-data figures were measured in; `vit train` itself ran vit-pico (80) 1.2x and
-# vit-nano (128) 1.6x faster in bf16 on 2026-12-01, so this threshold is due for review.
-BF16_MIN_EMBED_DIM = 192
+# On a CPU with bf16 matrix units, `auto` runs bf16 once one call of the model does at least
+# this many multiply-accumulates (model.config.call_macs: the images of a batch, ×3 for a training
+# step). Below it, casting to bf16 and starting the matrix units cost more than they save,
+# whatever the width. 2 cores of a Xeon with AMX, 2026-12-01, bf16 speed ÷ fp32
+# (docs/precision.md): inference 0.58-0.97× below 1 G (vit-pico, -nano, -micro at batch
+# 1-128), 1.07-2.4× above it (ViT-Ti/16 at batch 1, 1.25 G: 1.5×); training vit-pico at
+# 0.66 G 0.86×, at 2.6 G 1.19×, vit-nano at 5.6 G 1.46×. Measured on AMX only: CPUs with
+# AVX512-BF16 alone follow the same rule unmeasured.
+BF16_MIN_MACS = 10**9
 
 
 @dataclass(frozen=True)
@@ -131,14 +134,15 @@ def check_precision(name: str) -> str:
     return check_choice("--precision", name, PRECISIONS)
 
 
-def choose_precision(requested: str, device: torch.device, *, embed_dim: int,
+def choose_precision(requested: str, device: torch.device, *, macs: int,
                      bf16_units: str | None = "probe") -> Precision:
-    """The precision to run a model of width `embed_dim` at on `device`.
+    """The precision to run a model at on `device`, for calls of `macs` multiply-accumulates each.
 
     `fp32` and `bf16` are taken as asked (bf16 needs CUDA with bf16 support, or a CPU;
     MPS is refused). `auto`: bf16 on a bf16-capable CUDA GPU; on a CPU, bf16 when it has
-    bf16 matrix units (AMX or AVX512-BF16) and the model is at least BF16_MIN_EMBED_DIM wide;
-    fp32 otherwise. `bf16_units` overrides the CPU probe (tests; "probe" = read this CPU).
+    bf16 matrix units (AMX or AVX512-BF16) and a call does at least BF16_MIN_MACS
+    multiply-accumulates (`macs`: model.config.call_macs); fp32 otherwise. `bf16_units` overrides
+    the CPU probe (tests; "probe" = read this CPU).
     """
     import torch
 
@@ -162,7 +166,35 @@ def choose_precision(requested: str, device: torch.device, *, embed_dim: int,
         return Precision("fp32", f"auto: {device.type}")
     if units is None:
         return Precision("fp32", "auto: this CPU has no bf16 matrix units")
-    if embed_dim < BF16_MIN_EMBED_DIM:
-        return Precision("fp32", f"auto: bf16 from width {BF16_MIN_EMBED_DIM} up on {units}, "
-                                 f"and this model is {embed_dim} wide")
-    return Precision("bf16", f"auto: {units} at width {embed_dim}")
+    work = f"{gmac(macs)} GMAC a batch"
+    if macs < BF16_MIN_MACS:
+        return Precision("fp32", f"auto: {work}, below the {gmac(BF16_MIN_MACS)} GMAC from "
+                                 f"which {units} pays")
+    return Precision("bf16", f"auto: {units}, {work}")
+
+
+def gmac(macs: int) -> str:
+    """Multiply-adds in billions, two significant figures below 10: 0.0068, 1.3, 18."""
+    billions = macs / 1e9
+    return f"{billions:,.0f}" if billions >= 10 else f"{billions:.2g}"
+
+
+def bf16_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """Store `module`'s Linear and Conv weights and biases in bf16, in place, for inference
+    under bf16 autocast.
+
+    Autocast rounds those tensors to bf16 at every call; stored in bf16 they are the same
+    numbers (the outputs agree bit for bit), without the per-call cast, which is most of a
+    small batch's cost (ViT-Ti/16 at batch 1 on 2 AMX cores: 1.21× fp32 → 1.34×). Norms,
+    tokens and position embeddings stay fp32, as autocast keeps them. Run it on a model
+    used under bf16 autocast only: without autocast its layers would meet fp32 inputs.
+    """
+    import torch
+
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            for name in ("weight", "bias"):
+                tensor = getattr(layer, name)
+                if tensor is not None:
+                    tensor.data = tensor.data.to(torch.bfloat16)
+    return module

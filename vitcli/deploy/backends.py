@@ -116,15 +116,19 @@ class OnnxBackend:
 
 @dataclass
 class TorchBackend:
-    """A vitcli .safetensors model file on PyTorch (any device)."""
+    """A vitcli .safetensors model file on PyTorch (any device).
+
+    `precision` None with `auto` set: decided on the first batch it runs, by that batch's
+    work (devices.choose_precision), and kept for the batches after it.
+    """
 
     path: Path
     model_file: Any = field(repr=False)  # checkpoint.ModelFile
     device: Any = None  # torch.device
     name: str = "pytorch"
-    precision: Any = None  # devices.Precision; None = fp32
+    precision: Any = None  # devices.Precision; None = fp32 (or `auto` not yet decided)
+    auto: bool = False  # `--precision auto`, decided at the first batch
     _outputs: Any = field(default=None, repr=False)
-
 
     @property
     def config(self) -> ViTConfig:
@@ -147,17 +151,25 @@ class TorchBackend:
     def compute_precision(self) -> str:
         return "fp32" if self.precision is None else self.precision.name
 
+    def decide(self, batch: int) -> None:
+        """Settle `auto` for batches of `batch` images (once; later calls change nothing)."""
+        if self.auto and self.precision is None:
+            from vitcli.devices import choose_precision
+            from vitcli.model.config import call_macs
+
+            self.precision = choose_precision("auto", self.device,
+                                              macs=call_macs(self.config, max(batch, 1)))
+
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]
 
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
-        from vitcli.model.outputs import model_outputs
-
-        if self._outputs is None:  # the model plus temperature and score (model/outputs.py)
-            self._outputs = model_outputs(self.model_file).to(self.device)
+        self.decide(len(batch))
         dtype = self.precision.dtype if self.precision is not None else None
+        if self._outputs is None:  # the model plus temperature and score (model/outputs.py)
+            self._outputs = self._build(dtype)
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
@@ -165,6 +177,20 @@ class TorchBackend:
         logits, score = out if isinstance(out, tuple) else (out, None)
         return (logits.float().cpu().numpy(),
                 None if score is None else score.float().cpu().numpy())
+
+    def _build(self, dtype: Any) -> Any:
+        """The model with its temperature and score; in bf16 a copy whose matrix weights
+        are stored in bf16 (devices.bf16_weights: autocast's own rounding, done once), so
+        that the model file's fp32 model stays as it is for explanations and checks."""
+        import copy
+
+        from vitcli.devices import bf16_weights
+        from vitcli.model.outputs import model_outputs
+
+        model = self.model_file.model
+        if dtype is not None:
+            model = bf16_weights(copy.deepcopy(model))
+        return model_outputs(self.model_file, model).to(self.device)
 
 
 def is_onnx_path(path: Path) -> bool:
@@ -250,11 +276,14 @@ def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> Tor
     # Checked once; a header or metadata it refuses is refused before torch is imported.
     checked = check_model_file(path)
 
-    from vitcli.devices import choose_precision, resolve_device
+    from vitcli.devices import check_precision, choose_precision, resolve_device
 
     target = resolve_device(device)
     model_file = load_checked(checked, device=str(target))
-    chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
+    precision = check_precision(precision)
+    if precision == "auto":  # weighed on the first batch: its size is part of the rule
+        return TorchBackend(path=path, model_file=model_file, device=target, auto=True)
+    chosen = choose_precision(precision, target, macs=0)  # refuses bf16 where impossible
     return TorchBackend(path=path, model_file=model_file, device=target, precision=chosen)
 
 

@@ -47,6 +47,7 @@ from vitcli.files import atomic_write, refuse_overwrite
 
 if TYPE_CHECKING:
     from vitcli.model.checkpoint import ModelFile
+    from vitcli.model.config import ViTConfig
 
 DEFAULT_OPSET = 20  # what torch 2.13's exporter emits natively; ORT ≥ 1.17 runs it
 MIN_OPSET = 17  # LayerNormalization became a standard op in 17
@@ -115,7 +116,8 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     `precision` says which PyTorch rows the latency table lists beside the ONNX files:
     fp32 eager always (the reference of every speed-up; `vit predict`'s default); bf16
     autocast too for `bf16`, and for `auto` when auto would run this model in bf16 here
-    (devices.choose_precision: a CPU with bf16 units, a model at least 192 wide). The ONNX
+    (devices.choose_precision: a CPU with bf16 units, and a batch-1 call of at least 1
+    GMAC, such as ViT-Ti/16 at 224 px; a graph fixed at batch N weighs N images). The ONNX
     graph itself is fp32 and is checked against PyTorch fp32.
     """
     from vitcli.devices import check_precision
@@ -147,7 +149,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     from vitcli.model.config import check_fits
 
     check_fits(checked.config, max(fixed or 2, 2), training=False, what="--batch")
-    bf16_row, bf16_why = bf16_reference(precision, checked.config.embed_dim)
+    bf16_row, bf16_why = bf16_reference(precision, checked.config, fixed or 1)
     mf = load_checked(checked, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
@@ -180,20 +182,23 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
     return result
 
 
-def bf16_reference(precision: str, embed_dim: int) -> tuple[bool, str | None]:
-    """Whether the latency table lists PyTorch bf16 autocast, and why (or why not).
+def bf16_reference(precision: str, config: ViTConfig, batch: int) -> tuple[bool, str | None]:
+    """Whether the latency table (batches of `batch`) lists PyTorch bf16 autocast, and why
+    (or why not).
 
-    `bf16`: always. `auto`: only where `vit predict --precision auto` and `vit eval` would
-    run this model in bf16 on this CPU (devices.choose_precision); otherwise the reason
-    auto keeps fp32, for the caption. `fp32`: never, and no reason to give.
+    `bf16`: always. `auto`: only where `vit predict --precision auto` would run this model
+    in bf16 on this CPU at that batch (devices.choose_precision weighs a batch's work);
+    otherwise the reason auto keeps fp32, for the caption. `fp32`: never, and no reason to
+    give.
     """
     import torch
 
     from vitcli.devices import choose_precision
+    from vitcli.model.config import call_macs
 
     if precision == "fp32":
         return False, None
-    chosen = choose_precision(precision, torch.device("cpu"), embed_dim=embed_dim)
+    chosen = choose_precision(precision, torch.device("cpu"), macs=call_macs(config, batch))
     return chosen.name == "bf16", chosen.reason
 
 

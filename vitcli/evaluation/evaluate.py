@@ -162,7 +162,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     hold classes the model does not know. Unreadable images are skipped and listed in
     `bad_files`. `progress` hears about decoding ("reading") then inference ("evaluating").
     `precision` auto | fp32 | bf16: vitcli.devices.choose_precision decides `auto` (bf16
-    autocast where this device's bf16 units pay for a model of this width).
+    autocast where this device's bf16 units pay for a batch of this model).
     """
     def stage(name: str) -> Progress | None:
         if progress is None:
@@ -170,8 +170,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         return lambda done, total: progress(name, done, total)
 
     from vitcli.data.image_set import load_eval_data
-    from vitcli.devices import check_precision, choose_precision, resolve_device
+    from vitcli.devices import bf16_weights, check_precision, choose_precision, resolve_device
     from vitcli.model.checkpoint import load_model
+    from vitcli.model.config import call_macs
     from vitcli.model.validate import check_usable_head
 
     if batch_size < 1:
@@ -182,7 +183,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))  # checks the file before building
     check_usable_head(model_path, model_file.config, model_file.class_names)
-    chosen = choose_precision(precision, target, embed_dim=model_file.config.embed_dim)
+    # refuses what this device cannot run before any image is read; `auto` is weighed
+    # again below if there are fewer images than a batch
+    chosen = choose_precision(precision, target, macs=call_macs(model_file.config, batch_size))
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
                                        val_split=val_split, seed=seed,
@@ -195,6 +198,11 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     from vitcli.evaluation.calibration import measure
     from vitcli.model.outputs import LogitsAndScore
 
+    if len(labels) < batch_size:
+        chosen = choose_precision(precision, target,
+                                  macs=call_macs(model_file.config, len(labels)))
+    if chosen.name == "bf16":  # the same numbers as autocast's own cast, once (bf16_weights)
+        bf16_weights(model_file.model)
     start = time.perf_counter()
     ood = model_file.ood
     # With the unknown rule: one pass for logits and scores (the score itself in float32)

@@ -387,6 +387,18 @@ def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
     return macs
 
 
+# A training step's backward pass does about twice the forward's multiply-accumulates (the
+# gradients of the inputs and of the weights), so a step is about three forward passes.
+TRAINING_STEP_PASSES = 3
+
+
+def call_macs(config: ViTConfig, batch: int, *, image_size: int | None = None,
+              training: bool = False) -> int:
+    """Multiply-adds of one call on `batch` images: a forward pass, or a training step
+    (TRAINING_STEP_PASSES forward passes' worth). What devices.choose_precision weighs."""
+    return count_macs(config, image_size) * batch * (TRAINING_STEP_PASSES if training else 1)
+
+
 def gflops(config: ViTConfig, image_size: int | None = None) -> float:
     """GFLOPs for one image, counted as 2 × MACs."""
     return 2 * count_macs(config, image_size) / 1e9

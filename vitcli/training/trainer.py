@@ -82,6 +82,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
 
 def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback | None,
          kept: tuple[str, str] | None = None) -> TrainResult:
+    from vitcli.model.config import call_macs
     from vitcli.training.distributed import broadcast, init_distributed, shutdown_distributed
     from vitcli.training.loop import Trainer, augment_level
     from vitcli.training.runs import (
@@ -130,7 +131,10 @@ def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback
         chosen = frozenset(name for name in ("batch_size", "lr")
                            if run_dir is None and getattr(options, name) is None)
         options = options.with_defaults_for(prepared.config.image_size)
-        precision = _precision(options, env.device, prepared.config.embed_dim,
+        # a training step of one process's batch: what decides `auto` (devices.choose_precision)
+        batch = min(-(-options.batch_size // env.world_size), len(prepared.train_labels))
+        step_macs = call_macs(prepared.config, max(batch, 1), training=True)
+        precision = _precision(options, env.device, step_macs,
                                resumed=run_dir is not None, kept=kept)
         level = augment_level(options, len(prepared.train_labels))
         created = run_dir is None
@@ -218,7 +222,7 @@ def _ended(run_dir: Path, state: Any,
     return line, result, again
 
 
-def _precision(options: TrainOptions, device: Any, embed_dim: int, *, resumed: bool,
+def _precision(options: TrainOptions, device: Any, step_macs: int, *, resumed: bool,
                kept: tuple[str, str] | None) -> Any:
     """The run's precision: chosen now for a new run, the recorded one for a resumed run.
 
@@ -230,7 +234,7 @@ def _precision(options: TrainOptions, device: Any, embed_dim: int, *, resumed: b
     from vitcli.devices import Precision, autocast_dtype, choose_precision
 
     if not resumed:
-        return choose_precision(options.precision, device, embed_dim=embed_dim)
+        return choose_precision(options.precision, device, macs=step_macs)
     if kept is not None:
         from vitcli.training.resume import kept_reason
 
