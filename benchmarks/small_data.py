@@ -12,7 +12,10 @@ w, w, 2w, 2w, 4w ≤ 128 with BatchNorm, a ±2-px shift augmentation and AdamW w
 cosine whose step count is fitted to the budget (a probe measures seconds per step first, its
 time taken from the budget), trained from tensors in memory with the same threads; it is the
 best of `--cnn-widths` base widths (each trained for the whole budget; picked on the test
-images, which flatters the CNN). `--cnn simple` is the earlier 4-layer CNN with an affine
+images, which flatters the CNN). `--precision auto` (the default) gives each side the
+arithmetic that is faster for it on this CPU: `vit train`'s own `auto`, and for the CNN the
+faster of fp32 and bf16 autocast on its probe where the CPU has bf16 matrix units (both
+probes taken from its budget); `fp32` or `bf16` sets both. `--cnn simple` is the earlier 4-layer CNN with an affine
 augmentation and the cosine laid over the clock. Both are scored on the same test images with
 the model at the end of the budget.
 """
@@ -58,6 +61,7 @@ class VitRun:
     epochs: float
     steps: int
     params: int
+    precision: str
 
 
 def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str]) -> Path:
@@ -73,9 +77,12 @@ def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str
 
 
 def train_vit(data: Split, minutes: float, seed: int, model: str | None,
-              patch_embed: str | None = None, optimizer: str | None = None) -> VitRun:
+              patch_embed: str | None = None, optimizer: str | None = None,
+              precision: str = "auto") -> VitRun:
     """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
-    (and `--model`, `--patch-embed`, `--optimizer` when given)."""
+    (and `--model`, `--patch-embed`, `--optimizer`, `--precision` when given)."""
+    import json
+
     from vitcli.training.recipe import TrainOptions
     from vitcli.training.trainer import train as vit_train
 
@@ -86,7 +93,8 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
         result = vit_train(TrainOptions(data=str(root / "train"), val=str(root / "test"),
                                         time_budget=minutes, seed=seed, model=model,
                                         patch_embed=patch_embed, optimizer=optimizer,
-                                        project=str(root / "runs"), cache_dir=str(root / "cache")))
+                                        precision=precision, project=str(root / "runs"),
+                                        cache_dir=str(root / "cache")))
         from vitcli.model.checkpoint import count_file_params, read_header
 
         header, _ = read_header(result.last_path)
@@ -94,7 +102,9 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
         return VitRun(accuracy=float(row.get("val_top1") or 0.0),
                       images_per_s=float(row.get("images_per_s") or 0.0),
                       epochs=float(result.epochs), steps=result.steps,
-                      params=count_file_params(header))
+                      params=count_file_params(header),
+                      precision=json.loads((result.run_dir / "args.json").read_text())
+                      ["resolved"]["precision"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: both)")
     ap.add_argument("--cnn", choices=["tuned", "simple"], default="tuned", help="the CNN "
                     "peer (default: %(default)s)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="both sides' arithmetic; auto: `vit train`'s own, and the CNN's "
+                    "faster of fp32 and bf16 on its probe (default: %(default)s)")
     ap.add_argument("--cnn-widths", default="16,24,32", help="tuned CNN base widths; the best "
                     "counts (each trains for the whole budget; default: %(default)s)")
     return ap
@@ -151,26 +164,32 @@ def main(argv: list[str] | None = None) -> None:
         cnn = SmallCNN(data.x_train.shape[1], len(data.classes))
         rows.append(("4-layer CNN", cnn, train(cnn, data, CNN_RECIPE, seconds=seconds, seed=args.seed)))
     elif args.only != "vit":
+        from vitcli.devices import cpu_bf16_units
+
+        precisions = ((args.precision,) if args.precision != "auto"
+                      else ("fp32", "bf16") if cpu_bf16_units() else ("fp32",))
         tried = []
         for width in (int(w) for w in args.cnn_widths.split(",")):
             torch.manual_seed(args.seed)
             cnn = TunedCNN(data.x_train.shape[1], len(data.classes), width=width)
-            result = train_fitted(cnn, data, TUNED_CNN_RECIPE, seconds=seconds, seed=args.seed)
+            result = train_fitted(cnn, data, TUNED_CNN_RECIPE, seconds=seconds, seed=args.seed,
+                                  precisions=precisions)
             print(f"tuned CNN width {width}: {result.accuracy:.2%} ({result.steps} steps, "
-                  f"{result.epochs:.1f} epochs)", flush=True)
+                  f"{result.epochs:.1f} epochs, {result.precision})", flush=True)
             tried.append((result.accuracy, width, cnn, result))
         _, width, cnn, result = max(tried, key=lambda t: t[0])
         rows.append((f"tuned CNN w{width}", cnn, result))
     if args.only != "cnn":
         vit = train_vit(data, args.minutes, args.seed, args.model, args.patch_embed,
-                        args.optimizer)
+                        args.optimizer, args.precision)
         rows.append(("ViT (vit train)", None, vit))
 
-    print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}{'steps':>7}")
+    print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}"
+          f"{'steps':>7}{'precision':>10}")
     for name, model, r in rows:
         params = r.params if model is None else sum(p.numel() for p in model.parameters())
         print(f"{name:<16}{params:>10,}{r.accuracy:>12.2%}{r.images_per_s:>10.0f}"
-              f"{r.epochs:>8.1f}{r.steps:>7}")
+              f"{r.epochs:>8.1f}{r.steps:>7}{r.precision:>10}")
     if len(rows) == 2:
         diff = rows[1][2].accuracy - rows[0][2].accuracy
         print(f"\nViT − CNN: {diff * 100:+.2f} points")

@@ -263,6 +263,7 @@ class Recipe:
     augment: Augment = field(default_factory=Augment)
     image_size: int | None = None  # resize (pad-free bilinear) to this before the model
     pad_to: int | None = None  # zero-pad to this size instead (e.g. 28 → 32)
+    precision: str = "fp32"  # or "bf16": autocast around the forward pass, fp32 weights
 
 
 @dataclass
@@ -273,6 +274,7 @@ class Result:
     steps: int
     seconds: float
     train_loss: float
+    precision: str = "fp32"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -344,6 +346,7 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float | Non
             use_buffers=True)
     steps_per_epoch = n // recipe.batch_size
     total_steps = int(epochs * steps_per_epoch) if epochs else None
+    amp = torch.bfloat16 if recipe.precision == "bf16" else None
     step, seen, losses = 0, 0, []
     start = time.perf_counter()
     perm, pos = torch.randperm(n), 0
@@ -363,7 +366,9 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float | Non
         xb = recipe.augment(prepare(x[idx], mean, std, recipe))
         xb, target = mix(xb, y[idx], num_classes, recipe.augment, recipe.label_smoothing)
         xb = (xb - mean) / std
-        loss = torch.sum(-target * F.log_softmax(model(xb), dim=-1), dim=-1).mean()
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            out = model(xb)
+        loss = torch.sum(-target * F.log_softmax(out.float(), dim=-1), dim=-1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.clip_grad:
@@ -381,25 +386,33 @@ def train(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float | Non
     test_model = ema.module if ema is not None else model
     acc = evaluate(test_model, data.x_test, data.y_test, mean, std, recipe) if score else 0.0
     return Result(accuracy=acc, images_per_s=seen / elapsed, epochs=seen / n, steps=step,
-                  seconds=elapsed, train_loss=float(np.mean(losses[-50:])) if losses else float("nan"))
+                  seconds=elapsed, train_loss=float(np.mean(losses[-50:])) if losses else float("nan"),
+                  precision=recipe.precision)
 
 
 def train_fitted(model: nn.Module, data: Split, recipe: Recipe, *, seconds: float,
-                 seed: int = 0, probe_steps: int = 10) -> Result:
+                 seed: int = 0, probe_steps: int = 10,
+                 precisions: tuple[str, ...] = ("fp32",)) -> Result:
     """Train for a step count fitted to `seconds`: a probe on a throwaway copy measures
     seconds per step (its time is taken from the budget), then a warm-up + cosine schedule
     runs over exactly the steps that fit, so the lr reaches its floor when the budget ends
-    rather than being cut off by the clock."""
+    rather than being cut off by the clock. With several `precisions` the probe runs in
+    each and the fastest trains (all their probes are taken from the budget)."""
     import copy
+    import dataclasses
 
-    probe = copy.deepcopy(model)
     start = time.perf_counter()
     steps_per_epoch = len(data.y_train) // recipe.batch_size
-    measured = train(probe, data, recipe, epochs=(probe_steps + 0.5) / steps_per_epoch,
-                     seed=seed, score=False)  # its first steps pay allocations: a slight overestimate
-    sec_per_step = measured.seconds / max(measured.steps, 1)
-    setup = time.perf_counter() - start - measured.seconds  # paid again by the real run
+    timed = []
+    for precision in precisions:
+        probe = copy.deepcopy(model)
+        tried = dataclasses.replace(recipe, precision=precision)
+        measured = train(probe, data, tried, epochs=(probe_steps + 0.5) / steps_per_epoch,
+                         seed=seed, score=False)  # its first steps pay allocations: a slight overestimate
+        timed.append((measured.seconds / max(measured.steps, 1), measured.seconds, tried))
+        del probe
+    sec_per_step, probe_seconds, recipe = min(timed, key=lambda t: t[0])
+    setup = (time.perf_counter() - start - sum(t[1] for t in timed)) / len(timed)  # paid again
     left = seconds - (time.perf_counter() - start) - setup
     steps = max(1, int(left / sec_per_step))
-    del probe
     return train(model, data, recipe, epochs=(steps + 0.5) / steps_per_epoch, seed=seed)
