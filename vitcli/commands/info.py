@@ -141,7 +141,7 @@ def _readable(key: str, value: str) -> str:
 
 def validation_words(how: dict[str, Any]) -> str:
     """How training chose its validation images (the model file's `validation`, written by
-    vitcli.training.loop), in words."""
+    vitcli.training.validation), in words."""
     source = how["source"]
     if source == "split":
         return "its data's own validation split (val/ or test/)"

@@ -1,17 +1,19 @@
-"""The Trainer: steps, epochs, validation, saving, stopping, and the state that resumes it.
+"""The Trainer's loop: steps, epochs, the epoch end and stopping.
 
 Everything that decides what happens next (the step counter, the schedule, the best metric,
 the RNG states) is saved at every epoch end, so that a resumed run on CPU with a fixed seed
 reproduces the uninterrupted one exactly (tests/test_train.py proves it).
+
+The Trainer's other concerns are mixed in from their own modules: fitting the schedule to
+--time-budget (budget_fit.py), validation and a linear probe's cached features
+(validation.py), and the files and state it saves and loads (run_state.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,72 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from vitcli.devices import Precision
-from vitcli.errors import UsageError, VitError, check_choice, plural
-from vitcli.model.checkpoint import save_model, unwrap_model
-from vitcli.training.budget import EpochTimes, batch_for_steps, steps_in_budget
-from vitcli.training.distributed import DistEnv, all_reduce_mean, broadcast, gather_rows, shard
+from vitcli.errors import UsageError, VitError, check_choice
+from vitcli.training.budget import EpochTimes
+from vitcli.training.budget_fit import BudgetFit, SmallerBatch
+from vitcli.training.distributed import DistEnv, all_reduce_mean, shard
 from vitcli.training.optim import ModelEma, WarmupDecay, build_optimizer, warmup_steps_for
 from vitcli.training.recipe import TrainOptions, epochs_for, steps_per_epoch
-from vitcli.training.runs import (
-    MetricsLog,
-    TrainState,
-    flatten_optimizer,
-    get_rng_states,
-    record_in_state,
-    save_state,
-    set_rng_states,
-    unflatten_optimizer,
-    write_plots,
-)
+from vitcli.training.run_state import RunState
+from vitcli.training.runs import MetricsLog, TrainResult
 from vitcli.training.setup import Emit, Prepared
 from vitcli.training.threads import ThreadTuner
-
-PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
-VAL_BATCH = 256
+from vitcli.training.validation import Validation
 
 
 class NonFiniteLoss(VitError):
     """The loss became NaN or infinite; the run stopped, the last good files are kept."""
-
-
-class _SmallerBatch(Exception):  # noqa: N818 - control flow inside the loop, never raised out
-    """The time budget fits too few steps: the epoch ends here and the run goes on at a
-    smaller batch (Trainer._shrink_batch)."""
-
-
-def _busy_clause() -> str:
-    """'; the machine is busy (load 2.4 on 2 cores)' when other work holds the cores, else ''."""
-    from vitcli.training.threads import load_average, usable_cores
-
-    load = load_average()
-    return (f"; the machine is busy (load {load:.1f} on {plural(usable_cores(), 'core')})"
-            if load is not None and load > usable_cores() * 0.75 else "")
-
-
-@dataclass
-class TrainResult:
-    """How a run ended and where its files are."""
-
-    run_dir: Path
-    stopped: str  # completed | early_stop | time_budget | interrupted
-    epochs: int
-    steps: int
-    seconds: float
-    best_top1: float | None
-    best_epoch: int | None
-    best_path: Path
-    last_path: Path
-    last_row: dict[str, Any] | None
-    num_train: int
-    num_val: int
-    val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
-    options: TrainOptions | None = None  # what the run was trained with
-    probe: str = ""  # how a linear probe (--freeze backbone) ran, in one line; "" otherwise
-    # --resume of a run that had ended: nothing trained, nothing read or rewritten (the data
-    # was not read, so num_train and num_val are 0)
-    already_ended: bool = False
-    budget_note: str | None = None  # the line said when the run did not keep --time-budget
-    setup_seconds: float = 0.0  # this session's set-up before `seconds` began
 
 
 def augment_level(options: TrainOptions, num_train: int) -> str:
@@ -98,7 +49,7 @@ def augment_level(options: TrainOptions, num_train: int) -> str:
     return check_choice("--augment", level, AUGMENT_LEVELS)
 
 
-class Trainer:
+class Trainer(BudgetFit, Validation, RunState):
     """Owns the model, optimiser, schedule and counters of one run on one rank."""
 
     def __init__(self, options: TrainOptions, prepared: Prepared, env: DistEnv,
@@ -208,42 +159,6 @@ class Trainer:
                 module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return torch.compile(module) if self.options.compile else module
 
-    def _cache_features(self) -> None:
-        """Compute the probe's features once; train and validate the head on them from now on.
-
-        If the head on the features does not reproduce the model's logits (a head that reads
-        more than the pooled features), the probe runs the backbone every step instead.
-        """
-        from vitcli.training.probe import (
-            FeatureTargets,
-            HeadOnly,
-            extract_features,
-            head_matches,
-        )
-
-        pre, data, precision = self.data.preprocessing, self.data, self.precision.name
-        n_train, n_val = len(data.train_labels), self.num_val
-        clock = time.perf_counter()
-
-        def features(pixels: np.ndarray, offset: int) -> torch.Tensor:
-            return extract_features(
-                self.model, pixels, mean=pre.mean, std=pre.std, device=self.device,
-                precision=precision,
-                batch_size=VAL_BATCH, progress=lambda done, _: self.emit(
-                    "features", done=offset + done, total=n_train + n_val))
-
-        train = features(data.train_pixels, 0)
-        if not head_matches(self.model, data.train_pixels, train, mean=pre.mean, std=pre.std,
-                            device=self.device, precision=precision):
-            self.probe_mode = "unmatched"
-            return
-        if data.val_pixels is not None:
-            self.val_features = features(data.val_pixels, n_train)
-        self.pixels = train.to(self.pixels.device)  # (N, D): what `_step` indexes now
-        self.augment = FeatureTargets(self.augment)
-        self.net = self._wrap(HeadOnly(self.model))
-        self.features_cached, self.feature_seconds = True, time.perf_counter() - clock
-
     # ------------------------------------------------------------------ the public loop
 
     def fit(self, stop_requested: Callable[[], bool]) -> Any:
@@ -283,7 +198,7 @@ class Trainer:
                     break
                 try:
                     self._train_epoch(steps)
-                except _SmallerBatch:
+                except SmallerBatch:
                     continue  # the next epoch starts the run again at the smaller batch
                 stopped = self._end_epoch()
         except KeyboardInterrupt:
@@ -324,10 +239,6 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds of training so far, earlier sessions of a resumed run included."""
         return self.seconds_before + time.perf_counter() - self.clock
-
-    def budget_spent(self) -> float:
-        """Seconds of the --time-budget used: this session's set-up and all training so far."""
-        return self.setup_seconds + self.elapsed()
 
     # ------------------------------------------------------------------------ one epoch
 
@@ -441,156 +352,6 @@ class Trainer:
             f"loss is not finite at step {at} (epoch {epoch + 1}); training stopped and {kept}. "
             f"Try a lower --lr (now {self.options.peak_lr:g}) or --clip-grad")
 
-    # ------------------------------------------------------------------- the time budget
-
-    def _account_for_budget(self, stopped: str, training_s: float) -> str | None:
-        """Say, and record in state.json, when the run did not keep its --time-budget.
-
-        The record (state.json `time_budget`) holds the budget and where the time went, kept
-        or not; the line is said only when it was not (vitcli.training.budget.overrun_line).
-        """
-        if not self.options.time_budget or stopped == "interrupted":
-            return None
-        from vitcli.training.budget import overrun_line
-
-        total_s = self.elapsed()
-        first = self.first_step_s if self.session_start_step == 0 else None  # a new run's
-        note = overrun_line(minutes=self.options.time_budget, setup_s=self.setup_seconds,
-                            first_step_s=first, training_s=training_s, total_s=total_s)
-        if note:
-            self.emit("message", level="warning", text=note)
-        if self.env.is_main:
-            # seconds from the start of training; set-up came before it
-            record_in_state(self.run_dir, {"time_budget": {
-                "minutes": self.options.time_budget, "budget_s": self.options.time_budget * 60,
-                "setup_s": round(self.setup_seconds, 3),
-                "first_step_s": None if first is None else round(first, 3),
-                "training_s": round(training_s, 3), "end_s": round(total_s, 3),
-                "spent_s": round(self.setup_seconds + total_s, 3),
-                "kept": note is None, "note": note}})
-        return note
-
-    def _probe(self) -> None:
-        """Time PROBE_STEPS steps (after 2 warm-up steps), then fit the schedule to the budget."""
-        done = self.step - self.session_start_step
-        if self.probe is None and done >= 2 and (self.tuner is None or self.tuner.steady):
-            self.probe = (self.step, time.perf_counter())
-        elif self.probe is not None and self.step - self.probe[0] >= PROBE_STEPS:
-            self.sec_per_step = (time.perf_counter() - self.probe[1]) / (self.step - self.probe[0])
-            end_seconds = self.num_val * self.sec_per_step / self.batch / 3
-            if self._shrink_batch(self.sec_per_step, end_seconds):
-                raise _SmallerBatch
-            self._fit_budget(self.sec_per_step, end_seconds)
-
-    def _steps_fitting(self, sec_per_step: float, end_seconds: float) -> int:
-        """The schedule's total steps that end this run within its --time-budget."""
-        return steps_in_budget(
-            budget_s=self.options.time_budget * 60, elapsed_s=self.budget_spent(), step=self.step,
-            epoch_start=self.epochs_done * self.steps_per_epoch,
-            steps_per_epoch=self.steps_per_epoch, sec_per_step=sec_per_step,
-            end_seconds=end_seconds)
-
-    def _fit_budget(self, sec_per_step: float, end_seconds: float) -> None:
-        """Set the schedule's total steps so that the run ends within the budget."""
-        total = broadcast(self._steps_fitting(sec_per_step, end_seconds), self.env)
-        self.schedule.total_steps = total
-        self.schedule.warmup_steps = warmup_steps_for(self.options.warmup,
-                                                      self.steps_per_epoch, total)
-        self.budget_fitted = True
-        self.emit("schedule", total_steps=total, epochs=self.planned_epochs,
-                  seconds_per_step=sec_per_step)
-        few = self._few_steps_warning(total, sec_per_step)
-        if few:
-            self.emit("message", text=few, level="warning")
-
-    def _shrink_batch(self, sec_per_step: float, end_seconds: float) -> bool:
-        """When far fewer steps than a model needs fit the budget, go on at a smaller batch.
-
-        Only at the measured fit of a new run in one process whose batch the recipe chose. The
-        weights trained so far are kept; the optimiser, the schedule (the lr scaled with the
-        batch, as the recipe scales it, unless --lr was given), the counters and metrics.csv
-        start again, and the time spent so far still counts against the budget.
-        """
-        from vitcli.training.recipe import FEW_STEPS, MIN_STEPS
-        from vitcli.training.runs import read_json, write_json
-
-        if ("batch_size" not in self.chosen or self.env.world_size > 1
-                or self.session_start_step or self.probe_mode is not None
-                or self.stop_requested()):  # Ctrl-C: stop with the history, do not start again
-            return False
-        total = self._steps_fitting(sec_per_step, end_seconds)  # one process: no broadcast
-        left = total - self.step
-        if total >= FEW_STEPS:
-            return False
-        old = self.batch
-        new = batch_for_steps(old, left, MIN_STEPS)
-        if new == old:
-            return False
-        lr = self.options.lr * new / old if "lr" in self.chosen else self.options.lr
-        self.chosen = frozenset()  # once
-        self.options = dataclasses.replace(self.options, batch_size=new, lr=lr)
-        n = len(self.data.train_labels)
-        self.batch = new
-        self.steps_per_epoch = steps_per_epoch(n, new)
-        self.epochs, self.epochs_reason = epochs_for(self.options, n, new)
-        self._new_optimizer_and_schedule()
-        if self.ema is not None:
-            self.ema = ModelEma(self.model, self.options.ema_decay)
-        now = time.perf_counter()
-        self.seconds_before += now - self.clock  # the budget still counts the time spent
-        self.clock = now
-        self.step = self.epochs_done = self.bad_epochs = self.session_start_step = 0
-        self.best_top1 = self.best_epoch = self.last_row = None
-        self.loss_sum, self.loss_count = 0.0, 0
-        self.pending.clear()
-        self.budget_fitted, self.probe, self.sec_per_step = False, None, None
-        self.epoch_times = EpochTimes()
-        if self.env.is_main:
-            args = read_json(self.run_dir / "args.json")  # what --resume continues with
-            args["options"].update(batch_size=new, lr=lr)
-            write_json(self.run_dir / "args.json", args)
-            if self.metrics is not None:
-                self.metrics.truncate(0)
-            self._save_state()
-        busy = _busy_clause()
-        self.emit("batch", batch=new, lr=self.options.peak_lr, text=(
-            f"only {total:,} steps of {old} images fit in --time-budget "
-            f"{self.options.time_budget:g} min ({sec_per_step * 1000:,.0f} ms a step{busy}), "
-            f"and a model needs about {MIN_STEPS} to learn: going on at batch {new} "
-            f"(lr {self.options.peak_lr:.3g}), up to {old // new}× as many steps, from the "
-            f"weights trained so far; epochs, steps and metrics.csv count again from here"))
-        self.first_fit = -1  # said: the few-steps warning speaks only if it gets slower still
-        return True
-
-    def _few_steps_warning(self, total: int, sec_per_step: float) -> str | None:
-        """A loud sentence when far fewer steps fit the budget than the run needs, once for the
-        first fit and once more if a refit halves it (the machine got busier)."""
-        from vitcli.training.recipe import FEW_STEPS, MIN_STEPS
-
-        first = self.first_fit is None
-        if first and "batch_size" in self.chosen and self.sec_per_step is None:
-            return None  # not measured yet, and a smaller batch may still come (_shrink_batch)
-        if self.first_fit == -1:  # the smaller batch's first fit, after its own warning
-            self.first_fit = total
-            return None
-        if first:
-            self.first_fit = total
-            if total >= FEW_STEPS:
-                return None
-            why = f"only {total:,} optimizer steps fit"
-        elif total < self.first_fit / 2 and self.first_fit > 0:
-            why = (f"the machine got slower: {total:,} steps fit now, "
-                   f"{self.first_fit:,} at the start")
-            self.first_fit = 0  # say it once
-        else:
-            return None
-        need = MIN_STEPS * sec_per_step / 60 + (self.budget_spent() / 60 if first else 0)
-        busy = _busy_clause()
-        return (f"{why} in --time-budget {self.options.time_budget:g} min "
-                f"({sec_per_step * 1000:,.0f} ms a step{busy}). About {MIN_STEPS} steps are "
-                f"needed to learn: give --time-budget {math.ceil(need * 1.2 * 4) / 4:g} "
-                "or more, --epochs instead of a budget, or stop other work on this machine")
-
     # ----------------------------------------------------------------------- epoch end
 
     def _end_epoch(self) -> str | None:
@@ -620,17 +381,7 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0
         self.last_row = row
         if self.env.is_main:
-            weights = self.run_dir / "weights"
-            model = self.ema.module if self.ema is not None else self.model
-            extra = {"epoch": str(epoch), "val_top1": "" if val is None else f"{val[1]:.6f}",
-                     "validation": self._validation_source()}
-            meta = {"class_names": self.data.class_names,
-                    "preprocessing": self.data.preprocessing, "extra": extra}
-            save_model(weights / "last.safetensors", model, **meta)
-            if improved:
-                save_model(weights / "best.safetensors", model, **meta)
-            self.metrics.append(row)
-            self._save_state()
+            self._save_epoch(epoch, val, row, improved)
         self.mutating = False
         self.emit("epoch_end", row=row, best=improved, best_top1=self.best_top1,
                   epochs=self.planned_epochs)
@@ -643,121 +394,3 @@ class Trainer:
         if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
             return "early_stop"
         return None
-
-    def _validation_source(self) -> str:
-        """How the validation images were chosen, as JSON for the model file: `vit eval
-        --val-split` warns when it would score other (training) images."""
-        import json
-
-        if self.data.val_labels is None:
-            how: dict[str, Any] = {"source": "none"}
-        elif self.options.val:
-            how = {"source": "val"}
-        elif self.data.val_split is not None:
-            how = {"source": "val_split", "fraction": self.data.val_split,
-                   "seed": self.options.seed}
-        else:
-            how = {"source": "split"}
-        return json.dumps(how)
-
-    def _validate(self) -> tuple[float, float, float] | None:
-        """(loss, top-1, top-5) on the validation set, each rank predicting its share."""
-        if self.data.val_pixels is None:
-            return None
-        from vitcli.evaluation.evaluate import predict_logits
-        from vitcli.evaluation.metrics import compute_metrics
-
-        model = self.ema.module if self.ema is not None else self.model
-        pre = self.data.preprocessing
-        part = slice(self.env.rank, None, self.env.world_size)
-        if self.val_features is not None:  # a linear probe: the head on cached features
-            from vitcli.training.probe import head_logits
-
-            logits = head_logits(model, self.val_features[part], device=self.device)
-        else:
-            logits = predict_logits(model, self.data.val_pixels[part], mean=pre.mean,
-                                    std=pre.std, batch_size=VAL_BATCH, device=self.device,
-                                    precision=self.precision.name)
-        full = gather_rows(logits, self.env)
-        values = None
-        if self.env.is_main:
-            m = compute_metrics(full, self.data.val_labels, self.data.class_names)
-            values = (m.loss, m.top1, m.top5)
-        return broadcast(values, self.env)
-
-    # --------------------------------------------------------------------------- state
-
-    def state(self) -> TrainState:
-        """Everything needed to continue exactly: see vitcli/training/runs.py for the file layout."""
-        optim_info, tensors = flatten_optimizer(self.optimizer.state_dict())
-        rng_info, rng_tensors = get_rng_states()
-        tensors.update(rng_tensors)
-        tensors.update({f"model.{k}": v for k, v in unwrap_model(self.model).state_dict().items()})
-        if self.ema is not None:
-            tensors.update({f"ema.{k}": v for k, v in self.ema.state_tensors().items()})
-        info = {
-            "step": self.step, "epochs_done": self.epochs_done, "bad_epochs": self.bad_epochs,
-            "best_top1": self.best_top1, "best_epoch": self.best_epoch,
-            "seconds": self.elapsed(), "loss_sum": self.loss_sum, "loss_count": self.loss_count,
-            "budget_fitted": self.budget_fitted, "schedule": self.schedule.to_dict(),
-            "ema_updates": self.ema.updates if self.ema is not None else 0,
-            "batch_size": self.batch, "steps_per_epoch": self.steps_per_epoch,
-            "fill_last": self.fill_last,
-            "optimizer": optim_info, "rng": rng_info, "world_size": self.env.world_size,
-            "precision": self.precision.name,
-        }
-        return TrainState(info=info, tensors=tensors)
-
-    def _save_state(self) -> None:
-        save_state(self.run_dir, self.state())
-
-    def load_state(self, state: TrainState) -> None:
-        """Put the model, optimiser, EMA, counters and RNGs back where `state` left them."""
-        info, tensors = state.info, state.tensors
-        n = len(self.data.train_labels)
-        if not info.get("fill_last", False) and info["steps_per_epoch"] == n // self.batch:
-            # A run saved before epochs kept every image: it continues as it began.
-            self.fill_last, self.steps_per_epoch = False, n // self.batch
-        if info["batch_size"] != self.batch or info["steps_per_epoch"] != self.steps_per_epoch:
-            raise UsageError(f"{self.run_dir}: the data changed since the run started "
-                             f"({self.steps_per_epoch} steps per epoch now, "
-                             f"{info['steps_per_epoch']} then); start a new run")
-
-        def part(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix):]: v.to(self.device) for k, v in tensors.items()
-                    if k.startswith(prefix)}
-
-        self.model.load_state_dict(part("model."))
-        self.optimizer.load_state_dict(unflatten_optimizer(info["optimizer"], tensors))
-        if self.ema is not None:
-            self.ema.load_state_tensors(part("ema."), info["ema_updates"])
-        self.schedule = WarmupDecay.from_dict(info["schedule"])
-        for key in ("step", "epochs_done", "bad_epochs", "best_top1", "best_epoch",
-                    "loss_sum", "loss_count", "budget_fitted"):
-            setattr(self, key, info[key])
-        self.seconds_before = info["seconds"]
-        set_rng_states(info["rng"], tensors)
-        if self.env.rank:  # only rank 0's RNG is saved; the others continue from a new seed
-            torch.manual_seed(self.options.seed + 1000 * self.env.rank + self.step)
-        if self.metrics is not None:
-            self.metrics.truncate(self.step)  # rows written after the state was saved
-
-    def _calibrate(self) -> None:
-        """Store the temperature and the unknown rule in best.safetensors (training/calibrate.py)."""
-        from vitcli.training.calibrate import calibrate_model_file
-
-        trust = calibrate_model_file(self.run_dir / "weights" / "best.safetensors", self.data,
-                                     self.device, seed=self.options.seed)
-        if trust is not None and trust.choice is not None:  # beside the run's other facts
-            record_in_state(self.run_dir, {"calibration": {**trust.choice.to_dict(),
-                                                           "summary": trust.choice.summary()}})
-        self.emit("calibrated", trust=trust)
-
-    def _finish_files(self) -> None:
-        from vitcli.files import data_label
-
-        val = self.options.val or self.options.data
-        write_plots(self.run_dir, self.metrics.rows if self.metrics else [], self.data,
-                    device=self.device, best_epoch=self.best_epoch,
-                    precision=self.precision.name,
-                    data_name=f"{data_label(val)} (validation)")

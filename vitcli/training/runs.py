@@ -33,12 +33,39 @@ from vitcli.model.checkpoint import read_header, save_tensors
 from vitcli.model.validate import check_finite
 
 if TYPE_CHECKING:
+    from vitcli.training.recipe import TrainOptions
     from vitcli.training.setup import Prepared
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr",
                  "images_per_s", "seconds"]
 STATE_FILE = "state.json"
 STATE_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and where its files are."""
+
+    run_dir: Path
+    stopped: str  # completed | early_stop | time_budget | interrupted
+    epochs: int
+    steps: int
+    seconds: float
+    best_top1: float | None
+    best_epoch: int | None
+    best_path: Path
+    last_path: Path
+    last_row: dict[str, Any] | None
+    num_train: int
+    num_val: int
+    val_split: float | None = None  # validation carved from --data (`vit eval --val-split`)
+    options: TrainOptions | None = None  # what the run was trained with
+    probe: str = ""  # how a linear probe (--freeze backbone) ran, in one line; "" otherwise
+    # --resume of a run that had ended: nothing trained, nothing read or rewritten (the data
+    # was not read, so num_train and num_val are 0)
+    already_ended: bool = False
+    budget_note: str | None = None  # the line said when the run did not keep --time-budget
+    setup_seconds: float = 0.0  # this session's set-up before `seconds` began
 
 
 # ---------------------------------------------------------------------------- the folder

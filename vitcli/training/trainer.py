@@ -23,8 +23,8 @@ from typing import Any
 
 from vitcli.errors import VitError
 from vitcli.training.loop import NonFiniteLoss as NonFiniteLoss  # re-exported
-from vitcli.training.loop import TrainResult
 from vitcli.training.recipe import TrainOptions
+from vitcli.training.runs import TrainResult
 
 EventCallback = Callable[..., None]
 
