@@ -33,6 +33,9 @@ def test_auto_picks_bf16_on_a_cpu_with_bf16_units_for_big_enough_batches_only(un
     small = choose_precision("auto", CPU, macs=BF16_MIN_MACS // 2, bf16_units=units)
     assert small.name == "fp32" and small.dtype is None
     assert small.reason == f"auto: 0.5 GMAC a batch, below the 1 GMAC from which {units} pays"
+    step = choose_precision("auto", CPU, macs=5 * BF16_MIN_MACS, call="training step",
+                            bf16_units=units)
+    assert step.reason == f"auto: {units}, 5 GMAC a training step"
 
 
 @pytest.mark.parametrize(("preset", "batch", "training", "name"), [

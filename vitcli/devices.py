@@ -135,8 +135,9 @@ def check_precision(name: str) -> str:
 
 
 def choose_precision(requested: str, device: torch.device, *, macs: int,
-                     bf16_units: str | None = "probe") -> Precision:
-    """The precision to run a model at on `device`, for calls of `macs` multiply-accumulates each.
+                     call: str = "batch", bf16_units: str | None = "probe") -> Precision:
+    """The precision to run a model at on `device`, for calls of `macs` multiply-accumulates
+    each (`call` names one in the reason: "batch", "training step").
 
     `fp32` and `bf16` are taken as asked (bf16 needs CUDA with bf16 support, or a CPU;
     MPS is refused). `auto`: bf16 on a bf16-capable CUDA GPU; on a CPU, bf16 when it has
@@ -166,7 +167,7 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
         return Precision("fp32", f"auto: {device.type}")
     if units is None:
         return Precision("fp32", "auto: this CPU has no bf16 matrix units")
-    work = f"{gmac(macs)} GMAC a batch"
+    work = f"{gmac(macs)} GMAC a {call}"
     if macs < BF16_MIN_MACS:
         return Precision("fp32", f"auto: {work}, below the {gmac(BF16_MIN_MACS)} GMAC from "
                                  f"which {units} pays")

@@ -234,7 +234,7 @@ def _precision(options: TrainOptions, device: Any, step_macs: int, *, resumed: b
     from vitcli.devices import Precision, autocast_dtype, choose_precision
 
     if not resumed:
-        return choose_precision(options.precision, device, macs=step_macs)
+        return choose_precision(options.precision, device, macs=step_macs, call="training step")
     if kept is not None:
         from vitcli.training.resume import kept_reason
 
