@@ -68,8 +68,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # On a CPU with bf16 matrix units, `auto` runs bf16 once one call of the model does at least
-# this many multiply-accumulates (model.config.call_macs: the images of a batch, ×3 for a training
-# step). Below it, casting to bf16 and starting the matrix units cost more than they save,
+# this many multiply-accumulates (model.config.call_macs: the images of a batch, ×3 for a
+# training step). Below it, casting to bf16 and starting the matrix units cost more than they save,
 # whatever the width. 2 cores of a Xeon with AMX, 2026-12-01, bf16 speed ÷ fp32
 # (docs/precision.md): inference 0.58-0.97× below 1 G (vit-pico, -nano, -micro at batch
 # 1-128), 1.07-2.4× above it (ViT-Ti/16 at batch 1, 1.25 G: 1.5×); training vit-pico at
@@ -142,8 +142,8 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
     `fp32` and `bf16` are taken as asked (bf16 needs CUDA with bf16 support, or a CPU;
     MPS is refused). `auto`: bf16 on a bf16-capable CUDA GPU; on a CPU, bf16 when it has
     bf16 matrix units (AMX or AVX512-BF16) and a call does at least BF16_MIN_MACS
-    multiply-accumulates (`macs`: model.config.call_macs); fp32 otherwise. `bf16_units` overrides
-    the CPU probe (tests; "probe" = read this CPU).
+    multiply-accumulates (`macs`: model.config.call_macs); fp32 otherwise. `bf16_units`
+    overrides the CPU probe (tests; "probe" = read this CPU).
     """
     import torch
 
@@ -175,7 +175,7 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
 
 
 def gmac(macs: int) -> str:
-    """Multiply-adds in billions, two significant figures below 10: 0.0068, 1.3, 18."""
+    """Multiply-accumulates in billions, two significant figures below 10: 0.0068, 1.3, 18."""
     billions = macs / 1e9
     return f"{billions:,.0f}" if billions >= 10 else f"{billions:.2g}"
 
