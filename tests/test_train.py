@@ -1038,6 +1038,31 @@ def test_a_budget_the_run_keeps_is_recorded_and_not_warned_about(tmp_path: Path,
     assert budget["spent_s"] < 60 and budget["first_step_s"] <= budget["training_s"]
 
 
+def test_the_end_of_a_run_writes_state_json_once_with_all_it_found(tmp_path: Path, bars: Path,
+                                                                   monkeypatch):
+    """The calibration and the time budget's record each rewrote state.json after the last
+    epoch's save: the end of a run now adds both in one write, to the same content."""
+    replace, log = os.replace, []
+
+    def spy(src, dst, *a, **kw):
+        if Path(dst).name == "state.json":
+            log.append(("write", json.loads(Path(src).read_text())))
+        return replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", spy)
+    result = train(options(tmp_path, bars, epochs=1, time_budget=5.0),
+                   on_event=lambda kind, **f: log.append((kind, None)))
+    last_epoch = max(i for i, (kind, _) in enumerate(log) if kind == "epoch_end")
+    saved = [info for kind, info in log[:last_epoch] if kind == "write"][-1]
+    after = [info for kind, info in log[last_epoch:] if kind == "write"]
+    assert len(after) == 1, [sorted(set(info) - set(saved)) for info in after]
+    final = json.loads((result.run_dir / "state.json").read_text())
+    assert after[0] == final
+    assert final == {**saved, "calibration": final["calibration"],
+                     "time_budget": final["time_budget"]}
+    assert final["time_budget"]["kept"] is True and "summary" in final["calibration"]
+
+
 # ------------------------------------------------------------ --resume repeating options
 
 

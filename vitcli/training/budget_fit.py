@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from typing import Any
 
 from vitcli.errors import plural
 from vitcli.training.budget import EpochTimes, batch_for_steps, steps_in_budget
 from vitcli.training.distributed import broadcast
 from vitcli.training.optim import ModelEma, warmup_steps_for
 from vitcli.training.recipe import epochs_for, steps_per_epoch
-from vitcli.training.runs import record_in_state
 
 PROBE_STEPS = 10  # steps timed (after 2 warm-up steps) before a time budget sets the schedule
 
@@ -43,14 +43,16 @@ class BudgetFit:
         """Seconds of the --time-budget used: this session's set-up and all training so far."""
         return self.setup_seconds + self.elapsed()
 
-    def _account_for_budget(self, stopped: str, training_s: float) -> str | None:
-        """Say, and record in state.json, when the run did not keep its --time-budget.
+    def _account_for_budget(self, stopped: str,
+                            training_s: float) -> tuple[str | None, dict[str, Any]]:
+        """(the line, the record for state.json) when the run had a --time-budget.
 
         The record (state.json `time_budget`) holds the budget and where the time went, kept
         or not; the line is said only when it was not (vitcli.training.budget.overrun_line).
+        An interrupted run, or one without a budget, has neither.
         """
         if not self.options.time_budget or stopped == "interrupted":
-            return None
+            return None, {}
         from vitcli.training.budget import overrun_line
 
         total_s = self.elapsed()
@@ -59,16 +61,14 @@ class BudgetFit:
                             first_step_s=first, training_s=training_s, total_s=total_s)
         if note:
             self.emit("message", level="warning", text=note)
-        if self.env.is_main:
-            # seconds from the start of training; set-up came before it
-            record_in_state(self.run_dir, {"time_budget": {
-                "minutes": self.options.time_budget, "budget_s": self.options.time_budget * 60,
-                "setup_s": round(self.setup_seconds, 3),
-                "first_step_s": None if first is None else round(first, 3),
-                "training_s": round(training_s, 3), "end_s": round(total_s, 3),
-                "spent_s": round(self.setup_seconds + total_s, 3),
-                "kept": note is None, "note": note}})
-        return note
+        # seconds from the start of training; set-up came before it
+        return note, {"time_budget": {
+            "minutes": self.options.time_budget, "budget_s": self.options.time_budget * 60,
+            "setup_s": round(self.setup_seconds, 3),
+            "first_step_s": None if first is None else round(first, 3),
+            "training_s": round(training_s, 3), "end_s": round(total_s, 3),
+            "spent_s": round(self.setup_seconds + total_s, 3),
+            "kept": note is None, "note": note}}
 
     def _probe(self) -> None:
         """Time PROBE_STEPS steps (after 2 warm-up steps), then fit the schedule to the budget."""

@@ -212,11 +212,14 @@ class Trainer(BudgetFit, Validation, RunState):
                 self._save_state()
             stopped = "interrupted"
         training_s = self.elapsed()
+        found: dict[str, Any] = {}  # what the end of the run adds to state.json
         if self.env.is_main:
             self._finish_files()
             if stopped != "interrupted":  # a resumed run calibrates when it ends
-                self._calibrate()
-        note = self._account_for_budget(stopped, training_s)
+                found.update(self._calibrate())
+        note, budget = self._account_for_budget(stopped, training_s)
+        if self.env.is_main:
+            self._record_end({**found, **budget})
         result = TrainResult(
             run_dir=self.run_dir, stopped=stopped, epochs=self.epochs_done, steps=self.step,
             seconds=self.elapsed(), best_top1=self.best_top1, best_epoch=self.best_epoch,

@@ -99,16 +99,23 @@ class RunState:
         if self.metrics is not None:
             self.metrics.truncate(self.step)  # rows written after the state was saved
 
-    def _calibrate(self) -> None:
-        """Store the temperature and the unknown rule in best.safetensors (training/calibrate.py)."""
+    def _calibrate(self) -> dict[str, Any]:
+        """Store the temperature and the unknown rule in best.safetensors (training/calibrate.py);
+        give back what was fitted, for state.json (`calibration`), or {} when nothing was."""
         from vitcli.training.calibrate import calibrate_model_file
 
         trust = calibrate_model_file(self.run_dir / "weights" / "best.safetensors", self.data,
                                      self.device, seed=self.options.seed)
-        if trust is not None and trust.choice is not None:  # beside the run's other facts
-            record_in_state(self.run_dir, {"calibration": {**trust.choice.to_dict(),
-                                                           "summary": trust.choice.summary()}})
         self.emit("calibrated", trust=trust)
+        if trust is None or trust.choice is None:
+            return {}
+        return {"calibration": {**trust.choice.to_dict(), "summary": trust.choice.summary()}}
+
+    def _record_end(self, found: dict[str, Any]) -> None:
+        """Add what the end of the run found (calibration, the time budget kept or not) to
+        state.json, beside the last epoch's state: one write, whatever there is to add."""
+        if found:
+            record_in_state(self.run_dir, found)
 
     def _finish_files(self) -> None:
         from vitcli.files import data_label
