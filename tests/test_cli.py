@@ -207,6 +207,37 @@ def test_fit_or_break_breaks_between_the_parts_only():
         f"cpu, 96 images/s, precision fp32\n{long}"
 
 
+def test_warn_prints_one_warning_line_broken_between_its_parts_at_the_terminal_width():
+    from io import StringIO
+
+    from vitcli.commands._common import SafeConsole, warn
+
+    def said(first: str, second: str = "", width: int = 80, **kw) -> str:
+        out = SafeConsole(file=StringIO(), width=width, color_system=None)
+        warn(first, second, to=out, **kw)
+        return out.file.getvalue()
+
+    assert said("skipped 2 files", "(first: a.txt)") == "warning: skipped 2 files (first: a.txt)\n"
+    # the parts break between them where `warning: ` and both do not fit: 9 + 15 + 1 + 14 = 39
+    assert said("skipped 2 files", "(first: a.txt)", width=38) == \
+        "warning: skipped 2 files\n(first: a.txt)\n"
+    assert said("skipped 2 files", "(first: a.txt)", width=39).count("\n") == 1
+    assert said("one part only") == "warning: one part only\n"
+    long = "a phrase " * 10  # 90 characters: the terminal wraps it (soft), or Rich at words
+    assert said(long.strip(), width=40).count("\n") == 1
+    assert said(long.strip(), width=40, soft_wrap=False).count("\n") == 3
+
+
+def test_every_command_says_its_warnings_through_one_helper():
+    """`vit eval` and `vit export` each built their `warning:` line and its fit_or_break
+    width themselves; every command now says a warning through _common.warn."""
+    commands = Path(__file__).resolve().parents[1] / "vitcli" / "commands"
+    own = [f"{path.name}:{n}" for path in sorted(commands.glob("*.py")) if path.name != "_common.py"
+           for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+           if "warning:[/]" in line or 'len("warning: ")' in line]
+    assert not own, own
+
+
 def test_patchify_shows_what_shifted_patch_tokens_project(tmp_path, image_file):
     result = run("patchify", image_file, "--preset", "vit-pico", "--out", tmp_path)
     assert result.exit_code == 0, result.output

@@ -83,6 +83,21 @@ def fit_or_break(first: str, second: str, width: int | None = None) -> str:
     joined = f"{first} {second}"
     return joined if cell_len(joined) <= (width or console.width) else f"{first}\n{second}"
 
+
+def warn(first: str, second: str = "", *, to: Console | None = None,
+         soft_wrap: bool = True) -> None:
+    """Print one `warning:` line on `to` (stderr unless said): `first second`, with `second`
+    on the next line where `warning: first second` does not fit the terminal (fit_or_break).
+
+    Both parts are printable text (escaped, without markup). With soft_wrap a line longer
+    than the terminal is left for the terminal to wrap (a path stays whole for copying);
+    without, Rich wraps it at words. Every command says its warnings through here.
+    """
+    to = to or err_console
+    text = fit_or_break(first, second, to.width - len("warning: ")) if second else first
+    to.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=soft_wrap)
+
+
 ModelOpt = Annotated[
     Path | None,
     typer.Option("--model", "-m", help="A vitcli model file (.safetensors).", show_default=False),

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vitcli.commands._common import console as out_console
-from vitcli.commands._common import plural
+from vitcli.commands._common import plural, warn
 from vitcli.commands._common import safe as escape
 from vitcli.errors import format_duration, format_score
 
@@ -77,14 +77,16 @@ class Display:
                 self._bar("features", f["total"])
             self.progress.update(self.task, completed=f["done"], total=f["total"])
         elif kind == "message":  # wrapped at words to the terminal; a command on its own line
-            style = "[yellow]warning:[/] " if f.get("level") == "warning" else ""
-            print_(style + escape(f["text"]), highlight=False)
+            if f.get("level") == "warning":
+                warn(escape(f["text"]), to=self.progress.console, soft_wrap=False)
+            else:
+                print_(escape(f["text"]), highlight=False)
             if f.get("command"):
                 print_command(self.console, f["command"])
         elif kind == "start":
             self._start(f)
         elif kind == "batch":  # a busy machine's time budget: the run goes on at a smaller batch
-            print_("[yellow]warning:[/] " + escape(f["text"]), highlight=False)
+            warn(escape(f["text"]), to=self.progress.console, soft_wrap=False)
             self.budget_shown = False  # the new batch's schedule is said again
         elif kind == "schedule" and not self.budget_shown:  # refitted each epoch: say it once
             self.budget_shown = True

@@ -118,7 +118,7 @@ def render(report: AuditReport) -> None:
     """The counts table, the image properties, unreadable files and the groups."""
     from rich.table import Table
 
-    from vitcli.commands._common import console, safe
+    from vitcli.commands._common import console, safe, warn
     from vitcli.data.audit_files import group_title
     from vitcli.files import shown_path
 
@@ -149,8 +149,7 @@ def render(report: AuditReport) -> None:
                       highlight=False)
     empty = report.empty_classes
     for folder in empty[:SHOW_EMPTY]:  # in the words `vit train` refuses it with
-        console.print(f"[yellow]warning:[/] {safe(folder.message(report.data))}",
-                      highlight=False)
+        warn(safe(folder.message(report.data)), to=console, soft_wrap=False)
     if len(empty) > SHOW_EMPTY:
         console.print(f"… {plural(len(empty) - SHOW_EMPTY, 'more empty class folder')} in "
                       "the report", highlight=False)

@@ -60,7 +60,7 @@ def evaluate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TimeRemainingColumn
 
-    from vitcli.commands._common import console, err_console, progress_bar, writing
+    from vitcli.commands._common import console, progress_bar, warn, writing
     from vitcli.commands._common import safe as escape
     from vitcli.errors import UsageError
     from vitcli.evaluation.evaluate import evaluate as run_eval
@@ -105,19 +105,15 @@ def evaluate(
             write_json(report, json_path)
 
     if report.bad_files:
-        from vitcli.commands._common import fit_or_break
         from vitcli.data.discovery import skipped_note
 
         # counted by kind, in the words of every command: a notes.txt is a file that is not
         # an image, not an "unreadable image"
         count, first = skipped_note(report.bad_files, data)
         where = f"{first}; all listed in {written['bad_files']}"
-        err_console.print("[yellow]warning:[/] " + fit_or_break(
-            escape(count), escape(where), err_console.width - len("warning: ")),
-            highlight=False, soft_wrap=True)
+        warn(escape(count), escape(where))
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False,
-                          soft_wrap=True)
+        warn(escape(warning))
     render(report, show=show)
     console.print(f"results in [bold]{escape(str(out))}[/]"
                   + (f", JSON in [bold]{escape(str(json_path))}[/]" if json_path else ""),

@@ -61,7 +61,7 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
     from rich import box
     from rich.table import Table
 
-    from vitcli.commands._common import console, err_console, fit_or_break, safe
+    from vitcli.commands._common import console, fit_or_break, safe, warn
     from vitcli.data.discovery import skipped_note
     from vitcli.deploy.onnx_checks import ATOL, RTOL
 
@@ -91,9 +91,7 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
         return
     if d.bad_files:  # before the table, as eval warns before its results
         count, first = skipped_note(d.bad_files, data)
-        err_console.print("[yellow]warning:[/] " + fit_or_break(
-            safe(count), safe(first), err_console.width - len("warning: ")),
-            highlight=False, soft_wrap=True)
+        warn(safe(count), safe(first))
     table = Table(title=safe(d.description) or plural(d.images, "image"), title_justify="left",
                   box=box.SIMPLE_HEAD)
     for col in ("back end", "accuracy", "top-1 agreement"):
@@ -110,9 +108,9 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
                  f"int8 {d.unknown_int8};",
                  f"the same answer on {d.int8_unknown_agreement:.2%} of the images"]
         if d.int8_unknown_agreement < 1:
-            lines[0] = f"[yellow]warning:[/] {lines[0]}"
             lines[1] += "; int8 moves the unknown score too:"
             lines.append("use model.onnx where the unknown answer must match the model file's")
+            warn(lines.pop(0), to=console, soft_wrap=False)
         for line in lines:
             console.print(line, highlight=False)
 
@@ -129,7 +127,7 @@ def show_latency(latency: Latency) -> None:
     from rich import box
     from rich.table import Table
 
-    from vitcli.commands._common import console, fit_or_break, safe
+    from vitcli.commands._common import console, fit_or_break, safe, warn
 
     table = Table(title=f"batch-{latency.batch} latency", title_justify="left",
                   box=box.SIMPLE_HEAD)
@@ -159,10 +157,9 @@ def show_latency(latency: Latency) -> None:
         console.print(fit_or_break(f"PyTorch bf16 autocast: {why}", reason) if auto
                       else f"PyTorch bf16 autocast: {safe(latency.bf16)}", highlight=False)
         return
-    console.print("[yellow]warning:[/] " + fit_or_break(
-        f"PyTorch bf16 ({why}) is slower than fp32 here;",
-        "for single images, vit predict --precision fp32 is faster",
-        console.width - len("warning: ")), highlight=False)
+    warn(f"PyTorch bf16 ({why}) is slower than fp32 here;",
+         "for single images, vit predict --precision fp32 is faster", to=console,
+         soft_wrap=False)
 
 
 def _mb(size: int) -> str:

@@ -39,7 +39,7 @@ def patchify(
         show_default=False)] = None,
 ) -> None:
     """Draw the patch grid and the token sequence of IMAGE, and print the token figures."""
-    from vitcli.commands._common import console, err_console, safe
+    from vitcli.commands._common import console, safe, warn
     from vitcli.model.patches import patchify_image
 
     out_dir = out if out is not None else Path("patchify-out")
@@ -58,8 +58,7 @@ def patchify(
 
     warning = grid_warning(result.config.image_size, result.config.patch_size)
     if warning:
-        err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False,
-                          soft_wrap=True)
+        warn(safe(warning))
 
 
 def _summary(result: PatchifyResult) -> Table:
