@@ -65,7 +65,7 @@ def parse_temperature(metadata: dict[str, str]) -> float:
 
 # vitcli_version as vitcli writes it (a PEP 440 version: 0.1.0, 1.2.0rc1, 0.1.0+local.3)
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.+_-]?[0-9A-Za-z]+)*")
-VALIDATION_SOURCES = ("split", "val", "val_split", "none")  # vitcli.training.loop writes them
+VALIDATION_SOURCES = ("split", "val", "val_split", "none")  # vitcli.training.validation writes them
 PRECISION_KEY = "precision"  # only an int8 ONNX export records one (vitcli.deploy.export)
 _TEXT_LIMITS = {"calibration": 1_000, "source": 8_192}  # sentences and paths: any text
 
