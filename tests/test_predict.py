@@ -543,3 +543,29 @@ def test_auto_is_weighed_on_the_first_batch_and_bf16_runs_autocasts_numbers(
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = model(torch.from_numpy(x)).float().numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_auto_weighs_the_batch_asked_for_not_the_readable_images_of_the_first(
+        tiny_model_file, tmp_path: Path, monkeypatch):
+    """A folder whose first batch is mostly unreadable files ran every batch in fp32: `auto`
+    was weighed on the first batch's readable images (3 of 8), so the batches of 8 after it
+    kept fp32 too. It weighs --batch-size (or the image count when fewer) now, as eval does,
+    and the closing line, --json and the work it names agree with what ran."""
+    import vitcli.devices as devices
+    from vitcli.model.checkpoint import check_model_file
+    from vitcli.model.config import call_macs
+
+    config = check_model_file(tiny_model_file).config
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
+    monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(config, 6))
+    folder = make_image_folder(tmp_path / "imgs", per_class=4)  # 12 images, sorted after a*
+    for i in range(5):
+        (folder / f"a{i}.png").write_bytes(b"not an image")
+    result = CliRunner().invoke(app, ["predict", str(folder), "-m", str(tiny_model_file),
+                                      "--precision", "auto", "--batch-size", "8", "--json",
+                                      "--device", "cpu"], env={"COLUMNS": "200"})
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert sum("error" in r for r in records) == 5
+    assert {r["compute_precision"] for r in records if "error" not in r} == {"bf16"}
+    assert f"precision bf16 (auto: AMX-BF16, {devices.gmac(call_macs(config, 8))} GMAC" \
+        in " ".join(result.stderr.split())

@@ -71,6 +71,11 @@ class Backend(Protocol):
         ONNX file); what predict records beside its answers."""
         ...
 
+    def decide(self, batch: int) -> None:
+        """Settle the precision for calls of `batch` images (PyTorch's `auto`: a call's work
+        decides it); before the first call, so that unreadable images do not sway it."""
+        ...
+
 
 @dataclass
 class OnnxBackend:
@@ -90,6 +95,9 @@ class OnnxBackend:
         """"int8" for an `--int8` export (its metadata says so; checked when opened), else
         "fp32": an ONNX file runs at the precision it was exported in."""
         return onnx_precision(self.metadata)
+
+    def decide(self, batch: int) -> None:
+        """Nothing to settle: an ONNX file runs at the precision it was exported in."""
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]
@@ -118,8 +126,9 @@ class OnnxBackend:
 class TorchBackend:
     """A vitcli .safetensors model file on PyTorch (any device).
 
-    `precision` None with `auto` set: decided on the first batch it runs, by that batch's
-    work (devices.choose_precision), and kept for the batches after it.
+    `precision` None with `auto` set: decided by a batch's work (devices.choose_precision)
+    once, by `decide` (predict_paths: its batch size, or the image count when fewer) or
+    else on the first batch it runs, and kept for the batches after it.
     """
 
     path: Path

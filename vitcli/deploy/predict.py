@@ -204,6 +204,10 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
     """
     names = backend.class_names
     threshold = unknown_rule(backend, unknown)
+    # `auto` weighs the batches asked for, not the readable images of the first one: a
+    # first batch of mostly unreadable files would have kept every later batch in fp32
+    if paths:
+        backend.decide(min(batch_size, len(paths)))
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         batch, good, failed = load_batch(backend, chunk)
