@@ -12,9 +12,25 @@ import torch
 from safetensors.torch import load_file
 from test_train import bar_folder, imbalanced_bars, options, repo_env
 
-from vitcli.training.distributed import DistEnv, gather_rows, shard
+from vitcli.training.distributed import DistEnv, gather_rows, process_batch, shard
 from vitcli.training.runs import read_metrics
 from vitcli.training.trainer import train
+
+
+@pytest.mark.parametrize(("batch_size", "images", "world_size", "per_process"), [
+    (12, 54, 1, 12), (256, 54, 1, 54),  # one process: the batch, or every image
+    (8, 54, 2, 4),
+    # fewer images than the batch: the global batch is the images (100, cut to a multiple
+    # of the processes), so each of 2 processes steps on 50, not 100 (trainer.py weighed
+    # min(256 / 2, 100) = 100 for --precision auto, twice the work a process does)
+    (256, 100, 2, 50), (256, 101, 4, 25)])
+def test_auto_weighs_the_images_one_process_steps_on(batch_size, images, world_size,
+                                                      per_process):
+    env = DistEnv(world_size=world_size)
+    assert process_batch(batch_size, images, env) == per_process
+    batch = min(batch_size, images) // world_size * world_size  # the Trainer's global batch
+    order = torch.arange(images)
+    assert len(shard(order[:batch], env)) == per_process
 
 
 def test_shards_partition_each_global_batch():

@@ -93,6 +93,13 @@ def shard(batch: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return batch[env.rank::env.world_size]
 
 
+def process_batch(batch_size: int, images: int, env: DistEnv) -> int:
+    """The images one process trains on in a step: the global batch (at most the training
+    images, cut to a multiple of the processes, as the Trainer cuts it) shared out by
+    `shard`. What `--precision auto` weighs (devices.choose_precision)."""
+    return max(min(batch_size, images) // env.world_size, 1)
+
+
 def all_reduce_mean(values: list[float], env: DistEnv) -> list[float]:
     """The mean of each value over all ranks (identity in one process)."""
     if not env.distributed:

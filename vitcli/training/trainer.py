@@ -83,7 +83,12 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
 def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback | None,
          kept: tuple[str, str] | None = None) -> TrainResult:
     from vitcli.model.config import call_macs
-    from vitcli.training.distributed import broadcast, init_distributed, shutdown_distributed
+    from vitcli.training.distributed import (
+        broadcast,
+        init_distributed,
+        process_batch,
+        shutdown_distributed,
+    )
     from vitcli.training.loop import Trainer, augment_level
     from vitcli.training.runs import (
         load_state,
@@ -132,8 +137,8 @@ def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback
                            if run_dir is None and getattr(options, name) is None)
         options = options.with_defaults_for(prepared.config.image_size)
         # a training step of one process's batch: what decides `auto` (devices.choose_precision)
-        batch = min(-(-options.batch_size // env.world_size), len(prepared.train_labels))
-        step_macs = call_macs(prepared.config, max(batch, 1), training=True)
+        batch = process_batch(options.batch_size, len(prepared.train_labels), env)
+        step_macs = call_macs(prepared.config, batch, training=True)
         precision = _precision(options, env.device, step_macs,
                                resumed=run_dir is not None, kept=kept)
         level = augment_level(options, len(prepared.train_labels))
