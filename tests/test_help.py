@@ -193,3 +193,16 @@ def test_workers_is_a_hidden_alias_of_threads() -> None:
     assert "CPU threads for the maths" in " ".join(text.replace("│", " ").split())
     params = {p.name: p for p in command("train").params}
     assert params["workers"].hidden
+
+
+@pytest.mark.parametrize("name", ["train", "eval", "predict", "export"])
+def test_precision_help_states_the_rule_auto_follows(name: str) -> None:
+    """`--precision auto` weighs a call's work (devices.BF16_MIN_MACS); the help of all four
+    commands still said "models wide enough that it pays" / "for wide models" after the
+    width rule was dropped."""
+    from vitcli.devices import BF16_MIN_MACS, gmac
+
+    param = next(p for p in command(name).params if "--precision" in p.opts)
+    text = " ".join((param.help or "").split())
+    assert f"from {gmac(BF16_MIN_MACS)} GMAC" in text, text
+    assert "wide" not in text, text

@@ -425,7 +425,8 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
 
 
 def test_auto_precision_is_fp32_for_the_tiny_test_model(tmp_path, bars):
-    """The decision rule in a real run: a 32-wide model stays fp32 even on a bf16 CPU."""
+    """The decision rule in a real run: the tiny model's training step is far below 1 GMAC,
+    so it stays fp32 even on a bf16 CPU."""
     result = train(options(tmp_path, bars, epochs=1))
     resolved = json.loads((result.run_dir / "args.json").read_text())["resolved"]
     assert resolved["precision"] == "fp32" and resolved["precision_reason"].startswith("auto")

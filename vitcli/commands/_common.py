@@ -15,6 +15,7 @@ from rich.markup import escape as _escape_markup
 from rich.segment import Segment
 from typer.core import TyperCommand
 
+from vitcli.devices import BF16_MIN_MACS, gmac
 from vitcli.errors import format_score as format_score  # re-exported: scores print so
 from vitcli.errors import plural as plural  # re-exported: the commands count with it
 from vitcli.errors import score_decimals as score_decimals  # re-exported, with format_score
@@ -102,13 +103,16 @@ ModelOpt = Annotated[
     Path | None,
     typer.Option("--model", "-m", help="A vitcli model file (.safetensors).", show_default=False),
 ]
+# what `--precision auto` weighs, named in each command's help (vitcli.devices: no torch)
+BF16_MIN_GMAC = gmac(BF16_MIN_MACS)
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="The device to run on: cpu, cuda, cuda:N (a GPU) or mps.")
 ]
 PrecisionOpt = Annotated[
     str, typer.Option("--precision", help="auto, fp32 or bf16 (bf16 autocast, fp32 weights). "
                       "auto: bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, "
-                      "AVX512-BF16) for models wide enough that it pays; fp32 otherwise.")
+                      f"AVX512-BF16) from {BF16_MIN_GMAC} GMAC a batch (an image's "
+                      "multiply-accumulates × the batch); fp32 below.")
 ]
 OutDirOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Folder to write results into.",

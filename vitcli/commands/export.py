@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import plural
+from vitcli.commands._common import BF16_MIN_GMAC, plural
 from vitcli.deploy.export import DEFAULT_OPSET, MAX_FIXED_BATCH, MIN_OPSET
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ def export(
     precision: Annotated[str, typer.Option(
         "--precision", help="Which PyTorch latencies the table lists beside the ONNX files: "
         "fp32 always; bf16 autocast too with bf16, or with auto on a CPU with bf16 matrix "
-        "units. The ONNX graph is fp32 and checked against PyTorch fp32 either way.")] = "auto",
+        f"units from {BF16_MIN_GMAC} GMAC at the table's batch. The ONNX graph is "
+        "fp32 and checked against PyTorch fp32 either way.")] = "auto",
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
     from vitcli.commands._common import err_console, safe, writing

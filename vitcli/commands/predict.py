@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import DeviceOpt, plural, writing
+from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt, plural, writing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,8 +47,8 @@ def predict(
     precision: Annotated[str, typer.Option("--precision", help=(
         "fp32, bf16 or auto (PyTorch files). fp32 gives the probabilities of the exported "
         "ONNX file and of an imported model's source, to within float rounding (about "
-        "1e-6); bf16, or auto (bf16 on a CPU with bf16 units for wide models), is faster, "
-        "within ~1e-2 of them."))] = "fp32",
+        f"1e-6); bf16, or auto (bf16 on a CPU with bf16 units from {BF16_MIN_GMAC} GMAC a "
+        "batch), is faster, within ~1e-2."))] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(

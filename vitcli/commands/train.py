@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vitcli.commands._common import DeviceOpt
+from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt
 from vitcli.training.recipe import (
     BASE_BATCH,
     BASE_LR,
@@ -73,8 +73,9 @@ def train(
     device: DeviceOpt = "auto",
     precision: Annotated[str | None, _opt("--precision", help=(
         "auto, fp32 or bf16 (bf16 autocast; weights and optimiser state stay fp32). auto: "
-        "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) for "
-        "models wide enough that it pays; fp32 otherwise. --resume keeps the run's. "
+        "bf16 on a CUDA GPU, and on a CPU with bf16 matrix units (AMX, AVX512-BF16) "
+        f"from {BF16_MIN_GMAC} GMAC a training step (an image's multiply-accumulates × the "
+        "batch × 3); fp32 below. --resume keeps the run's. "
         "[default: auto]"))]
     = None,
     threads: Annotated[int | None, _opt("--threads", min=0, max=4096, help=(

@@ -153,7 +153,7 @@ def recorded_precision(run_dir: Path, args: dict[str, Any],
 
 def kept_reason(reason: str) -> str:
     """Why a resumed run runs at the precision it recorded, in the words of its start:
-    'kept from the run, where auto chose it: AMX-BF16, 1.3 GMAC a batch'."""
+    'kept from the run, where auto chose it: AMX-BF16, 6.4 GMAC a training step'."""
     if reason.startswith("auto: "):
         return f"kept from the run, where auto chose it: {reason.removeprefix('auto: ')}"
     if reason.startswith("asked for"):
