@@ -442,3 +442,19 @@ def test_eval_calls_a_text_file_a_file_that_is_not_an_image(tiny_model_file, ima
     err = " ".join(result.stderr.split())
     assert "skipped 1 file that is not an image and 1 unreadable image" in err, err
     assert "unreadable images" not in err and "; ignored" not in err
+
+
+def test_auto_names_the_batch_it_weighed(tiny_model_file, image_folder, monkeypatch):
+    """"auto: 0.5 GMAC a batch, below the 1 GMAC ..." left a user of --batch-size 256 on 24
+    images guessing which batch; the reason names it: the images, when fewer than a batch."""
+    import vitcli.devices as devices
+    from vitcli.evaluation.evaluate import evaluate
+
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
+    few = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
+    assert few.precision == "fp32"
+    assert few.precision_reason.startswith("auto: ") and \
+        " GMAC a batch of 24 images, below the 1 GMAC from which AMX-BF16 pays" \
+        in few.precision_reason
+    one = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=1)
+    assert " GMAC a batch of 1 image, below" in one.precision_reason

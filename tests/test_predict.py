@@ -567,5 +567,5 @@ def test_auto_weighs_the_batch_asked_for_not_the_readable_images_of_the_first(
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sum("error" in r for r in records) == 5
     assert {r["compute_precision"] for r in records if "error" not in r} == {"bf16"}
-    assert f"precision bf16 (auto: AMX-BF16, {devices.gmac(call_macs(config, 8))} GMAC" \
-        in " ".join(result.stderr.split())
+    assert f"precision bf16 (auto: AMX-BF16, {devices.gmac(call_macs(config, 8))} GMAC a " \
+        "batch of 8 images)" in " ".join(result.stderr.split())

@@ -137,7 +137,7 @@ def check_precision(name: str) -> str:
 def choose_precision(requested: str, device: torch.device, *, macs: int,
                      call: str = "batch", bf16_units: str | None = "probe") -> Precision:
     """The precision to run a model at on `device`, for calls of `macs` multiply-accumulates
-    each (`call` names one in the reason: "batch", "training step").
+    each (`call` names one in the reason: "batch", batch_of(12), "training step").
 
     `fp32` and `bf16` are taken as asked (bf16 needs CUDA with bf16 support, or a CPU;
     MPS is refused). `auto`: bf16 on a bf16-capable CUDA GPU; on a CPU, bf16 when it has
@@ -172,6 +172,12 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
         return Precision("fp32", f"auto: {work}, below the {gmac(BF16_MIN_MACS)} GMAC from "
                                  f"which {units} pays")
     return Precision("bf16", f"auto: {units}, {work}")
+
+
+def batch_of(images: int) -> str:
+    """The `call` of choose_precision for inference: "batch of 12 images", so that the reason
+    names the batch it weighed ("auto: 0.17 GMAC a batch of 1 image, below ...")."""
+    return f"batch of {plural(images, 'image')}"
 
 
 def gmac(macs: int) -> str:

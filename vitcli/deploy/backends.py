@@ -163,11 +163,12 @@ class TorchBackend:
     def decide(self, batch: int) -> None:
         """Settle `auto` for batches of `batch` images (once; later calls change nothing)."""
         if self.auto and self.precision is None:
-            from vitcli.devices import choose_precision
+            from vitcli.devices import batch_of, choose_precision
             from vitcli.model.config import call_macs
 
-            self.precision = choose_precision("auto", self.device,
-                                              macs=call_macs(self.config, max(batch, 1)))
+            batch = max(batch, 1)
+            self.precision = choose_precision("auto", self.device, call=batch_of(batch),
+                                              macs=call_macs(self.config, batch))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]

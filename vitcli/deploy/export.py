@@ -193,12 +193,13 @@ def bf16_reference(precision: str, config: ViTConfig, batch: int) -> tuple[bool,
     """
     import torch
 
-    from vitcli.devices import choose_precision
+    from vitcli.devices import batch_of, choose_precision
     from vitcli.model.config import call_macs
 
     if precision == "fp32":
         return False, None
-    chosen = choose_precision(precision, torch.device("cpu"), macs=call_macs(config, batch))
+    chosen = choose_precision(precision, torch.device("cpu"), macs=call_macs(config, batch),
+                              call=batch_of(batch))
     return chosen.name == "bf16", chosen.reason
 
 
