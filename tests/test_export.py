@@ -518,6 +518,13 @@ def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypa
                     "ONNX Runtime fp32": "4.31×", "ONNX Runtime int8": "7.05×"}
     assert "median of 7-20 timed runs" in out and "2 threads for PyTorch and onnxruntime" in out
     assert "warning: PyTorch bf16 (what --precision auto picks) is slower than fp32" in out
+    assert "for single images, vit predict --precision fp32 is faster" in " ".join(out.split())
+    fixed = _latency_output(  # a graph fixed at batch 8 is timed at 8: not "single images"
+        capsys, monkeypatch, ms={"pytorch": 10.0, "pytorch bf16": 20.0, "onnx fp32": 5.0},
+        runs={"pytorch": 20, "pytorch bf16": 20, "onnx fp32": 20}, threads=1,
+        bf16="asked for", bf16_listed=True, batch=8)
+    assert "batch-8 latency" in fixed and "single images" not in fixed
+    assert "at batch 8, vit predict --precision fp32 is faster" in " ".join(fixed.split())
     out = _latency_output(capsys, monkeypatch, ms={"pytorch": 10.0, "onnx fp32": 5.0},
                           runs={"pytorch": 20, "onnx fp32": 20}, threads=1,
                           bf16="auto: 0.0068 GMAC a batch, below the 1 GMAC from "

@@ -158,8 +158,9 @@ def show_latency(latency: Latency) -> None:
         console.print(fit_or_break(f"PyTorch bf16 autocast: {why}", reason) if auto
                       else f"PyTorch bf16 autocast: {safe(latency.bf16)}", highlight=False)
         return
+    calls = "for single images" if latency.batch == 1 else f"at batch {latency.batch}"
     warn(f"PyTorch bf16 ({why}) is slower than fp32 here;",
-         "for single images, vit predict --precision fp32 is faster", to=console,
+         f"{calls}, vit predict --precision fp32 is faster", to=console,
          soft_wrap=False)
 
 
