@@ -6,8 +6,8 @@
 
 Columns, all from one run: transformers' ViT in fp32 eager (the peer); vitcli's model in fp32
 eager; vitcli at the precision `vit train --precision auto` picks on this machine (bf16
-autocast on a GPU and on a CPU whose bf16 units pay for the model's width, fp32 elsewhere:
-vitcli.devices.choose_precision); with --user also `vit train` itself (the library call the
+autocast on a GPU, and on a CPU with bf16 units from 1 GMAC a training step or a batch,
+fp32 elsewhere: vitcli.devices.choose_precision); with --user also `vit train` itself (the library call the
 command makes, on generated 224-px images, augmentation and all; images/s of its second
 epoch as the progress bar reports it). Evaluation: the peer and vitcli fp32 eager forward
 passes without gradients, and `vit eval`'s own path (vitcli.evaluation.predict_logits on uint8
