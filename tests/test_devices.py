@@ -118,3 +118,32 @@ def test_bf16_weights_give_autocasts_answers_bit_for_bit_and_leave_norms_fp32():
     assert dtypes["blocks.0.norm1.weight"] == torch.float32
     assert dtypes["pos_embed"] == torch.float32 and dtypes["cls_token"] == torch.float32
     assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+
+
+def test_bf16_copy_makes_only_the_bf16_matrices_and_shares_the_rest():
+    """`vit predict`'s bf16 copy deep-copied the fp32 model first (a second fp32 model at
+    the peak, 1.2 GB for ViT-L/16) and kept fp32 copies of the norms and tokens; the copy
+    now makes only the bf16 matrices and shares the rest, and answers as autocast does."""
+    from vitcli.devices import bf16_copy
+    from vitcli.model.config import ViTConfig
+    from vitcli.model.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(image_size=16, patch_size=4, embed_dim=32, depth=2,
+                                        num_heads=2, num_classes=5)).eval()
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    copied = bf16_copy(model)
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), copied(x))
+    matrices = {f"{layer}.{kind}" for layer, m in copied.named_modules()
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for kind in ("weight", "bias")}
+    original = dict(model.named_parameters())
+    assert "blocks.0.attn.qkv.weight" in matrices and "patch_embed.proj.weight" in matrices
+    for name, p in copied.named_parameters():
+        if name in matrices:
+            assert p.dtype == torch.bfloat16 and original[name].dtype == torch.float32, name
+        else:  # norms, class token, position embedding: the original's own tensors
+            assert p is original[name], name
+    for name, tensor in model.state_dict().items():  # the original is untouched
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, before[name]), name

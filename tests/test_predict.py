@@ -540,6 +540,9 @@ def test_auto_is_weighed_on_the_first_batch_and_bf16_runs_autocasts_numbers(
     assert many.compute_precision == "bf16"  # decided once
     model = many.model_file.model
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    copied = many._outputs.model  # devices.bf16_copy: only the matrices are new, in bf16
+    assert copied.pos_embed is model.pos_embed and copied.norm.weight is model.norm.weight
+    assert copied.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         want = model(torch.from_numpy(x)).float().numpy()
     np.testing.assert_array_equal(got, want)

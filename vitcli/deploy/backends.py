@@ -190,16 +190,14 @@ class TorchBackend:
 
     def _build(self, dtype: Any) -> Any:
         """The model with its temperature and score; in bf16 a copy whose matrix weights
-        are stored in bf16 (devices.bf16_weights: autocast's own rounding, done once), so
+        are stored in bf16 (devices.bf16_copy: autocast's own rounding, done once), so
         that the model file's fp32 model stays as it is for explanations and checks."""
-        import copy
-
-        from vitcli.devices import bf16_weights
+        from vitcli.devices import bf16_copy
         from vitcli.model.outputs import model_outputs
 
         model = self.model_file.model
         if dtype is not None:
-            model = bf16_weights(copy.deepcopy(model))
+            model = bf16_copy(model)
         return model_outputs(self.model_file, model).to(self.device)
 
 
