@@ -202,7 +202,7 @@ def test_fit_or_break_breaks_between_the_parts_only():
 
     assert fit_or_break("cpu, precision fp32", "(asked for)", 80) == \
         "cpu, precision fp32 (asked for)"
-    long = "(auto: 0.0068 GMAC a batch, below the 1 GMAC from which AMX-BF16 pays)"
+    long = "(auto: 0.0068 GMAC a batch of 1,024 images; AVX512-BF16 pays from 1 GMAC)"
     assert fit_or_break("cpu, 96 images/s, precision fp32", long, 80) == \
         f"cpu, 96 images/s, precision fp32\n{long}"
 

@@ -32,7 +32,7 @@ def test_auto_picks_bf16_on_a_cpu_with_bf16_units_for_big_enough_batches_only(un
     assert choose_precision("auto", CPU, macs=BF16_MIN_MACS - 1, bf16_units=units).name == "fp32"
     small = choose_precision("auto", CPU, macs=BF16_MIN_MACS // 2, bf16_units=units)
     assert small.name == "fp32" and small.dtype is None
-    assert small.reason == f"auto: 0.5 GMAC a batch, below the 1 GMAC from which {units} pays"
+    assert small.reason == f"auto: 0.5 GMAC a batch; {units} pays from 1 GMAC"
     step = choose_precision("auto", CPU, macs=5 * BF16_MIN_MACS, call="training step",
                             bf16_units=units)
     assert step.reason == f"auto: {units}, 5 GMAC a training step"

@@ -186,11 +186,11 @@ def test_eval_lines_read_whole_at_80_columns(tiny_model_file, image_folder, tmp_
     assert out[0] == f"{tiny_model_file.name} on folder {image_folder.name}/: 24 images; 3 classes"
     import torch
 
-    from vitcli.devices import choose_precision
+    from vitcli.devices import batch_of, choose_precision
     from vitcli.model.config import call_macs
 
     macs = call_macs(auto_config(tiny_model_file), 24)  # the folder's 24 images, one batch
-    reason = choose_precision("auto", torch.device("cpu"), macs=macs).reason
+    reason = choose_precision("auto", torch.device("cpu"), macs=macs, call=batch_of(24)).reason
     assert reason and any(line.endswith(f"({reason})") for line in out[1:3]), out[:3]
     err = [line.rstrip() for line in result.stderr.splitlines()]
     assert "warning: skipped 1 file that is not an image and 1 unreadable image" in err, err
@@ -342,7 +342,7 @@ def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_fo
     monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
     monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(auto_config(tiny_model_file), 100))
     few = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
-    assert few.precision == "fp32" and "below the" in few.precision_reason
+    assert few.precision == "fp32" and "pays from" in few.precision_reason
     monkeypatch.setattr(devices, "BF16_MIN_MACS", call_macs(auto_config(tiny_model_file), 20))
     enough = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
     assert enough.precision == "bf16" and enough.precision_reason.startswith("auto: AMX-BF16")
@@ -445,7 +445,7 @@ def test_eval_calls_a_text_file_a_file_that_is_not_an_image(tiny_model_file, ima
 
 
 def test_auto_names_the_batch_it_weighed(tiny_model_file, image_folder, monkeypatch):
-    """"auto: 0.5 GMAC a batch, below the 1 GMAC ..." left a user of --batch-size 256 on 24
+    """"auto: 0.5 GMAC a batch, below the 1 GMAC ..." (the wording then) left a user of --batch-size 256 on 24
     images guessing which batch; the reason names it: the images, when fewer than a batch."""
     import vitcli.devices as devices
     from vitcli.evaluation.evaluate import evaluate
@@ -454,7 +454,7 @@ def test_auto_names_the_batch_it_weighed(tiny_model_file, image_folder, monkeypa
     few = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=256)
     assert few.precision == "fp32"
     assert few.precision_reason.startswith("auto: ") and \
-        " GMAC a batch of 24 images, below the 1 GMAC from which AMX-BF16 pays" \
+        " GMAC a batch of 24 images; AMX-BF16 pays from 1 GMAC" \
         in few.precision_reason
     one = evaluate(tiny_model_file, image_folder, device="cpu", batch_size=1)
-    assert " GMAC a batch of 1 image, below" in one.precision_reason
+    assert " GMAC a batch of 1 image; AMX-BF16 pays" in one.precision_reason

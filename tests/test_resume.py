@@ -308,7 +308,7 @@ def test_every_line_of_vit_train_reads_at_80_columns(stopped_run, monkeypatch):
             assert len(line) <= 80, f"{len(line)} columns: {line!r}"
     text = " ".join(" ".join(runs).split())  # lines joined at their breaks
     for sentence in ("precision fp32 (auto: ",
-                     "GMAC a training step, below the 1 GMAC from which AMX-BF16 pays)",
+                     "GMAC a training step; AMX-BF16 pays from 1 GMAC)",
                      "precision bf16 (kept from the run, which asked for it)",
                      "unknown beyond score",
                      "already ended at step 6 (epoch 2): nothing to resume. To train further, "

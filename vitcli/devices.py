@@ -168,15 +168,15 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
     if units is None:
         return Precision("fp32", "auto: this CPU has no bf16 matrix units")
     work = f"{gmac(macs)} GMAC a {call}"
-    if macs < BF16_MIN_MACS:
-        return Precision("fp32", f"auto: {work}, below the {gmac(BF16_MIN_MACS)} GMAC from "
-                                 f"which {units} pays")
+    if macs < BF16_MIN_MACS:  # short enough for one line at 80 columns beside its batch
+        return Precision("fp32", f"auto: {work}; {units} pays from {gmac(BF16_MIN_MACS)} GMAC")
     return Precision("bf16", f"auto: {units}, {work}")
 
 
 def batch_of(images: int) -> str:
     """The `call` of choose_precision for inference: "batch of 12 images", so that the reason
-    names the batch it weighed ("auto: 0.17 GMAC a batch of 1 image, below ...")."""
+    names the batch it weighed ("auto: 0.17 GMAC a batch of 1 image; AMX-BF16 pays from
+    1 GMAC")."""
     return f"batch of {plural(images, 'image')}"
 
 

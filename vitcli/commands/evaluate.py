@@ -127,7 +127,7 @@ def render(report: EvalReport, *, show: int = 20) -> None:
 
     m = report.metrics
     data = report.description or f"{report.data}: {plural(m.num_images, 'image')}"
-    # What was evaluated, then how it ran: the precision's reason (up to 70 characters)
+    # What was evaluated, then how it ran: the precision's reason (up to ~75 characters)
     # moves to a line of its own where the terminal is too narrow for it.
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
                   f"{plural(len(m.class_names), 'class', 'classes')}", highlight=False)
