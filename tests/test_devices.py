@@ -60,6 +60,9 @@ def test_auto_follows_the_measured_work_per_call(preset, batch, training, name):
 def test_gmac_reads_at_every_size():
     assert [gmac(m) for m in (6_838_240, 1_253_683_200, 17_563_828_224 * 3)] == \
         ["0.0068", "1.3", "53"]
+    # a toy model's batch of 1: never exponent notation ("5e-05 GMAC a batch")
+    assert [gmac(m) for m in (50_000, 123_456, 99_000, 0, 10**9, 500_000_000, 9_960_000_000)] \
+        == ["0.00005", "0.00012", "0.000099", "0", "1", "0.5", "10"]
 
 
 def test_auto_is_fp32_on_a_cpu_without_bf16_units_whatever_the_work():

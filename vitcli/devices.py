@@ -7,6 +7,7 @@ commands that must not import torch (`vit predict` with an .onnx model).
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,9 +182,15 @@ def batch_of(images: int) -> str:
 
 
 def gmac(macs: int) -> str:
-    """Multiply-accumulates in billions, two significant figures below 10: 0.0068, 1.3, 18."""
+    """Multiply-accumulates in billions, two significant figures below 10: 0.0068, 1.3, 18;
+    never in exponent notation (a toy model's 0.00005, which `:.2g` wrote 5e-05)."""
     billions = macs / 1e9
-    return f"{billions:,.0f}" if billions >= 10 else f"{billions:.2g}"
+    if billions >= 10:
+        return f"{billions:,.0f}"
+    if billions <= 0:
+        return "0"
+    text = f"{billions:.{max(1 - math.floor(math.log10(billions)), 0)}f}"  # 2 figures
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
