@@ -366,3 +366,12 @@ def test_export_of_an_onnx_file_says_what_export_reads(tmp_path):
     assert "is an ONNX file" in result.output and "same file" not in result.output
     help_text = run("export", "--help").output
     assert "17 or newer" not in help_text and "17–1,000" in help_text
+
+
+def test_speeds_read_without_rounding_a_slow_model_to_zero():
+    """`vit eval` printed '0 images/s' for a model slower than an image every two seconds,
+    and train's progress '0 img/s'."""
+    from vitcli.commands._common import per_second
+
+    assert [per_second(r) for r in (1836.4, 12.6, 3.14, 1.0, 0.42, 0.004)] == \
+        ["1,836", "13", "3.1", "1", "0.42", "<0.01"]

@@ -142,6 +142,15 @@ def _metavar(param: Any) -> str:
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
+def per_second(rate: float) -> str:
+    """A speed as a reader wants it: whole numbers with thousands separators from 10 up
+    (1,836), two significant figures below (3.1, 0.42), so that a slow model on big images
+    reads 0.42 images/s rather than 0."""
+    if rate >= 10:
+        return f"{rate:,.0f}"
+    return f"{rate:.2g}" if rate >= 0.01 else "<0.01"
+
+
 def _bound(value: float) -> str:
     """A range bound as a reader writes it: whole numbers in full with thousands separators
     (4,096, never 4.096e+03), fractions as short decimals (0.5); a limit of a binary type

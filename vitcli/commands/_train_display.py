@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from vitcli.commands._common import console as out_console
-from vitcli.commands._common import plural, warn
+from vitcli.commands._common import per_second, plural, warn
 from vitcli.commands._common import safe as escape
 from vitcli.errors import format_duration, format_score
 
@@ -148,7 +148,7 @@ class Display:
                   f["resumed_step"], info="first step running…")  # a budget fits its total later
 
     def _step(self, f: dict[str, Any]) -> None:
-        ips = f"{f['images_per_s']:,.0f} img/s"
+        ips = f"{per_second(f['images_per_s'])} img/s"
         fitted = f.get("budget_fitted", True)
         if fitted:
             eta = f"{format_duration(f['eta_s'])} left"
@@ -173,7 +173,7 @@ class Display:
         val = "" if r["val_top1"] is None else (
             f"  val {r['val_loss']:.3f}  top-1 {r['val_top1']:.2%}{top5}")
         best = "  [green]best[/]" if f["best"] else ""
-        ips = "" if r["images_per_s"] is None else f"  {r['images_per_s']:,.0f} img/s"
+        ips = "" if r["images_per_s"] is None else f"  {per_second(r['images_per_s'])} img/s"
         # One short line per epoch (under 80 columns): logs stay readable, never wrapped. Runs
         # of many short epochs print one every few seconds (and the last), not hundreds.
         line = f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}{val}{ips}{best}"

@@ -122,7 +122,7 @@ def evaluate(
 
 def render(report: EvalReport, *, show: int = 20) -> None:
     """Print the summary, per-class, confusion, most-confused and misclassified tables."""
-    from vitcli.commands._common import console, fit_or_break
+    from vitcli.commands._common import console, fit_or_break, per_second
     from vitcli.commands._common import safe as escape
 
     m = report.metrics
@@ -131,7 +131,7 @@ def render(report: EvalReport, *, show: int = 20) -> None:
     # moves to a line of its own where the terminal is too narrow for it.
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
                   f"{plural(len(m.class_names), 'class', 'classes')}", highlight=False)
-    ran = escape(f"{report.device}, {m.num_images / max(report.seconds, 1e-9):,.0f} "
+    ran = escape(f"{report.device}, {per_second(m.num_images / max(report.seconds, 1e-9))} "
                  f"images/s, precision {report.precision}")
     if report.precision_reason:
         ran = fit_or_break(ran, escape(f"({report.precision_reason})"))
