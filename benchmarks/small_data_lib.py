@@ -411,7 +411,7 @@ def train_fitted(model: nn.Module, data: Split, recipe: Recipe, *, seconds: floa
                          seed=seed, score=False)  # its first steps pay allocations: a slight overestimate
         timed.append((measured.seconds / max(measured.steps, 1), measured.seconds, tried))
         del probe
-    sec_per_step, probe_seconds, recipe = min(timed, key=lambda t: t[0])
+    sec_per_step, _, recipe = min(timed, key=lambda t: t[0])
     setup = (time.perf_counter() - start - sum(t[1] for t in timed)) / len(timed)  # paid again
     left = seconds - (time.perf_counter() - start) - setup
     steps = max(1, int(left / sec_per_step))

@@ -193,6 +193,16 @@ def gmac(macs: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def _matrix_tensors(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """(layer, "weight" | "bias") for every Linear and Conv weight and bias of `module`: the
+    tensors bf16 autocast casts at every call, which bf16_weights and bf16_copy store in bf16."""
+    import torch
+
+    return [(layer, name) for layer in module.modules()
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))
+            for name in ("weight", "bias") if getattr(layer, name) is not None]
+
+
 def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of `module` for inference under bf16 autocast, as `bf16_weights` leaves it,
     that leaves `module` in fp32 (`vit predict --explain` reads it).
@@ -207,12 +217,11 @@ def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
     import torch
 
     memo: dict[int, object] = {}
-    for layer in module.modules():
-        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            for tensor in (layer.weight, layer.bias):
-                if tensor is not None and id(tensor) not in memo:
-                    memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(torch.bfloat16),
-                                                          requires_grad=tensor.requires_grad)
+    for layer, name in _matrix_tensors(module):
+        tensor = getattr(layer, name)
+        if id(tensor) not in memo:
+            memo[id(tensor)] = torch.nn.Parameter(tensor.detach().to(torch.bfloat16),
+                                                  requires_grad=tensor.requires_grad)
     for tensor in (*module.parameters(), *module.buffers()):
         memo.setdefault(id(tensor), tensor)
     return copy.deepcopy(module, memo)
@@ -230,10 +239,7 @@ def bf16_weights(module: torch.nn.Module) -> torch.nn.Module:
     """
     import torch
 
-    for layer in module.modules():
-        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            for name in ("weight", "bias"):
-                tensor = getattr(layer, name)
-                if tensor is not None:
-                    tensor.data = tensor.data.to(torch.bfloat16)
+    for layer, name in _matrix_tensors(module):
+        tensor = getattr(layer, name)
+        tensor.data = tensor.data.to(torch.bfloat16)
     return module
