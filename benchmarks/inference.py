@@ -9,8 +9,7 @@ all with the same number of threads: four rows on a CPU with bf16 units, three e
 The script also says which of the two PyTorch rows `vit eval` and `vit predict --precision
 auto` run for this model here, at batch 1 and at --batch (`vitcli.devices.choose_precision`:
 bf16 only for batches of at least BF16_MIN_MACS multiply-accumulates). Reports batch-1
-latency and batch-32 throughput, and with
---data each one's accuracy and top-1 agreement.
+latency and batch-32 throughput, and with --data each one's accuracy and top-1 agreement.
 
 The back ends take turns over --rounds rounds (the speed of a shared machine drifts by
 20-30 % from minute to minute, docs/precision.md; measured one after the other, a drift

@@ -15,9 +15,9 @@ best of `--cnn-widths` base widths (each trained for the whole budget; picked on
 images, which flatters the CNN). `--precision auto` (the default) gives each side the
 arithmetic that is faster for it on this CPU: `vit train`'s own `auto`, and for the CNN the
 faster of fp32 and bf16 autocast on its probe where the CPU has bf16 matrix units (both
-probes taken from its budget); `fp32` or `bf16` sets both. `--cnn simple` is the earlier 4-layer CNN with an affine
-augmentation and the cosine laid over the clock. Both are scored on the same test images with
-the model at the end of the budget.
+probes taken from its budget); `fp32` or `bf16` sets both. `--cnn simple` is the earlier
+4-layer CNN with an affine augmentation and the cosine laid over the clock. Both are scored
+on the same test images with the model at the end of the budget.
 """
 
 from __future__ import annotations
@@ -81,9 +81,8 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
               precision: str = "auto") -> VitRun:
     """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
     (and `--model`, `--patch-embed`, `--optimizer`, `--precision` when given)."""
-    import json
-
     from vitcli.training.recipe import TrainOptions
+    from vitcli.training.runs import read_json
     from vitcli.training.trainer import train as vit_train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +102,7 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
                       images_per_s=float(row.get("images_per_s") or 0.0),
                       epochs=float(result.epochs), steps=result.steps,
                       params=count_file_params(header),
-                      precision=json.loads((result.run_dir / "args.json").read_text())
-                      ["resolved"]["precision"])
+                      precision=read_json(result.run_dir / "args.json")["resolved"]["precision"])
 
 
 def build_parser() -> argparse.ArgumentParser:
