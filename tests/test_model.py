@@ -274,3 +274,34 @@ def test_bf16_training_on_cpu_uses_explicit_attention_with_the_same_gradients(mo
     assert calls == {"sdpa": 3 * TINY["depth"], "softmax": TINY["depth"]}
     for a, b in zip(explicit, fused):  # both in bf16: equal to bf16's precision
         torch.testing.assert_close(a, b, atol=2e-2, rtol=5e-2)
+
+
+def test_bf16_short_sequences_softmax_in_fp32_rounded_once(monkeypatch):
+    """Under bf16 autocast the short-sequence path takes the softmax in fp32 (the CPU's bf16
+    kernel is slow on short rows) and rounds it to bf16 once: the weights stay bf16 rows that
+    sum to one, and outputs and gradients match the fused kernel's to bf16 precision."""
+    import vitcli.model.vit as model_module
+
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **TINY)  # 17 tokens
+    x = torch.randn(4, 3, 32, 32)
+
+    def bf16_step() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        (out.float() * torch.arange(3.0)).sum().backward()
+        return out.detach().float(), [p.grad.clone() for p in model.parameters()]
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, maps = model.forward_with_attention(x)
+    assert all(m.dtype == torch.bfloat16 for m in maps)
+    for m in maps:
+        torch.testing.assert_close(m.float().sum(-1), torch.ones(m.shape[:-1]), atol=2e-2, rtol=0)
+    explicit = bf16_step()
+    monkeypatch.setattr(model_module, "EXPLICIT_ATTENTION_MAX_TOKENS", 0)
+    monkeypatch.setattr(model_module, "EXPLICIT_ATTENTION_MAX_WEIGHTS", 0)
+    fused = bf16_step()
+    torch.testing.assert_close(explicit[0], fused[0], atol=2e-2, rtol=5e-2)
+    for a, b in zip(explicit[1], fused[1]):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=5e-2)
