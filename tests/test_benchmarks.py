@@ -25,8 +25,8 @@ def run_benchmark(script: str, *args: str) -> str:
 def test_data_throughput_runs_with_the_default_small_image_model():
     out = run_benchmark("data_throughput.py", "--images", "40", "--batch", "8", "--steps", "1",
                         "--threads", "1")
-    # 32-px images: vit-pico's 5×5 grid of 7-px patches at 35 px, width 80.
-    assert "train step, default ViT 4×80 35 px" in out
+    # 32-px images: vit-pico's 7×7 grid of 5-px patches at 35 px, width 64.
+    assert "train step, default ViT 4×64 35 px" in out
     assert "augment light (every step)" in out
 
 

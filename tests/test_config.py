@@ -99,6 +99,8 @@ def test_patch_larger_than_the_image_says_so():
     ({"num_classes": -1}, "num_classes must be 0"),
     ({"mlp_ratio": 0.0}, "mlp_ratio and layer_norm_eps must be positive"),
     ({"drop_path": 1.0}, r"drop_path must be in \[0, 1\)"),
+    ({"patch_drop": 1.0}, r"patch_drop must be in \[0, 1\)"),
+    ({"patch_drop": -0.1}, r"patch_drop must be in \[0, 1\)"),
 ])
 def test_impossible_configs_are_usage_errors(changes, message):
     with pytest.raises(UsageError, match=message):
@@ -133,3 +135,21 @@ def test_token_input_dim_is_what_the_patch_embedding_projects(kind):
     weight = proj.weight  # Linear (D, in) or Conv2d (D, C, k, k)
     assert config.token_input_dim == weight[0].numel()
     assert (config.token_input_dim == config.patch_dim) == (kind == "linear")
+
+
+def test_patch_dropout_shortens_the_training_sequence_and_its_cost_not_inferences():
+    """A training step with patch_drop sees K of the N patches (at least one); inference, the
+    parameter count and files written before the field are unchanged."""
+    from vitcli.model.config import call_macs
+
+    base = ViTConfig(image_size=28, patch_size=4, embed_dim=64, depth=4, num_heads=2,
+                     num_classes=10)
+    dropping = base.replace(patch_drop=0.5)
+    assert (base.train_tokens, dropping.train_tokens) == (50, 25)  # 49 patches → 24 kept
+    assert base.replace(patch_drop=0.999).train_tokens == 2  # one patch, never none
+    assert count_params(dropping) == count_params(base)
+    assert count_macs(dropping) == count_macs(base) == count_macs(base, training=True)
+    assert count_macs(dropping, training=True) < 0.6 * count_macs(dropping)
+    assert call_macs(dropping, 8, training=True) == 3 * 8 * count_macs(dropping, training=True)
+    old_file = {k: v for k, v in dropping.to_dict().items() if k != "patch_drop"}
+    assert ViTConfig.from_dict(old_file).patch_drop == 0.0

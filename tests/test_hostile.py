@@ -587,7 +587,7 @@ def test_a_full_disk_while_training_or_converting_is_one_line(tmp_path, model_fi
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     data = make_image_folder(tmp_path / "d", per_class=2)
     code, _, err = cli("train", "--data", data, "--epochs", "1", "--project", tmp_path / "runs",
-                       "--img-size", "18", "--model", "vit-pico", "--workers", "0")
+                       "--img-size", "20", "--model", "vit-pico", "--workers", "0")
     one_error(code, err, "No space left")
     timm = tmp_path / "timm.safetensors"
     from safetensors.numpy import load_file, save_file
@@ -705,7 +705,7 @@ def test_resume_after_the_data_changed_says_so(tmp_path):
         if kind == "epoch_start" and fields["epoch"] > 1:
             raise KeyboardInterrupt
 
-    first = train(TrainOptions(data=str(data), epochs=3, img_size=18, model="vit-pico",
+    first = train(TrainOptions(data=str(data), epochs=3, img_size=20, model="vit-pico",
                                project=str(tmp_path / "runs"), batch_size=8), on_event=listen)
     assert first.stopped == "interrupted"
 

@@ -305,3 +305,44 @@ def test_bf16_short_sequences_softmax_in_fp32_rounded_once(monkeypatch):
     torch.testing.assert_close(explicit[0], fused[0], atol=2e-2, rtol=5e-2)
     for a, b in zip(explicit[1], fused[1]):
         torch.testing.assert_close(a, b, atol=2e-2, rtol=5e-2)
+
+
+def test_patch_dropout_keeps_a_random_ordered_subset_of_each_images_patches_in_training():
+    """Patch dropout (config.patch_drop) leaves the class token in front and K of the N
+    patch tokens of each image, a different K for different images, each token exactly as
+    the full sequence has it (position included) and in grid order; none at inference."""
+    torch.manual_seed(0)
+    model = create_model(num_classes=3, **{**TINY, "patch_size": 4}, patch_drop=0.5)
+    x = torch.randn(6, 3, 32, 32)
+    model.eval()
+    full = model.embed(x)  # (6, 1 + 64, D): inference keeps every patch
+    assert full.shape[1] == 1 + 64
+    model.train()
+    kept = model.embed(x)  # (6, 1 + 32, D)
+    assert kept.shape == (6, 1 + 32, full.shape[2]) and model.config.train_tokens == 1 + 32
+    torch.testing.assert_close(kept[:, 0], full[:, 0])  # the class token
+    chosen = []
+    for b in range(6):
+        # each kept token is one of the full sequence's patch tokens, in increasing order
+        match = (kept[b, 1:, None, :] - full[b, None, 1:, :]).abs().amax(-1) < 1e-6  # (32, 64)
+        assert (match.sum(1) == 1).all()
+        where = match.float().argmax(1)
+        assert (where.diff() > 0).all()
+        chosen.append(tuple(where.tolist()))
+    assert len(set(chosen)) > 1
+    logits = model(x)
+    logits.sum().backward()  # the dropped tokens' rows get no gradient, the rest train
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+
+
+def test_patch_dropout_changes_nothing_at_inference_or_at_rate_zero():
+    torch.manual_seed(0)
+    plain = create_model(num_classes=3, **TINY).eval()
+    dropping = create_model(num_classes=3, **TINY, patch_drop=0.75).eval()
+    dropping.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dropping(x), plain(x))
+    plain.train()
+    torch.manual_seed(1)
+    a = plain.embed(x)
+    assert a.shape[1] == plain.config.num_tokens  # rate 0: the whole sequence in training

@@ -98,16 +98,17 @@ def test_recipe_picks_size_preset_and_grey_mode():
     assert mean == (0.2,) and std == (0.001,)  # constant channel: no division by zero
 
 
-@pytest.mark.parametrize("typical, size, patch", [(28, 30, 6), (32, 35, 7), (20, 20, 4)])
-def test_tiny_images_get_vit_picos_5x5_grid_and_the_tiny_recipe(typical, size, patch):
+@pytest.mark.parametrize("typical, size, patch", [(28, 28, 4), (32, 35, 5), (20, 21, 3)])
+def test_tiny_images_get_vit_picos_7x7_grid_and_the_tiny_recipe(typical, size, patch):
     """The grid's patch is rounded up, so 32-px images train at 35 px: still 'tiny' (the
     recipe, the shift-only augmentation and no drop-path follow the training size)."""
     from vitcli.data.augment import make_policy
 
     options = TrainOptions(data="x")
     config = model_config(options, typical_size=typical, num_classes=5, in_channels=1)
-    assert (config.image_size, config.patch_size, config.grid_size) == (size, patch, 5)
-    assert (config.embed_dim, config.patch_embed, config.drop_path) == (80, "shifted", 0.0)
+    assert (config.image_size, config.patch_size, config.grid_size) == (size, patch, 7)
+    assert (config.embed_dim, config.patch_embed, config.drop_path) == (64, "shifted", 0.0)
+    assert config.patch_drop == 0.5 and config.train_tokens == 1 + 24  # 24 of 49 patches
     assert options.with_defaults_for(config.image_size).schedule == "linear"
     policy = make_policy("light", hflip=False, image_size=config.image_size)
     assert policy.crop_scale is None and policy.translate > 0

@@ -68,6 +68,10 @@ def train(
     drop_path: Annotated[float | None, _opt("--drop-path", help=(
         f"Stochastic depth; tiny images from scratch get none. [default: {DROP_PATH}]"))]
     = None,
+    patch_drop: Annotated[float | None, _opt("--patch-drop", help=(
+        "Patch dropout: the fraction of each training image's patch tokens left out at "
+        "random (none at inference), so a step costs less. [default: the model's; vit-pico "
+        "0.5]"), panel=ADVANCED)] = None,
     seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
                                      f"augmentation. [default: {_D.seed}]")] = None,
     device: DeviceOpt = "auto",

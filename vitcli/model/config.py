@@ -49,6 +49,9 @@ class ViTConfig:
     # locality self-attention (learned temperature, no attention to self).
     patch_embed: PatchEmbedKind = "linear"
     locality_attention: bool = False
+    # Patch dropout (Liu et al. 2022; timm's patch_drop_rate): the fraction of each training
+    # image's patch tokens dropped at random after the position embedding; none at inference.
+    patch_drop: float = 0.0
     # Options of the pretrained families (timm's VisionTransformer arguments in brackets).
     # Each default is the plain ViT, so files written before them load unchanged.
     # pooling: "cls" (timm 'token'), "mean" of the patch tokens ('avg'), "map" an
@@ -89,7 +92,7 @@ class ViTConfig:
             raise UsageError(f"num_classes must be 0 (no head) or more, not {self.num_classes}")
         if self.mlp_ratio <= 0 or self.layer_norm_eps <= 0:
             raise UsageError("mlp_ratio and layer_norm_eps must be positive")
-        for name in ("dropout", "attn_dropout", "drop_path"):
+        for name in ("dropout", "attn_dropout", "drop_path", "patch_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UsageError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.image_size % self.patch_size:
@@ -189,6 +192,11 @@ class ViTConfig:
         return self.num_patches + self.num_prefix_tokens
 
     @property
+    def train_tokens(self) -> int:
+        """Sequence length in training: fewer than num_tokens with patch dropout."""
+        return kept_patches(self.num_patches, self.patch_drop) + self.num_prefix_tokens
+
+    @property
     def head_in_dim(self) -> int:
         """Values the classifier reads: D, or 2·D for 'cls_mean' (DINOv2)."""
         return 2 * self.embed_dim if self.pooling == "cls_mean" else self.embed_dim
@@ -257,6 +265,7 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "dropout": (0.0, 1.0),
     "attn_dropout": (0.0, 1.0),
     "drop_path": (0.0, 1.0),
+    "patch_drop": (0.0, 1.0),
     "layer_norm_eps": (1e-12, 1.0),
     "reg_tokens": (0, 64),
     "init_values": (0.0, 1e3),
@@ -319,6 +328,11 @@ def count_params(config: ViTConfig) -> int:
     return n
 
 
+def kept_patches(num_patches: int, rate: float) -> int:
+    """How many of `num_patches` patch tokens patch dropout keeps at `rate` (at least one)."""
+    return max(1, round(num_patches * (1.0 - rate)))
+
+
 def activation_bytes(config: ViTConfig, batch: int, *, training: bool = True) -> int:
     """Estimated float32 bytes of activations for one step at `batch` images (an upper-bound
     style estimate, within about 2x of what torch keeps): training keeps every block's
@@ -366,12 +380,15 @@ def check_fits(config: ViTConfig, batch: int, *, device_type: str = "cpu", index
             "batch")
 
 
-def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
-    """Multiply-accumulates for one image (matmuls only; norms/softmax are negligible)."""
+def count_macs(config: ViTConfig, image_size: int | None = None, *,
+               training: bool = False) -> int:
+    """Multiply-accumulates of one image's forward pass (matmuls only; norms/softmax are
+    negligible); in training the encoder sees only the tokens patch dropout keeps."""
     size = image_size or config.image_size
     grid = size // config.patch_size
     n_patches = grid * grid
-    n = n_patches + config.num_prefix_tokens
+    kept = kept_patches(n_patches, config.patch_drop) if training else n_patches
+    n = kept + config.num_prefix_tokens
     d, m = config.embed_dim, config.mlp_dim
     kernel = config.patch_size + 2 if config.patch_embed == "overlap" else config.patch_size
     in_ch = config.in_channels * (5 if config.patch_embed == "shifted" else 1)
@@ -396,7 +413,8 @@ def call_macs(config: ViTConfig, batch: int, *, image_size: int | None = None,
               training: bool = False) -> int:
     """Multiply-adds of one call on `batch` images: a forward pass, or a training step
     (TRAINING_STEP_PASSES forward passes' worth). What devices.choose_precision weighs."""
-    return count_macs(config, image_size) * batch * (TRAINING_STEP_PASSES if training else 1)
+    return (count_macs(config, image_size, training=training) * batch
+            * (TRAINING_STEP_PASSES if training else 1))
 
 
 def gflops(config: ViTConfig, image_size: int | None = None) -> float:

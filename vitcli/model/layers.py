@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitcli.errors import UsageError
+from vitcli.model.config import kept_patches
 
 # -------------------------------------------------------------------- position embeddings
 
@@ -59,6 +60,35 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: tuple[int, int],
                                 align_corners=False, antialias=antialias)
     grid_tokens = grid_tokens.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)
     return torch.cat([prefix, grid_tokens.to(dtype)], dim=1)  # (1, prefix + rows·cols, D)
+
+
+# ---------------------------------------------------------------------------- patch dropout
+
+
+class PatchDropout(nn.Module):
+    """Drop a random `rate` of the patch tokens of each image while training (PatchDropout,
+    Liu et al. 2022; FLIP, Li et al. 2023; timm's `patch_drop_rate`).
+
+    (B, prefix + N, D) → (B, prefix + K, D), K = max(1, round(N · (1 − rate))): the prefix
+    tokens (class, distillation, registers) stay in front, each image keeps its own random
+    K patches (in their original order), each with its position embedding already added.
+    Attention then costs K² instead of N², so a fine grid of small patches trains at the
+    cost of a coarse one; at inference every patch is kept (identity).
+    """
+
+    def __init__(self, rate: float, num_prefix: int) -> None:
+        super().__init__()
+        self.rate, self.num_prefix = rate, num_prefix
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        B, T, D = x.shape
+        n = T - self.num_prefix
+        k = kept_patches(n, self.rate)
+        keep = torch.rand(B, n, device=x.device).argsort(dim=1)[:, :k].sort(dim=1).values
+        patches = x[:, self.num_prefix:].gather(1, keep.unsqueeze(-1).expand(B, k, D))  # (B, K, D)
+        return torch.cat([x[:, :self.num_prefix], patches], dim=1)  # (B, prefix + K, D)
 
 
 # ------------------------------------------------------------------------------------ MLP

@@ -26,6 +26,7 @@ from vitcli.model.layers import (
     AttentionPoolLatent,
     LayerScale,
     Mlp,
+    PatchDropout,
     resample_pos_embed,
     sincos_pos_embed,
 )
@@ -255,6 +256,7 @@ class VisionTransformer(nn.Module):
             self.register_buffer(
                 "pos_embed", sincos_pos_embed(D, self.grid, config.pos_prefix_tokens))
         self.pos_drop = nn.Dropout(config.dropout)
+        self.patch_drop = PatchDropout(config.patch_drop, config.num_prefix_tokens)
         self.norm_pre = (nn.LayerNorm(D, eps=config.layer_norm_eps) if config.pre_norm
                          else nn.Identity())
         # 3. encoder blocks, drop-path rising linearly with depth
@@ -311,7 +313,8 @@ class VisionTransformer(nn.Module):
         """Image (B, C, H, W) → token sequence (B, prefix + N, D) ready for the encoder.
 
         Prefix tokens go in front in timm's order: class, distillation, registers. With
-        no_embed_class they get no position (timm; DINOv2's registers).
+        no_embed_class they get no position (timm; DINOv2's registers). In training, patch
+        dropout (config.patch_drop) then keeps K of the N patch tokens.
         """
         x, grid = self.patch_embed(x)  # (B, N, D)
         B = x.shape[0]
@@ -322,7 +325,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat(prefix + [x + pos], dim=1)  # (B, prefix + N, D)
         else:
             x = torch.cat(prefix + [x], dim=1) + pos  # (B, prefix + N, D)
-        return self.norm_pre(self.pos_drop(x))
+        return self.norm_pre(self.patch_drop(self.pos_drop(x)))  # (B, prefix + K, D) training
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Normalised output tokens (B, prefix + N, D)."""

@@ -34,7 +34,7 @@ BASE_LR = 1e-3
 # Tiny images trained from scratch (≤ TINY_IMAGE_MAX px): a few-layer ViT that underfits in a
 # few minutes wants a higher learning rate and no stochastic depth (benchmarks/small_data.py).
 # Tiny data is images up to TINY_DATA_MAX px (their typical size); the recipe follows the size
-# they are trained at, which vit-pico's 5×5 grid makes up to 35 px (7-px patches at 32 px).
+# they are trained at, which vit-pico's 7×7 grid makes up to 35 px (5-px patches at 32 px).
 TINY_DATA_MAX = 32
 # Which preset when --model is not given, by typical image size.
 PRESET_FOR_SIZE = [(TINY_DATA_MAX, "vit-pico"), (SMALL_IMAGE_MAX, "vit-mini"), (10**9, "vit-ti16")]
@@ -103,6 +103,7 @@ class TrainOptions:
     min_lr_ratio: float = 0.01  # the decay ends at this fraction of the peak lr
     label_smoothing: float | None = None  # None = (TINY_)LABEL_SMOOTHING: with_defaults_for
     drop_path: float | None = None  # None = DROP_PATH, or 0 for tiny images from scratch
+    patch_drop: float | None = None  # None = the preset's (vit-pico 0.5), or the --init model's
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
     class_weights: str = "none"  # none | auto: loss weights by effective number of samples
     sampler: str = "random"  # random (a shuffle) | balanced: every class drawn equally often
@@ -187,6 +188,8 @@ class TrainOptions:
             raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if self.drop_path is not None and not 0.0 <= self.drop_path < 1.0:
             raise UsageError(f"--drop-path must be in [0, 1), not {self.drop_path}")
+        if self.patch_drop is not None and not 0.0 <= self.patch_drop < 1.0:
+            raise UsageError(f"--patch-drop must be in [0, 1), not {self.patch_drop}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise UsageError(f"--time-budget must be positive minutes, not {self.time_budget}")
         if self.patience is not None and self.patience < 1:
@@ -384,7 +387,7 @@ def architecture_overrides(options: TrainOptions) -> dict[str, Any]:
 def default_patch(options: TrainOptions, base: ViTConfig, typical_size: int) -> int:
     """The preset's patch size; tiny images with the automatic preset keep its token grid.
 
-    vit-pico is a 5×5 grid of patches: 6 px at 28 px (trained at 30), 7 px at 32 px (at 35),
+    vit-pico is a 7×7 grid of patches: 4 px at 28 px, 5 px at 32 px (trained at 35),
     so that any tiny image gets the grid the recipe was measured with; the patch is rounded
     up, so the image is scaled up a little, never down.
     """
@@ -403,5 +406,7 @@ def model_config(options: TrainOptions, *, typical_size: int, num_classes: int,
     extra = dict(SMALL_DATA_MODEL) if not options.model and typical_size <= SMALL_IMAGE_MAX \
         else {}
     extra.update(architecture_overrides(options))
+    if options.patch_drop is not None:
+        extra["patch_drop"] = options.patch_drop
     return base.replace(image_size=size, patch_size=patch, num_classes=num_classes,
                         in_channels=in_channels, drop_path=options.drop_path_for(size), **extra)

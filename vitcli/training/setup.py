@@ -70,7 +70,8 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
         init_file = checked_source(init)
         config, init_pre, _ = init_config(init_file, image_size=options.img_size,
                                           patch_size=options.patch,
-                                          drop_path=options.drop_path_for(options.img_size or 224))
+                                          drop_path=options.drop_path_for(options.img_size or 224),
+                                          patch_drop=options.patch_drop)
         load_pre = init_pre
     else:
         typical = typical_image_size(options.data)
