@@ -114,6 +114,27 @@ def test_tiny_images_get_vit_picos_7x7_grid_and_the_tiny_recipe(typical, size, p
     assert policy.crop_scale is None and policy.translate > 0
 
 
+def test_patch_drop_option_sets_the_models_rate_from_scratch_and_for_init(tmp_path: Path):
+    """--patch-drop overrides the preset's rate (0 = every patch in training), and with
+    --init the source file's; not given, a from-scratch model keeps its preset's."""
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
+    from vitcli.training.finetune import init_config
+
+    def rate(**kw: object) -> float:
+        return model_config(TrainOptions(data="x", **kw), typical_size=28, num_classes=5,
+                            in_channels=1).patch_drop
+
+    assert (rate(), rate(patch_drop=0.25), rate(patch_drop=0.0)) == (0.5, 0.25, 0.0)
+    assert rate(model="vit-nano") == 0.0  # the other presets keep every patch
+    source = tmp_path / "src.safetensors"
+    save_model(source, create_model(num_classes=3, image_size=32, patch_size=8, embed_dim=32,
+                                    depth=1, num_heads=2, patch_drop=0.5),
+               class_names=["a", "b", "c"])
+    assert init_config(source)[0].patch_drop == 0.5
+    assert init_config(source, patch_drop=0.0)[0].patch_drop == 0.0
+
+
 def test_images_just_above_32_px_keep_the_small_image_preset():
     """33-35 px data is not tiny: vit-mini at 40 px, the usual recipe (not vit-pico at 35)."""
     options = TrainOptions(data="x")
@@ -587,11 +608,13 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "nope")])
     assert result.exit_code == 1  # and nothing but the error: no blank line from the display
     assert result.output == f"error: {tmp_path / 'nope'}: no such folder\n"
-    for flag in ("--lr", "--weight-decay", "--time-budget", "--warmup"):
+    for flag in ("--lr", "--weight-decay", "--time-budget", "--warmup", "--patch-drop"):
         for value in ("nan", "inf"):
             result = runner.invoke(app, ["train", "--data", str(tmp_path), flag, value])
             assert result.exit_code == 2 and result.exception is not None, (flag, value)
             assert result.output.count("\n") == 1 and "error:" in result.output, result.output
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--patch-drop", "1"])
+    assert result.exit_code == 2 and "--patch-drop must be in [0, 1), not 1.0" in result.output
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--ema-decay", "2"])
     assert result.exit_code == 2 and "--ema-decay" in result.output  # would diverge
     run = new_run_dir(tmp_path / "runs")
