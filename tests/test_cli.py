@@ -242,7 +242,7 @@ def test_patchify_shows_what_shifted_patch_tokens_project(tmp_path, image_file):
     result = run("patchify", image_file, "--preset", "vit-pico", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.replace("│", " ").split())
-    assert "P·P·C = 6·6·3 = 108 values" in text and "540 (5 × 108" in text
+    assert "P·P·C = 4·4·3 = 48 values" in text and "240 (5 × 48" in text
 
 
 def test_patchify_with_a_model_uses_its_sizes(tmp_path, image_file, tiny_model_file):
