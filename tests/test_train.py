@@ -1129,3 +1129,18 @@ def test_resume_compares_paths_resolved_and_names_the_runs_folder(tmp_path: Path
         check_unchanged(saved, {"data": str(tmp_path)}, run)
     with pytest.raises(UsageError, match=r"--name exp4 \(the run's: not set\)"):
         check_unchanged(saved, {"name": "exp4"}, run)
+
+
+def test_patch_drop_help_names_the_init_models_rate_as_default():
+    """With --init and no --patch-drop the source model's rate is kept (setup.prepare passes
+    None through init_config), so the help must not promise the preset's; the option is
+    documented in docs/training.md's table."""
+    import typer.main
+
+    from vitcli.cli import app
+
+    command = typer.main.get_command(app).commands["train"]
+    option = next(p for p in command.params if "--patch-drop" in p.opts)
+    assert "--init the model's" in (option.help or "")
+    docs = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    assert "| `--patch-drop F` |" in docs and "`--init` the source model's" in docs
