@@ -153,3 +153,29 @@ def test_patch_dropout_shortens_the_training_sequence_and_its_cost_not_inference
     assert call_macs(dropping, 8, training=True) == 3 * 8 * count_macs(dropping, training=True)
     old_file = {k: v for k, v in dropping.to_dict().items() if k != "patch_drop"}
     assert ViTConfig.from_dict(old_file).patch_drop == 0.0
+
+
+def test_docs_vit_pico_training_step_figures_match_call_macs():
+    """The docs' GMAC figures for vit-pico's bf16 choice are what call_macs gives now (the
+    7×7 grid with patch dropout), not the 5×5 grid's 5.3 GMAC; the small-data benchmark's
+    MNIST images are grey, so the model there has 1 channel."""
+    import math
+    from pathlib import Path
+
+    from vitcli.model.config import call_macs
+
+    pico = get_preset("vit-pico").config.replace(num_classes=10)
+    grey, colour = pico.replace(in_channels=1), pico.replace(in_channels=3)
+    gmac = {c: call_macs(cfg, 256, training=True) / 1e9 for c, cfg in (("grey", grey),
+                                                                     ("colour", colour))}
+    least = {c: math.ceil(1e9 / call_macs(cfg, 1, training=True))
+             for c, cfg in (("grey", grey), ("colour", colour))}
+    assert (f"{gmac['grey']:.1f}", f"{gmac['colour']:.1f}") == ("3.0", "3.3")
+    assert (least["grey"], least["colour"]) == (87, 77)
+    docs = Path(__file__).parent.parent / "docs"
+    small = (docs / "small-data.md").read_text()
+    assert "5.3-GMAC" not in small and "vit-pico's 3.0-GMAC training step" in small
+    assert "3.0 GMAC at batch 256 on these grey images (3.3 in colour)" in small
+    training = (docs / "training.md").read_text()
+    assert "3.3 GMAC with patch dropout on 28-px colour images, 3.0 on grey" in training
+    assert "below batch 77 on 28-px colour images, 87 on grey" in training
