@@ -1144,3 +1144,15 @@ def test_patch_drop_help_names_the_init_models_rate_as_default():
     assert "--init the model's" in (option.help or "")
     docs = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     assert "| `--patch-drop F` |" in docs and "`--init` the source model's" in docs
+
+
+def test_a_negative_zero_rate_is_recorded_as_zero():
+    """`--patch-drop=-0` passes the [0, 1) check; it must reach args.json and the model
+    file's config as 0.0, not -0.0 (which `vit info` would show as "-0.0")."""
+    import math
+
+    opts = TrainOptions(data="x", patch_drop=-0.0, drop_path=-0.0, label_smoothing=-0.0)
+    for value in (opts.patch_drop, opts.drop_path, opts.label_smoothing):
+        assert value == 0.0 and math.copysign(1.0, value) == 1.0
+    config = model_config(opts, typical_size=28, num_classes=3, in_channels=1)
+    assert math.copysign(1.0, config.patch_drop) == 1.0

@@ -146,6 +146,12 @@ class TrainOptions:
             setattr(self, name, canonical_choice(getattr(self, name), choices))
         if isinstance(self.device, str):
             self.device = self.device.strip().lower()
+        # --patch-drop=-0 (or --drop-path -0) is a valid 0; record it as 0.0, not -0.0,
+        # which would otherwise reach args.json and the model file's config.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and value == 0.0:
+                setattr(self, f.name, 0.0)
         if isinstance(self.model, str):
             from vitcli.model.presets import PRESETS
 
