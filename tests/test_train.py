@@ -1141,7 +1141,7 @@ def test_patch_drop_help_names_the_init_models_rate_as_default():
 
     command = typer.main.get_command(app).commands["train"]
     option = next(p for p in command.params if "--patch-drop" in p.opts)
-    assert "--init the model's" in (option.help or "")
+    assert "--init keeps its model's rate" in (option.help or "")
     docs = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     assert "| `--patch-drop F` |" in docs and "`--init` the source model's" in docs
 

@@ -69,9 +69,8 @@ def train(
         f"Stochastic depth; tiny images from scratch get none. [default: {DROP_PATH}]"))]
     = None,
     patch_drop: Annotated[float | None, _opt("--patch-drop", help=(
-        "Patch dropout: the fraction of each training image's patch tokens left out at "
-        "random (none at inference); a step costs less. [default: the preset's; with "
-        "--init the model's]"),
+        "Patch dropout: the share of a training image's patches left out; --init keeps "
+        "its model's rate. [default: the preset's]"),
         panel=ADVANCED)] = None,
     seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
                                      f"augmentation. [default: {_D.seed}]")] = None,
