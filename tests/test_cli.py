@@ -112,6 +112,21 @@ def test_info_shows_the_model_file(tiny_model_file):
     result = run("info", tiny_model_file)
     assert result.exit_code == 0, result.output
     assert "circle" in result.stdout and "4×4 patches" in result.stdout
+    assert "in training" not in result.stdout  # no patch dropout: one sequence length
+
+
+def test_info_says_how_many_tokens_a_training_step_sees_with_patch_dropout(tmp_path):
+    from vitcli.model.checkpoint import save_model
+    from vitcli.model.vit import create_model
+
+    path = save_model(tmp_path / "m.safetensors",
+                      create_model(num_classes=2, image_size=28, patch_size=4, embed_dim=16,
+                                   depth=1, num_heads=2, patch_drop=0.5),
+                      class_names=["a", "b"])
+    result = run("info", path)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "7×7 patches + 1 class token = 50; 25 in training (patch dropout 0.5)" in text
 
 
 @pytest.mark.parametrize(("validation", "words"), [

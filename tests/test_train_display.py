@@ -44,6 +44,10 @@ def test_the_start_says_the_schedule_and_why_and_the_threads():
     assert "150 epochs × 2 steps = 300 steps" in text and "make the 300 steps" in text
     assert "1 CPU thread (1 of 2 cores free" in text and "(4×4 grid)" in text
     assert "3 channels, 5 classes" in text
+    d, out = display()  # patch dropout: how many patches a training step sees
+    start(d, config=ViTConfig(image_size=28, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                              num_classes=5, patch_drop=0.5))
+    assert "(7×7 grid, 24 of 49 patches a training step)" in " ".join(out.getvalue().split())
 
 
 def test_the_start_names_the_preset_and_why():

@@ -84,8 +84,10 @@ def info(
                                            (int(config.distilled), "distillation token"),
                                            (config.reg_tokens, "register tokens")) if n]
     cls = " + " + " + ".join(extra) if extra else " (no class token)"
+    dropout = (f"; {config.train_tokens} in training (patch dropout {config.patch_drop:g})"
+               if config.patch_drop else "")
     top.add_row("tokens", f"{config.grid_size}×{config.grid_size} patches{cls}"
-                f" = {config.num_tokens}")
+                f" = {config.num_tokens}{dropout}")
     if onnx_facts:
         kind = "int8 " if onnx_facts["int8"] else ""
         top.add_row("format", f"{kind}ONNX, opset {onnx_facts['onnx_opset']}, with vitcli "
