@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from vitcli.model.config import ViTConfig
+
 from vitcli.errors import UsageError, check_choice, plural
 
 
@@ -172,6 +174,17 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
     if macs < BF16_MIN_MACS:  # short enough for one line at 80 columns beside its batch
         return Precision("fp32", f"auto: {work}; {units} pays from {gmac(BF16_MIN_MACS)} GMAC")
     return Precision("bf16", f"auto: {units}, {work}")
+
+
+def choose_for_batch(requested: str, device: torch.device, config: ViTConfig,
+                     images: int) -> Precision:
+    """choose_precision for inference on batches of `images` images of `config`'s model:
+    its multiply-accumulates (model.config.call_macs) weighed, and the batch named in the
+    reason. What eval, predict and export's bf16 row decide with."""
+    from vitcli.model.config import call_macs
+
+    return choose_precision(requested, device, macs=call_macs(config, images),
+                            call=batch_of(images))
 
 
 def batch_of(images: int) -> str:

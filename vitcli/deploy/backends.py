@@ -163,12 +163,9 @@ class TorchBackend:
     def decide(self, batch: int) -> None:
         """Settle `auto` for batches of `batch` images (once; later calls change nothing)."""
         if self.auto and self.precision is None:
-            from vitcli.devices import batch_of, choose_precision
-            from vitcli.model.config import call_macs
+            from vitcli.devices import choose_for_batch
 
-            batch = max(batch, 1)
-            self.precision = choose_precision("auto", self.device, call=batch_of(batch),
-                                              macs=call_macs(self.config, batch))
+            self.precision = choose_for_batch("auto", self.device, self.config, max(batch, 1))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]

@@ -193,13 +193,11 @@ def bf16_reference(precision: str, config: ViTConfig, batch: int) -> tuple[bool,
     """
     import torch
 
-    from vitcli.devices import batch_of, choose_precision
-    from vitcli.model.config import call_macs
+    from vitcli.devices import choose_for_batch
 
     if precision == "fp32":
         return False, None
-    chosen = choose_precision(precision, torch.device("cpu"), macs=call_macs(config, batch),
-                              call=batch_of(batch))
+    chosen = choose_for_batch(precision, torch.device("cpu"), config, batch)
     return chosen.name == "bf16", chosen.reason
 
 
