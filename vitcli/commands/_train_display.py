@@ -21,7 +21,6 @@ from vitcli.commands._common import console as out_console
 from vitcli.commands._common import per_second, plural, warn
 from vitcli.commands._common import safe as escape
 from vitcli.errors import format_duration, format_score
-from vitcli.model.config import kept_patches
 
 LOG_EVERY_S = 30.0  # without a terminal (a log file), a progress line at most this often
 EPOCH_LINES_EVERY_S = 5.0  # runs of many short epochs: at most one epoch line this often
@@ -125,8 +124,8 @@ class Display:
         print_(f"[bold]data[/] {escape(f['description'])}", highlight=False)
         grid = c.image_size // c.patch_size
         # Patch dropout: how many of the grid's patches a training step sees.
-        kept = (f", {kept_patches(grid * grid, c.patch_drop)} of {grid * grid} patches a "
-                "training step" if c.patch_drop else "")
+        kept = (f", {c.train_patches} of {c.num_patches} patches a training step"
+                if c.patch_drop else "")
         preset = f.get("preset")  # which preset and why: "vit-pico (chosen for 28-px images)"
         why = f.get("preset_reason") or ""
         named = (f"{escape(preset)}{f' ({escape(why)})' if why and why != '--model' else ''}, "

@@ -192,9 +192,14 @@ class ViTConfig:
         return self.num_patches + self.num_prefix_tokens
 
     @property
+    def train_patches(self) -> int:
+        """Patch tokens a training step sees: fewer than num_patches with patch dropout."""
+        return kept_patches(self.num_patches, self.patch_drop)
+
+    @property
     def train_tokens(self) -> int:
         """Sequence length in training: fewer than num_tokens with patch dropout."""
-        return kept_patches(self.num_patches, self.patch_drop) + self.num_prefix_tokens
+        return self.train_patches + self.num_prefix_tokens
 
     @property
     def head_in_dim(self) -> int:
