@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from vitcli.model.config import ViTConfig
-
 from vitcli.errors import UsageError, check_choice, plural
 
 
@@ -176,14 +174,12 @@ def choose_precision(requested: str, device: torch.device, *, macs: int,
     return Precision("bf16", f"auto: {units}, {work}")
 
 
-def choose_for_batch(requested: str, device: torch.device, config: ViTConfig,
+def choose_for_batch(requested: str, device: torch.device, image_macs: int,
                      images: int) -> Precision:
-    """choose_precision for inference on batches of `images` images of `config`'s model:
-    its multiply-accumulates (model.config.call_macs) weighed, and the batch named in the
-    reason. What eval, predict and export's bf16 row decide with."""
-    from vitcli.model.config import call_macs
-
-    return choose_precision(requested, device, macs=call_macs(config, images),
+    """choose_precision for inference on batches of `images` images, each `image_macs`
+    multiply-accumulates (model.config.count_macs): the batch's work weighed and the batch
+    named in the reason. What eval, predict and export's bf16 row decide with."""
+    return choose_precision(requested, device, macs=image_macs * images,
                             call=batch_of(images))
 
 

@@ -164,8 +164,10 @@ class TorchBackend:
         """Settle `auto` for batches of `batch` images (once; later calls change nothing)."""
         if self.auto and self.precision is None:
             from vitcli.devices import choose_for_batch
+            from vitcli.model.config import count_macs
 
-            self.precision = choose_for_batch("auto", self.device, self.config, max(batch, 1))
+            self.precision = choose_for_batch("auto", self.device, count_macs(self.config),
+                                              max(batch, 1))
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.outputs(batch)[0]

@@ -194,10 +194,11 @@ def bf16_reference(precision: str, config: ViTConfig, batch: int) -> tuple[bool,
     import torch
 
     from vitcli.devices import choose_for_batch
+    from vitcli.model.config import count_macs
 
     if precision == "fp32":
         return False, None
-    chosen = choose_for_batch(precision, torch.device("cpu"), config, batch)
+    chosen = choose_for_batch(precision, torch.device("cpu"), count_macs(config), batch)
     return chosen.name == "bf16", chosen.reason
 
 

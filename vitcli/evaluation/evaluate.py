@@ -172,6 +172,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     from vitcli.data.image_set import load_eval_data
     from vitcli.devices import bf16_weights, check_precision, choose_for_batch, resolve_device
     from vitcli.model.checkpoint import load_model
+    from vitcli.model.config import count_macs
     from vitcli.model.validate import check_usable_head
 
     if batch_size < 1:
@@ -184,7 +185,8 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     check_usable_head(model_path, model_file.config, model_file.class_names)
     # refuses what this device cannot run before any image is read; `auto` is weighed
     # again below if there are fewer images than a batch
-    chosen = choose_for_batch(precision, target, model_file.config, batch_size)
+    image_macs = count_macs(model_file.config)
+    chosen = choose_for_batch(precision, target, image_macs, batch_size)
     pre = model_file.preprocessing
     images, bad_files = load_eval_data(str(data), preprocessing=pre, split=split,
                                        val_split=val_split, seed=seed,
@@ -198,7 +200,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     from vitcli.model.outputs import LogitsAndScore
 
     if len(labels) < batch_size:
-        chosen = choose_for_batch(precision, target, model_file.config, len(labels))
+        chosen = choose_for_batch(precision, target, image_macs, len(labels))
     if chosen.name == "bf16":  # the same numbers as autocast's own cast, once (bf16_weights)
         bf16_weights(model_file.model)
     start = time.perf_counter()
