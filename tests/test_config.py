@@ -155,6 +155,20 @@ def test_patch_dropout_shortens_the_training_sequence_and_its_cost_not_inference
     assert ViTConfig.from_dict(old_file).patch_drop == 0.0
 
 
+def test_memory_estimate_counts_the_tokens_a_training_step_keeps():
+    """--batch-size's memory check weighs a patch-dropout step by the tokens its blocks hold
+    (attention grows with their square), not by every patch; inference by every patch."""
+    from vitcli.model.config import activation_bytes
+
+    base = ViTConfig(image_size=224, patch_size=8, embed_dim=192, depth=12, num_heads=3)
+    dropping = base.replace(patch_drop=0.75)  # 784 patches → 196 kept
+    full, kept = activation_bytes(base, 32), activation_bytes(dropping, 32)
+    assert kept < 0.3 * full  # blocks hold a quarter of the tokens, attention a sixteenth
+    assert kept > activation_bytes(base.replace(image_size=112), 32)  # the embedding holds all
+    assert (activation_bytes(dropping, 32, training=False)
+            == activation_bytes(base, 32, training=False))
+
+
 def test_docs_vit_pico_training_step_figures_match_call_macs():
     """The docs' GMAC figures for vit-pico's bf16 choice are what call_macs gives now (the
     7×7 grid with patch dropout), not the 5×5 grid's 5.3 GMAC; the small-data benchmark's

@@ -164,11 +164,13 @@ def test_width_mismatch_is_a_clear_error(tiny_model_file):
 
 def test_freeze_backbone_leaves_only_head_trainable(tiny_model):
     tiny_model = create_model(num_classes=3, drop_path=0.3, dropout=0.2, attn_dropout=0.2,
-                              **TINY).train()
+                              patch_drop=0.5, **TINY).train()
     frozen = freeze_backbone(tiny_model)
     x = torch.randn(2, 3, 32, 32)
-    # No random drops in the frozen features (the head's own dropout stays).
-    torch.testing.assert_close(tiny_model.forward_features(x), tiny_model.forward_features(x))
+    # No random drops in the frozen features, patches included (the head's dropout stays).
+    features = tiny_model.forward_features(x)
+    assert features.shape[1] == tiny_model.config.num_tokens  # all 16 patches + the class token
+    torch.testing.assert_close(features, tiny_model.forward_features(x))
     assert tiny_model.head_drop.p == 0.2
     trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
     assert trainable == {"head.weight", "head.bias"}
@@ -305,6 +307,22 @@ def test_cli_freeze_backbone_trains_only_the_head(tmp_path: Path, tiny_model, im
     before, after = load_file(str(source)), load_file(str(weights / "last.safetensors"))
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"head.weight", "head.bias"}
+
+
+@pytest.mark.slow
+def test_cli_probe_without_cached_features_trains_on_every_patch(tmp_path: Path, image_folder):
+    """A source trained with patch dropout, probed with augmentation (so the backbone runs at
+    every step): the probe's backbone keeps every patch, and its file says so."""
+    from vitcli.model.checkpoint import load_model
+
+    dropping = create_model(num_classes=len(CLASSES), patch_drop=0.5, **TINY).eval()
+    source = save_model(tmp_path / "src.safetensors", dropping, class_names=CLASSES)
+    out, weights = _cli_train(tmp_path, source, image_folder, "probe", "--freeze", "backbone",
+                              "--augment", "light")
+    assert "patch dropout off: the frozen backbone sees every patch" in out
+    assert "cached features" not in out  # the augmented probe runs the backbone each step
+    assert load_model(weights / "last.safetensors").config.patch_drop == 0.0
+    assert load_model(source).config.patch_drop == 0.5  # the source is untouched
 
 
 @pytest.mark.slow

@@ -342,9 +342,12 @@ def activation_bytes(config: ViTConfig, batch: int, *, training: bool = True) ->
     """Estimated float32 bytes of activations for one step at `batch` images (an upper-bound
     style estimate, within about 2x of what torch keeps): training keeps every block's
     inputs, attention and MLP outputs for the backward pass; inference about one block's.
+    In training the blocks see only the tokens patch dropout keeps (config.train_tokens);
+    the embedding still holds every patch.
     """
     n, d, m, h = config.num_tokens, config.embed_dim, config.mlp_dim, config.num_heads
-    per_block = n * (10 * d + 3 * m) + 2 * h * n * n  # norms, q/k/v, proj, residuals; MLP; attn
+    t = config.train_tokens if training else n  # tokens each block holds
+    per_block = t * (10 * d + 3 * m) + 2 * h * t * t  # norms, q/k/v, proj, residuals; MLP; attn
     blocks = config.depth if training else 2
     return 4 * batch * (blocks * per_block + 4 * n * d)
 

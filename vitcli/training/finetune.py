@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from vitcli.errors import VitError
 from vitcli.model.checkpoint import CheckedFile, check_model_file, load_checked
 from vitcli.model.config import ViTConfig
+from vitcli.model.layers import PatchDropout
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.vit import DropPath, VisionTransformer, resample_pos_embed
 
@@ -279,9 +280,10 @@ def _short(names: list[str], limit: int = 4) -> str:
 def freeze_backbone(model: nn.Module) -> int:
     """Freeze everything but the head (a linear probe); return the number of frozen weights.
 
-    The frozen backbone also loses its stochastic depth and dropout: a linear probe learns on
-    fixed features, and random branch drops in a network that cannot adapt to them are noise.
-    The dropout in front of the head (`head_drop`) stays: it regularises what does train.
+    The frozen backbone also loses its stochastic depth, dropout and patch dropout: a linear
+    probe learns on fixed features, and random branch or token drops in a network that cannot
+    adapt to them are noise (and features inference never gives). The dropout in front of
+    the head (`head_drop`) stays: it regularises what does train.
     """
     frozen = 0
     for name, param in model.named_parameters():
@@ -295,6 +297,8 @@ def freeze_backbone(model: nn.Module) -> int:
             continue
         if isinstance(module, (nn.Dropout, DropPath)):
             module.p = 0.0
+        if isinstance(module, PatchDropout):
+            module.rate = 0.0
         if hasattr(module, "attn_dropout"):
             module.attn_dropout = 0.0
     return frozen

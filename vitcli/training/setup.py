@@ -107,6 +107,12 @@ def prepare(options: TrainOptions, env: DistEnv, emit: Emit, *,
     elif init:
         pre = init_pre
         config = config.replace(num_classes=len(names))
+        if options.freeze == "backbone" and config.patch_drop:
+            # a probe learns on the features inference gives: every patch (and the file
+            # then says the model trained on them all)
+            config = config.replace(patch_drop=0.0)
+            notes.append("patch dropout off: the frozen backbone sees every patch, as in "
+                         "inference")
     else:
         grey = is_grayscale(train_px) and (val_px is None or is_grayscale(val_px))
         if grey:
