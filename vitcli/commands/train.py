@@ -109,6 +109,9 @@ def train(
                                               "then (overrides --epochs). [default: none]")] = None,
     patience: Annotated[int | None, _opt("--patience", min=1, help="Stop after N epochs "
                                          "without a better val top-1. [default: never]")] = None,
+    val_every: Annotated[int | None, _opt("--val-every", min=1, help=(
+        "Validate every N epochs, and the last; by default every epoch, or with "
+        "--time-budget as often as a tenth of the time allows."))] = None,
     name: Annotated[str | None, _opt("--name", help="Name of the run folder (numbered if "
                                     "taken). [default: exp, exp2, …]")] = None,
     project: Annotated[str | None, _opt("--project", help="Where run folders are made: one "

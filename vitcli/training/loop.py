@@ -127,6 +127,11 @@ class Trainer(BudgetFit, Validation, RunState):
         self.probe: tuple[int, float] | None = None  # (step, time) the speed probe started
         self.sec_per_step: float | None = None
         self.epoch_times = EpochTimes()  # this session's, for refitting a time budget
+        # Which epoch ends validate (validation.py): every val_every-th, counted from the last
+        # that did; under a time budget without --val-every, spaced after the second epoch.
+        self.val_every = options.val_every or 1
+        self.auto_val_every = options.val_every is None and options.time_budget is not None
+        self.last_val_epoch = self.session_start_epoch = 0
         self.first_fit: int | None = None  # steps the budget's first fit allowed
         self.first_step_s: float | None = None  # elapsed() when the run's first step ended
         # Before fit: reading the data, building the model (set by trainer._run). The budget
@@ -166,6 +171,7 @@ class Trainer(BudgetFit, Validation, RunState):
 
         self.clock = time.perf_counter()
         self.session_start_step = self.step
+        self.last_val_epoch = self.session_start_epoch = self.epochs_done
         self.emit("start", run_dir=self.run_dir, config=self.data.config,
                   preset=self.data.preset, preset_reason=self.data.preset_reason,
                   init=self.options.init, preprocessing=self.data.preprocessing, description=self.data.description,
@@ -361,7 +367,9 @@ class Trainer(BudgetFit, Validation, RunState):
         """Validate, write metrics, weights and state; say whether to stop and why."""
         epoch = self.epochs_done + 1
         val_clock = time.perf_counter()
-        val = self._validate()
+        validated = self._validation_due(epoch)
+        val = self._validate() if validated else None
+        val_seconds = time.perf_counter() - val_clock
         seconds = val_clock - self.epoch_clock
         row = {"epoch": epoch, "step": self.step,
                "train_loss": self.loss_sum / max(self.loss_count, 1),
@@ -371,15 +379,20 @@ class Trainer(BudgetFit, Validation, RunState):
                "images_per_s": (self.epoch_images / max(seconds, 1e-9)
                                 if self.epoch_images else None),
                "seconds": self.elapsed()}
-        improved = val is None or self.best_top1 is None or val[1] > self.best_top1
+        # An epoch that skipped validation is never the best; without validation images
+        # every epoch is (best = last).
+        improved = validated and (val is None or self.best_top1 is None
+                                  or val[1] > self.best_top1)
         # Counters, files and state change together: a second Ctrl-C in here leaves the
         # previous epoch's saved state standing rather than one that counts a missing epoch.
         self.mutating = True
         if improved:
             self.best_top1, self.best_epoch, self.bad_epochs = (
                 val[1] if val else None), epoch, 0
-        else:
-            self.bad_epochs += 1
+        elif validated:  # --patience counts epochs, validated or not
+            self.bad_epochs += epoch - self.last_val_epoch
+        if validated:
+            self.last_val_epoch = epoch
         self.epochs_done = epoch
         self.loss_sum, self.loss_count = 0.0, 0
         self.last_row = row
@@ -390,10 +403,16 @@ class Trainer(BudgetFit, Validation, RunState):
                   epochs=self.planned_epochs)
         if self.step >= self.schedule.total_steps:
             return "time_budget" if self.options.time_budget else "completed"
+        if validated:
+            self._space_validation(epoch, val_seconds, seconds)
         if self.options.time_budget:  # refit with what the epochs so far really cost
             self.epoch_times.add(self.step - self.epoch_start_step, seconds,
                                  time.perf_counter() - val_clock)
             self._fit_budget(self.epoch_times.sec_per_step, self.epoch_times.mean_end_seconds)
+            if self.step >= self.schedule.total_steps and not validated:
+                # the refit ended the run on an epoch that skipped validation (the machine
+                # slowed sharply): one more step, whose epoch end then validates the model
+                self.schedule.total_steps = self.step + 1
         if self.options.patience and val is not None and self.bad_epochs >= self.options.patience:
             return "early_stop"
         return None

@@ -119,6 +119,9 @@ class TrainOptions:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; fp32 weights): devices.choose_precision
     time_budget: float | None = None  # minutes for the whole run, validation included
     patience: int | None = None  # epochs without a better val top-1 before stopping
+    # Validate every N epochs and the last; None = every epoch, or under --time-budget spaced
+    # so that validation takes at most a tenth of the time (training/validation.py).
+    val_every: int | None = None
     name: str | None = None
     project: str = "runs/train"
     init: str | None = None
@@ -239,6 +242,7 @@ class TrainOptions:
             "--clip-grad": (0.0, 1e6, self.clip_grad),
             "--time-budget": (1e-3, 60 * 24 * 365, self.time_budget),
             "--patience": (1, 100_000, self.patience),
+            "--val-every": (1, 100_000, self.val_every),
             "--save-every": (0, 10**9, self.save_every),
             "--img-size": (8, 8192, self.img_size),
             "--patch": (1, 1024, self.patch),

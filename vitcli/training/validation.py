@@ -1,10 +1,13 @@
-"""What the Trainer scores each epoch on: validation (loss, top-1, top-5) with each rank
-predicting its share, how the validation images were chosen (stored in the model file), and a
-linear probe's features, computed once, that its head then trains and is validated on.
+"""What the Trainer scores at epoch ends: validation (loss, top-1, top-5) with each rank
+predicting its share, which epochs validate (every one, every --val-every, or under a time
+budget as many as a tenth of the time allows), how the validation images were chosen (stored
+in the model file), and a linear probe's features, computed once, that its head then trains
+and is validated on.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -14,10 +17,50 @@ import torch
 from vitcli.training.distributed import broadcast, gather_rows
 
 VAL_BATCH = 256
+# Under --time-budget without --val-every, validation may take this share of the training
+# time: on 4,000 small images with 2,000 to validate, every epoch's validation took a fifth of
+# a 2-minute run, time the model did not train (docs/small-data.md).
+VAL_SHARE = 0.10
+ENDING_EPOCHS = 2  # the plan's last epochs always validate: a budget's refit may end it there
+
+
+def validation_spacing(val_seconds: float, train_seconds: float,
+                       share: float = VAL_SHARE) -> int:
+    """Epochs between validations so that validating takes at most `share` of the time spent
+    training: 1 when a validation costs under `share` of an epoch's training (seconds)."""
+    if train_seconds <= 0 or val_seconds <= 0:
+        return 1
+    return max(1, math.ceil(val_seconds / (share * train_seconds) - 1e-9))
 
 
 class Validation:
     """The validation and feature-cache methods of Trainer (mixed into it; they use its state)."""
+
+    def _validation_due(self, epoch: int) -> bool:
+        """Whether this epoch end validates: without validation images always (nothing to
+        skip); else every `val_every` epochs, the run's last epoch and, under a time budget,
+        the plan's last ENDING_EPOCHS (a refit at an epoch end may end the run there)."""
+        if self.data.val_pixels is None or epoch - self.last_val_epoch >= self.val_every:
+            return True
+        left = self.schedule.total_steps - self.step  # steps the plan has after this epoch
+        if left <= 0:
+            return True
+        return bool(self.options.time_budget) and left <= ENDING_EPOCHS * self.steps_per_epoch
+
+    def _space_validation(self, epoch: int, val_seconds: float, train_seconds: float) -> None:
+        """Under a time budget without --val-every: after the second validated epoch (the
+        first carries the warm-up), fix the spacing so that validation takes at most
+        VAL_SHARE of the training time; say it once when epochs are skipped."""
+        if not self.auto_val_every or epoch - self.session_start_epoch < 2:
+            return
+        self.auto_val_every = False  # decided once: a spacing that moves would read as noise
+        every = broadcast(validation_spacing(val_seconds, train_seconds), self.env)
+        if every > 1:
+            self.val_every = every
+            self.emit("message", level="info", text=(
+                f"validating every {every} epochs and the last ones: a validation takes "
+                f"{val_seconds:.1f} s, an epoch's training {train_seconds:.1f} s "
+                "(--val-every to choose)"))
 
     def _cache_features(self) -> None:
         """Compute the probe's features once; train and validate the head on them from now on.
