@@ -78,9 +78,10 @@ def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, classes: list[str
 
 def train_vit(data: Split, minutes: float, seed: int, model: str | None,
               patch_embed: str | None = None, optimizer: str | None = None,
-              precision: str = "auto") -> VitRun:
-    """`vit train --data TRAIN --val TEST --time-budget MINUTES` with every other default
-    (and `--model`, `--patch-embed`, `--optimizer`, `--precision` when given)."""
+              precision: str = "auto", threads: int = 0) -> VitRun:
+    """`vit train --data TRAIN --val TEST --time-budget MINUTES --threads N` with every other
+    default (and `--model`, `--patch-embed`, `--optimizer`, `--precision` when given): the
+    CNN's thread count, not one `vit train` picks from the cores it finds free."""
     from vitcli.training.recipe import TrainOptions
     from vitcli.training.runs import read_json
     from vitcli.training.trainer import train as vit_train
@@ -92,7 +93,8 @@ def train_vit(data: Split, minutes: float, seed: int, model: str | None,
         result = vit_train(TrainOptions(data=str(root / "train"), val=str(root / "test"),
                                         time_budget=minutes, seed=seed, model=model,
                                         patch_embed=patch_embed, optimizer=optimizer,
-                                        precision=precision, project=str(root / "runs"),
+                                        precision=precision, threads=threads,
+                                        project=str(root / "runs"),
                                         cache_dir=str(root / "cache")))
         from vitcli.model.checkpoint import count_file_params, read_header
 
@@ -151,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.test_size and args.test_size < len(data.y_test):
         keep = stratified_indices(data.y_test, args.test_size, args.seed)
         data.x_test, data.y_test = data.x_test[keep], data.y_test[keep]
+    batch = (CNN_RECIPE if args.cnn == "simple" else TUNED_CNN_RECIPE).batch_size
+    if args.only != "vit" and len(data.y_train) < batch:
+        ap.error(f"{len(data.y_train)} training images are fewer than the CNN's batch of "
+                 f"{batch}: give more (--train-size, or more images)")
     print(f"data: {len(data.y_train)} train, {len(data.y_test)} test, "
           f"{tuple(data.x_train.shape[1:])}, {len(data.classes)} classes; "
           f"{args.minutes:g} min per model, {args.threads} threads", flush=True)
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((f"tuned CNN w{width}", cnn, result))
     if args.only != "cnn":
         vit = train_vit(data, args.minutes, args.seed, args.model, args.patch_embed,
-                        args.optimizer, args.precision)
+                        args.optimizer, args.precision, threads=args.threads)
         rows.append(("ViT (vit train)", None, vit))
 
     print(f"\n{'model':<16}{'params':>10}{'test top-1':>12}{'images/s':>10}{'epochs':>8}"

@@ -132,3 +132,40 @@ def test_small_data_help_says_every_default():
     for default in ("(default: 2.0)", "(default: 4000", "default: 16,24,32)",
                     "(default: 2)", "(default: 0)", "(default: tuned)"):
         assert default in text, default
+
+
+def test_small_data_gives_vit_train_the_cnns_thread_count(monkeypatch):
+    """--threads reached only the CNN: `vit train` picked its own count from the free cores,
+    so the two sides of the comparison could train on different thread counts."""
+    from types import SimpleNamespace
+
+    import torch
+
+    bench = load_script("small_data")
+    given = {}
+
+    def fake_train(options, **_):
+        given["threads"] = options.threads
+        raise SystemExit(0)  # the options are what this test is about
+
+    monkeypatch.setattr("vitcli.training.trainer.train", fake_train)
+    data = SimpleNamespace(x_train=torch.zeros(4, 1, 8, 8, dtype=torch.uint8),
+                           y_train=torch.arange(4) % 2, classes=["a", "b"],
+                           x_test=torch.zeros(2, 1, 8, 8, dtype=torch.uint8),
+                           y_test=torch.arange(2))
+    with pytest.raises(SystemExit):
+        bench.train_vit(data, 0.1, 0, None, threads=1)
+    assert given["threads"] == 1
+
+
+def test_small_data_refuses_fewer_images_than_the_cnns_batch_in_one_line(tmp_path: Path,
+                                                                         capsys):
+    """24 training images (fewer than the CNN's batch of 128) ended in a ZeroDivisionError."""
+    bench = load_script("small_data")
+    root = make_image_folder(tmp_path / "imgs", per_class=8)  # 24 images
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--data", str(root), "--minutes", "0.01", "--threads", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "training images are fewer than the CNN's batch of 128" in err
+    assert "Traceback" not in err
