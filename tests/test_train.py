@@ -614,7 +614,7 @@ def test_cli_reports_mistakes_in_one_line(tmp_path: Path):
             assert result.exit_code == 2 and result.exception is not None, (flag, value)
             assert result.output.count("\n") == 1 and "error:" in result.output, result.output
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--patch-drop", "1"])
-    assert result.exit_code == 2 and "--patch-drop must be in [0, 1), not 1.0" in result.output
+    assert result.exit_code == 2 and "--patch-drop must be in [0, 1), not 1 " in result.output
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--ema-decay", "2"])
     assert result.exit_code == 2 and "--ema-decay" in result.output  # would diverge
     run = new_run_dir(tmp_path / "runs")

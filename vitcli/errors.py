@@ -8,7 +8,9 @@ counts (`plural`), durations (`format_duration`) and unknown scores (`format_sco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 USAGE = 2  # the command line itself is wrong (bad option value, impossible size)
 FAILURE = 1  # the command ran and failed (missing file, corrupt model, ...)
@@ -61,6 +63,62 @@ def check_choice(flag: str, value: object, choices: Iterable[str]) -> str:
             raise UsageError(f"{flag} must be {choices[0]} or {choices[1]}, not {value!r}")
         raise UsageError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
     return key
+
+
+def format_number(value: float) -> str:
+    """A number as a person reads it in an error or a range: whole numbers in full with
+    thousands separators (1,000,000,000,000, never 1e+12), fractions as short decimals
+    (0.5, 1e-12); nan and inf as Python writes them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number option accepts: [low, high], either end open where the value
+    must stay off it ([0, 1) for label smoothing, (0, 1] for layer decay).
+
+    One object serves the check (`problem`, `check`) and the help's value column
+    (vitcli.commands._common reads it), so that what --help shows is what is refused.
+    """
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        """The range as the errors write it: [0, 1), (0, 1], [1, 100,000]."""
+        return (f"{'(' if self.low_open else '['}{format_number(self.low)}, "
+                f"{format_number(self.high)}{')' if self.high_open else ']'}")
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def problem(self, value: float) -> str | None:
+        """What is wrong with `value`, worded to follow its flag ("must be in [0, 1), not
+        1.5", "must be a finite number, not nan"), or None when it is in the range."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, not {value}"
+        if value not in self:
+            return f"must be in {self}, not {format_number(value)}"
+        return None
+
+    def check(self, flag: str, value: float | None) -> None:
+        """Raise a UsageError "FLAG must be in [low, high], not VALUE" unless `value` is in
+        the range; None (an option not given) passes."""
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{flag} must be a number, not {value!r}")
+        problem = self.problem(value)
+        if problem:
+            raise UsageError(f"{flag} {problem}")
 
 
 SCORE_DECIMALS = 2  # unknown scores and their threshold, everywhere a person reads them

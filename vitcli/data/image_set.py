@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitcli.data import VAL_SPLIT
 from vitcli.data.cache import ImageSource, Progress, cache_key, decode_cached
 from vitcli.data.sources import (
     SPLIT_NAMES,
@@ -86,8 +87,7 @@ def load_data(data: str | Path, *, preprocessing: Preprocessing, val: str | Path
     how many validation files copy a training file and how many files carry two labels
     (vitcli.data.duplicates.byte_conflicts; `vit audit` goes further).
     """
-    if val_split is not None and not 0.0 <= val_split < 1.0:
-        raise UsageError(f"--val-split must be in [0, 1), not {val_split}")
+    VAL_SPLIT.check("--val-split", val_split)
     source = open_source(data, cache_dir)
     train_split = _pick_train_split(source)
     class_names = source.class_names

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vitcli.errors import UsageError, plural
+from vitcli.errors import Range, UsageError, plural
 
 Pooling = Literal["cls", "mean", "map", "cls_mean"]
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu"]
@@ -93,8 +93,7 @@ class ViTConfig:
         if self.mlp_ratio <= 0 or self.layer_norm_eps <= 0:
             raise UsageError("mlp_ratio and layer_norm_eps must be positive")
         for name in ("dropout", "attn_dropout", "drop_path", "patch_drop"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise UsageError(f"{name} must be in [0, 1), not {getattr(self, name)}")
+            FIELD_RANGES[name].check(name, getattr(self, name))  # [0, 1)
         if self.image_size % self.patch_size:
             raise UsageError(size_mismatch(self.image_size, self.patch_size))
         if self.embed_dim % self.num_heads:
@@ -144,10 +143,9 @@ class ViTConfig:
     def _check_ranges(self) -> None:
         """Every number within FIELD_RANGES, the token count and parameter memory bounded."""
         for name, kind, value in self._numbers():
-            low, high = FIELD_RANGES.get(name, (-math.inf, math.inf))
-            if not low <= value <= high:
-                shown = f"{value:,}" if kind is int else f"{value:g}"
-                raise UsageError(f"{name} must be in [{low:,g}, {high:,g}], not {shown}")
+            problem = FIELD_RANGES[name].problem(value) if name in FIELD_RANGES else None
+            if problem:
+                raise UsageError(f"{name} {problem}")
         if self.patch_size > self.image_size:
             raise UsageError(f"patch size {self.patch_size} is larger than the image size "
                              f"{self.image_size}")
@@ -258,22 +256,22 @@ class ViTConfig:
 
 # The range of every number in a config (ViT-H/14 and ViT-22B sit well inside). Fields not
 # named here are still checked to be finite.
-FIELD_RANGES: dict[str, tuple[float, float]] = {
-    "image_size": (1, 8192),
-    "patch_size": (1, 1024),
-    "in_channels": (1, 64),
-    "num_classes": (0, 1_000_000),
-    "embed_dim": (1, 32_768),
-    "depth": (1, 256),
-    "num_heads": (1, 1024),
-    "mlp_ratio": (1e-3, 64.0),
-    "dropout": (0.0, 1.0),
-    "attn_dropout": (0.0, 1.0),
-    "drop_path": (0.0, 1.0),
-    "patch_drop": (0.0, 1.0),
-    "layer_norm_eps": (1e-12, 1.0),
-    "reg_tokens": (0, 64),
-    "init_values": (0.0, 1e3),
+FIELD_RANGES: dict[str, Range] = {
+    "image_size": Range(1, 8192),
+    "patch_size": Range(1, 1024),
+    "in_channels": Range(1, 64),
+    "num_classes": Range(0, 1_000_000),
+    "embed_dim": Range(1, 32_768),
+    "depth": Range(1, 256),
+    "num_heads": Range(1, 1024),
+    "mlp_ratio": Range(1e-3, 64.0),
+    "dropout": Range(0.0, 1.0, high_open=True),
+    "attn_dropout": Range(0.0, 1.0, high_open=True),
+    "drop_path": Range(0.0, 1.0, high_open=True),
+    "patch_drop": Range(0.0, 1.0, high_open=True),
+    "layer_norm_eps": Range(1e-12, 1.0),
+    "reg_tokens": Range(0, 64),
+    "init_values": Range(0.0, 1e3),
 }
 MAX_TOKENS = 16_384  # patches per image (a 128×128 grid: 1024 px in 8-px patches)
 MAX_PARAM_BYTES = 64 * 2**30  # float32 parameters: ViT-22B is 88 GB, ViT-G/14 7.5 GB

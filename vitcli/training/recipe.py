@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitcli.devices import PRECISIONS
-from vitcli.errors import UsageError, canonical_choice, check_choice, plural
-from vitcli.model.config import PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
+from vitcli.data import VAL_SPLIT
+from vitcli.errors import Range, UsageError, canonical_choice, check_choice, plural
+from vitcli.model.config import FIELD_RANGES, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
 from vitcli.model.presets import TINY_IMAGE_MAX, get_preset
 
@@ -74,6 +75,40 @@ FEW_STEPS = MIN_STEPS // 2  # a --time-budget that fits fewer is warned about, w
 
 EMA_DECAY = 0.999  # TrainOptions.ema_decay: a different value without --ema is refused
 AUGMENTS = ("none", "light", "strong")  # = vitcli.data.augment.AUGMENT_LEVELS (a test checks)
+
+
+# The range of every number `vit train` takes, by TrainOptions field: TrainOptions.check
+# refuses what lies outside, and `vit train --help` shows each as its option's value type
+# (N 1–100,000), read from here (vitcli.commands.train), so the two cannot disagree. The
+# architecture's ranges are the model config's own; --threads is checked against the
+# machine's cores as well.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1),  # numpy's seeds are 32-bit
+    "threads": Range(0, 4096),
+    "epochs": Range(1, 100_000),
+    "batch_size": Range(1, 65_536),
+    "lr": Range(1e-12, 10.0),
+    "weight_decay": Range(0.0, 10.0),
+    "warmup": Range(0.0, 100_000),
+    "min_lr_ratio": Range(0.0, 1.0),
+    "label_smoothing": Range(0.0, 1.0, high_open=True),
+    "drop_path": FIELD_RANGES["drop_path"],
+    "patch_drop": FIELD_RANGES["patch_drop"],
+    "clip_grad": Range(0.0, 1e6),
+    "val_split": VAL_SPLIT,
+    "ema_decay": Range(0.0, 1.0, high_open=True),
+    "time_budget": Range(1e-3, 60 * 24 * 365),  # minutes: a minute's sixtieth to a year
+    "patience": Range(1, 100_000),
+    "val_every": Range(1, 100_000),
+    "layer_decay": Range(0.0, 1.0, low_open=True),
+    "save_every": Range(0, 10**9),
+    "img_size": Range(8, FIELD_RANGES["image_size"].high),
+    "patch": FIELD_RANGES["patch_size"],
+    "depth": FIELD_RANGES["depth"],
+    "embed_dim": FIELD_RANGES["embed_dim"],
+    "heads": FIELD_RANGES["num_heads"],
+    "mlp_ratio": FIELD_RANGES["mlp_ratio"],
+}
 
 
 def choice_fields() -> dict[str, tuple[str, ...]]:
@@ -181,28 +216,8 @@ class TrainOptions:
             if isinstance(value, float) and not math.isfinite(value):
                 raise UsageError(f"--{f.name.replace('_', '-')} must be a finite number, "
                                  f"not {value}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise UsageError(f"--ema-decay must be in [0, 1), not {self.ema_decay}")
         self._check_ranges()
         self._check_contradictions()
-        positive = {"--epochs": self.epochs, "--batch-size": self.batch_size}
-        if self.threads < 0:
-            raise UsageError(f"--threads must be 0 (automatic) or more, not {self.threads}")
-        for flag, value in positive.items():
-            if value is not None and value < 1:
-                raise UsageError(f"{flag} must be at least 1, not {value}")
-        if self.lr is not None and self.lr <= 0:
-            raise UsageError(f"--lr must be positive, not {self.lr}")
-        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
-            raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
-        if self.drop_path is not None and not 0.0 <= self.drop_path < 1.0:
-            raise UsageError(f"--drop-path must be in [0, 1), not {self.drop_path}")
-        if self.patch_drop is not None and not 0.0 <= self.patch_drop < 1.0:
-            raise UsageError(f"--patch-drop must be in [0, 1), not {self.patch_drop}")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise UsageError(f"--time-budget must be positive minutes, not {self.time_budget}")
-        if self.patience is not None and self.patience < 1:
-            raise UsageError(f"--patience must be at least 1, not {self.patience}")
         for name, choices in choice_fields().items():  # None: not given, chosen by the recipe
             if getattr(self, name) is not None or name in ("precision", "class_weights",
                                                            "sampler"):
@@ -210,8 +225,6 @@ class TrainOptions:
         if self.freeze and not self.init:
             raise UsageError("--freeze backbone needs --init MODEL (a frozen random backbone "
                              "learns nothing)")
-        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise UsageError(f"--layer-decay must be in (0, 1], not {self.layer_decay}")
         if self.init:
             # The architecture comes from the --init file; only size and patch can change.
             ignored = [flag for flag, value in (("--model", self.model), *_arch_flags(self))
@@ -227,40 +240,15 @@ class TrainOptions:
                              "together they correct the imbalance twice")
 
     def _check_ranges(self) -> None:
-        """Every number within a range a run can use (the architecture's own in ViTConfig)."""
+        """Every number within its RANGES entry, and --threads within the machine's means."""
         import os
 
+        for name, allowed in RANGES.items():
+            allowed.check("--" + name.replace("_", "-"), getattr(self, name))
         cpus = os.cpu_count() or 1
-        ranges: dict[str, tuple[float, float, Any]] = {
-            "--seed": (0, 2**32 - 1, self.seed),  # numpy's seeds are 32-bit
-            "--threads": (0, max(cpus * 4, 4), self.threads),
-            "--epochs": (1, 100_000, self.epochs),
-            "--batch-size": (1, 65_536, self.batch_size),
-            "--lr": (1e-12, 10.0, self.lr),
-            "--weight-decay": (0.0, 10.0, self.weight_decay),
-            "--warmup": (0.0, 100_000, self.warmup),
-            "--clip-grad": (0.0, 1e6, self.clip_grad),
-            "--time-budget": (1e-3, 60 * 24 * 365, self.time_budget),
-            "--patience": (1, 100_000, self.patience),
-            "--val-every": (1, 100_000, self.val_every),
-            "--save-every": (0, 10**9, self.save_every),
-            "--img-size": (8, 8192, self.img_size),
-            "--patch": (1, 1024, self.patch),
-            "--depth": (1, 256, self.depth),
-            "--embed-dim": (1, 32_768, self.embed_dim),
-            "--heads": (1, 1024, self.heads),
-            "--mlp-ratio": (1e-3, 64.0, self.mlp_ratio),
-            "--min-lr-ratio": (0.0, 1.0, self.min_lr_ratio),
-            "--val-split": (0.0, 0.99, self.val_split),
-        }
-        for flag, (low, high, value) in ranges.items():
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UsageError(f"{flag} must be a number, not {value!r}")
-            if not low <= value <= high:
-                why = f" (this machine has {cpus} CPUs)" if flag == "--threads" else ""
-                raise UsageError(f"{flag} must be in [{low:,g}, {high:,g}]{why}, not {value:,g}")
+        if self.threads > max(cpus * 4, 4):
+            raise UsageError(f"--threads must be at most {max(cpus * 4, 4):,} on this machine "
+                             f"({plural(cpus, 'CPU')}), not {self.threads:,}")
         if self.patch and self.img_size and self.patch > self.img_size:
             raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")
         if not isinstance(self.device, str) or \
