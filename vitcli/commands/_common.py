@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from rich.segment import Segment
 from typer.core import TyperCommand
 
 from vitcli.devices import BF16_MIN_MACS, gmac
+from vitcli.errors import Range, format_number
 from vitcli.errors import format_score as format_score  # re-exported: scores print so
 from vitcli.errors import plural as plural  # re-exported: the commands count with it
 from vitcli.errors import score_decimals as score_decimals  # re-exported, with format_score
@@ -124,19 +126,80 @@ JsonOpt = Annotated[
 ]
 
 
+def ranged(option: Any, allowed: Range) -> Any:
+    """`option` (a typer.Option) taking the numbers in `allowed`: the help shows the range
+    as the option's value type and a value outside it is refused before the command runs,
+    in the wording the library's own checks use (Range.problem). For ranges with an open
+    end, and ranges a library module defines (vitcli.training.recipe.RANGES), where Typer's
+    min= and max= would be a second copy of them."""
+    option.allowed = allowed
+    return option
+
+
+def _allowed(param: Any) -> Range | None:
+    """The range an option takes: given with `ranged`, else Typer's min= and max=."""
+    descriptor = getattr(param, "type_descriptor", None)
+    allowed = getattr(getattr(descriptor, "parameter_info", None), "allowed", None)
+    if allowed is not None:
+        return allowed
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    if low is None and high is None:
+        return None
+    return Range(-math.inf if low is None else low, math.inf if high is None else high)
+
+
 def _metavar(param: Any) -> str:
-    """A short value name for the help's type column: N, X, PATH or TEXT, with its range."""
+    """A short value name for the help's type column: N, X, PATH or TEXT, with its range
+    (N 1–100,000; X 0–<1 where 1 itself is refused, X >0–1 where 0 is)."""
     desc = param.type_descriptor
     if desc.is_choice:
         return "|".join(str(c) for c in desc.choices or ())
     bare = param.bare_type()
     name = "PATH" if desc.is_path else {"int": "N", "float": "X"}.get(bare, "TEXT")
-    low, high = getattr(param, "min", None), getattr(param, "max", None)
-    if low is not None and high is not None:
-        return f"{name} {_bound(low)}–{_bound(high)}"
-    if low is not None:
-        return f"{name}≥{_bound(low)}"
-    return name
+    allowed = _allowed(param)
+    if allowed is None:
+        return name
+    if allowed.high == math.inf:
+        return f"{name}{'>' if allowed.low_open else '≥'}{_bound(allowed.low)}"
+    return (f"{name} {'>' if allowed.low_open else ''}{_bound(allowed.low)}–"
+            f"{'<' if allowed.high_open else ''}{_bound(allowed.high)}")
+
+
+class _BadNumber(typer.BadParameter):
+    """A number option's value refused: "--epochs must be in [1, 100,000], not 0", as
+    TrainOptions.check and the model config word it, not Typer's "Invalid value for
+    '--epochs': Input should be less than or equal to 100000"."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+_ANY_NUMBER = Range(-math.inf, math.inf)  # what every number option takes at least: finite
+
+
+def _check_numbers(param: Any) -> None:
+    """Refuse a number option's value outside its range, and nan or inf for every one, in
+    the library's wording (Range.problem), before Typer converts it: the one check of a
+    value given on the command line, and the same message whichever option it is."""
+    kind = {"int": int, "float": float}.get(param.bare_type())
+    if kind is None:
+        return
+    allowed = _allowed(param) or _ANY_NUMBER
+    flag = max(param.opts, key=len)
+    convert = param.process_value
+
+    def process_value(ctx: Any, value: Any) -> Any:
+        try:
+            number = kind(value) if isinstance(value, str) else value
+        except ValueError:  # not a number at all: Typer says so
+            number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            problem = allowed.problem(number)
+            if problem:
+                raise _BadNumber(f"{flag} {problem}", ctx=ctx, param=param)
+        return convert(ctx, value)
+
+    param.process_value = process_value
 
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -154,14 +217,15 @@ def per_second(rate: float) -> str:
 def _bound(value: float) -> str:
     """A range bound as a reader writes it: whole numbers in full with thousands separators
     (4,096, never 4.096e+03), fractions as short decimals (0.5); a limit of a binary type
-    as a power of two (2³²−1 for a seed: exact, and short enough to leave the help its
-    width at 80 columns)."""
+    as a power of two (2³²−1 for a seed) and a round limit from a million up as a power of
+    ten (10⁹): exact, and short enough to leave the help its width at 80 columns."""
     if float(value).is_integer():
         n = int(value)
         if n >= 2**31 - 1 and (n + 1) & n == 0:  # 2^k - 1: a type's limit
             return f"2{str((n + 1).bit_length() - 1).translate(_SUPERSCRIPT)}−1"
-        return f"{n:,}"
-    return f"{value:g}"
+        if n >= 10**6 and str(n).rstrip("0") == "1":  # 10^k: a round limit, as short
+            return f"10{str(len(str(n)) - 1).translate(_SUPERSCRIPT)}"
+    return format_number(value)
 
 
 def _one_line_paragraphs(text: str | None) -> str | None:
@@ -275,6 +339,7 @@ def _tidy(param: Any) -> None:
     else:
         param.metavar = _metavar(param)
         param._get_number_range_help_str = lambda: None  # in the metavar
+        _check_numbers(param)
 
 
 def not_built_yet(command: str, issue: str) -> None:

@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from vitcli.commands._common import ranged
+from vitcli.model.config import FIELD_RANGES
+
 
 def convert(
     out: Annotated[Path, typer.Option("--out", "-o", help="The vitcli model file to write.",
@@ -30,8 +33,8 @@ def convert(
                      "short name from `vit models --pretrained`.", show_default=False)] = None,
     heads: Annotated[
         int | None,
-        typer.Option("--heads", help="Attention heads, for widths outside the ViT table.",
-                     show_default=False)] = None,
+        ranged(typer.Option("--heads", help="Attention heads, for widths outside the ViT "
+                            "table.", show_default=False), FIELD_RANGES["num_heads"])] = None,
 ) -> None:
     """Convert pre-trained ViT weights into a vitcli model file."""
     from vitcli.commands._common import console, err_console, fit_or_break, plural, safe

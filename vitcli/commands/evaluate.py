@@ -14,7 +14,9 @@ from vitcli.commands._common import (
     OutDirOpt,
     PrecisionOpt,
     plural,
+    ranged,
 )
+from vitcli.data import VAL_SPLIT
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -41,10 +43,10 @@ def evaluate(
     split: Annotated[str | None, typer.Option(
         "--split", help="Which split to evaluate; without it the data's validation or "
         "test split, else all of it.", show_default=False)] = None,
-    val_split: Annotated[float | None, typer.Option(
+    val_split: Annotated[float | None, ranged(typer.Option(
         "--val-split", help="Evaluate the fraction that `vit train --val-split` (0.1 by "
         "default) held out of this data, carved again with the same --seed.",
-        show_default=False)] = None,
+        show_default=False), VAL_SPLIT)] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="The training run's --seed, with "
                                       "--val-split.")] = 0,
     show: Annotated[int, typer.Option("--show", min=0, max=100_000,

@@ -6,10 +6,14 @@ from typing import Annotated
 
 import typer
 
+from vitcli.commands._common import ranged
+from vitcli.model.config import FIELD_RANGES
+
 
 def models(
-    classes: Annotated[int, typer.Option(
-        "--classes", min=0, help="Classes in the head that the counts assume (0: no head).")] = 1000,
+    classes: Annotated[int, ranged(typer.Option(
+        "--classes", help="Classes in the head that the counts assume (0: no head)."),
+        FIELD_RANGES["num_classes"])] = 1000,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained", help="List recommended pretrained weights instead: the names "
         "`vit train --init` and `vit convert --from-hub` accept.")] = False,

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt
+from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt, ranged
 from vitcli.training.recipe import (
     BASE_BATCH,
     BASE_LR,
@@ -17,6 +17,7 @@ from vitcli.training.recipe import (
     EPOCHS,
     LABEL_SMOOTHING,
     MIN_STEPS,
+    RANGES,
     TINY_BASE_LR,
     TINY_BATCH_SIZE,
     TINY_LABEL_SMOOTHING,
@@ -30,7 +31,11 @@ FINETUNE = "Start from pretrained weights"
 
 
 def _opt(*names: str, help: str, panel: str | None = None, **kw: Any) -> Any:
-    return typer.Option(*names, help=help, show_default=False, rich_help_panel=panel, **kw)
+    """A train option; a number takes the range TrainOptions checks (recipe.RANGES), which
+    its help shows."""
+    option = typer.Option(*names, help=help, show_default=False, rich_help_panel=panel, **kw)
+    field = names[0].removeprefix("--").replace("-", "_")
+    return ranged(option, RANGES[field]) if field in RANGES else option
 
 
 def train(
@@ -39,15 +44,15 @@ def train(
                                      "dataset, or a Hub dataset name.")] = None,
     model: Annotated[str | None, _opt("--model", "-m", help="The preset to train, as `vit "
                                       "models` lists them. [default: by image size]")] = None,
-    img_size: Annotated[int | None, _opt("--img-size", min=8, max=8192, help="Input size in px. Small images "
+    img_size: Annotated[int | None, _opt("--img-size", help="Input size in px. Small images "
                                          "keep their own size, rounded up to the patch. "
                                          "[default: the preset's]")] = None,
-    patch: Annotated[int | None, _opt("--patch", min=1, max=1024, help="Patch size in px: the image is "
+    patch: Annotated[int | None, _opt("--patch", help="Patch size in px: the image is "
                                       "cut into squares. [default: the preset's]")] = None,
-    epochs: Annotated[int | None, _opt("--epochs", "-e", min=1, help=(
+    epochs: Annotated[int | None, _opt("--epochs", "-e", help=(
         f"Epochs; small data gets more, to reach at least {MIN_STEPS} steps. "
         f"[default: {EPOCHS}]"))] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", "-b", min=1,
+    batch_size: Annotated[int | None, _opt("--batch-size", "-b",
                                            help="Global batch, all processes together; "
                                            f"tiny images get {TINY_BATCH_SIZE}. "
                                            f"[default: {BATCH_SIZE}]")]
@@ -55,12 +60,12 @@ def train(
     lr: Annotated[float | None, _opt("--lr", help=(
         f"Peak learning rate; without it {BASE_LR:g} × batch / {BASE_BATCH} (tiny images: "
         f"{TINY_BASE_LR:g} × batch / {BASE_BATCH})."))] = None,
-    weight_decay: Annotated[float | None, _opt("--weight-decay", min=0.0,
+    weight_decay: Annotated[float | None, _opt("--weight-decay",
                                                help=f"AdamW weight decay. [default: {_D.weight_decay}]")] = None,
     optimizer: Annotated[str | None, _opt("--optimizer", help=(
         "adamw, or muon: Muon for the blocks' matrices, AdamW for the rest (torch ≥ 2.9). "
         "[default: adamw; tiny: muon]"))] = None,
-    warmup: Annotated[float | None, _opt("--warmup", min=0.0,
+    warmup: Annotated[float | None, _opt("--warmup",
                                          help=f"Warm-up epochs. [default: {_D.warmup:g}]")] = None,
     label_smoothing: Annotated[float | None, _opt("--label-smoothing", help=(
         f"Label smoothing; tiny images from scratch get {TINY_LABEL_SMOOTHING}. "
@@ -72,7 +77,7 @@ def train(
         "Patch dropout: the share of a training image's patches left out; --init keeps "
         "its model's rate. [default: the preset's]"),
         panel=ADVANCED)] = None,
-    seed: Annotated[int | None, _opt("--seed", min=0, max=2**32 - 1, help="Seed for init, data order and "
+    seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation. [default: {_D.seed}]")] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str | None, _opt("--precision", help=(
@@ -82,11 +87,12 @@ def train(
         "batch × 3); fp32 below. --resume keeps the run's. "
         "[default: auto]"))]
     = None,
-    threads: Annotated[int | None, _opt("--threads", min=0, max=4096, help=(
+    threads: Annotated[int | None, _opt("--threads", help=(
         "CPU threads for the maths; 0 = from the cores free, measured at the start and when "
         "steps slow down. [default: 0]"))] = None,
     # The old name of --threads, still accepted; hidden, so that help shows one name.
-    workers: Annotated[int | None, typer.Option("--workers", min=0, max=4096, hidden=True)] = None,
+    workers: Annotated[int | None, ranged(typer.Option("--workers", hidden=True),
+                                                     RANGES["threads"])] = None,
     augment: Annotated[str | None, _opt("--augment", help="Training augmentation: none, "
                                         "light or strong. [default: by data size]")] = None,
     val: Annotated[str | None, _opt("--val", help="Validation images (same forms as "
@@ -107,7 +113,7 @@ def train(
     time_budget: Annotated[float | None, _opt("--time-budget", help="Minutes for the whole "
                                               "run; the schedule is fitted to end "
                                               "then (overrides --epochs). [default: none]")] = None,
-    patience: Annotated[int | None, _opt("--patience", min=1, help="Stop after N epochs "
+    patience: Annotated[int | None, _opt("--patience", help="Stop after N epochs "
                                          "without a better val top-1. [default: never]")] = None,
     val_every: Annotated[int | None, _opt("--val-every", min=1, help=(
         "Validate every N epochs, and the last; by default every epoch, or with "
@@ -129,11 +135,11 @@ def train(
                                        panel=FINETUNE)] = None,
     layer_decay: Annotated[float | None, _opt("--layer-decay", help="Layer-wise lr decay, "
                                               "e.g. 0.75. [default: none]", panel=FINETUNE)] = None,
-    depth: Annotated[int | None, _opt("--depth", min=1, help="Encoder blocks. [default: the preset's]",
+    depth: Annotated[int | None, _opt("--depth", help="Encoder blocks. [default: the preset's]",
                                       panel=ADVANCED)] = None,
-    embed_dim: Annotated[int | None, _opt("--embed-dim", min=1, help="Token width. [default: the preset's]",
+    embed_dim: Annotated[int | None, _opt("--embed-dim", help="Token width. [default: the preset's]",
                                           panel=ADVANCED)] = None,
-    heads: Annotated[int | None, _opt("--heads", min=1, help="Attention heads. [default: the preset's]",
+    heads: Annotated[int | None, _opt("--heads", help="Attention heads. [default: the preset's]",
                                       panel=ADVANCED)] = None,
     mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="How many times wider the MLP is "
                                             "than a token. [default: the preset's]",
@@ -151,12 +157,12 @@ def train(
     schedule: Annotated[str | None, _opt("--schedule", help=(
         "How the lr falls after warm-up: cosine or linear. [default: cosine; tiny: linear]"),
         panel=ADVANCED)] = None,
-    clip_grad: Annotated[float | None, _opt("--clip-grad", min=0.0, help="Gradients are clipped to this "
+    clip_grad: Annotated[float | None, _opt("--clip-grad", help="Gradients are clipped to this "
                                             f"norm; 0 = off. [default: {_D.clip_grad}]", panel=ADVANCED)] = None,
-    ema_decay: Annotated[float | None, _opt("--ema-decay", min=0.0, max=1.0,
+    ema_decay: Annotated[float | None, _opt("--ema-decay",
                                             help=f"EMA decay per step. [default: {_D.ema_decay}]",
                                             panel=ADVANCED)] = None,
-    save_every: Annotated[int | None, _opt("--save-every", min=0, help="Also save the state "
+    save_every: Annotated[int | None, _opt("--save-every", help="Also save the state "
                                            "every N steps, 0 = at epoch ends only. "
                                            "[default: 0]", panel=ADVANCED)] = None,
     cache_dir: Annotated[str | None, _opt("--cache-dir", help="Decoded-image cache; also set "
