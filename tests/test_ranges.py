@@ -43,7 +43,9 @@ def test_train_help_shows_the_ranges_train_checks() -> None:
         flag = "--" + field.replace("_", "-")
         if flag in params:
             assert _allowed(params[flag]) == allowed, flag
-    assert _metavar(params["--epochs"]) == "N 1–100,000"
+    assert _metavar(params["--epochs"]) == "N 1–10⁵"  # round limits as powers: 80 columns
+    assert _metavar(params["--batch-size"]) == "N 1–2¹⁶"
+    assert _metavar(params["--img-size"]) == "N 8–8,192"
     assert _metavar(params["--label-smoothing"]) == "X 0–<1"
     assert _metavar(params["--layer-decay"]) == "X >0–1"
 

@@ -217,13 +217,15 @@ def per_second(rate: float) -> str:
 def _bound(value: float) -> str:
     """A range bound as a reader writes it: whole numbers in full with thousands separators
     (4,096, never 4.096e+03), fractions as short decimals (0.5); a limit of a binary type
-    as a power of two (2³²−1 for a seed) and a round limit from a million up as a power of
+    as a power of two (2³²−1 for a seed, 2¹⁶ for a batch) and a round limit from 100,000 up as a power of
     ten (10⁹): exact, and short enough to leave the help its width at 80 columns."""
     if float(value).is_integer():
         n = int(value)
         if n >= 2**31 - 1 and (n + 1) & n == 0:  # 2^k - 1: a type's limit
             return f"2{str((n + 1).bit_length() - 1).translate(_SUPERSCRIPT)}−1"
-        if n >= 10**6 and str(n).rstrip("0") == "1":  # 10^k: a round limit, as short
+        if n >= 2**15 and n & (n - 1) == 0:  # 2^k: a binary limit (a batch of 65,536)
+            return f"2{str(n.bit_length() - 1).translate(_SUPERSCRIPT)}"
+        if n >= 10**5 and str(n).rstrip("0") == "1":  # 10^k: a round limit, as short
             return f"10{str(len(str(n)) - 1).translate(_SUPERSCRIPT)}"
     return format_number(value)
 

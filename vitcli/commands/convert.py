@@ -12,7 +12,7 @@ from vitcli.model.config import FIELD_RANGES
 
 
 def convert(
-    out: Annotated[Path, typer.Option("--out", "-o", help="The vitcli model file to write.",
+    out: Annotated[Path, typer.Option("--out", "-o", help="The vitcli model file to write (.safetensors).",
                                       show_default=False)],
     source: Annotated[
         Path | None,

@@ -50,7 +50,7 @@ def evaluate(
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="The training run's --seed, with "
                                       "--val-split.")] = 0,
     show: Annotated[int, typer.Option("--show", min=0, max=100_000,
-                                      help="Misclassified files listed in the terminal.")] = 20,
+                                      help="Misclassified files to list in the terminal.")] = 20,
 ) -> None:
     """Top-1/top-5, loss, per-class precision/recall/F1, confusion matrix and the mistakes.
 

@@ -52,8 +52,8 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(
-        "--unknown", help="on|off: call images beyond the model file's out-of-distribution "
-        "threshold 'unknown'. [default: on if it has one]",
+        "--unknown", help="on|off: answer 'unknown' for images beyond the model file's "
+        "out-of-distribution threshold. [default: on if it has one]",
         show_default=False)] = None,
 ) -> None:
     """Classify images with a trained model: top-k labels and probabilities per image."""

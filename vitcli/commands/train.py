@@ -74,8 +74,8 @@ def train(
         f"Stochastic depth; tiny images from scratch get none. [default: {DROP_PATH}]"))]
     = None,
     patch_drop: Annotated[float | None, _opt("--patch-drop", help=(
-        "Patch dropout: the share of a training image's patches left out; --init keeps "
-        "its model's rate. [default: the preset's]"),
+        "Patch dropout: the share of a training image's patches left out, the preset's "
+        "by default; --init keeps its model's rate."),
         panel=ADVANCED)] = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed for init, data order and "
                                      f"augmentation. [default: {_D.seed}]")] = None,
@@ -115,7 +115,7 @@ def train(
                                               "then (overrides --epochs). [default: none]")] = None,
     patience: Annotated[int | None, _opt("--patience", help="Stop after N epochs "
                                          "without a better val top-1. [default: never]")] = None,
-    val_every: Annotated[int | None, _opt("--val-every", min=1, help=(
+    val_every: Annotated[int | None, _opt("--val-every", help=(
         "Validate every N epochs, and the last; by default every epoch, or with "
         "--time-budget as often as a tenth of the time allows."))] = None,
     name: Annotated[str | None, _opt("--name", help="Name of the run folder (numbered if "
@@ -135,11 +135,11 @@ def train(
                                        panel=FINETUNE)] = None,
     layer_decay: Annotated[float | None, _opt("--layer-decay", help="Layer-wise lr decay, "
                                               "e.g. 0.75. [default: none]", panel=FINETUNE)] = None,
-    depth: Annotated[int | None, _opt("--depth", help="Encoder blocks. [default: the preset's]",
+    depth: Annotated[int | None, _opt("--depth", help="Encoder blocks. [default: preset's]",
                                       panel=ADVANCED)] = None,
     embed_dim: Annotated[int | None, _opt("--embed-dim", help="Token width. [default: the preset's]",
                                           panel=ADVANCED)] = None,
-    heads: Annotated[int | None, _opt("--heads", help="Attention heads. [default: the preset's]",
+    heads: Annotated[int | None, _opt("--heads", help="Attention heads. [default: preset's]",
                                       panel=ADVANCED)] = None,
     mlp_ratio: Annotated[float | None, _opt("--mlp-ratio", help="How many times wider the MLP is "
                                             "than a token. [default: the preset's]",
@@ -151,11 +151,11 @@ def train(
         panel=ADVANCED)] = None,
     pooling: Annotated[str | None, _opt("--pooling", help="cls or mean. [default: the preset's]", panel=ADVANCED)]
     = None,
-    pos_embed: Annotated[str | None, _opt("--pos-embed", help="Position embedding: learned, or "
-                                          "sincos (fixed). [default: the preset's]",
+    pos_embed: Annotated[str | None, _opt("--pos-embed", help="Position embedding: learned or "
+                                          "fixed sincos. [default: the preset's]",
                                           panel=ADVANCED)] = None,
     schedule: Annotated[str | None, _opt("--schedule", help=(
-        "How the lr falls after warm-up: cosine or linear. [default: cosine; tiny: linear]"),
+        "How the lr falls after warm-up: cosine (the default), or linear (the default for tiny images)."),
         panel=ADVANCED)] = None,
     clip_grad: Annotated[float | None, _opt("--clip-grad", help="Gradients are clipped to this "
                                             f"norm; 0 = off. [default: {_D.clip_grad}]", panel=ADVANCED)] = None,
@@ -166,7 +166,7 @@ def train(
                                            "every N steps, 0 = at epoch ends only. "
                                            "[default: 0]", panel=ADVANCED)] = None,
     cache_dir: Annotated[str | None, _opt("--cache-dir", help="Decoded-image cache; also set "
-                                          "by $VITCLI_CACHE. [default: ~/.cache/vitcli]", panel=ADVANCED)] = None,
+                                          "by $VITCLI_CACHE (default ~/.cache/vitcli).", panel=ADVANCED)] = None,
 ) -> None:
     """Train a Vision Transformer; writes a run folder with weights, metrics and plots.
 
