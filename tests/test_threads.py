@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vitcli.training import threads as T
-from vitcli.training.threads import ThreadTuner, candidates, free_cores
+from vitcli import devices
+from vitcli.devices import free_cores
+from vitcli.training.threads import ThreadTuner, candidates
 
 
 def test_free_cores_takes_the_load_off_the_usable_cores():
@@ -32,7 +33,7 @@ tuner_threads: list[int] = []
 @pytest.fixture(autouse=True)
 def _quiet_machine(monkeypatch):
     tuner_threads.clear()
-    monkeypatch.setattr(T, "load_average", lambda: 0.0)
+    monkeypatch.setattr(devices, "load_average", lambda: 0.0)
 
 
 def make(cores: int = 2, fixed: int = 0, clock=None) -> ThreadTuner:
@@ -78,6 +79,6 @@ def test_slow_steps_are_not_measured_twice():
 
 
 def test_the_busy_start_guess_uses_the_load(monkeypatch):
-    monkeypatch.setattr(T, "load_average", lambda: 6.0)
+    monkeypatch.setattr(devices, "load_average", lambda: 6.0)
     tuner = make(cores=2)
     assert tuner_threads[-1] == 1 and "load 6.0" in tuner.reason

@@ -1,4 +1,5 @@
-"""Pick the device a user asked for, or the best one available, and the precision to run at.
+"""Pick the device a user asked for, or the best one available, the precision to run at,
+and the CPU threads to run on.
 
 torch is imported inside the functions that need it: the precision names are checked by
 commands that must not import torch (`vit predict` with an .onnx model).
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -252,3 +256,101 @@ def bf16_weights(module: torch.nn.Module) -> torch.nn.Module:
         tensor = getattr(layer, name)
         tensor.data = tensor.data.to(torch.bfloat16)
     return module
+
+
+# ------------------------------------------------------------------------------ threads
+# torch and onnxruntime start one thread per core. When other processes use those cores,
+# the threads wait for each other at every operation: on 2 shared cores with one busy, an
+# export timed PyTorch fp32 at 1,408 ms a call on 2 threads and 42 ms on 1, and `vit eval`
+# ran at 11 images/s instead of 57. So every command guesses the count from the cores
+# actually free; `vit train` then measures candidates (vitcli.training.threads), and
+# inference keeps the guess (it has no steps to measure before its work is done).
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), or None where the system has none."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+
+
+def free_cores(cores: int | None = None, load: float | None = None) -> int:
+    """A first guess at the cores free for this process: usable cores less the load, ≥ 1."""
+    cores = usable_cores() if cores is None else cores
+    load = load_average() if load is None else load
+    if load is None:
+        return cores
+    return max(1, min(cores, round(cores - load)))
+
+
+def thread_limit() -> int:
+    """The most --threads any command takes: 4 threads a CPU (at least 4). Beyond that a
+    count is a typo, and torch would start thousands of threads that only wait."""
+    return max((os.cpu_count() or 1) * 4, 4)
+
+
+def check_threads(threads: int) -> int:
+    """`threads` if it is 0 (automatic) to thread_limit(), else a one-line UsageError worded
+    as `vit train`'s other ranges are (training.recipe.TrainOptions._check_ranges)."""
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise UsageError(f"--threads must be a number, not {threads!r}")
+    high = thread_limit()
+    if threads < 0:
+        raise UsageError(f"--threads must be in [0, {high:,}], not {threads:,}")
+    if threads > high:
+        cpus = os.cpu_count() or 1
+        raise UsageError(f"--threads must be at most {high:,} on this machine ({cpus} "
+                         f"CPU{'s' if cpus != 1 else ''}), not {threads:,}")
+    return threads
+
+
+@dataclass(frozen=True)
+class Threads:
+    """The CPU threads torch and onnxruntime run on, and why (printed and recorded)."""
+
+    count: int
+    reason: str  # "--threads", or "1 of 2 cores free, load 1.3"
+
+    def __str__(self) -> str:
+        return f"{plural(self.count, 'thread')} ({self.reason})"
+
+
+def choose_threads(requested: int = 0, cores: int | None = None) -> Threads:
+    """The threads to run on: `requested` (--threads N) as asked, else the cores free of
+    the `cores` this process may use (usable_cores) less the load average."""
+    if check_threads(requested):
+        return Threads(requested, "--threads")
+    cores = usable_cores() if cores is None else cores
+    load = load_average()
+    guess = free_cores(cores, load)
+    return Threads(guess, f"{guess} of {plural(cores, 'core')} free"
+                          + (f", load {load:.1f}" if load is not None else ""))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the block and put back after it, so that a
+    library call leaves the process as it found it (0: left as they are)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)

@@ -29,7 +29,7 @@ class SmallerBatch(Exception):  # noqa: N818 - control flow inside the loop, nev
 
 def _busy_clause() -> str:
     """'; the machine is busy (load 2.4 on 2 cores)' when other work holds the cores, else ''."""
-    from vitcli.training.threads import load_average, usable_cores
+    from vitcli.devices import load_average, usable_cores
 
     load = load_average()
     return (f"; the machine is busy (load {load:.1f} on {plural(usable_cores(), 'core')})"

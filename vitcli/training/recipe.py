@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitcli.devices import PRECISIONS
+from vitcli.devices import PRECISIONS, thread_limit
 from vitcli.data import VAL_SPLIT
 from vitcli.errors import Range, UsageError, canonical_choice, check_choice, plural
 from vitcli.model.config import FIELD_RANGES, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
@@ -246,8 +246,8 @@ class TrainOptions:
         for name, allowed in RANGES.items():
             allowed.check("--" + name.replace("_", "-"), getattr(self, name))
         cpus = os.cpu_count() or 1
-        if self.threads > max(cpus * 4, 4):
-            raise UsageError(f"--threads must be at most {max(cpus * 4, 4):,} on this machine "
+        if self.threads > thread_limit():
+            raise UsageError(f"--threads must be at most {thread_limit():,} on this machine "
                              f"({plural(cpus, 'CPU')}), not {self.threads:,}")
         if self.patch and self.img_size and self.patch > self.img_size:
             raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")

@@ -5,7 +5,8 @@ torch starts one thread per core. When other processes use those cores (a laptop
 browser, a shared CI runner, two more trainings), its threads wait for each other at every
 operation: on 2 shared cores a forward pass of the quick-start model took 1 ms on 1 thread
 and 251 ms on 2. So the count is first guessed from the cores this process may use
-(`os.sched_getaffinity`) less the load average (`/proc/loadavg`), then measured: a few real
+(`os.sched_getaffinity`) less the load average (`/proc/loadavg`), as eval, predict and
+export guess it (vitcli.devices.choose_threads), then measured: a few real
 training steps at each candidate count, the fastest kept. While training, a step time that
 collapses (COLLAPSE × the time measured at the choice) sets off another measurement.
 
@@ -15,12 +16,12 @@ what changed through its own events.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vitcli.devices import choose_threads, usable_cores
 from vitcli.errors import plural
 
 WARMUP_STEPS = 2  # the first steps allocate and warm caches: not timed
@@ -28,35 +29,6 @@ PROBE_STEPS = 3  # steps timed at each candidate count (the median is kept)
 COLLAPSE = 2.0  # a step this many times slower than at the choice sets off a new measurement
 REPROBE_AFTER_S = 20.0  # at most one new measurement this often
 MAX_PROBE_STEP_S = 5.0  # slower steps are not worth measuring twice: keep the first guess
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (runnable processes), or None where the system has none."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as f:
-            return float(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        try:
-            return os.getloadavg()[0]
-        except (AttributeError, OSError):
-            return None
-
-
-def free_cores(cores: int | None = None, load: float | None = None) -> int:
-    """A first guess at the cores free for this process: usable cores less the load, ≥ 1."""
-    cores = usable_cores() if cores is None else cores
-    load = load_average() if load is None else load
-    if load is None:
-        return cores
-    return max(1, min(cores, round(cores - load)))
 
 
 def candidates(cores: int) -> list[int]:
@@ -87,14 +59,8 @@ class ThreadTuner:
     probes: int = 0
 
     def __post_init__(self) -> None:
-        if self.fixed:
-            self.threads, self.reason = self.fixed, "--threads"
-        else:
-            guess = free_cores(self.cores)
-            self.threads = guess
-            load = load_average()
-            self.reason = (f"{guess} of {plural(self.cores, 'core')} free"
-                           + (f", load {load:.1f}" if load is not None else ""))
+        first = choose_threads(self.fixed, self.cores)  # the guess inference keeps too
+        self.threads, self.reason = first.count, first.reason
         self.set_threads(self.threads)
 
     @property
