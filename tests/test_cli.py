@@ -215,11 +215,17 @@ def test_patchify_says_what_it_wrote_in_phrases_whole_at_80_columns(tmp_path, im
 def test_fit_or_break_breaks_between_the_parts_only():
     from vitcli.commands._common import fit_or_break
 
-    assert fit_or_break("cpu, precision fp32", "(asked for)", 80) == \
+    assert fit_or_break("cpu, precision fp32", "(asked for)", width=80) == \
         "cpu, precision fp32 (asked for)"
     long = "(auto: 0.0068 GMAC a batch of 1,024 images; AVX512-BF16 pays from 1 GMAC)"
-    assert fit_or_break("cpu, 96 images/s, precision fp32", long, 80) == \
+    assert fit_or_break("cpu, 96 images/s, precision fp32", long, width=80) == \
         f"cpu, 96 images/s, precision fp32\n{long}"
+    # more parts: each that does not fit goes on, and starts, a line of its own
+    threads = "cpu, 1 thread (1 of 2 cores free, load 1.3),"
+    assert fit_or_break(threads, "96 images/s, precision fp32", long, width=80) == \
+        f"{threads} 96 images/s, precision fp32\n{long}"
+    assert fit_or_break(threads, "96 images/s, precision fp32", "(asked for)", width=40) == \
+        f"{threads}\n96 images/s, precision fp32 (asked for)"
 
 
 def test_warn_prints_one_warning_line_broken_between_its_parts_at_the_terminal_width():

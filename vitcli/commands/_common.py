@@ -74,17 +74,25 @@ console = SafeConsole()  # results
 err_console = SafeConsole(stderr=True)  # progress, warnings
 
 
-def fit_or_break(first: str, second: str, width: int | None = None) -> str:
-    """`first second` on one line where it fits `width` (the terminal's), else `second` on
-    the next line: a long line broken at its natural place instead of inside a phrase.
+def fit_or_break(*parts: str, width: int | None = None) -> str:
+    """The parts joined by spaces where they fit `width` (the terminal's), each one that
+    would pass it on a line of its own: a long line broken at its natural places instead of
+    inside a phrase ("cpu, 1 thread (…)," / "57 images/s, precision fp32" / "(auto: …)").
 
-    Both parts are printable text (escaped, without markup): their length is what the
+    The parts are printable text (escaped, without markup): their length is what the
     terminal shows.
     """
     from rich.cells import cell_len
 
-    joined = f"{first} {second}"
-    return joined if cell_len(joined) <= (width or console.width) else f"{first}\n{second}"
+    width = width or console.width
+    lines = [parts[0]]
+    for part in parts[1:]:
+        joined = f"{lines[-1]} {part}"
+        if cell_len(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def warn(first: str, second: str = "", *, to: Console | None = None,
@@ -97,7 +105,7 @@ def warn(first: str, second: str = "", *, to: Console | None = None,
     without, Rich wraps it at words. Every command says its warnings through here.
     """
     to = to or err_console
-    text = fit_or_break(first, second, to.width - len("warning: ")) if second else first
+    text = fit_or_break(first, second, width=to.width - len("warning: ")) if second else first
     to.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=soft_wrap)
 
 

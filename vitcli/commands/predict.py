@@ -137,7 +137,7 @@ def predict(
         err_console.print(f"heat maps for {plural(len(explained), 'image')} in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     if ok:  # on stderr in every mode (--json too): what the answers were computed in
-        err_console.print(fit_or_break(*_precision_line(ctx, backend), err_console.width),
+        err_console.print(fit_or_break(*_precision_line(ctx, backend), width=err_console.width),
                           highlight=False)
     failed = sum(not r.ok for r in results)
     if failed and len(results) == 1:  # its own error line is the one line: exit 1, no other
