@@ -25,6 +25,23 @@ def _few_threads():
 
 
 @pytest.fixture
+def ort_threads(monkeypatch) -> list[int]:
+    """A machine of 4 usable cores with a load of 1.0 (3 free, the commands' guess), and the
+    intra_op_num_threads of every onnxruntime session opened, in order."""
+    import onnxruntime as ort
+
+    import vitcli.devices as devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)
+    monkeypatch.setattr(devices, "load_average", lambda: 1.0)
+    sessions: list[int] = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda path, options, **kw: sessions.append(
+        options.intra_op_num_threads) or real(path, options, **kw))
+    return sessions
+
+
+@pytest.fixture
 def tiny_model():
     """A 2-block, 32-px ViT with 3 classes, in eval mode."""
     from vitcli.model.vit import create_model

@@ -1,4 +1,5 @@
-"""Device and precision choice: the `--precision auto` rule, its CPU probe, its errors."""
+"""Device, precision and thread choice: the `--precision auto` rule, its CPU probe, its
+errors; the CPU threads every command starts from."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from vitcli.devices import (
     bf16_units_from_flags,
     bf16_weights,
     check_precision,
+    check_threads,
     choose_precision,
+    choose_threads,
     gmac,
+    torch_threads,
 )
 from vitcli.errors import UsageError
 
@@ -150,3 +154,41 @@ def test_bf16_copy_makes_only_the_bf16_matrices_and_shares_the_rest():
             assert p is original[name], name
     for name, tensor in model.state_dict().items():  # the original is untouched
         assert tensor.dtype == torch.float32 and torch.equal(tensor, before[name]), name
+
+
+def test_threads_are_the_cores_free_unless_given(monkeypatch):
+    """eval, predict and export ran on every core whatever the load; they now start from the
+    guess train starts from: usable cores less the load average, at least 1."""
+    import vitcli.devices as devices
+
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)
+    monkeypatch.setattr(devices, "load_average", lambda: 1.0)
+    assert choose_threads() == devices.Threads(3, "3 of 4 cores free, load 1.0")
+    assert str(choose_threads()) == "3 threads (3 of 4 cores free, load 1.0)"
+    monkeypatch.setattr(devices, "load_average", lambda: 9.0)
+    assert choose_threads().count == 1  # never below one
+    monkeypatch.setattr(devices, "load_average", lambda: None)  # no load average here
+    assert choose_threads() == devices.Threads(4, "4 of 4 cores free")
+    assert choose_threads(2) == devices.Threads(2, "--threads")
+
+
+def test_threads_out_of_range_are_one_usage_error(monkeypatch):
+    import vitcli.devices as devices
+
+    monkeypatch.setattr(devices, "thread_limit", lambda: 8)
+    assert check_threads(0) == 0 and check_threads(8) == 8
+    for bad in (-1, 9):
+        with pytest.raises(UsageError, match=r"--threads must be in \[0, 8\] \(this machine "
+                                             rf"has \d+ CPUs\), not {bad}") as err:
+            choose_threads(bad)
+        assert err.value.exit_code == 2
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_puts_it_back():
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0: as they are
+        assert torch.get_num_threads() == before

@@ -363,6 +363,43 @@ def test_eval_precision_is_chosen_recorded_and_printed(tiny_model_file, image_fo
     assert bad.exit_code != 0 and "--precision must be one of" in bad.stderr
 
 
+def test_eval_runs_on_the_threads_chosen_and_records_them(tiny_model_file, image_folder,
+                                                          tmp_path, monkeypatch):
+    """eval ran torch on every core whatever the load (2 cores, one busy: 11 images/s
+    instead of 57); the model now runs on the cores free, or --threads N, and the device
+    line and the JSON say how many and why. torch's own count is put back after."""
+    import torch
+
+    import vitcli.devices as devices
+    import vitcli.evaluation.evaluate as E
+
+    ran_on: list[int] = []
+    real = E.predict_logits
+    monkeypatch.setattr(E, "predict_logits",
+                        lambda *a, **kw: ran_on.append(torch.get_num_threads()) or real(*a, **kw))
+    monkeypatch.setattr(devices, "usable_cores", lambda: 4)
+    monkeypatch.setattr(devices, "load_average", lambda: 1.0)  # 3 of the 4 cores free
+    before = torch.get_num_threads()
+    report = E.evaluate(tiny_model_file, image_folder, device="cpu")
+    assert ran_on == [3] and torch.get_num_threads() == before
+    assert (report.threads, report.threads_reason) == (3, "3 of 4 cores free, load 1.0")
+    asked = E.evaluate(tiny_model_file, image_folder, device="cpu", threads=1)
+    assert ran_on[-1] == 1 and (asked.threads, asked.threads_reason) == (1, "--threads")
+
+    result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
+                   "--device", "cpu", "--json", str(tmp_path / "r.json")], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "cpu, 3 threads (3 of 4 cores free, load 1.0), " in result.stdout
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert (written["threads"], written["threads_reason"]) == (3, "3 of 4 cores free, load 1.0")
+    monkeypatch.setattr(devices, "thread_limit", lambda: 8)
+    for bad in ("9", "5000", "-1"):  # past this machine's limit, past --threads' own, negative
+        result = _run(["eval", "--model", str(tiny_model_file), "--data", str(image_folder),
+                       "--threads", bad], tmp_path, monkeypatch)
+        assert result.exit_code == 2 and result.stderr.startswith("error:"), result.output
+        assert result.stderr.count("\n") == 1 and "--threads" in result.stderr
+
+
 def test_eval_folders_are_named_by_model_and_data_and_numbered_readably(tmp_path):
     from vitcli.evaluation.evaluate import new_eval_dir
 

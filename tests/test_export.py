@@ -462,7 +462,12 @@ def test_int8_files_precision_is_checked_and_recorded_by_predict(exported, tmp_p
     result = runner.invoke(app, ["predict", image, "-m", str(report.int8_path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["compute_precision"] == "int8"
-    assert "precision int8 (as exported)" in result.stderr
+    assert "precision int8 (as exported)" in " ".join(result.stderr.split())
+    for asked in ("fp32", "bf16"):  # neither is what an int8 file runs: said, as for bf16
+        result = runner.invoke(app, ["predict", image, "-m", str(report.int8_path),
+                                     "--precision", asked])
+        assert result.exit_code == 0 and (f"note: this ONNX file runs in int8, as exported; "
+                                          f"--precision {asked} ignored") in result.stderr
     bad = edited_onnx(report.int8_path, tmp_path / "bf17.onnx", precision="bf17")
     for args in (["info", str(bad)], ["predict", image, "-m", str(bad)]):
         result = runner.invoke(app, args)
@@ -532,6 +537,52 @@ def test_latency_table_says_speed_up_over_what_threads_and_runs(capsys, monkeypa
     assert "bf16 autocast" not in out and "median of 20 timed runs, 1 thread for" in out
     assert "no PyTorch bf16 row: --precision auto runs this model in fp32" in out
     assert all(len(line.rstrip()) <= 80 for line in out.splitlines()), out
+
+
+def test_export_checks_and_times_on_the_threads_chosen(tiny_model_file, image_folder,
+                                                       tmp_path, monkeypatch, ort_threads):
+    """export timed PyTorch on every core whatever the load (2 cores, one busy: fp32 1,408 ms
+    a call against 42 ms on 1 thread, and ONNX '25.61×' faster). Every onnxruntime session
+    and every PyTorch call of its checks and timings now runs on the cores free (or
+    --threads N), as the line under the latency table says; torch's count is put back after.
+    --precision bf16 with --data gives bf16 its accuracy row, as it has its latency row."""
+    import torch
+
+    import vitcli.devices as devices
+    from vitcli.deploy.backends import TorchBackend
+    from vitcli.deploy.export import export_onnx
+
+    sessions = ort_threads  # 3 of the 4 cores free
+    calls: list[int] = []
+    real_outputs = TorchBackend.outputs
+    monkeypatch.setattr(TorchBackend, "outputs", lambda self, x: calls.append(
+        torch.get_num_threads()) or real_outputs(self, x))
+    before = torch.get_num_threads()
+    report = export_onnx(tiny_model_file, tmp_path / "auto.onnx", data=image_folder)
+    assert set(sessions) == {3} and set(calls) == {3} and torch.get_num_threads() == before
+    assert report.latency is not None and report.data is not None
+    assert (report.latency.threads, report.latency.threads_reason) == \
+        (3, "3 of 4 cores free, load 1.0")
+    assert report.data.bf16_accuracy is None  # auto keeps this tiny model in fp32: no row
+
+    result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(tiny_model_file), "-o",
+                                      str(tmp_path / "bf16.onnx"), "--data", str(image_folder),
+                                      "--precision", "bf16", "--threads", "1"],
+                                env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert sessions[-1] == 1 and calls[-1] == 1
+    said = " ".join(result.stdout.split())
+    assert "1 thread for PyTorch and onnxruntime (--threads)" in said
+    bf16_row = next(line.split() for line in result.stdout.splitlines()
+                    if line.strip().startswith("PyTorch bf16 ") and "%" in line)
+    assert bf16_row[-3:] == ["vs", "PyTorch", "fp32"], bf16_row
+    monkeypatch.setattr(devices, "thread_limit", lambda: 8)
+    for bad in ("9", "5000", "-1"):  # past this machine's limit, past the option's, < 0
+        result = CliRunner().invoke(app, ["export", "--onnx", "-m", str(tiny_model_file),
+                                          "-o", str(tmp_path / "x.onnx"), "--threads", bad])
+        assert result.exit_code == 2 and result.stderr.startswith("error:"), result.output
+        assert result.stderr.count("\n") == 1 and "--threads" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
 
 
 @pytest.mark.slow

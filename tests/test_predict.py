@@ -92,7 +92,11 @@ def test_predict_precision_on_pytorch_and_ignored_on_onnx(models):
     code, _, err = run(str(images / "circle"), "--model", str(st), "--precision", "bf16")
     assert code == 0 and "precision bf16" in err
     code, _, err = run(str(images / "circle"), "--model", str(onnx), "--precision", "bf16")
-    assert code == 0 and "--precision bf16 ignored" in err
+    assert code == 0 and "note: this ONNX file runs in fp32, as exported; --precision bf16 " \
+        "ignored" in err
+    for honoured in ("fp32", "auto"):  # what an fp32 file does anyway: no note
+        code, _, err = run(str(images / "circle"), "--model", str(onnx), "--precision", honoured)
+        assert code == 0 and "note" not in err, err
     code, _, err = run(str(images / "circle"), "--model", str(onnx), "--precision", "fp8")
     assert code != 0 and err.startswith("error:") and "--precision must be one of" in err
 
@@ -370,12 +374,24 @@ def test_predict_summary_for_topk_1_has_no_empty_column(models):
     assert code == 0 and "next best" in out
 
 
-def test_precision_line_says_the_default_when_not_asked(models):
+def test_precision_is_auto_by_default_and_the_line_says_why(models):
+    """--precision auto is the default of train, eval, predict and export's reference; auto
+    weighs the batch, so these 3 tiny images stay fp32 and the line says why."""
+    import torch
+
+    from vitcli.devices import batch_of, choose_for_batch
+    from vitcli.model.checkpoint import check_model_file
+    from vitcli.model.config import count_macs
+
     st, _, images = models
-    code, _, err = run(str(images / "circle"), "--model", str(st))
-    assert code == 0 and "precision fp32 (the default)" in err and "asked for" not in err
+    code, _, err = run(str(images / "circle"), "--model", str(st), "--device", "cpu")
+    auto = choose_for_batch("auto", torch.device("cpu"),
+                            count_macs(check_model_file(st).config), 3)
+    said = " ".join(err.split())
+    assert code == 0 and f"precision {auto.name} ({auto.reason})" in said, said
+    assert auto.reason.startswith("auto") and batch_of(3) in auto.reason
     code, _, err = run(str(images / "circle"), "--model", str(st), "--precision", "fp32")
-    assert code == 0 and "precision fp32 (asked for)" in err
+    assert code == 0 and "precision fp32 (asked for)" in " ".join(err.split())
 
 
 def test_unknown_scores_have_two_decimals(capsys):
@@ -457,11 +473,13 @@ def test_json_and_csv_record_the_precision_and_stderr_says_it(models, tmp_path: 
         assert code == 0, err
         records = [json.loads(line) for line in out.splitlines()]
         assert [r["compute_precision"] for r in records] == [want] * 3
-        assert f"precision {want}" in err and err.count("\n") == 1
+        # the one statement, broken between its parts at 80 columns
+        assert err.startswith(("PyTorch on cpu, ", "onnxruntime on cpu, ")), err
+        assert f"precision {want}" in err and err.count("\n") <= 3
         with open(table, newline="") as f:
             rows = list(csv.DictReader(f))
         assert [r["compute_precision"] for r in rows] == [want] * 3
-    assert "onnxruntime on cpu, precision fp32 (as exported)" in err
+    assert "precision fp32 (as exported)" in " ".join(err.split())
 
 
 def edited_onnx(path: Path, out: Path, **metadata: str) -> Path:
@@ -572,3 +590,43 @@ def test_auto_weighs_the_batch_asked_for_not_the_readable_images_of_the_first(
     assert {r["compute_precision"] for r in records if "error" not in r} == {"bf16"}
     assert f"precision bf16 (auto: AMX-BF16, {devices.gmac(call_macs(config, 8))} GMAC a " \
         "batch of 8 images)" in " ".join(result.stderr.split())
+
+
+def test_predict_runs_on_the_threads_chosen_on_both_back_ends(models, monkeypatch,
+                                                              ort_threads):
+    """predict ran torch and onnxruntime on every core whatever the load; both now run on
+    the cores free (or --threads N), which the closing line says. torch's own count is put
+    back after each call."""
+    import torch
+
+    import vitcli.devices as devices
+    from vitcli.deploy.backends import open_backend
+    from vitcli.deploy.predict import predict_paths
+
+    st, onnx, images = models
+    sessions = ort_threads  # 3 of the 4 cores free
+    backend = open_backend(onnx)
+    assert sessions == [3] and str(backend.threads) == "3 threads (3 of 4 cores free, load 1.0)"
+    assert open_backend(onnx, threads=1).threads.reason == "--threads" and sessions[-1] == 1
+
+    ran_on: list[int] = []
+    image = [images / "circle" / "000.png"]
+    before = torch.get_num_threads()
+    for threads, want in ((0, 3), (1, 1)):
+        backend = open_backend(st, device="cpu", threads=threads)
+        backend.model_file.model.register_forward_pre_hook(
+            lambda module, args: ran_on.append(torch.get_num_threads()))
+        assert all(p.ok for p in predict_paths(backend, image))
+        assert ran_on[-1] == want and torch.get_num_threads() == before
+
+    code, _, err = run(str(images / "circle"), "-m", str(st), "--device", "cpu")
+    assert code == 0 and err.startswith("PyTorch on cpu, 3 threads (3 of 4 cores free, "
+                                        "load 1.0), precision "), err
+    code, _, err = run(str(images / "circle"), "-m", str(onnx), "--threads", "2")
+    assert code == 0 and err.startswith("onnxruntime on cpu, 2 threads (--threads), "), err
+    monkeypatch.setattr(devices, "thread_limit", lambda: 8)
+    for model in (st, onnx):
+        for bad in ("9", "5000", "-1"):  # past this machine's limit, past the option's, < 0
+            code, _, err = run(str(images / "circle"), "-m", str(model), "--threads", bad)
+            assert code == 2 and err.startswith("error:") and err.count("\n") == 1, err
+            assert "--threads" in err

@@ -124,6 +124,11 @@ PrecisionOpt = Annotated[
                       f"AVX512-BF16) from {BF16_MIN_GMAC} GMAC a batch (an image's "
                       "multiply-accumulates × the batch); fp32 below.")
 ]
+# `vit train --threads` says the same, and measures its guess during training
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", min=0, max=4096, help="CPU threads for the maths; 0 = "
+                      "from the cores free (usable cores less the load average).")
+]
 OutDirOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Folder to write results into.",
                               show_default=False)

@@ -13,6 +13,7 @@ from vitcli.commands._common import (
     ModelOpt,
     OutDirOpt,
     PrecisionOpt,
+    ThreadsOpt,
     plural,
     ranged,
 )
@@ -40,6 +41,7 @@ def evaluate(
                                             help="Images per forward pass.")] = 256,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = 0,
     split: Annotated[str | None, typer.Option(
         "--split", help="Which split to evaluate; without it the data's validation or "
         "test split, else all of it.", show_default=False)] = None,
@@ -97,7 +99,7 @@ def evaluate(
             bar.update(task, description=description, completed=done, total=total)
 
         report = run_eval(model, data, batch_size=batch_size, device=device, split=split,
-                          precision=precision,
+                          precision=precision, threads=threads,
                           val_split=val_split, seed=seed, progress=update)
 
     with writing(out):
@@ -126,18 +128,22 @@ def render(report: EvalReport, *, show: int = 20) -> None:
     """Print the summary, per-class, confusion, most-confused and misclassified tables."""
     from vitcli.commands._common import console, fit_or_break, per_second
     from vitcli.commands._common import safe as escape
+    from vitcli.devices import Threads
 
     m = report.metrics
     data = report.description or f"{report.data}: {plural(m.num_images, 'image')}"
-    # What was evaluated, then how it ran: the precision's reason (up to ~75 characters)
-    # moves to a line of its own where the terminal is too narrow for it.
+    # What was evaluated, then how it ran: the CPU threads and the precision's reason (up to
+    # ~75 characters) move to lines of their own where the terminal is too narrow for them.
     console.print(f"[bold]{escape(report.model_path)}[/] on {escape(data)}; "
                   f"{plural(len(m.class_names), 'class', 'classes')}", highlight=False)
-    ran = escape(f"{report.device}, {per_second(m.num_images / max(report.seconds, 1e-9))} "
-                 f"images/s, precision {report.precision}")
+    where = report.device
+    if report.threads and report.device == "cpu":  # a GPU's speed does not hang on them
+        where += f", {Threads(report.threads, report.threads_reason)}"
+    rate = per_second(m.num_images / max(report.seconds, 1e-9))
+    parts = [f"{where},", f"{rate} images/s, precision {report.precision}"]
     if report.precision_reason:
-        ran = fit_or_break(ran, escape(f"({report.precision_reason})"))
-    console.print(ran, highlight=False)
+        parts.append(f"({report.precision_reason})")
+    console.print(fit_or_break(*(escape(p) for p in parts)), highlight=False)
     console.print(_summary_table(report))
     console.print(_per_class_table(m))
     table, notes = _confusion_table(m)

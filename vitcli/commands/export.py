@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import BF16_MIN_GMAC, plural
+from vitcli.commands._common import BF16_MIN_GMAC, ThreadsOpt, plural
 from vitcli.deploy.export import DEFAULT_OPSET, MAX_FIXED_BATCH, MIN_OPSET
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ def export(
         "fp32 always; bf16 autocast too with bf16, or with auto on a CPU with bf16 matrix "
         f"units from {BF16_MIN_GMAC} GMAC at the table's batch. The ONNX graph is "
         "fp32 and checked against PyTorch fp32 either way.")] = "auto",
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Export a model to ONNX with its labels and preprocessing, verified against PyTorch."""
     from vitcli.commands._common import err_console, safe, writing
@@ -51,7 +52,7 @@ def export(
     with err_console.status("exporting") as status:
         with writing(out):  # the output place: no such folder, a file in the way, disk full
             report = export_onnx(model, out, opset=opset, batch=batch, int8=int8, data=data,
-                                 precision=precision,
+                                 precision=precision, threads=threads,
                                  log=lambda msg: status.update(safe(msg)))
     show_report(report, data)
 
@@ -98,6 +99,9 @@ def show_report(report: ExportReport, data: Path | None = None) -> None:
     for col in ("back end", "accuracy", "top-1 agreement"):
         table.add_column(col, justify="left" if col == "back end" else "right")
     table.add_row("PyTorch fp32", f"{d.torch_accuracy:.2%}", "reference")
+    if d.bf16_accuracy is not None and d.bf16_agreement is not None:  # the latency's row
+        table.add_row("PyTorch bf16", f"{d.bf16_accuracy:.2%}",
+                      f"{d.bf16_agreement:.2%} vs PyTorch fp32")
     ties = f" ({plural(d.ties, 'numerical tie')})" if d.ties else ""
     table.add_row("ONNX fp32", f"{d.onnx_accuracy:.2%}", f"{d.agreement:.2%} vs PyTorch{ties}")
     if d.int8_accuracy is not None and d.int8_agreement is not None:
@@ -123,8 +127,9 @@ LATENCY_ROWS = (("pytorch", "PyTorch fp32 eager"), ("pytorch bf16", "PyTorch bf1
 
 def show_latency(latency: Latency) -> None:
     """Each back end's batch-1 latency and its speed-up over PyTorch fp32 eager (the way
-    `vit predict` runs a .safetensors file by default), with the threads and runs under it;
-    why bf16 is listed or not, and a warning where it came out slower than fp32."""
+    `vit predict --precision fp32` runs a .safetensors file), with the threads (and why that
+    many) and runs under it; why bf16 is listed or not, and a warning where it came out
+    slower than fp32."""
     from rich import box
     from rich.table import Table
 
@@ -142,9 +147,10 @@ def show_latency(latency: Latency) -> None:
     counts = sorted(set(latency.runs.values()))
     runs = (plural(counts[0], "timed run") if len(counts) == 1
             else f"{counts[0]}-{counts[-1]} timed runs")  # fewer where a run is slow
+    why = [f"({safe(latency.threads_reason)})"] if latency.threads_reason else []
     console.print(fit_or_break(f"batch {latency.batch}, median of {runs},",
-                               f"{plural(latency.threads, 'thread')} for PyTorch and onnxruntime"),
-                  highlight=False)
+                               f"{plural(latency.threads, 'thread')} for PyTorch and onnxruntime",
+                               *why), highlight=False)
     if latency.bf16 is None:
         return
     reason = f"({safe(latency.bf16.removeprefix('auto: '))})"

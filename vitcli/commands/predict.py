@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt, plural, writing
+from vitcli.commands._common import BF16_MIN_GMAC, DeviceOpt, ThreadsOpt, plural, writing
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,7 +25,6 @@ MANY = 8  # above this many images: one table and a progress bar instead of a ta
 
 
 def predict(
-    ctx: typer.Context,
     inputs: Annotated[list[str], typer.Argument(
         help="Image files, folders (searched recursively) or glob patterns (quote them).",
         show_default=False)],
@@ -45,10 +44,11 @@ def predict(
         "(.safetensors models only).", show_default=False)] = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", help=(
-        "fp32, bf16 or auto (PyTorch files). fp32 gives the probabilities of the exported "
-        "ONNX file and of an imported model's source, to within float rounding (about "
-        f"1e-6); bf16, or auto (bf16 on a CPU with bf16 units from {BF16_MIN_GMAC} GMAC a "
-        "batch), is faster, within ~1e-2."))] = "fp32",
+        "auto, fp32 or bf16 (PyTorch files). auto: bf16 on a CUDA GPU, and on a CPU with "
+        f"bf16 units from {BF16_MIN_GMAC} GMAC a batch; fp32 below. fp32 gives the "
+        "probabilities of the exported ONNX file and of an imported model's source, to "
+        "within float rounding (about 1e-6); bf16 is faster, within ~1e-2."))] = "auto",
+    threads: ThreadsOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,
     unknown: Annotated[str | None, typer.Option(
@@ -80,15 +80,16 @@ def predict(
     if onnx and device not in ("auto", "cpu"):
         err_console.print(f"note: the ONNX back end runs on CPU; --device {safe(device)} "
                           "ignored")
-    if onnx and precision != "fp32":
-        err_console.print(f"note: an ONNX file runs at the precision it was exported in; "
-                          f"--precision {precision} ignored", soft_wrap=True)
     if explain is not None and explain.exists() and not explain.is_dir():
         raise UsageError(f"--explain {explain}: exists and is not a folder")
     if csv_path is not None and csv_path.is_dir():
         raise UsageError(f"--csv {csv_path}: is a folder; give a file name")
     rule = _on_off(unknown)
-    backend = open_backend(model, device=device, precision=precision)
+    backend = open_backend(model, device=device, precision=precision, threads=threads)
+    # --precision fp32 or bf16 asked of an int8 file, bf16 of an fp32 one: said, not obeyed
+    if onnx and precision not in ("auto", backend.compute_precision):
+        err_console.print(f"note: this ONNX file runs in {backend.compute_precision}, as "
+                          f"exported; --precision {precision} ignored", soft_wrap=True)
     require_classifier(backend)
     unknown_rule(backend, rule)  # --unknown on without a rule: said before any image is read
     skipped: list = []
@@ -137,7 +138,7 @@ def predict(
         err_console.print(f"heat maps for {plural(len(explained), 'image')} in {safe(explain)}/ "
                           f"(attention of the {explained[0].source_row})", highlight=False)
     if ok:  # on stderr in every mode (--json too): what the answers were computed in
-        err_console.print(fit_or_break(*_precision_line(ctx, backend), width=err_console.width),
+        err_console.print(fit_or_break(*_precision_line(backend), width=err_console.width),
                           highlight=False)
     failed = sum(not r.ok for r in results)
     if failed and len(results) == 1:  # its own error line is the one line: exit 1, no other
@@ -291,18 +292,20 @@ def common_folder(paths: list[Path]) -> Path | None:
     return None if str(root) in ("", ".", os.sep) else root
 
 
-def _precision_line(ctx: typer.Context, backend: Backend) -> tuple[str, str]:
-    """'PyTorch on cpu, precision fp32' and why: the choice (PyTorch), or as exported (ONNX)."""
+def _precision_line(backend: Backend) -> tuple[str, ...]:
+    """'PyTorch on cpu, 1 thread (1 of 2 cores free, load 1.3),', 'precision fp32' and why:
+    the choice (PyTorch), or as exported (ONNX); parts for fit_or_break. The threads only
+    on the CPU: a GPU's speed does not hang on them."""
     from vitcli.deploy.backends import TorchBackend  # no torch: backends imports it lazily
 
-    if not isinstance(backend, TorchBackend):  # an ONNX file runs as it was exported
-        return (f"onnxruntime on cpu, precision {backend.compute_precision}",
-                "(as exported)")
-    source = ctx.get_parameter_source("precision")  # fp32 unasked is not "asked for"
-    chosen = backend.precision
-    why = ("the default" if source is not None and source.name == "DEFAULT" or chosen is None
-           else chosen.reason)
-    return f"PyTorch on {backend.device}, precision {backend.compute_precision}", f"({why})"
+    if isinstance(backend, TorchBackend):
+        chosen = backend.precision  # None: no batch ran (`auto` undecided)
+        where, why = f"PyTorch on {backend.device}", chosen.reason if chosen else "the default"
+    else:  # an ONNX file runs as it was exported, on onnxruntime's CPU provider
+        where, why = "onnxruntime on cpu", "as exported"
+    if backend.threads is not None and where.endswith(" on cpu"):
+        where += f", {backend.threads}"
+    return f"{where},", f"precision {backend.compute_precision}", f"({why})"
 
 
 def write_csv(path: Path, results: list[Prediction]) -> None:

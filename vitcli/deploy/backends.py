@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from vitcli.model.checkpoint import FORMAT, FORMAT_VERSION, parse_metadata
 from vitcli.model.config import ViTConfig
 from vitcli.model.preprocess import Preprocessing
 from vitcli.model.validate import PRECISION_KEY, check_metadata_keys
+
+if TYPE_CHECKING:
+    from vitcli.devices import Threads
 
 ONNX_INPUT = "pixels"
 ONNX_OUTPUT = "logits"  # already divided by the model file's temperature
@@ -51,6 +54,7 @@ class Backend(Protocol):
     config: ViTConfig
     class_names: list[str]
     preprocessing: Preprocessing
+    threads: Threads | None  # the CPU threads it runs on; None: as the process has them
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 → (B, classes) float32, divided by the temperature."""
@@ -89,6 +93,7 @@ class OnnxBackend:
     session: Any = field(repr=False)
     name: str = "onnxruntime"
     ood_threshold: float | None = None  # from the metadata; the graph gives the score
+    threads: Threads | None = None  # what the session's intra-op threads were set from
 
     @property
     def compute_precision(self) -> str:
@@ -137,6 +142,7 @@ class TorchBackend:
     name: str = "pytorch"
     precision: Any = None  # devices.Precision; None = fp32 (or `auto` not yet decided)
     auto: bool = False  # `--precision auto`, decided at the first batch
+    threads: Threads | None = None  # torch's CPU threads during each call; None: as they are
     _outputs: Any = field(default=None, repr=False)
 
     @property
@@ -175,11 +181,14 @@ class TorchBackend:
     def outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
+        from vitcli.devices import torch_threads
+
         self.decide(len(batch))
         dtype = self.precision.dtype if self.precision is not None else None
         if self._outputs is None:  # the model plus temperature and score (model/outputs.py)
             self._outputs = self._build(dtype)
-        with torch.inference_mode():
+        threads = self.threads.count if self.threads is not None else 0
+        with torch.inference_mode(), torch_threads(threads):
             x = torch.from_numpy(batch).to(self.device)
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
                 out = self._outputs(x)  # (B, classes) logits / T [, (B,) scores in fp32]
@@ -258,26 +267,33 @@ def read_onnx_info(path: str | Path) -> OnnxFileInfo:
                         stored_values=values, quantized=quantized)
 
 
-def open_backend(path: str | Path, device: str = "auto", precision: str = "auto") -> Backend:
+def open_backend(path: str | Path, device: str = "auto", precision: str = "auto",
+                 threads: int = 0) -> Backend:
     """The right back end for a model file: onnxruntime for .onnx, PyTorch otherwise.
 
     `precision` (auto | fp32 | bf16) applies to PyTorch; an ONNX file runs at the precision
-    it was exported in.
+    it was exported in. Either runs on `threads` CPU threads, 0 = from the cores free
+    (devices.choose_threads: on all cores, a busy one holds every call up).
     """
-    from vitcli.devices import check_precision
+    from vitcli.devices import check_precision, choose_threads
 
     check_precision(precision)
+    cpu = choose_threads(threads)
     path = Path(path)
     if not path.exists():
         raise VitError(f"{path}: no such model file")
     check_regular_file(path, "model file")  # before anything opens it: a FIFO would hang
     if is_onnx_path(path):
-        return open_onnx(path)
-    return open_torch(path, device, precision)
+        backend = open_onnx(path, threads=cpu.count)
+        backend.threads = cpu
+        return backend
+    return open_torch(path, device, precision, threads=cpu)
 
 
-def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> TorchBackend:
-    """Load a .safetensors model file onto `device` (imports torch) to run at `precision`."""
+def open_torch(path: Path, device: str = "auto", precision: str = "auto",
+               threads: Threads | None = None) -> TorchBackend:
+    """Load a .safetensors model file onto `device` (imports torch) to run at `precision` on
+    `threads` (None: torch's threads as they are)."""
     from vitcli.model.checkpoint import check_model_file, load_checked
 
     # Checked once; a header or metadata it refuses is refused before torch is imported.
@@ -289,13 +305,16 @@ def open_torch(path: Path, device: str = "auto", precision: str = "auto") -> Tor
     model_file = load_checked(checked, device=str(target))
     precision = check_precision(precision)
     if precision == "auto":  # weighed on the first batch: its size is part of the rule
-        return TorchBackend(path=path, model_file=model_file, device=target, auto=True)
+        return TorchBackend(path=path, model_file=model_file, device=target, auto=True,
+                            threads=threads)
     chosen = choose_precision(precision, target, macs=0)  # refuses bf16 where impossible
-    return TorchBackend(path=path, model_file=model_file, device=target, precision=chosen)
+    return TorchBackend(path=path, model_file=model_file, device=target, precision=chosen,
+                        threads=threads)
 
 
 def open_onnx(path: Path, threads: int = 0) -> OnnxBackend:
-    """Open a vitcli ONNX file on onnxruntime, refusing foreign or corrupt files by name."""
+    """Open a vitcli ONNX file on onnxruntime with `threads` intra-op threads (0:
+    onnxruntime's own choice, one a core), refusing foreign or corrupt files by name."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

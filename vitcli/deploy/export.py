@@ -46,6 +46,7 @@ from vitcli.errors import UsageError, VitError
 from vitcli.files import atomic_write, refuse_overwrite
 
 if TYPE_CHECKING:
+    from vitcli.devices import Threads
     from vitcli.model.checkpoint import ModelFile
     from vitcli.model.config import ViTConfig
 
@@ -109,19 +110,21 @@ MAX_FIXED_BATCH = 4096  # the export runs the graph at this batch to verify it
 
 def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int = DEFAULT_OPSET,
                 batch: str = "dynamic", int8: bool = False, data: str | Path | None = None,
-                precision: str = "auto",
+                precision: str = "auto", threads: int = 0,
                 log: Callable[[str], None] | None = None) -> ExportReport:
     """Export a .safetensors model file to a verified ONNX file (and an int8 one).
 
-    `precision` says which PyTorch rows the latency table lists beside the ONNX files:
-    fp32 eager always (the reference of every speed-up; `vit predict`'s default); bf16
-    autocast too for `bf16`, and for `auto` when auto would run this model in bf16 here
-    (devices.choose_precision: a CPU with bf16 units, and a batch-1 call of at least 1
-    GMAC, such as ViT-Ti/16 at 224 px; a graph fixed at batch N weighs N images). The ONNX
-    graph itself is fp32 and is checked against PyTorch fp32.
+    `precision` says which PyTorch rows the latency table (and the --data table) lists
+    beside the ONNX files: fp32 eager always (the reference of every speed-up; `vit predict
+    --precision fp32`); bf16 autocast too for `bf16`, and for `auto` when auto would run
+    this model in bf16 here (devices.choose_precision: a CPU with bf16 units, and a batch-1
+    call of at least 1 GMAC, such as ViT-Ti/16 at 224 px; a graph fixed at batch N weighs
+    N images). The ONNX graph itself is fp32 and is checked against PyTorch fp32.
+    `threads`: PyTorch's and onnxruntime's CPU threads for the checks and the timings,
+    0 = from the cores free (devices.choose_threads).
     """
-    from vitcli.devices import check_precision
-    from vitcli.model.checkpoint import check_model_file, load_checked
+    from vitcli.devices import check_precision, choose_threads, torch_threads
+    from vitcli.model.checkpoint import check_model_file
 
     say = log or (lambda _msg: None)
     model_path = Path(model)
@@ -143,6 +146,7 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
         raise UsageError(f"--opset {opset}: the installed onnx knows opsets up to {newest}")
     fixed = parse_batch(batch)
     precision = check_precision(precision)
+    cpu = choose_threads(threads)
     refuse_overwrite(out_path, "--out", {"--model": model_path})
     if int8:
         refuse_overwrite(int8_path_for(out_path), "--int8 output", {"--model": model_path})
@@ -150,6 +154,20 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
 
     check_fits(checked.config, max(fixed or 2, 2), training=False, what="--batch")
     bf16_row, bf16_why = bf16_reference(precision, checked.config, fixed or 1)
+    with torch_threads(cpu.count):  # parity, --data and int8 checks: on the cores free too
+        return _export_checked(checked, model_path, out_path, opset=opset, batch=batch,
+                               fixed=fixed, int8=int8, data=data, bf16_row=bf16_row,
+                               bf16_why=bf16_why, threads=cpu, say=say)
+
+
+def _export_checked(checked: Any, model_path: Path, out_path: Path, *, opset: int, batch: str,
+                    fixed: int | None, int8: bool, data: str | Path | None, bf16_row: bool,
+                    bf16_why: str | None, threads: Threads,
+                    say: Callable[[str], None]) -> ExportReport:
+    """export_onnx once its arguments passed: load, export, check, quantize, time (on
+    `threads`, which export_onnx has set torch to)."""
+    from vitcli.model.checkpoint import load_checked
+
     mf = load_checked(checked, device="cpu")
     size = sum(p.numel() * p.element_size() for p in mf.model.parameters())
     if size > PROTOBUF_LIMIT:
@@ -165,9 +183,10 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
         add_metadata(tmp, mf)
         _check(tmp, opset)
         say("verifying onnxruntime against PyTorch")
-        report["parity"] = verify_parity(mf, tmp, fixed)
+        report["parity"] = verify_parity(mf, tmp, fixed, threads=threads.count)
         if labelled is not None:
-            report["data"] = compare_on_data(mf, tmp, labelled)
+            report["data"] = compare_on_data(mf, tmp, labelled, threads=threads.count,
+                                             bf16=bf16_row)
 
     atomic_write(out_path, write)
     result = ExportReport(path=out_path, opset=opset, batch=batch, exporter=report["exporter"],
@@ -175,10 +194,11 @@ def export_onnx(model: str | Path, out: str | Path | None = None, *, opset: int 
                           data=report.get("data"))
     if int8:
         say("quantizing to int8")
-        add_int8(result, mf, labelled, say)
+        add_int8(result, mf, labelled, say, threads=threads.count)
     say("timing batch-1 latency")
     result.latency = measure_latency(mf, result.path, result.int8_path, fixed, bf16=bf16_row,
-                                     bf16_why=bf16_why)
+                                     bf16_why=bf16_why, threads=threads.count,
+                                     threads_reason=threads.reason)
     return result
 
 
@@ -365,8 +385,10 @@ def score_nodes(path: Path) -> list[str]:
     return found
 
 
-def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> str | None:
-    """Write and verify the fused-attention graph that int8 is quantized from.
+def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None,
+                 threads: int = 0) -> str | None:
+    """Write and verify (on `threads` onnxruntime threads) the fused-attention graph that
+    int8 is quantized from.
 
     Returns None when it is ready, else why not: this torch cannot write it, or onnxruntime
     disagrees with PyTorch on it. The caller then quantizes the standard graph, which is
@@ -380,24 +402,26 @@ def packed_graph(mf: ModelFile, path: Path, opset: int, fixed: int | None) -> st
             export_packed(mf.model, path, opset, *_export_inputs(mf, fixed),
                           wrap=lambda m: model_outputs(mf, m))
         add_metadata(path, mf)  # the onnxruntime back end reads its preprocessing
-        verify_parity(mf, path, fixed)
+        verify_parity(mf, path, fixed, threads=threads)
     except Exception as exc:  # an older torch/onnxscript, or a graph onnxruntime rejects
         return " ".join(str(exc).split())[:160] or type(exc).__name__  # never empty
     return None
 
 
 def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
-             say: Callable[[str], None] = lambda _msg: None) -> None:
-    """Write model.int8.onnx beside the fp32 file and measure how far it drifts from fp32."""
+             say: Callable[[str], None] = lambda _msg: None, threads: int = 0) -> None:
+    """Write model.int8.onnx beside the fp32 file and measure how far it drifts from fp32,
+    both on `threads` intra-op threads (0: onnxruntime's own count)."""
     import tempfile
 
     dst = int8_path_for(report.path)
-    fp32 = open_onnx(report.path)
+    fp32 = open_onnx(report.path, threads=threads)
 
     def write(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="vit-int8-") as work:
             packed = Path(work) / "packed.onnx"
-            why_not = packed_graph(mf, packed, report.opset, parse_batch(report.batch))
+            why_not = packed_graph(mf, packed, report.opset, parse_batch(report.batch),
+                                   threads=threads)
             fused = why_not is None
             if not fused:
                 say(f"fused attention unavailable ({why_not}); quantizing the standard graph")
@@ -408,7 +432,7 @@ def add_int8(report: ExportReport, mf: ModelFile, data: Labelled | None,
         add_metadata(tmp, mf, {PRECISION_KEY: int8_precision(fused)})
         x = random_inputs(mf, report.parity[-1].batch, seed=0)
         ref = fp32.logits(x)
-        int8 = open_onnx(tmp)
+        int8 = open_onnx(tmp, threads=threads)
         got = int8.logits(x)
         if got.shape != ref.shape or not np.isfinite(got).all():
             raise VitError("int8 model gives malformed output; nothing was written")

@@ -49,6 +49,8 @@ class DataCheck:
     ties: int  # disagreements on numerical ties (top-2 logits within TIE_MARGIN)
     int8_accuracy: float | None = None
     int8_agreement: float | None = None  # int8 top-1 == fp32 ONNX top-1
+    bf16_accuracy: float | None = None  # PyTorch bf16 autocast, when the latency lists it
+    bf16_agreement: float | None = None  # PyTorch bf16 top-1 == PyTorch fp32 top-1
     unknown_fp32: int | None = None  # images fp32 ONNX calls unknown (models with the rule)
     unknown_int8: int | None = None  # images int8 calls unknown, at the same threshold
     int8_unknown_agreement: float | None = None  # the same unknown answer from both
@@ -98,13 +100,15 @@ def torch_outputs(mf: ModelFile, batch: np.ndarray, chunk: int = 32,
     return logits, (np.concatenate(scores) if scores else None)
 
 
-def verify_parity(mf: ModelFile, path: Path, fixed: int | None) -> list[Parity]:
-    """Compare onnxruntime and PyTorch logits at batch 1 and 8; raise if they differ.
+def verify_parity(mf: ModelFile, path: Path, fixed: int | None,
+                  threads: int = 0) -> list[Parity]:
+    """Compare onnxruntime (on `threads` intra-op threads) and PyTorch logits at batch 1
+    and 8; raise if they differ.
 
     A fixed-batch graph is also checked at its own size N; at 1 and 8 it runs the way
     `vit predict` runs it (chunks of N, the last one padded), so that path is verified too.
     """
-    backend = open_onnx(path)
+    backend = open_onnx(path, threads=threads)
     checks = []
     sizes = sorted({*PARITY_BATCHES, *((fixed,) if fixed else ())})
     for i, n in enumerate(sizes):
@@ -155,10 +159,13 @@ def load_labelled(data: str | Path, mf: ModelFile, say: Callable[[str], None]) -
                     bad_files=list(bad))
 
 
-def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
-    """Top-1 of PyTorch and fp32 onnxruntime on real images; raise on a real disagreement."""
+def compare_on_data(mf: ModelFile, path: Path, data: Labelled, threads: int = 0,
+                    bf16: bool = False) -> DataCheck:
+    """Top-1 of PyTorch and fp32 onnxruntime (on `threads` intra-op threads) on real images;
+    raise on a real disagreement. `bf16`: PyTorch bf16 autocast's accuracy and agreement
+    with fp32 too (measured, not required to match), for the row the latency table lists."""
     ref = torch_logits(mf, data.inputs)
-    got = open_onnx(path).logits(data.inputs)
+    got = open_onnx(path, threads=threads).logits(data.inputs)
     differ = ref.argmax(1) != got.argmax(1)
     top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((len(ref), 2))
     tie = (top2[:, 1] - top2[:, 0]) < TIE_MARGIN  # (N,)
@@ -166,11 +173,16 @@ def compare_on_data(mf: ModelFile, path: Path, data: Labelled) -> DataCheck:
     if real:
         raise VitError(f"ONNX and PyTorch disagree on {real:,} of {plural(len(ref), 'image')} in --data "
                        "(fp32 must agree on every image); nothing was written")
-    return DataCheck(images=len(ref), description=data.description,
-                     torch_accuracy=float((ref.argmax(1) == data.labels).mean()),
-                     onnx_accuracy=float((got.argmax(1) == data.labels).mean()),
-                     agreement=float((~differ).mean()), ties=int(differ.sum()),
-                     bad_files=data.bad_files)
+    check = DataCheck(images=len(ref), description=data.description,
+                      torch_accuracy=float((ref.argmax(1) == data.labels).mean()),
+                      onnx_accuracy=float((got.argmax(1) == data.labels).mean()),
+                      agreement=float((~differ).mean()), ties=int(differ.sum()),
+                      bad_files=data.bad_files)
+    if bf16:
+        top1 = torch_logits(mf, data.inputs, bf16=True).argmax(1)
+        check.bf16_accuracy = float((top1 == data.labels).mean())
+        check.bf16_agreement = float((top1 == ref.argmax(1)).mean())
+    return check
 
 
 REFERENCE = "pytorch"  # PyTorch fp32 eager: what every speed-up in the table is over
@@ -183,6 +195,7 @@ class Latency:
     ms: dict[str, float]  # "pytorch", "pytorch bf16", "onnx fp32", "onnx int8" → median ms
     runs: dict[str, int]  # timed runs behind each median (after a warm-up)
     threads: int  # PyTorch's and onnxruntime's intra-op threads, the same for both
+    threads_reason: str = ""  # why that many (devices.choose_threads), "" when not chosen
     bf16: str | None = None  # why the bf16 row is listed ("asked for", auto's choice) or
     # left out (auto runs this model in fp32 here, and why)
     bf16_listed: bool = False
@@ -195,21 +208,23 @@ class Latency:
 
 def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixed: int | None,
                     runs: int = 20, bf16: bool = False, bf16_why: str | None = None,
-                    threads: int | None = None) -> Latency:
+                    threads: int | None = None, threads_reason: str = "") -> Latency:
     """Median batch-1 latency (batch N for a graph fixed at N) of PyTorch fp32 eager (the
     reference), PyTorch bf16 autocast when `bf16`, fp32 ONNX and (if written) int8 ONNX,
     each on `threads` intra-op threads (default: PyTorch's own count, given to onnxruntime
-    too).
+    too; `threads_reason` says why: devices.choose_threads). On every core of a machine
+    whose other work held one, the table once said PyTorch fp32 took 1,408 ms a call (42 ms
+    on the free core) and made ONNX look 25.61× faster.
 
     PyTorch runs through `vit predict`'s back end (backends.TorchBackend, `torch_backend`):
-    the reference is what a user of predict gets, not a second way to run the model.
+    the reference is what a user of predict gets in fp32, not a second way to run the model.
     """
     import torch
 
-    threads = threads or torch.get_num_threads()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from vitcli.devices import torch_threads
+
+    count = threads or torch.get_num_threads()
+    with torch_threads(count):
         x = random_inputs(mf, fixed or 1, seed=1)
         runners: dict[str, Callable[[], object]] = {}
         fp32_torch = torch_backend(mf)
@@ -217,16 +232,15 @@ def measure_latency(mf: ModelFile, fp32_path: Path, int8_path: Path | None, fixe
         if bf16:
             bf16_torch = torch_backend(mf, bf16=True)
             runners["pytorch bf16"] = lambda: bf16_torch.logits(x)
-        fp32 = open_onnx(fp32_path, threads=threads)
+        fp32 = open_onnx(fp32_path, threads=count)
         runners["onnx fp32"] = lambda: fp32.logits(x)
         if int8_path:
-            int8 = open_onnx(int8_path, threads=threads)
+            int8 = open_onnx(int8_path, threads=count)
             runners["onnx int8"] = lambda: int8.logits(x)
         timed = {name: time_runs(run, runs) for name, run in runners.items()}
-    finally:
-        torch.set_num_threads(previous)
     return Latency(ms={name: 1000 * float(np.median(t)) for name, t in timed.items()},
-                   runs={name: len(t) for name, t in timed.items()}, threads=threads,
+                   runs={name: len(t) for name, t in timed.items()}, threads=count,
+                   threads_reason=threads_reason,
                    bf16=bf16_why, bf16_listed=bf16, batch=len(x))
 
 

@@ -230,18 +230,19 @@ def predict_paths(backend: Backend, paths: list[Path], *, topk: int = 5,
 
 
 def predict(model: str | Path, inputs: Iterable[str | Path], *, topk: int = 5,
-            device: str = "auto", batch_size: int = 32,
-            precision: str = "fp32", unknown: bool | None = None) -> list[Prediction]:
+            device: str = "auto", batch_size: int = 32, precision: str = "auto",
+            threads: int = 0, unknown: bool | None = None) -> list[Prediction]:
     """Classify images (files, folders, globs) with a .safetensors or .onnx model file.
 
-    `precision` fp32 (the default: the probabilities of the exported ONNX file), auto or bf16
-    for PyTorch (vitcli.devices.choose_precision). Images
-    beyond the file's unknown threshold get the label `unknown` (see Prediction);
-    `unknown=False` turns that off.
+    `precision` for PyTorch: auto (the default: bf16 where a batch's work pays for it,
+    vitcli.devices.choose_for_batch), fp32 (the probabilities of the exported ONNX file)
+    or bf16. `threads`: CPU threads, 0 = from the cores free. Images beyond the file's
+    unknown threshold get the label `unknown` (see Prediction); `unknown=False` turns that
+    off.
     """
     from vitcli.deploy.backends import open_backend
 
-    backend = open_backend(model, device=device, precision=precision)
+    backend = open_backend(model, device=device, precision=precision, threads=threads)
     require_classifier(backend)
     paths, missing = collect_images(inputs)
     return missing + list(predict_paths(backend, paths, topk=topk, batch_size=batch_size,

@@ -103,6 +103,8 @@ class EvalReport:
     bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     precision: str = "fp32"  # what the model ran at: "fp32" or "bf16" (autocast)
     precision_reason: str = ""
+    threads: int = 0  # torch's CPU threads (devices.choose_threads); 0: not recorded
+    threads_reason: str = ""
     absent_classes: list[str] = field(default_factory=list)  # model classes not in the data
     warnings: list[str] = field(default_factory=list)  # e.g. scoring the model's training images
     calibration: Calibration | None = None  # ECE/NLL/Brier at T = 1 and the file's T
@@ -123,6 +125,8 @@ class EvalReport:
             # "precision" below (per_class, macro_avg, weighted_avg) is the metric
             "compute_precision": self.precision,
             "compute_precision_reason": self.precision_reason or None,
+            "threads": self.threads or None,  # CPU threads (the speed depends on them)
+            "threads_reason": self.threads_reason or None,
             "preprocessing": self.preprocessing,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.metrics.num_images / max(self.seconds, 1e-9), 1),
@@ -154,7 +158,7 @@ def map_labels(data_names: Sequence[str], model_names: Sequence[str], labels: np
 def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
              device: str = "auto", split: str | None = None, val_split: float | None = None,
              seed: int = 0, cache_dir: str | Path | None = None, precision: str = "auto",
-             progress: StageProgress | None = None) -> EvalReport:
+             threads: int = 0, progress: StageProgress | None = None) -> EvalReport:
     """Load a model file and labelled images, run the model, and measure it.
 
     Preprocessing comes from the model file; the data's class names are matched to the
@@ -162,7 +166,9 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     hold classes the model does not know. Unreadable images are skipped and listed in
     `bad_files`. `progress` hears about decoding ("reading") then inference ("evaluating").
     `precision` auto | fp32 | bf16: vitcli.devices.choose_precision decides `auto` (bf16
-    autocast where this device's bf16 units pay for a batch of this model).
+    autocast where this device's bf16 units pay for a batch of this model). `threads`:
+    torch's CPU threads while the model runs, 0 = from the cores free
+    (vitcli.devices.choose_threads; a busy core's thread holds the others up).
     """
     def stage(name: str) -> Progress | None:
         if progress is None:
@@ -170,7 +176,14 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         return lambda done, total: progress(name, done, total)
 
     from vitcli.data.image_set import load_eval_data
-    from vitcli.devices import bf16_weights, check_precision, choose_for_batch, resolve_device
+    from vitcli.devices import (
+        bf16_weights,
+        check_precision,
+        choose_for_batch,
+        choose_threads,
+        resolve_device,
+        torch_threads,
+    )
     from vitcli.model.checkpoint import load_model
     from vitcli.model.config import count_macs
     from vitcli.model.validate import check_usable_head
@@ -180,6 +193,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
 
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     check_precision(precision)
+    cpu = choose_threads(threads)  # --threads out of range: refused before any file is read
     target = resolve_device(device)
     model_file = load_model(model_path, device=str(target))  # checks the file before building
     check_usable_head(model_path, model_file.config, model_file.class_names)
@@ -207,8 +221,10 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
     ood = model_file.ood
     # With the unknown rule: one pass for logits and scores (the score itself in float32)
     net = model_file.model if ood is None else LogitsAndScore(model_file.model, ood).to(target)
-    raw = predict_logits(net, images.pixels, mean=pre.mean, std=pre.std, batch_size=batch_size,
-                         device=target, precision=chosen.name, progress=stage("evaluating"))
+    with torch_threads(cpu.count):
+        raw = predict_logits(net, images.pixels, mean=pre.mean, std=pre.std,
+                             batch_size=batch_size, device=target, precision=chosen.name,
+                             progress=stage("evaluating"))
     raw, scores = (raw, None) if ood is None else (raw[:, :-1], raw[:, -1])
     seconds = time.perf_counter() - start
     check_finite_outputs(model_path, raw)
@@ -227,6 +243,7 @@ def evaluate(model_path: str | Path, data: str | Path, *, batch_size: int = 256,
         metrics=metrics, model_path=str(model_path), data=str(data), split=split,
         description=images.description, device=str(target), preprocessing=pre.to_dict(),
         seconds=seconds, precision=chosen.name, precision_reason=chosen.reason,
+        threads=cpu.count, threads_reason=cpu.reason,
         bad_files=[(str(p), str(r)) for p, r in bad_files],
         absent_classes=[n for n in model_file.class_names if n not in present],
         warnings=warnings,
