@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_help import command
 from typer.testing import CliRunner
 
 from vitcli.cli import app
@@ -13,8 +14,6 @@ from vitcli.commands import COMMANDS
 from vitcli.commands._common import _allowed, _metavar
 from vitcli.errors import Range, format_number
 from vitcli.training.recipe import RANGES, TrainOptions
-
-from test_help import command
 
 NAMES = [name for name, _, _ in COMMANDS]
 

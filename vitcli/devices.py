@@ -308,12 +308,9 @@ def check_threads(threads: int) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise UsageError(f"--threads must be a number, not {threads!r}")
     high = thread_limit()
-    if threads < 0:
-        raise UsageError(f"--threads must be in [0, {high:,}], not {threads:,}")
-    if threads > high:
-        cpus = os.cpu_count() or 1
-        raise UsageError(f"--threads must be at most {high:,} on this machine ({cpus} "
-                         f"CPU{'s' if cpus != 1 else ''}), not {threads:,}")
+    if not 0 <= threads <= high:
+        raise UsageError(f"--threads must be in [0, {high:,}] (this machine has "
+                         f"{plural(os.cpu_count() or 1, 'CPU')}), not {threads:,}")
     return threads
 
 

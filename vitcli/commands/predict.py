@@ -47,7 +47,8 @@ def predict(
         "auto, fp32 or bf16 (PyTorch files). auto: bf16 on a CUDA GPU, and on a CPU with "
         f"bf16 units from {BF16_MIN_GMAC} GMAC a batch; fp32 below. fp32 gives the "
         "probabilities of the exported ONNX file and of an imported model's source, to "
-        "within float rounding (about 1e-6); bf16 is faster, within ~1e-2."))] = "auto",
+        "within float rounding (about 1e-6); bf16 is faster, to within about 1e-2. [default: "
+        "auto]"), show_default=False)] = "auto",
     threads: ThreadsOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096,
                                             help="Images per forward pass.")] = 32,

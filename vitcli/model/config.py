@@ -142,7 +142,7 @@ class ViTConfig:
 
     def _check_ranges(self) -> None:
         """Every number within FIELD_RANGES, the token count and parameter memory bounded."""
-        for name, kind, value in self._numbers():
+        for name, _, value in self._numbers():
             problem = FIELD_RANGES[name].problem(value) if name in FIELD_RANGES else None
             if problem:
                 raise UsageError(f"{name} {problem}")

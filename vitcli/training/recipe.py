@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from vitcli.devices import PRECISIONS, thread_limit
 from vitcli.data import VAL_SPLIT
+from vitcli.devices import PRECISIONS, check_threads
 from vitcli.errors import Range, UsageError, canonical_choice, check_choice, plural
 from vitcli.model.config import FIELD_RANGES, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
@@ -241,14 +241,9 @@ class TrainOptions:
 
     def _check_ranges(self) -> None:
         """Every number within its RANGES entry, and --threads within the machine's means."""
-        import os
-
         for name, allowed in RANGES.items():
             allowed.check("--" + name.replace("_", "-"), getattr(self, name))
-        cpus = os.cpu_count() or 1
-        if self.threads > thread_limit():
-            raise UsageError(f"--threads must be at most {thread_limit():,} on this machine "
-                             f"({plural(cpus, 'CPU')}), not {self.threads:,}")
+        check_threads(self.threads)  # the machine's own limit (vitcli.devices)
         if self.patch and self.img_size and self.patch > self.img_size:
             raise UsageError(f"--patch {self.patch} is larger than --img-size {self.img_size}")
         if not isinstance(self.device, str) or \
