@@ -432,6 +432,12 @@ def test_precision_is_printed_recorded_used_and_kept_on_resume(tmp_path, bars, m
     assert again.stopped == "completed" and again.steps == 6
     assert next(f for kind, f in events if kind == "start")["precision"].startswith("bf16")
     assert seen and all(on for training, on, _ in seen if training)
+    # Repeating the precision the run's `auto` chose is no change; another is refused in one
+    # line that names both (it said "the run's: auto" as if bf16 were a change)
+    assert resume(first.run_dir, given={"precision": "bf16"}).steps == 6
+    with pytest.raises(UsageError, match=r"--precision fp32 \(the run's: auto, which chose "
+                                         r"bf16\) cannot change"):
+        resume(first.run_dir, given={"precision": "fp32"})
 
     # A run folder from before --precision resumes as it trained then: fp32 on a CPU. Such
     # a folder has no precision anywhere (test_resume: a damaged one is refused).

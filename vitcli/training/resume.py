@@ -181,19 +181,24 @@ def path_from_here(path: str) -> str:
     return shown_path(path, os.getcwd()) if os.path.isabs(path) else path
 
 
-def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path) -> None:
+def check_unchanged(saved: TrainOptions, given: dict[str, Any], run_dir: Path, *,
+                    shown: dict[str, str] | None = None) -> None:
     """Refuse options given with --resume that differ from the run's own, in one line.
 
     A resumed run continues exactly as it began (its data, schedule and optimiser state go
     together), so an option may be repeated but not changed. Paths count as the same when
     they resolve to the same place (`--data ./shapes` for a run that recorded
     /home/me/shapes); --name and --project may also name the run folder being resumed.
+    `shown` words a run's value where its option alone would mislead ("auto, which chose
+    bf16").
     """
+    shown = shown or {}
     changed = [(key, value) for key, value in sorted(given.items())
                if key not in MAY_CHANGE and not _same(key, value, getattr(saved, key), run_dir)]
     if not changed:
         return
-    listed = ", ".join(f"{_flag(key, value)} (the run's: {_shown(key, getattr(saved, key))})"
+    listed = ", ".join(f"{_flag(key, value)} (the run's: "
+                       f"{shown.get(key) or _shown(key, getattr(saved, key))})"
                        for key, value in changed)
     raise UsageError(f"--resume {run_dir} keeps the run's own options: {listed} cannot "
                      "change; only --device and --threads may (start a new run to change "

@@ -73,7 +73,13 @@ def resume(run_dir: str | Path, *, device: str | None = None, threads: int | Non
         raise UsageError(f"--resume: no such option: {', '.join(unknown)}")
     merged = dataclasses.replace(options, **given)  # given values in their canonical form
     merged.check()  # an impossible value is said as such, not as a change
-    check_unchanged(options, {key: getattr(merged, key) for key in given}, run_dir)
+    compared = {key: getattr(merged, key) for key in given}
+    shown: dict[str, str] = {}
+    if kept is not None and options.precision == "auto":
+        if compared.get("precision") == kept[0]:
+            del compared["precision"]  # what the run trains at: its `auto` chose it
+        shown["precision"] = f"auto, which chose {kept[0]}"
+    check_unchanged(options, compared, run_dir, shown=shown)
     options = paths_from_here(options)
     options.device = (device or options.device).lower()
     options.threads = options.threads if threads is None else threads
