@@ -125,3 +125,23 @@ def test_freeze_backbone_probe_needs_only_the_head_trainable(tiny_model):
     assert not trainable_head_only(tiny_model)
     freeze_backbone(tiny_model)
     assert trainable_head_only(tiny_model)
+
+
+def test_probe_precision_weighs_the_backbones_forward_pass_not_a_training_step(
+        tmp_path: Path, probe_setup, monkeypatch):
+    """A probe's backbone runs forward only; `auto` said "4.2 GMAC a training step", three
+    times the work (a training step counts the backward passes too)."""
+    import json
+
+    import vitcli.devices as devices
+    from vitcli.model.checkpoint import load_model
+    from vitcli.model.config import call_macs
+
+    monkeypatch.setattr(devices, "cpu_bf16_units", lambda: "AMX-BF16")
+    source, data, val = probe_setup
+    result, _ = _probe(tmp_path, source, data, val, "prec", epochs=1)
+    reason = json.loads((result.run_dir / "args.json").read_text())["resolved"][
+        "precision_reason"]
+    config = load_model(source).config
+    assert reason.startswith("auto") and "a backbone forward pass" in reason, reason
+    assert devices.gmac(call_macs(config, 8)) in reason  # batch 8, forward only

@@ -45,9 +45,20 @@ def val_epochs(run_dir: Path) -> list[int]:
 @pytest.mark.slow
 def test_val_every_validates_every_nth_epoch_and_the_last(tmp_path: Path, bars: Path):
     events: list[dict] = []
-    result = train(options(tmp_path, bars, epochs=5, val_every=2),
-                   on_event=lambda kind, **f: events.append(f) if kind == "epoch_end" else None)
+    saved: dict[int, dict[str, str]] = {}  # last.safetensors' metadata at each epoch end
+
+    def on_event(kind: str, **f) -> None:
+        if kind == "epoch_end":
+            events.append(f)
+            last = f["row"]["epoch"]
+            saved[last] = load_model(tmp_path / "runs" / "exp" / "weights"
+                                     / "last.safetensors").metadata
+
+    result = train(options(tmp_path, bars, epochs=5, val_every=2), on_event=on_event)
     assert val_epochs(result.run_dir) == [2, 4, 5]
+    # a skipped epoch's file records no figure ("" would read "no validation images")
+    assert "val_top1" not in saved[3] and float(saved[4]["val_top1"]) >= 0
+    assert saved[3]["epoch"] == "3" and saved[3]["train_precision"] == "fp32"
     # an epoch that did not validate is never "best"; the best file is a validated epoch's
     assert {f["row"]["epoch"] for f in events if f["best"]} <= {2, 4, 5}
     assert result.best_epoch in (2, 4, 5) and result.last_row["val_top1"] is not None
@@ -106,3 +117,11 @@ def test_patience_counts_epochs_across_skipped_validations(tmp_path: Path, bars:
 def test_val_every_out_of_range_is_one_line(tmp_path: Path):
     with pytest.raises(UsageError, match=r"--val-every must be in \[1, 100,000\], not 0"):
         train(options(tmp_path, tmp_path, val_every=0))
+
+
+def test_a_model_files_training_precision_is_checked():
+    from vitcli.model.validate import check_metadata_keys
+
+    check_metadata_keys({"train_precision": "bf16"})
+    with pytest.raises(ValueError, match="train_precision 'fp16' is not fp32 or bf16"):
+        check_metadata_keys({"train_precision": "fp16"})

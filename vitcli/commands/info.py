@@ -117,7 +117,7 @@ def info(
 # The metadata keys `vit train` and `vit convert` write, named for people (--json keeps the keys).
 LABELS = {"epoch": "saved at epoch", "val_top1": "validation top-1",
           "validation": "validation images", "source": "converted from",
-          "ood": "unknown rule"}
+          "ood": "unknown rule", "train_precision": "trained in"}
 
 
 def _readable(key: str, value: str) -> str:

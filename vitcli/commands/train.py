@@ -149,7 +149,9 @@ def train(
     locality_attention: Annotated[bool | None, _opt(
         "--locality-attention", help="Locality self-attention (Lee et al. 2021). [default: the preset's]",
         panel=ADVANCED)] = None,
-    pooling: Annotated[str | None, _opt("--pooling", help="cls or mean. [default: the preset's]", panel=ADVANCED)]
+    pooling: Annotated[str | None, _opt("--pooling", help=(
+        "The head's input: cls (class token), mean (mean of the patches), map (attention "
+        "pooling) or cls_mean (both). [default: the preset's]"), panel=ADVANCED)]
     = None,
     pos_embed: Annotated[str | None, _opt("--pos-embed", help="Position embedding: learned or "
                                           "fixed sincos. [default: the preset's]",

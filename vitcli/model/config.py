@@ -264,7 +264,7 @@ FIELD_RANGES: dict[str, Range] = {
     "embed_dim": Range(1, 32_768),
     "depth": Range(1, 256),
     "num_heads": Range(1, 1024),
-    "mlp_ratio": Range(0.0, 64.0, low_open=True),
+    "mlp_ratio": Range(0.01, 64.0),
     "dropout": Range(0.0, 1.0, high_open=True),
     "attn_dropout": Range(0.0, 1.0, high_open=True),
     "drop_path": Range(0.0, 1.0, high_open=True),

@@ -15,8 +15,9 @@ so a file one of them refuses is refused by all, with the same one-line reason:
    against the model built on the 'meta' device, which allocates nothing;
 6. the calibration (a temperature in 0.001-1000) and the unknown rule (vitcli.model.ood:
    its method, threshold, promise, blocks, and the shapes of its statistics), and every
-   other key vitcli writes (`check_metadata_keys`: epoch, val_top1, validation, ...); keys
-   vitcli does not know are kept as they are (shown escaped, copied into an ONNX export);
+   other key vitcli writes (`check_metadata_keys`: epoch, val_top1, validation,
+   train_precision, ...); keys vitcli does not know are kept as they are (shown escaped,
+   copied into an ONNX export);
 7. after loading, every weight finite (the first NaN/inf is named).
 """
 
@@ -67,6 +68,9 @@ def parse_temperature(metadata: dict[str, str]) -> float:
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.+_-]?[0-9A-Za-z]+)*")
 VALIDATION_SOURCES = ("split", "val", "val_split", "none")  # vitcli.training.validation writes them
 PRECISION_KEY = "precision"  # only an int8 ONNX export records one (vitcli.deploy.export)
+# What `vit train` computed in (its --precision as resolved): the weights are float32 either way
+TRAIN_PRECISION_KEY = "train_precision"
+TRAIN_PRECISIONS = ("fp32", "bf16")
 _TEXT_LIMITS = {"calibration": 1_000, "source": 8_192}  # sentences and paths: any text
 
 
@@ -105,6 +109,9 @@ def check_metadata_keys(metadata: dict[str, str], *,
         if len(metadata.get(key, "")) > limit:
             raise ValueError(f"{key} is {len(metadata[key]):,} characters long (at most "
                              f"{limit:,})")
+    text = metadata.get(TRAIN_PRECISION_KEY)
+    if text is not None and text not in TRAIN_PRECISIONS:
+        raise ValueError(f"{TRAIN_PRECISION_KEY} {text[:64]!r} is not fp32 or bf16")
     text = metadata.get(PRECISION_KEY)
     if text is not None and text not in precisions:
         where = (f"one of {', '.join(repr(p) for p in sorted(precisions))}" if precisions

@@ -12,6 +12,7 @@ import torch
 
 from vitcli.errors import UsageError
 from vitcli.model.checkpoint import save_model, unwrap_model
+from vitcli.model.validate import TRAIN_PRECISION_KEY
 from vitcli.training.optim import WarmupDecay
 from vitcli.training.runs import (
     TrainState,
@@ -55,8 +56,13 @@ class RunState:
         the state."""
         weights = self.run_dir / "weights"
         model = self.ema.module if self.ema is not None else self.model
-        extra = {"epoch": str(epoch), "val_top1": "" if val is None else f"{val[1]:.6f}",
-                 "validation": self._validation_source()}
+        extra = {"epoch": str(epoch), "validation": self._validation_source(),
+                 TRAIN_PRECISION_KEY: self.precision.name}
+        if val is not None:
+            extra["val_top1"] = f"{val[1]:.6f}"
+        elif self.data.val_pixels is None:
+            extra["val_top1"] = ""  # a run without validation images
+        # else the epoch skipped validation (--val-every): it has no figure to record
         meta = {"class_names": self.data.class_names,
                 "preprocessing": self.data.preprocessing, "extra": extra}
         save_model(weights / "last.safetensors", model, **meta)

@@ -144,9 +144,12 @@ def _run(options: TrainOptions, *, run_dir: Path | None, on_event: EventCallback
         options = options.with_defaults_for(prepared.config.image_size)
         # a training step of one process's batch: what decides `auto` (devices.choose_precision)
         batch = process_batch(options.batch_size, len(prepared.train_labels), env)
-        step_macs = call_macs(prepared.config, batch, training=True)
+        # a linear probe's backbone only runs forward (no gradients reach it): that is its work
+        probe = options.freeze == "backbone"
+        step_macs = call_macs(prepared.config, batch, training=not probe)
         precision = _precision(options, env.device, step_macs,
-                               resumed=run_dir is not None, kept=kept)
+                               resumed=run_dir is not None, kept=kept,
+                               call="backbone forward pass" if probe else "training step")
         level = augment_level(options, len(prepared.train_labels))
         created = run_dir is None
         if run_dir is None:
@@ -234,7 +237,7 @@ def _ended(run_dir: Path, state: Any,
 
 
 def _precision(options: TrainOptions, device: Any, step_macs: int, *, resumed: bool,
-               kept: tuple[str, str] | None) -> Any:
+               kept: tuple[str, str] | None, call: str = "training step") -> Any:
     """The run's precision: chosen now for a new run, the recorded one for a resumed run.
 
     A resumed run keeps what it trained at (`kept`, checked by resume.recorded_precision),
@@ -245,7 +248,7 @@ def _precision(options: TrainOptions, device: Any, step_macs: int, *, resumed: b
     from vitcli.devices import Precision, autocast_dtype, choose_precision
 
     if not resumed:
-        return choose_precision(options.precision, device, macs=step_macs, call="training step")
+        return choose_precision(options.precision, device, macs=step_macs, call=call)
     if kept is not None:
         from vitcli.training.resume import kept_reason
 
