@@ -125,3 +125,44 @@ def test_a_model_files_training_precision_is_checked():
     check_metadata_keys({"train_precision": "bf16"})
     with pytest.raises(ValueError, match="train_precision 'fp16' is not fp32 or bf16"):
         check_metadata_keys({"train_precision": "fp16"})
+
+
+def test_val_every_needs_validation_and_a_patience_at_least_as_long(tmp_path: Path):
+    """--patience counts epochs: with --val-every longer, one validation stopped the run."""
+    with pytest.raises(UsageError, match="--val-every needs validation, and --val-split 0"):
+        train(options(tmp_path, tmp_path, val_every=2, val_split=0.0))
+    with pytest.raises(UsageError, match=r"--patience 2 counts epochs .* --val-every 3 "
+                                         r"validates less often"):
+        train(options(tmp_path, tmp_path, val_every=3, patience=2))
+
+
+@pytest.mark.slow
+def test_patience_under_a_time_budget_validates_every_epoch(tmp_path: Path, bars: Path):
+    """Automatic spacing of 4 with --patience 3 stopped a run after one bad validation."""
+    import vitcli.training.validation as validation
+
+    called: list[int] = []
+    real = validation.validation_spacing
+    validation.validation_spacing = lambda *a: called.append(1) or 5  # type: ignore
+    try:
+        result = train(options(tmp_path, bars, epochs=10_000, time_budget=0.1, batch_size=3,
+                               patience=100))
+    finally:
+        validation.validation_spacing = real
+    assert not called and val_epochs(result.run_dir) == list(range(1, result.epochs + 1))
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_spacing_counted_from_the_last_validation(tmp_path: Path,
+                                                                    bars: Path):
+    from vitcli.training.trainer import resume
+
+    def stop_after_epoch_5(kind: str, **f) -> None:
+        if kind == "epoch_start" and f["epoch"] == 6:
+            raise KeyboardInterrupt
+
+    first = train(options(tmp_path, bars, epochs=12, val_every=3),
+                  on_event=stop_after_epoch_5)
+    assert first.stopped == "interrupted" and val_epochs(first.run_dir) == [3]
+    again = resume(first.run_dir)
+    assert val_epochs(again.run_dir) == [3, 6, 9, 12]  # not 3, 8, 11, 12

@@ -308,9 +308,12 @@ def check_threads(threads: int) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise UsageError(f"--threads must be a number, not {threads!r}")
     high = thread_limit()
-    if not 0 <= threads <= high:
-        raise UsageError(f"--threads must be in [0, {high:,}] (this machine has "
-                         f"{plural(os.cpu_count() or 1, 'CPU')}), not {threads:,}")
+    if threads < 0:
+        raise UsageError(f"--threads must be 0 or more, not {threads:,}")
+    if threads > high:  # within --help's 0-4,096, beyond what this machine can use
+        raise UsageError(f"--threads {threads:,} is more than this machine's "
+                         f"{plural(os.cpu_count() or 1, 'CPU')} can use: at most {high:,} "
+                         "(4 a CPU)")
     return threads
 
 

@@ -181,7 +181,9 @@ class Display:
         # of many short epochs print one every few seconds (and the last), not hundreds.
         line = f"epoch {r['epoch']:>3}  loss {r['train_loss']:.3f}{val}{ips}{best}"
         now = time.monotonic()
-        if (f.get("epochs", 0) <= 60 or now - self.last_epoch_line >= EPOCH_LINES_EVERY_S
+        shown_best = f["best"] and r["val_top1"] is not None  # the summary names its epoch
+        if (f.get("epochs", 0) <= 60 or shown_best
+                or now - self.last_epoch_line >= EPOCH_LINES_EVERY_S
                 or r["epoch"] >= f.get("epochs", 0)):
             self.last_epoch_line = now
             self.progress.console.print(line, highlight=False, soft_wrap=True)

@@ -130,7 +130,9 @@ class Trainer(BudgetFit, Validation, RunState):
         # Which epoch ends validate (validation.py): every val_every-th, counted from the last
         # that did; under a time budget without --val-every, spaced after the second epoch.
         self.val_every = options.val_every or 1
-        self.auto_val_every = options.val_every is None and options.time_budget is not None
+        # (not with --patience, which counts epochs without a better validation)
+        self.auto_val_every = (options.val_every is None and options.time_budget is not None
+                               and options.patience is None)
         self.last_val_epoch = self.session_start_epoch = 0
         self.first_fit: int | None = None  # steps the budget's first fit allowed
         self.first_step_s: float | None = None  # elapsed() when the run's first step ended
@@ -171,7 +173,7 @@ class Trainer(BudgetFit, Validation, RunState):
 
         self.clock = time.perf_counter()
         self.session_start_step = self.step
-        self.last_val_epoch = self.session_start_epoch = self.epochs_done
+        self.session_start_epoch = self.epochs_done  # last_val_epoch: from the saved state
         self.emit("start", run_dir=self.run_dir, config=self.data.config,
                   preset=self.data.preset, preset_reason=self.data.preset_reason,
                   init=self.options.init, preprocessing=self.data.preprocessing, description=self.data.description,

@@ -256,6 +256,14 @@ class TrainOptions:
             raise UsageError(f"--ema-decay {self.ema_decay:g} has no effect without --ema")
         if self.patience is not None and self.val_split == 0 and not self.val:
             raise UsageError("--patience needs validation, and --val-split 0 turns it off")
+        if self.val_every is not None and self.val_split == 0 and not self.val:
+            raise UsageError("--val-every needs validation, and --val-split 0 turns it off")
+        if self.val_every is not None and self.patience is not None \
+                and self.val_every > self.patience:
+            raise UsageError(f"--patience {self.patience} counts epochs without a better "
+                             f"val top-1, but --val-every {self.val_every} validates less "
+                             "often: one validation would stop the run; give --patience at "
+                             "least --val-every")
         if self.freeze and self.layer_decay is not None:
             raise UsageError("--layer-decay scales the learning rate of the blocks, which "
                              "--freeze backbone does not train; give one of them")

@@ -46,7 +46,7 @@ class RunState:
             "batch_size": self.batch, "steps_per_epoch": self.steps_per_epoch,
             "fill_last": self.fill_last,
             "optimizer": optim_info, "rng": rng_info, "world_size": self.env.world_size,
-            "precision": self.precision.name,
+            "precision": self.precision.name, "last_val_epoch": self.last_val_epoch,
         }
         return TrainState(info=info, tensors=tensors)
 
@@ -99,6 +99,11 @@ class RunState:
                     "loss_sum", "loss_count", "budget_fitted"):
             setattr(self, key, info[key])
         self.seconds_before = info["seconds"]
+        # the validation spacing (--val-every) counts from the last validated epoch; a state
+        # saved before it had validated every epoch
+        last = info.get("last_val_epoch", info["epochs_done"])
+        self.last_val_epoch = last if isinstance(last, int) and 0 <= last <= self.epochs_done \
+            else self.epochs_done
         set_rng_states(info["rng"], tensors)
         if self.env.rank:  # only rank 0's RNG is saved; the others continue from a new seed
             torch.manual_seed(self.options.seed + 1000 * self.env.rank + self.step)

@@ -48,8 +48,8 @@ class Validation:
         return bool(self.options.time_budget) and left <= ENDING_EPOCHS * self.steps_per_epoch
 
     def _space_validation(self, epoch: int, val_seconds: float, train_seconds: float) -> None:
-        """Under a time budget without --val-every: after the second validated epoch (the
-        first carries the warm-up), fix the spacing so that validation takes at most
+        """Under a time budget without --val-every or --patience: after the second validated
+        epoch (the first carries the warm-up), fix the spacing so that validation takes at most
         VAL_SHARE of the training time; say it once when epochs are skipped."""
         if not self.auto_val_every or epoch - self.session_start_epoch < 2:
             return
@@ -58,9 +58,8 @@ class Validation:
         if every > 1:
             self.val_every = every
             self.emit("message", level="info", text=(
-                f"validating every {every} epochs and the last ones: a validation takes "
-                f"{val_seconds:.1f} s, an epoch's training {train_seconds:.1f} s "
-                "(--val-every to choose)"))
+                f"validating every {every} epochs and the last: {val_seconds:.2g} s a "
+                f"validation, {train_seconds:.2g} s an epoch (--val-every)"))
 
     def _cache_features(self) -> None:
         """Compute the probe's features once; train and validate the head on them from now on.
