@@ -98,3 +98,20 @@ def test_range_wording() -> None:
     assert str(Range(0, 1, high_open=True)) == "[0, 1)"
     assert Range(0, 1, low_open=True).problem(0) == "must be in (0, 1], not 0"
     assert Range(0, 1).problem(float("nan")) == "must be a finite number, not nan"
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["train"], "--epochs"), (["train"], "--val-every"), (["eval", "--data", "d"], "--threads"),
+    (["predict", "img.png"], "--topk"), (["export", "--onnx"], "--opset")])
+def test_whole_number_options_refuse_nan_floats_and_huge_values_in_the_library_words(
+        args: list[str], flag: str) -> None:
+    """A whole-number option given nan, 1e9 or 17.5 got Typer's "Input should be a valid
+    integer, unable to parse string" where a decimal option said what was wrong."""
+    for value, said in (("nan", "must be a finite number, not nan"),
+                        ("inf", "must be a finite number, not inf"),
+                        ("1e9", "not 1,000,000,000"), ("17.5", "must be a whole number, not 17.5")):
+        result = run(*args, flag, value)
+        assert result.exit_code == 2, (flag, value, result.output)
+        assert f"{flag} {said}" in result.output or (said.startswith("not")
+                                                     and said in result.output), result.output
+        assert "valid integer" not in result.output

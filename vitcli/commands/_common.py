@@ -206,6 +206,15 @@ def _check_numbers(param: Any) -> None:
             number = kind(value) if isinstance(value, str) else value
         except ValueError:  # not a number at all: Typer says so
             number = None
+            if kind is int and isinstance(value, str):  # nan, inf, 1e9, 2.5: a float
+                try:
+                    number = float(value)
+                except ValueError:
+                    pass
+                if number is not None and math.isfinite(number) \
+                        and not allowed.problem(number):
+                    raise _BadNumber(f"{flag} must be a whole number, not {value}", ctx=ctx,
+                                     param=param) from None
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             problem = allowed.problem(number)
             if problem:
