@@ -127,6 +127,7 @@ def test_bad_run_options_are_said_in_words_not_as_a_python_repr(stopped_run):
     ("best_top1", "high", "best_top1 is 'high', not a number"),
     ("budget_fitted", "yes", "budget_fitted is 'yes', not true or false"),
     ("schedule", [], "schedule is [], not an object"),
+    ("last_val_epoch", "two", "last_val_epoch is 'two', not a whole number of 0 or more"),
 ])
 def test_damaged_state_counters_are_one_line_before_anything_runs(stopped_run, key, value,
                                                                   words):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-from vitcli.errors import UsageError, check_choice, plural
+from vitcli.errors import Range, UsageError, check_choice, plural
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -294,6 +294,11 @@ def free_cores(cores: int | None = None, load: float | None = None) -> int:
     if load is None:
         return cores
     return max(1, min(cores, round(cores - load)))
+
+
+# What --threads takes on every command (0 = chosen from the free cores); a machine's own
+# limit (thread_limit) is checked beside it.
+THREADS = Range(0, 4096)
 
 
 def thread_limit() -> int:

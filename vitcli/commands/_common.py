@@ -16,7 +16,7 @@ from rich.markup import escape as _escape_markup
 from rich.segment import Segment
 from typer.core import TyperCommand
 
-from vitcli.devices import BF16_MIN_MACS, gmac
+from vitcli.devices import BF16_MIN_MACS, THREADS, gmac
 from vitcli.errors import Range, format_number
 from vitcli.errors import format_score as format_score  # re-exported: scores print so
 from vitcli.errors import plural as plural  # re-exported: the commands count with it
@@ -124,11 +124,6 @@ PrecisionOpt = Annotated[
                       f"AVX512-BF16) from {BF16_MIN_GMAC} GMAC a batch (an image's "
                       "multiply-accumulates × the batch); fp32 below.")
 ]
-# `vit train --threads` says the same, and measures its guess during training
-ThreadsOpt = Annotated[
-    int, typer.Option("--threads", min=0, max=4096, help="CPU threads for the maths; 0 = "
-                      "from the cores free (usable cores less the load average).")
-]
 OutDirOpt = Annotated[
     Path | None, typer.Option("--out", "-o", help="Folder to write results into.",
                               show_default=False)
@@ -147,6 +142,13 @@ def ranged(option: Any, allowed: Range) -> Any:
     min= and max= would be a second copy of them."""
     option.allowed = allowed
     return option
+
+
+# `vit train --threads` says the same, and measures its guess during training
+ThreadsOpt = Annotated[
+    int, ranged(typer.Option("--threads", help="CPU threads for the maths; 0 = from the "
+                             "cores free (usable cores less the load average)."), THREADS)
+]
 
 
 def _allowed(param: Any) -> Range | None:
@@ -239,8 +241,9 @@ def per_second(rate: float) -> str:
 def _bound(value: float) -> str:
     """A range bound as a reader writes it: whole numbers in full with thousands separators
     (4,096, never 4.096e+03), fractions as short decimals (0.5); a limit of a binary type
-    as a power of two (2³²−1 for a seed, 2¹⁶ for a batch) and a round limit from 100,000 up as a power of
-    ten (10⁹): exact, and short enough to leave the help its width at 80 columns."""
+    as a power of two (2³²−1 for a seed, 2¹⁶ for a batch) and a round limit from 100,000 up
+    as a power of ten (10⁹): exact, and short enough to leave the help its width at 80
+    columns."""
     if float(value).is_integer():
         n = int(value)
         if n >= 2**31 - 1 and (n + 1) & n == 0:  # 2^k - 1: a type's limit

@@ -30,6 +30,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vitcli.devices import PRECISIONS
 from vitcli.errors import VitError, plural
 from vitcli.model.config import ViTConfig
 from vitcli.model.ood import TENSOR_PREFIX as OOD_PREFIX
@@ -68,9 +69,10 @@ def parse_temperature(metadata: dict[str, str]) -> float:
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*([.+_-]?[0-9A-Za-z]+)*")
 VALIDATION_SOURCES = ("split", "val", "val_split", "none")  # vitcli.training.validation writes them
 PRECISION_KEY = "precision"  # only an int8 ONNX export records one (vitcli.deploy.export)
-# What `vit train` computed in (its --precision as resolved): the weights are float32 either way
+# What `vit train` computed in (its --precision as resolved, never auto): the weights are
+# float32 either way
 TRAIN_PRECISION_KEY = "train_precision"
-TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = tuple(p for p in PRECISIONS if p != "auto")
 _TEXT_LIMITS = {"calibration": 1_000, "source": 8_192}  # sentences and paths: any text
 
 

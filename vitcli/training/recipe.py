@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitcli.data import VAL_SPLIT
-from vitcli.devices import PRECISIONS, check_threads
+from vitcli.devices import PRECISIONS, THREADS, check_threads
 from vitcli.errors import Range, UsageError, canonical_choice, check_choice, plural
 from vitcli.model.config import FIELD_RANGES, PATCH_EMBEDS, POOLINGS, POS_EMBEDS, ViTConfig
 from vitcli.model.patches import grid_warning as grid_warning  # re-exported for the trainer
@@ -84,7 +84,7 @@ AUGMENTS = ("none", "light", "strong")  # = vitcli.data.augment.AUGMENT_LEVELS (
 # machine's cores as well.
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1),  # numpy's seeds are 32-bit
-    "threads": Range(0, 4096),
+    "threads": THREADS,
     "epochs": Range(1, 100_000),
     "batch_size": Range(1, 65_536),
     "lr": Range(0.0, 10.0, low_open=True),

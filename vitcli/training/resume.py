@@ -82,6 +82,7 @@ STATE_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {  # name: (types, may 
     "bad_epochs": (_WHOLE, False), "loss_count": (_WHOLE, False),
     "batch_size": (_WHOLE, False), "steps_per_epoch": (_WHOLE, False),
     "ema_updates": (_WHOLE, False), "best_epoch": (_WHOLE, True),
+    "last_val_epoch": (_WHOLE, False),
     "seconds": (_NUMBER, False), "loss_sum": (_NUMBER, False), "best_top1": (_NUMBER, True),
     "budget_fitted": ((bool,), False), "fill_last": ((bool,), False),
     "schedule": ((dict,), False), "optimizer": ((dict,), False), "rng": ((dict,), False),

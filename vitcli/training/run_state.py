@@ -99,11 +99,10 @@ class RunState:
                     "loss_sum", "loss_count", "budget_fitted"):
             setattr(self, key, info[key])
         self.seconds_before = info["seconds"]
-        # the validation spacing (--val-every) counts from the last validated epoch; a state
-        # saved before it had validated every epoch
-        last = info.get("last_val_epoch", info["epochs_done"])
-        self.last_val_epoch = last if isinstance(last, int) and 0 <= last <= self.epochs_done \
-            else self.epochs_done
+        # the validation spacing (--val-every) counts from the last validated epoch (its type
+        # checked with the other counters: resume.STATE_FIELDS); a state saved before it had
+        # validated every epoch
+        self.last_val_epoch = min(info.get("last_val_epoch", self.epochs_done), self.epochs_done)
         set_rng_states(info["rng"], tensors)
         if self.env.rank:  # only rank 0's RNG is saved; the others continue from a new seed
             torch.manual_seed(self.options.seed + 1000 * self.env.rank + self.step)
